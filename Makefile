@@ -1,0 +1,35 @@
+# softcamify — two commands set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch/torchvision pinned to the releases this workplace keeps on disk; any torch>=2.4 works.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: test demo lint install install-dev clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check softcamify tests benchmarks scripts
+
+test: lint
+	$(VENV)/bin/pytest
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/softcamify demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""softcamify: make trained CNN image classifiers self-explainable (SoftCAM).
+
+Public API (imported lazily, so ``import softcamify`` is cheap and the onnxruntime-only paths never
+import torch)::
+
+    import softcamify
+    loaded = softcamify.load_model("resnet50", weights="w.safetensors")
+    model = softcamify.convert(loaded)            # SoftCAM, verified against the original
+    logits, maps = model.forward_maps(x)          # maps: B×K×h×w, maps.mean((2, 3)) == logits
+    softcamify.save(model, "resnet50_softcam.safetensors")
+    model = softcamify.load("resnet50_softcam.safetensors")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+from .errors import (
+    ConversionError,
+    InputError,
+    OutputError,
+    SoftcamifyError,
+    UnsafeCheckpointError,
+    UsageError,
+    ValidationError,
+)
+
+_LAZY = {
+    "load_model": "softcamify.checkpoints",
+    "LoadedModel": "softcamify.checkpoints",
+    "load": "softcamify.checkpoints",
+    "save": "softcamify.checkpoints",
+    "read_metadata": "softcamify.checkpoints",
+    "convert": "softcamify.conversion",
+    "inspect": "softcamify.conversion",
+    "ConversionReport": "softcamify.conversion",
+    "InspectReport": "softcamify.conversion",
+    "SoftCAM": "softcamify.model",
+    "SoftCAMMeta": "softcamify.model",
+    "HeadPlan": "softcamify.heads",
+}
+
+__all__ = [
+    "__version__", "SoftcamifyError", "UsageError", "InputError", "ConversionError", "ValidationError",
+    "OutputError", "UnsafeCheckpointError", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'softcamify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

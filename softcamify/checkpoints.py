@@ -1,0 +1,509 @@
+"""Reading any supported checkpoint safely, and writing/reading softcamify checkpoints.
+
+In: a timm name (+ weights file), ``timm:``/``torchvision:`` names, ``.safetensors``, ``.pth``/``.pt``
+state dicts (also timm training checkpoints with ``state_dict``/``state_dict_ema`` and ``module.``
+prefixes), Hugging Face style folders (``config.json`` + ``model.safetensors``), a fine-tuning run
+folder, and — only with ``trust_pickle=True`` — pickled ``nn.Module`` files.
+Out: ``.safetensors`` with the SoftCAM weights and JSON metadata (:class:`~softcamify.model.SoftCAMMeta`),
+rebuilt by :func:`load` without pickle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import sources
+from .errors import InputError, UnsafeCheckpointError, UsageError
+from .io import atomic_output
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".onnx", ".pkl")
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "state_dict_ema_v2", "ema", "ema_model")
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "network.", "backbone.")
+META_KEY = "softcamify"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inspection or conversion, with what is known about where it came from."""
+
+    module: nn.Module
+    source: dict[str, Any]  # how to rebuild the architecture (kind, name, num_classes, model_args, ...)
+    data_config: dict[str, Any]
+    class_names: list[str] | None = None
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_softcam(self) -> bool:
+        from .model import SoftCAM
+
+        return isinstance(self.module, SoftCAM)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.source.get("name") or self.source.get("class") or "?")
+
+
+# --- reading files ----------------------------------------------------------------------------------
+def _check_file(path: Path, what: str = "Checkpoint") -> None:
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist.")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path} is empty (0 bytes).")
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (header only), validating the header."""
+    _check_file(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InputError(f"{path} is not a safetensors file (too short for a header).")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > min(size - 8, 100 * 1024 * 1024):
+            raise InputError(f"{path} is not a valid safetensors file (header length {n} does not fit the file).")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path} is not a valid safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path} is not a valid safetensors file (its header is not a JSON object).")
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    safetensors_metadata(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}).") from None
+
+
+def read_torch(path: Path, trust_pickle: bool = False) -> Any:
+    """torch.load with ``weights_only=True`` unless the user trusts the file."""
+    _check_file(path)
+    if trust_pickle:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise InputError(f"{path} could not be unpickled ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" in msg or "GLOBAL" in msg or "Unsupported operand" in msg:
+            raise UnsafeCheckpointError(
+                f"{path} contains pickled Python objects that would run code when loaded; "
+                "pass --trust-pickle only if you trust where the file comes from."
+            ) from None
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (corrupt or not a checkpoint).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
+            IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {first[:120]}).") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict inside a checkpoint (plain, timm training, Lightning, ...) and what else it says."""
+    info: dict[str, Any] = {}
+    notes: list[str] = []
+    info["notes"] = notes
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} holds a {type(obj).__name__}, not a state dict or training checkpoint.")
+    if _is_state_dict(obj):
+        if ema:
+            raise UsageError(f"--ema: {path} is a plain state dict with no EMA weights; drop --ema.")
+        return obj, info
+    for key in ("arch", "architecture", "model_name"):
+        if isinstance(obj.get(key), str):
+            info["arch"] = obj[key]
+            break
+    for key in ("class_names", "classes", "label_names"):
+        if isinstance(obj.get(key), (list, tuple)) and all(isinstance(c, str) for c in obj[key]):
+            info["class_names"] = list(obj[key])
+    ema_key = next((k for k in _EMA_KEYS if _is_state_dict(obj.get(k))), None)
+    main_key = next((k for k in _STATE_KEYS if _is_state_dict(obj.get(k))), None)
+    if ema:
+        if ema_key is None:
+            raise UsageError(f"--ema: {path} has no EMA weights (no state_dict_ema); drop --ema.")
+        return obj[ema_key], info
+    if main_key is not None:
+        return obj[main_key], info
+    if ema_key is not None:
+        notes.append(f"{path.name} holds only EMA weights ({ema_key}); using them.")
+        return obj[ema_key], info
+    keys = ", ".join(list(map(str, obj))[:6])
+    raise InputError(f"{path} is a dict without model weights (keys: {keys}).")
+
+
+def read_weights(path: str | os.PathLike, ema: bool = False, trust_pickle: bool = False):
+    """(state dict, info) from a weights file of any supported format."""
+    p = Path(path)
+    _check_file(p, "Weights file")
+    if p.suffix == ".safetensors" or _looks_like_safetensors(p):
+        meta = safetensors_metadata(p)
+        if META_KEY in meta:
+            raise UsageError(f"{p} is already a softcamify model; pass it as MODEL, not as --weights.")
+        if ema:
+            raise UsageError(f"--ema: {p} is a safetensors state dict with no EMA weights; drop --ema.")
+        return read_safetensors(p), {"notes": []}
+    obj = read_torch(p, trust_pickle)
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), {"notes": [f"{p.name} is a pickled {type(obj).__name__}; using its weights."]}
+    return unwrap_checkpoint(obj, p, ema)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``, Lightning ``model.``)."""
+    def score(d):
+        return len(model_keys.intersection(d))
+
+    best, best_score = sd, score(sd)
+    current = sd
+    for _ in range(4):
+        prefix = next((p for p in _STRIP_PREFIXES if current and all(k.startswith(p) for k in current)), None)
+        if prefix is None:
+            break
+        current = {k[len(prefix):]: v for k, v in current.items()}
+        if score(current) > best_score:
+            best, best_score = current, score(current)
+    return best
+
+
+def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Load a state dict, or say in one sentence why it does not fit the architecture."""
+    own = model.state_dict()
+    sd = match_prefixes(sd, set(own))
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(
+                f"{len(mismatched)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} vs model {list(own[k].shape)})"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        hint = " or --num-classes" if mismatched and not missing and not unexpected else ""
+        raise InputError(f"Weights {path} do not fit {arch}: {'; '.join(parts)}; check the architecture name{hint}.")
+    model.load_state_dict(sd, strict=False)
+    bad = sources.all_finite(dict(model.state_dict()))
+    if bad:
+        raise InputError(f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken.")
+
+
+# --- loading a model --------------------------------------------------------------------------------
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
+
+
+def _build_named(
+    kind: str,
+    name: str,
+    sd: dict[str, torch.Tensor] | None,
+    weights_path: Path | None,
+    num_classes: int | None,
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, int]:
+    """Build an architecture by name, infer the class count from the weights, load them."""
+    model = sources.build(kind, name, None if sd is not None else num_classes, model_args)
+    if sd is not None:
+        if num_classes is None:
+            own_keys = set(model.state_dict())
+            matched = match_prefixes(sd, own_keys)
+            for key in sources.classifier_keys(model):
+                if key in matched and matched[key].ndim >= 1:
+                    num_classes = int(matched[key].shape[0])
+                    break
+        current = _num_outputs(model)
+        if num_classes is not None and num_classes != current:
+            model = sources.build(kind, name, num_classes, model_args)
+        load_weights_into(model, sd, weights_path or Path("?"), f"{kind}:{name}" if kind != "timm" else name)
+    model.eval()
+    return model, _num_outputs(model)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    keys = sources.classifier_keys(model)
+    if keys:
+        return int(dict(model.named_parameters())[keys[0]].shape[0])
+    return -1
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
+    trust_pickle: bool = False,
+    input_size: tuple[int, int] | None = None,
+) -> LoadedModel:
+    """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads."""
+    spec_str = os.fspath(spec)
+    path = Path(spec_str)
+    if path.exists():
+        if weights is not None:
+            raise UsageError(f"--weights is for an architecture given by name, but MODEL {path} is already a file or folder.")
+        if path.is_dir():
+            return _load_folder(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size)
+        return _load_file(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size)
+    if _looks_like_path(spec_str):
+        raise InputError(f"Model file {path} does not exist.")
+    kind, name = sources.parse_name(spec_str)
+    sd, info, wpath = None, {"notes": []}, None
+    if weights is not None:
+        wpath = Path(weights)
+        sd, info = read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
+    elif ema:
+        raise UsageError("--ema needs a checkpoint: pass --weights FILE or a checkpoint file as MODEL.")
+    model, k = _build_named(kind, name, sd, wpath, num_classes)
+    notes = list(info.get("notes", []))
+    if sd is None:
+        notes.append(f"{name} has random weights (no --weights given).")
+    source = {"kind": kind, "name": name, "num_classes": k, "model_args": {}}
+    return LoadedModel(
+        module=model,
+        source=source,
+        data_config=sources.data_config(model, kind, input_size=input_size),
+        class_names=info.get("class_names"),
+        path=str(wpath) if wpath else None,
+        notes=notes,
+    )
+
+
+def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size) -> LoadedModel:
+    if path.suffix.lower() == ".onnx":
+        raise InputError(f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept .onnx).")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        meta = safetensors_metadata(path)
+        if META_KEY in meta:
+            model = load(path, trust_pickle=trust_pickle)
+            if input_size is not None:
+                model.meta.data_config = {**model.meta.data_config, "input_size": [model.meta.data_config["input_size"][0], *input_size]}
+            return LoadedModel(model, dict(model.meta.source), dict(model.meta.data_config), model.class_names, str(path))
+        arch = meta.get("architecture") or meta.get("arch")
+        sibling = path.parent / "config.json"
+        if not arch and sibling.exists():
+            return _load_folder(path.parent, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
+                                input_size=input_size, weights_file=path)
+        if not arch:
+            raise InputError(
+                f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
+            )
+        sd, info = read_safetensors(path), {"notes": []}
+    else:
+        obj = read_torch(path, trust_pickle)
+        if isinstance(obj, nn.Module):
+            return _from_module(obj, path, input_size)
+        sd, info = unwrap_checkpoint(obj, path, ema)
+        arch = info.get("arch")
+        if not arch:
+            raise InputError(
+                f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
+            )
+    kind, name = sources.parse_name(str(arch))
+    model, k = _build_named(kind, name, sd, path, num_classes)
+    return LoadedModel(
+        module=model,
+        source={"kind": kind, "name": name, "num_classes": k, "model_args": {}},
+        data_config=sources.data_config(model, kind, input_size=input_size),
+        class_names=info.get("class_names"),
+        path=str(path),
+        notes=list(info.get("notes", [])),
+    )
+
+
+def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
+    module.eval()
+    bad = sources.all_finite(dict(module.state_dict()))
+    if bad:
+        raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kind = "timm" if type(module).__module__.startswith("timm.") else "module"
+    source = {
+        "kind": "module",
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "path": str(path.resolve()),
+        "sha256": digest,
+        "num_classes": _num_outputs(module),
+    }
+    return LoadedModel(module, source, sources.data_config(module, kind, input_size=input_size), None, str(path),
+                       [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."])
+
+
+def _load_folder(path: Path, *, num_classes, ema, trust_pickle, input_size, weights_file: Path | None = None) -> LoadedModel:
+    for run_file in ("best.safetensors", "last.safetensors"):
+        candidate = path / run_file
+        if weights_file is None and candidate.exists() and META_KEY in safetensors_metadata(candidate):
+            return _load_file(candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise InputError(f"Folder {path} has no config.json (Hugging Face style) and no best.safetensors (a fine-tuning run).")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{config_path} is not valid JSON.") from None
+    arch = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(arch, str):
+        raise InputError(f"{config_path} does not name an 'architecture' (a timm model name).")
+    if weights_file is None:
+        for name in ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt"):
+            if (path / name).exists():
+                weights_file = path / name
+                break
+    if weights_file is None:
+        raise InputError(f"Folder {path} has config.json but no model.safetensors or pytorch_model.bin.")
+    sd, info = read_weights(weights_file, ema=ema, trust_pickle=trust_pickle)
+    model_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
+    model_args = {k: v for k, v in model_args.items() if k != "num_classes"}
+    k_cfg = config.get("num_classes")
+    kind, name = sources.parse_name(arch)
+    model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args)
+    labels = config.get("label_names")
+    if isinstance(labels, dict):
+        labels = [labels.get(str(i), labels.get(i, f"class_{i}")) for i in range(k)]
+    class_names = [str(c) for c in labels] if isinstance(labels, list) and len(labels) == k else None
+    pcfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else None
+    return LoadedModel(
+        module=model,
+        source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
+        data_config=sources.data_config(model, kind, pretrained_cfg=pcfg, input_size=input_size),
+        class_names=class_names,
+        path=str(path),
+        notes=list(info.get("notes", [])),
+    )
+
+
+# --- softcamify checkpoints -------------------------------------------------------------------------
+def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The softcamify metadata of a checkpoint, or None for any other safetensors file."""
+    meta = safetensors_metadata(Path(path))
+    raw = meta.get(META_KEY)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{path} has corrupt softcamify metadata (not JSON).") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} has corrupt softcamify metadata (not a JSON object).")
+    return data
+
+
+def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write a SoftCAM model as ``.safetensors`` + JSON metadata, atomically."""
+    from safetensors.torch import save_file
+
+    from .model import SoftCAM, current_versions
+
+    if not isinstance(model, SoftCAM):
+        raise UsageError("save() takes a SoftCAM model; convert the classifier first with softcamify.convert().")
+    model.meta.versions = current_versions()
+    model.meta.head = model.head.spec() if hasattr(model.head, "spec") else model.meta.head
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True), "format": "pt"}
+    with atomic_output(path, force=force) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def features_from_source(source: dict[str, Any], trust_pickle: bool = False) -> tuple[nn.Module, str]:
+    """Rebuild the architecture named in a checkpoint's metadata (random weights) and cut its backbone."""
+    from .heads import backbone_of
+
+    kind = source.get("kind")
+    if kind in ("timm", "torchvision"):
+        model = sources.build(kind, source["name"], source.get("num_classes"), source.get("model_args") or {})
+    elif kind == "module":
+        p = Path(source.get("path", ""))
+        if not trust_pickle:
+            raise UnsafeCheckpointError(
+                f"This model was converted from the pickled module {p}; rebuilding it runs code from that file, "
+                "so pass --trust-pickle."
+            )
+        if not p.exists():
+            raise InputError(f"This model needs its original pickled module {p}, which no longer exists.")
+        model = read_torch(p, trust_pickle=True)
+        if not isinstance(model, nn.Module):
+            raise InputError(f"{p} no longer holds an nn.Module.")
+    else:
+        raise InputError(f"Unknown model source kind {kind!r} in softcamify metadata.")
+    model.eval()
+    return backbone_of(model, source.get("split", "timm"))
+
+
+def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):
+    """Rebuild a SoftCAM model from a softcamify ``.safetensors`` file (no pickle involved)."""
+    from .heads import build_head
+    from .model import FORMAT_VERSION, SoftCAM, SoftCAMMeta
+
+    p = Path(path)
+    data = read_metadata(p)
+    if data is None:
+        raise InputError(f"{p} is not a softcamify model (no softcamify metadata); convert it first.")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{p} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
+    try:
+        meta = SoftCAMMeta.from_dict(data)
+        features, _ = features_from_source(meta.source, trust_pickle=trust_pickle)
+        head = build_head(meta.head)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{p} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
+    model = SoftCAM(features, head, meta)
+    sd = read_safetensors(p)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        example = (missing or unexpected or mismatched)[0]
+        raise InputError(
+            f"{p} does not match its own metadata ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mis-shaped tensors, e.g. {example}); the file is corrupt."
+        )
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,44 @@
+"""The ``softcamify`` command line: a thin face over the Python API.
+
+Each subcommand lives in its own module and registers itself on :data:`app`; commands parse
+options, call the library and render (rich tables or ``--json``). Nothing here imports torch at
+module level, so ``softcamify predict model.onnx`` runs where only onnxruntime is installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from .._version import __version__
+
+app = typer.Typer(
+    name="softcamify",
+    help="Make trained CNN classifiers self-explainable (SoftCAM evidence maps).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"softcamify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Make trained CNN classifiers self-explainable (SoftCAM evidence maps)."""
+
+
+# Subcommands register themselves on import (one module per command family).
+from . import core as _core  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

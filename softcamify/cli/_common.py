@@ -1,0 +1,119 @@
+"""What every subcommand shares: error handling, JSON output, consoles, common options.
+
+Nothing here imports torch: commands that can run without it (``predict`` on an ``.onnx``) stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, SoftcamifyError
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Options shared by every command that builds a model (typer reads these defaults).
+DEBUG_OPTION = typer.Option(False, "--debug", help="Show full tracebacks for errors.")
+JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
+FORCE_OPTION = typer.Option(False, "--force", "-f", help="Overwrite existing outputs.")
+NUM_CLASSES_OPTION = typer.Option(
+    None, "--num-classes", min=1, help="Number of classes (default: inferred from the classifier weights)."
+)
+INPUT_SIZE_OPTION = typer.Option(
+    None,
+    "--input-size",
+    help="Input size 'H' or 'H W' (or HxW), overriding the model's data config, e.g. 128 for a model trained at 128 px.",
+)
+WEIGHTS_OPTION = typer.Option(None, "--weights", "-w", help="Weights file for an architecture given by name.")
+EMA_OPTION = typer.Option(False, "--ema", help="Use the EMA weights (state_dict_ema) of a timm training checkpoint.")
+TRUST_PICKLE_OPTION = typer.Option(
+    False,
+    "--trust-pickle",
+    help="Allow loading pickled checkpoints (this runs code stored in the file; only for files you trust).",
+)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one).")
+
+
+def parse_input_size(value: str | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192)."""
+    from ..errors import UsageError
+
+    if value is None or str(value).strip() == "":
+        return None
+    parts = [p for p in str(value).replace("x", " ").replace(",", " ").split() if p]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' in pixels.") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' with positive integers.")
+    return nums[0], nums[1]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null so every parser accepts the output."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def print_json(data: Any) -> None:
+    text = json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), indent=2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def handle_errors(debug: bool = False) -> Iterator[None]:
+    """Turn library errors into one red line and a documented exit code (traceback with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except SoftcamifyError as e:
+        if debug:
+            traceback.print_exc()
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as e:  # a bug: say so, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        fail(
+            f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback and report it).",
+            EXIT_FAILURE,
+        )

@@ -1,0 +1,268 @@
+"""convert and inspect: the core API behind ``softcamify convert`` and ``softcamify inspect``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import sources
+from .checkpoints import LoadedModel
+from .errors import ConversionError, UsageError, ValidationError
+from .heads import HeadPlan, analyze, backbone_of
+from .model import SoftCAM, SoftCAMMeta, current_versions
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_SAMPLES = 8
+
+
+@dataclass
+class ConversionReport:
+    """How closely the converted model reproduces the original (fp32, on the given inputs)."""
+
+    exact: bool
+    strategy: str
+    architecture: str
+    num_classes: int
+    evidence_grid: list[int]
+    input_size: list[int]
+    max_abs_diff: float
+    max_rel_diff: float  # max |Δlogit| / max |logit|
+    mean_abs_diff: float
+    top1_agreement: float
+    kl_divergence: float  # mean KL(softmax(original) || softmax(converted))
+    maps_mean_diff: float  # max |mean_hw(maps) − logits| of the converted model itself
+    samples: int
+    calibration_images: int
+    atol: float
+    passed: bool
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InspectReport:
+    """What ``softcamify inspect`` prints."""
+
+    architecture: str
+    source: dict[str, Any]
+    parameters: int
+    data_config: dict[str, Any]
+    is_softcam: bool
+    num_classes: int
+    class_names: list[str] | None
+    plan: HeadPlan | None
+    softcam: dict[str, Any] | None = None  # metadata of a softcamify checkpoint
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "architecture": self.architecture,
+            "source": self.source,
+            "parameters": self.parameters,
+            "input_size": self.data_config.get("input_size"),
+            "mean": self.data_config.get("mean"),
+            "std": self.data_config.get("std"),
+            "interpolation": self.data_config.get("interpolation"),
+            "crop_pct": self.data_config.get("crop_pct"),
+            "is_softcam": self.is_softcam,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "notes": self.notes,
+        }
+        if self.plan is not None:
+            p = self.plan.to_dict()
+            d.update(
+                feature_shape=p["feature_shape"], layout=p["layout"], head=p["head"], pooling=p["pooling"],
+                between=p["between"], classifier=p["classifier"], strategy=p["strategy"], exact=p["exact"],
+                convertible=self.plan.convertible, reason=p["reason"], tried=p["tried"],
+                evidence_grid=p["evidence_grid"], steps=p["steps"],
+            )
+        if self.softcam is not None:
+            sc = self.softcam
+            d.update(strategy=sc.get("strategy"), exact=sc.get("exact"), conversion=sc.get("conversion"),
+                     evidence_grid=sc.get("evidence_grid"), history=sc.get("history"), layout=sc.get("layout"))
+        return d
+
+
+def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        if input_size is not None:
+            cfg = dict(model.data_config)
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            return LoadedModel(model.module, model.source, cfg, model.class_names, model.path, list(model.notes))
+        return model
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"convert() takes an nn.Module or a LoadedModel, not {type(model).__name__}.")
+    kind = "timm" if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head") else "module"
+    if kind == "timm":
+        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
+        source = {"kind": "timm", "name": arch, "num_classes": getattr(model, "num_classes", None), "model_args": {}}
+        in_chans = sources.first_conv_channels(model)
+        if in_chans and in_chans != 3:
+            source["model_args"]["in_chans"] = in_chans
+    else:
+        source = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
+
+
+def inspect(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None = None) -> InspectReport:
+    """Describe a model's head and whether (and how) it converts; nothing is modified."""
+    loaded = _as_loaded(model, input_size)
+    module = loaded.module
+    if isinstance(module, SoftCAM):
+        meta = module.meta
+        info = meta.to_dict()
+        with torch.no_grad():
+            f = module.forward_features(torch.zeros(1, *loaded.data_config["input_size"]))
+        info["evidence_grid"] = [int(f.shape[2]), int(f.shape[3])]
+        return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
+                             loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
+    work = copy.deepcopy(module).eval()
+    plan, _, _ = analyze(work, tuple(loaded.data_config["input_size"]))
+    names = loaded.class_names
+    return InspectReport(loaded.architecture, dict(loaded.source), sources.count_parameters(module),
+                         loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes))
+
+
+def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
+    from .errors import InputError
+    from .images import IMAGE_EXTENSIONS, preprocess_batch
+
+    root = Path(calibration)
+    if not root.is_dir():
+        raise InputError(f"--calibration {root} is not a folder of images.")
+    exts = {e if e.startswith(".") else f".{e}" for e in IMAGE_EXTENSIONS}
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    if not paths:
+        raise InputError(f"--calibration {root} contains no images.")
+    c, h, w = data_config["input_size"]
+    arr = preprocess_batch(
+        paths[:limit], input_size=(h, w), mean=data_config["mean"], std=data_config["std"],
+        interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"], channels=c,
+    )
+    return torch.from_numpy(arr)
+
+
+@torch.no_grad()
+def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch_size: int = 8) -> dict[str, float]:
+    """Max/mean |Δlogit|, relative error, top-1 agreement and KL between two models on ``inputs``."""
+    diffs, scales, agree, kls, map_diffs = [], [], [], [], []
+    for start in range(0, inputs.shape[0], batch_size):
+        x = inputs[start : start + batch_size]
+        ref = original(x)
+        logits, maps = converted.forward_maps(x)
+        map_diffs.append((maps.mean(dim=(2, 3)) - logits).abs().max())
+        d = (logits - ref).abs()
+        diffs.append(d)
+        scales.append(ref.abs().max())
+        agree.append((logits.argmax(1) == ref.argmax(1)).float())
+        p = torch.log_softmax(ref.double(), 1)
+        q = torch.log_softmax(logits.double(), 1)
+        kls.append((p.exp() * (p - q)).sum(1))
+    d = torch.cat(diffs)
+    scale = max(float(torch.stack(scales).max()), 1e-12)
+    return {
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "max_rel_diff": float(d.max()) / scale,
+        "top1_agreement": float(torch.cat(agree).mean()),
+        "kl_divergence": float(torch.cat(kls).mean().clamp_min(0)),
+        "maps_mean_diff": float(torch.stack(map_diffs).max()),
+    }
+
+
+def convert(
+    model: nn.Module | LoadedModel,
+    *,
+    input_size: tuple[int, int] | None = None,
+    class_names: list[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    samples: int = DEFAULT_SAMPLES,
+    calibration: str | os.PathLike | None = None,
+    strict: bool = True,
+    seed: int = 0,
+) -> SoftCAM:
+    """Replace pooling + classifier by an evidence conv initialized from the classifier, and verify it.
+
+    The returned model's ``meta.conversion`` holds the :class:`ConversionReport`. Raises
+    :class:`ConversionError` when no (exact, with ``strict``) strategy applies and
+    :class:`ValidationError` when the converted logits differ from the original by more than ``atol``.
+    """
+    loaded = _as_loaded(model, input_size)
+    original = loaded.module
+    if isinstance(original, SoftCAM):
+        raise UsageError("The model is already a SoftCAM model; there is nothing to convert.")
+    original.eval()
+    data_config = dict(loaded.data_config)
+    work = copy.deepcopy(original).eval()
+    plan, _, evidence = analyze(work, tuple(data_config["input_size"]))
+    arch = loaded.architecture
+    if evidence is None or plan.strategy is None:
+        raise ConversionError(f"{arch} has no exact SoftCAM conversion yet: {plan.reason} (head: {plan.head}).")
+    if strict and not plan.exact:
+        raise ConversionError(f"{arch} converts only approximately ({plan.strategy}); refused under --strict.")
+    features, split = backbone_of(work, plan.split)
+    head = evidence.float()
+    k = plan.num_classes
+    if class_names is None:
+        class_names = loaded.class_names
+    if class_names is not None and len(class_names) != k:
+        raise UsageError(f"--class-names lists {len(class_names)} names but the model has {k} classes.")
+    source = dict(loaded.source)
+    source["split"] = split
+    meta = SoftCAMMeta(
+        source=source,
+        strategy=plan.strategy,
+        exact=plan.exact,
+        num_classes=k,
+        class_names=list(class_names) if class_names else [f"class_{i}" for i in range(k)],
+        data_config=data_config,
+        head=head.spec(),
+        layout=plan.layout,
+        versions=current_versions(),
+    )
+    softcam = SoftCAM(features, head, meta).eval()
+
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, *data_config["input_size"], generator=g)
+    n_cal = 0
+    if calibration is not None:
+        cal = _calibration_inputs(calibration, data_config)
+        n_cal = cal.shape[0]
+        inputs = torch.cat([inputs, cal], 0)
+    stats = compare(original, softcam, inputs)
+    report = ConversionReport(
+        exact=plan.exact,
+        strategy=plan.strategy,
+        architecture=arch,
+        num_classes=k,
+        evidence_grid=plan.evidence_grid,
+        input_size=list(data_config["input_size"]),
+        samples=samples,
+        calibration_images=n_cal,
+        atol=atol,
+        passed=stats["max_abs_diff"] <= atol,
+        **stats,
+    )
+    meta.conversion = report.to_dict()
+    if not report.passed:
+        raise ValidationError(
+            f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
+            f"> --atol {atol:g}; nothing was written."
+        )
+    return softcam
+
+
+def conversion_report(model: SoftCAM) -> ConversionReport:
+    c = dict(model.meta.conversion)
+    names = set(ConversionReport.__dataclass_fields__)
+    return ConversionReport(**{k: v for k, v in c.items() if k in names})

@@ -1,0 +1,80 @@
+"""The class-evidence head: a 1×1 convolution on the last feature map, optionally after a per-sample
+normalization whose statistics come from the spatially pooled features (the exact decomposition of
+"average pool → LayerNorm/RmsNorm → Linear" heads; see docs/method.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+NORM_KINDS = ("layernorm", "rmsnorm", "simplenorm")
+
+
+def pooled_stats(p: torch.Tensor, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample centre and scale of pooled features ``p`` (B×C), as the named norm computes them."""
+    if kind == "layernorm":
+        var, mu = torch.var_mean(p, dim=1, unbiased=False)
+        return mu, torch.sqrt(var + eps)
+    if kind == "rmsnorm":
+        return torch.zeros_like(p[:, 0]), torch.sqrt(p.pow(2).mean(dim=1) + eps)
+    if kind == "simplenorm":  # timm SimpleNorm: no centring, unbiased variance
+        return torch.zeros_like(p[:, 0]), torch.sqrt(torch.var(p, dim=1, unbiased=True) + eps)
+    raise ValueError(f"unknown norm kind {kind!r}")
+
+
+class EvidenceHead(nn.Module):
+    """Maps features B×C×H×W to class evidence B×K×H×W; their spatial mean is the logits.
+
+    ``norm`` (optional) normalizes every position with the per-sample statistics of the pooled
+    feature vector, which keeps the maps linear in the local features while reproducing a
+    pooled-then-normalized head exactly.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, norm: str | None = None, eps: float = 1e-6):
+        super().__init__()
+        if norm is not None and norm not in NORM_KINDS:
+            raise ValueError(f"unknown norm kind {norm!r}")
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.norm = norm
+        self.eps = float(eps)
+        self.conv = nn.Conv2d(self.in_channels, self.num_classes, kernel_size=1, bias=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            p = features.mean(dim=(2, 3))
+            mu, sigma = pooled_stats(p, self.norm, self.eps)
+            features = (features - mu[:, None, None, None]) / sigma[:, None, None, None]
+        return self.conv(features)
+
+    @torch.no_grad()
+    def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Initialize from a classifier's K×C weight and K bias."""
+        self.conv.weight.copy_(weight.reshape(self.num_classes, self.in_channels, 1, 1).to(self.conv.weight))
+        self.conv.bias.copy_(bias.reshape(self.num_classes).to(self.conv.bias))
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "evidence",
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "norm": self.norm,
+            "eps": self.eps,
+        }
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm}" if self.norm else ""
+
+
+def build_head(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild a head from the spec stored in a softcamify checkpoint."""
+    kind = spec.get("kind", "evidence")
+    if kind == "evidence":
+        return EvidenceHead(spec["in_channels"], spec["num_classes"], spec.get("norm"), spec.get("eps", 1e-6))
+    raise ValueError(f"unknown evidence head kind {kind!r}")

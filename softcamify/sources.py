@@ -1,0 +1,162 @@
+"""Building a classifier from a name (timm or torchvision), with random weights, and its data config.
+
+Nothing here downloads: models are created with ``pretrained=False`` / ``weights=None`` and weights
+come only from files the user names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError, UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "http://", "https://")
+
+
+def parse_name(spec: str) -> tuple[str, str]:
+    """'torchvision:resnet50' -> ('torchvision', 'resnet50'); 'timm:x' or 'x' -> ('timm', 'x')."""
+    if spec.startswith(_HUB_PREFIXES):
+        raise InputError(f"{spec!r} names a model on a hub; softcamify never downloads: download it and pass the file or folder.")
+    if ":" in spec:
+        kind, name = spec.split(":", 1)
+        kind = kind.lower()
+        if kind in ("tv", "torchvision"):
+            return "torchvision", name
+        if kind == "timm":
+            return "timm", name
+        raise InputError(f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME or a file path.")
+    return "timm", spec
+
+
+def is_known_name(spec: str) -> bool:
+    try:
+        kind, name = parse_name(spec)
+    except InputError:
+        return False
+    if kind == "torchvision":
+        return True
+    import timm
+
+    return timm.is_model(name)
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def build(kind: str, name: str, num_classes: int | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
+    """A model with random weights; ``num_classes=None`` keeps the architecture's default."""
+    model_args = dict(model_args or {})
+    if kind == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise InputError(
+                f"{name!r} is neither an existing file nor a timm architecture{_suggest(name, timm.list_models())}."
+            )
+        if num_classes is not None:
+            model_args["num_classes"] = num_classes
+        try:
+            return timm.create_model(name, pretrained=False, **model_args)
+        except TypeError as e:
+            raise UsageError(f"timm cannot build {name!r} with {model_args}: {e}.") from e
+    if kind == "torchvision":
+        import torchvision
+
+        names = torchvision.models.list_models()
+        if name not in names:
+            raise InputError(f"{name!r} is not a torchvision model{_suggest(name, names)}.")
+        if num_classes is not None:
+            model_args["num_classes"] = num_classes
+        if name.startswith(("inception", "googlenet")):
+            model_args.setdefault("aux_logits", False)
+            model_args.setdefault("init_weights", True)
+        return torchvision.models.get_model(name, weights=None, **model_args)
+    raise InputError(f"unknown model source {kind!r}")
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the classifier weight(s): timm's pretrained_cfg, else the last Linear/1×1 conv."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    names = cfg.get("classifier")
+    if names:
+        names = [names] if isinstance(names, str) else list(names)
+        keys = [f"{n}.weight" for n in names]
+        params = dict(model.named_parameters())
+        keys = [k for k in keys if k in params]
+        if keys:
+            return keys
+    last = None
+    for qualname, m in model.named_modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)):
+            last = f"{qualname}.weight"
+    return [last] if last else []
+
+
+def first_conv_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):  # e.g. patch embedding as Linear: no conv seen first
+            return None
+    return None
+
+
+def data_config(
+    model: nn.Module,
+    kind: str,
+    pretrained_cfg: dict[str, Any] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Preprocessing the model expects (timm's data config; ImageNet defaults elsewhere), JSON-friendly."""
+    cfg: dict[str, Any]
+    if kind == "timm" or pretrained_cfg:
+        from timm.data import resolve_data_config
+
+        try:
+            cfg = dict(resolve_data_config(pretrained_cfg=pretrained_cfg, model=None if pretrained_cfg else model))
+        except Exception:
+            cfg = {}
+    else:
+        cfg = {}
+    cfg.setdefault("input_size", (3, 224, 224))
+    cfg.setdefault("interpolation", "bilinear")
+    cfg.setdefault("mean", IMAGENET_MEAN)
+    cfg.setdefault("std", IMAGENET_STD)
+    cfg.setdefault("crop_pct", 0.875)
+    cfg.setdefault("crop_mode", "center")
+    channels = first_conv_channels(model) or int(cfg["input_size"][0])
+    mean, std = list(cfg["mean"]), list(cfg["std"])
+    if len(mean) != channels:
+        mean = [sum(mean) / len(mean)] * channels
+        std = [sum(std) / len(std)] * channels
+    h, w = (int(cfg["input_size"][1]), int(cfg["input_size"][2])) if input_size is None else input_size
+    if input_size is not None:
+        cfg["crop_pct"] = float(cfg.get("crop_pct") or 1.0)
+    return {
+        "input_size": [channels, h, w],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "interpolation": str(cfg.get("interpolation") or "bilinear"),
+        "crop_pct": float(cfg.get("crop_pct") or 1.0),
+        "crop_mode": str(cfg.get("crop_mode") or "center"),
+    }
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def all_finite(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating tensor holding NaN or Inf, or None."""
+    for k, v in state_dict.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            return k
+    return None

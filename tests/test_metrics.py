@@ -1,0 +1,494 @@
+"""Metrics pinned on hand-built maps, masks and predictions with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from softcamify import metrics as M
+from softcamify.errors import InputError, UsageError
+
+# ----------------------------------------------------------------------------------------------- upsample
+
+
+def test_module_does_not_import_torch():
+    code = "import sys, softcamify.metrics, softcamify.render, softcamify.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_upsample_bilinear_hand_computed():
+    # align_corners=False: src = (dst + 0.5) * 2/4 - 0.5, clamped at 0 -> weights (1,0), (.75,.25), (.25,.75), (0,1)
+    a = np.array([[0.0, 1.0], [2.0, 3.0]])
+    expected = np.array(
+        [
+            [0.0, 0.25, 0.75, 1.0],
+            [0.5, 0.75, 1.25, 1.5],
+            [1.5, 1.75, 2.25, 2.5],
+            [2.0, 2.25, 2.75, 3.0],
+        ]
+    )
+    np.testing.assert_allclose(M.upsample(a, (4, 4)), expected, atol=1e-12)
+
+
+def test_upsample_bilinear_non_integer_ratio_hand_computed():
+    # 1×3 -> 1×5: scale 0.6; src = 0.6*dst - 0.2 -> [-.2->0, .4, 1.0, 1.6, 2.2->clamped to index 2]
+    a = np.array([[0.0, 10.0, 20.0]])
+    np.testing.assert_allclose(M.upsample(a, (1, 5)), [[0.0, 4.0, 10.0, 16.0, 20.0]], atol=1e-12)
+
+
+def test_upsample_keeps_leading_axes_and_identity():
+    a = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+    assert M.upsample(a, (6, 8)).shape == (2, 6, 8)
+    np.testing.assert_array_equal(M.upsample(a, (3, 4)), a)
+
+
+def test_upsample_nearest_and_bad_mode():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(M.upsample(a, (4, 4), mode="nearest"), np.kron(a, np.ones((2, 2))))
+    with pytest.raises(UsageError):
+        M.upsample(a, (4, 4), mode="area")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("shapes", [((7, 7), (224, 224)), ((3, 5), (8, 11)), ((60, 60), (17, 23)), ((1, 1), (5, 5))])
+def test_upsample_matches_torch(mode, shapes):
+    torch = pytest.importorskip("torch")
+    (h, w), size = shapes
+    a = np.random.default_rng(0).standard_normal((2, h, w))
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    ref = torch.nn.functional.interpolate(torch.tensor(a)[None], size=size, mode=mode, **kw)[0].numpy()
+    np.testing.assert_allclose(M.upsample(a, size, mode=mode), ref, atol=1e-5)
+
+
+def test_normalize_saliency_special_cases():
+    np.testing.assert_array_equal(M.normalize_saliency(np.zeros((3, 3))), np.zeros((3, 3)))
+    np.testing.assert_array_equal(M.normalize_saliency(-np.ones((3, 3))), np.zeros((3, 3)))
+    np.testing.assert_array_equal(M.normalize_saliency(np.full((2, 2), 7.0)), np.ones((2, 2)))
+    np.testing.assert_allclose(M.normalize_saliency(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1.0]])
+
+
+# ------------------------------------------------------------------------------------------- localisation
+
+
+def _mask(shape=(8, 8), box=(2, 6, 2, 6)) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    y0, y1, x0, x1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_map_equal_to_mask_is_perfect():
+    m = _mask()
+    s = m.astype(float) * 3.0
+    assert M.activation_precision(s, m) == pytest.approx(1.0)
+    assert M.activation_sensitivity(s, m) == pytest.approx(1.0)
+    assert M.pointing_game(s, m) == 1.0
+    assert M.energy_pointing_game(s, m) == pytest.approx(1.0)
+
+
+def test_uniform_map_scores_area_share():
+    m = _mask()  # 16 of 64 pixels
+    s = np.full((8, 8), 0.3)
+    assert M.activation_precision(s, m) == pytest.approx(16 / 64)
+    assert M.energy_pointing_game(s, m) == pytest.approx(16 / 64)
+    assert M.activation_sensitivity(s, m) == pytest.approx(1.0)  # constant positive map -> all ones
+    assert M.pointing_game(s, m) == 0.0  # points nowhere
+
+
+def test_map_peaked_outside_mask_misses():
+    m = _mask()
+    s = np.zeros((8, 8))
+    s[0, 0] = 5.0
+    s[3, 3] = 1.0
+    assert M.pointing_game(s, m) == 0.0
+    assert M.activation_precision(s, m) == pytest.approx(1.0 / 6.0)
+    assert M.energy_pointing_game(s, m) == pytest.approx(1.0 / 6.0)
+    assert M.activation_sensitivity(s, m) == pytest.approx((1.0 / 5.0) / 16)
+
+
+def test_pointing_game_tolerance_is_a_euclidean_disk():
+    m = np.zeros((10, 10), dtype=bool)
+    m[3, 4] = True  # distance 5 from the peak at (0, 0); Chebyshev distance 4
+    s = np.zeros((10, 10))
+    s[0, 0] = 1.0
+    assert M.pointing_game(s, m, tolerance_px=4) == 0.0
+    assert M.pointing_game(s, m, tolerance_px=5) == 1.0
+    with pytest.raises(UsageError):
+        M.pointing_game(s, m, tolerance_px=-1)
+
+
+def test_pointing_game_ties_any_maximum_inside():
+    m = _mask()
+    s = np.zeros((8, 8))
+    s[0, 0] = s[4, 4] = 2.0
+    assert M.pointing_game(s, m) == 1.0
+
+
+def test_low_resolution_map_is_upsampled_hand_computed():
+    # 2×2 map [[1, 0], [0, 0]] -> 4×4 bilinear = outer(a, a) with a = [1, .75, .25, 0]
+    s = np.array([[1.0, 0.0], [0.0, 0.0]])
+    m = np.zeros((4, 4), dtype=bool)
+    m[:2, :2] = True
+    inside = (1 + 0.75) ** 2
+    total = 2.0**2
+    assert M.activation_precision(s, m) == pytest.approx(inside / total)
+    assert M.activation_sensitivity(s, m) == pytest.approx(inside / 4)
+    assert M.pointing_game(s, m) == 1.0
+
+
+def test_zero_and_negative_maps_score_zero():
+    m = _mask()
+    for s in (np.zeros((8, 8)), -np.ones((8, 8))):
+        assert M.activation_precision(s, m) == 0.0
+        assert M.activation_sensitivity(s, m) == 0.0
+        assert M.energy_pointing_game(s, m) == 0.0
+
+
+def test_empty_mask_gives_nan():
+    m = np.zeros((8, 8), dtype=bool)
+    s = np.random.default_rng(0).random((4, 4))
+    for fn in (M.activation_precision, M.activation_sensitivity, M.pointing_game, M.energy_pointing_game):
+        assert math.isnan(fn(s, m))
+    res = M.topk_patch_precision(s, np.zeros((64, 64)), k=3, patch=16, stride=8)
+    assert math.isnan(res.precision) and res.picks == 0
+    agg = M.aggregate([{"ap": M.activation_precision(s, m)}, {"ap": 0.5}, {"ap": 0.7}])
+    assert agg["ap"]["n"] == 2 and agg["ap"]["mean"] == pytest.approx(0.6)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(InputError):
+        M.activation_precision(np.full((2, 2), np.nan), _mask())
+    with pytest.raises(InputError):
+        M.activation_precision(np.ones(4), _mask())
+
+
+# -------------------------------------------------------------------------------------------- top-k patches
+
+
+def _topk_case():
+    grid = np.zeros((7, 7))  # mask 64×64, patch 16, stride 8 -> grid (64-16)//8+1 = 7
+    grid[0, 0] = 5.0  # box rows/cols 0..15: hit
+    grid[6, 6] = 4.0  # box 48..63: miss
+    grid[0, 1] = 3.0  # suppressed by the pick at (0, 0)
+    grid[3, 3] = 2.0  # box 24..39: miss
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[0:4, 0:4] = True
+    return grid, mask
+
+
+def test_topk_patch_precision_known_hits():
+    grid, mask = _topk_case()
+    res = M.topk_patch_precision(grid, mask, k=10, patch=16, stride=8, threshold=1.0)
+    assert res.picks == 3 and res.hits == 1
+    assert res.precision == pytest.approx(1 / 3)
+    assert res.hit_flags == [True, False, False]
+    assert res.boxes == [(0, 0, 16, 16), (48, 48, 16, 16), (24, 24, 16, 16)]
+    assert res.precision_at(1) == 1.0 and res.precision_at(2) == 0.5
+    assert res.curve() == pytest.approx([1.0, 0.5, 1 / 3])
+    json.dumps(res.as_dict(), allow_nan=False)
+
+
+def test_topk_patch_precision_k_and_threshold():
+    grid, mask = _topk_case()
+    assert M.topk_patch_precision(grid, mask, k=2, patch=16, stride=8).picks == 2
+    assert M.topk_patch_precision(grid, mask, k=10, patch=16, stride=8, threshold=2.5).picks == 2
+    assert M.topk_patch_precision(grid, mask, k=10, patch=16, stride=8, threshold=None).picks == 10
+    assert math.isnan(M.topk_patch_precision(grid, mask, patch=16, stride=8, threshold=9.0).precision)
+
+
+def test_topk_patch_edges_of_box():
+    grid = np.zeros((7, 7))
+    grid[0, 0] = 5.0
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[15, 15] = True  # last pixel of box (0, 0)
+    assert M.topk_patch_precision(grid, mask, k=1, patch=16, stride=8).hits == 1
+    mask[:] = False
+    mask[16, 16] = True  # first pixel outside it
+    assert M.topk_patch_precision(grid, mask, k=1, patch=16, stride=8).hits == 0
+
+
+def test_pooled_topk_precision():
+    grid, mask = _topk_case()
+    a = M.topk_patch_precision(grid, mask, patch=16, stride=8)  # flags T, F, F
+    b = M.TopKResult(precision=1.0, hits=1, picks=1, hit_flags=[True])
+    assert M.pooled_topk_precision([a, b], 3) == pytest.approx([2 / 2, 2 / 3, 2 / 4])
+
+
+def test_topk_default_grid_is_60_for_512():
+    s = np.zeros((16, 16))
+    s[2, 2] = 10.0
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[60:100, 60:100] = True
+    res = M.topk_patch_precision(s, mask, k=1)
+    assert res.picks == 1
+    y, x, h, w = res.boxes[0]
+    assert (h, w) == (33, 33) and y % 8 == 0 and x % 8 == 0 and res.hits == 1
+
+
+# ------------------------------------------------------------------------------------- sparsity and Gini
+
+
+def test_gini_uniform_spike_zero():
+    assert M.gini(np.ones(100)) == pytest.approx(0.0)
+    spike = np.zeros(100)
+    spike[7] = 3.0
+    assert M.gini(spike) == pytest.approx(1 - 1 / 100)
+    assert M.gini(np.zeros(5)) == 0.0
+    v = np.random.default_rng(0).standard_normal(50)
+    assert M.gini(v) == pytest.approx(M.gini(-4.0 * v))  # magnitudes, scale-free
+
+
+def test_gini_hand_computed():
+    # a = [0, 1, 2, 3] sorted, n = 4: Σ(2i-n-1)a_i = (-3)(0) + (-1)(1) + (1)(2) + (3)(3) = 10; /(4·6)
+    assert M.gini(np.array([3.0, 0.0, -2.0, 1.0])) == pytest.approx(10 / 24)
+
+
+def test_sparsity_constructed():
+    a = np.full((10, 10), 0.005)
+    a.flat[:20] = -1.0  # 20 strong values (either sign), 80 below 1 % of the peak
+    assert M.sparsity(a) == pytest.approx(0.8)
+    assert M.sparsity(a, threshold=0.001, relative=False) == pytest.approx(0.0)
+    assert M.sparsity(a, threshold=0.5, relative=False) == pytest.approx(0.8)
+    assert M.sparsity(np.zeros((4, 4))) == 1.0
+    per_map = M.sparsity(np.stack([a, np.ones((10, 10))]))
+    np.testing.assert_allclose(per_map, [0.8, 0.0])
+
+
+# ------------------------------------------------------------------------------------------ faithfulness
+
+
+def _linear_model(image_hw=8, patch=4):
+    """Softmax of a 2-class linear model whose evidence lives in the top-left patch only."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        assert batch.dtype == np.float32 and batch.ndim == 4
+        z1 = 4.0 * batch[:, 0, :patch, :patch].mean(axis=(1, 2)) - 2.0
+        logits = np.stack([np.zeros_like(z1), z1], axis=1)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return predict
+
+
+def _sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_deletion_true_order_falls_faster():
+    predict = _linear_model()
+    img = np.ones((1, 8, 8), dtype=np.float32)
+    true_sal = np.array([[1.0, 0.0], [0.0, 0.0]])  # evidence patch first
+    hi, lo = _sig(2.0), _sig(-2.0)
+    auc_true, curve = M.deletion_insertion(predict, img, true_sal, target=1, steps=4, patch=4)
+    auc_rev, _ = M.deletion_insertion(predict, img, -true_sal, target=1, steps=4, patch=4)
+    rand = np.array([[0.2, 0.9], [0.5, 0.1]])  # evidence patch ranked 3rd of 4
+    auc_rand, _ = M.deletion_insertion(predict, img, rand, target=1, steps=4, patch=4)
+    np.testing.assert_allclose(curve[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(curve[:, 1], [hi, lo, lo, lo, lo])
+    assert auc_true == pytest.approx(0.25 * ((hi + lo) / 2 + 3 * lo))
+    assert auc_rev == pytest.approx(0.25 * (3 * hi + (hi + lo) / 2))
+    assert auc_true < auc_rand < auc_rev
+
+
+def test_insertion_true_order_rises_faster_and_batches():
+    calls = []
+    base = _linear_model()
+
+    def predict(batch):
+        calls.append(len(batch))
+        return base(batch)
+
+    img = np.ones((1, 8, 8), dtype=np.float32)
+    sal = np.array([[1.0, 0.0], [0.0, 0.0]])
+    auc_true, curve = M.deletion_insertion(predict, img, sal, 1, steps=4, patch=4, mode="insertion", batch_size=2)
+    assert calls == [2, 2, 1]
+    auc_rev, _ = M.deletion_insertion(predict, img, -sal, 1, steps=4, patch=4, mode="insertion")
+    assert curve[0, 1] == pytest.approx(_sig(-2.0)) and curve[-1, 1] == pytest.approx(_sig(2.0))
+    assert auc_true > auc_rev
+
+
+def test_deletion_options():
+    predict = _linear_model()
+    img = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    sal = np.random.default_rng(1).random((3, 3))
+    auc, curve = M.deletion_insertion(predict, img, sal, 1, steps=100, patch=4)  # capped at 4 tiles
+    assert curve.shape == (5, 2) and 0.0 <= auc <= 1.0
+    _, curve = M.deletion_insertion(predict, img, sal, 1, steps=8, patch=1, baseline="blur", mode="insertion")
+    assert curve.shape == (9, 2) and curve[0, 0] == 0.0 and curve[-1, 0] == 1.0
+    _, curve = M.deletion_insertion(predict, img, sal, 1, steps=2, patch=3, patch_score="mean")  # ragged tiles
+    assert curve[-1, 0] == 1.0
+    with pytest.raises(UsageError):
+        M.deletion_insertion(predict, img, sal, 1, mode="erase")  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        M.deletion_insertion(predict, img, sal, 5)
+    with pytest.raises(UsageError):
+        M.deletion_insertion(predict, img, sal, 1, baseline="noise")
+
+
+def test_gaussian_blur_keeps_constant_images():
+    img = np.full((2, 9, 9), 3.0, dtype=np.float32)
+    np.testing.assert_allclose(M.gaussian_blur(img, sigma=2.0), img, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- classification
+
+
+def test_roc_auc_perfect_worst_ties_random():
+    y = np.array([0, 0, 1, 1])
+    assert M.roc_auc_ovr(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert M.roc_auc_ovr(y, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert M.roc_auc_ovr(y, np.full(4, 0.5)) == 0.5
+    # one tied positive/negative pair counts one half: (1 + 0.5 + 1 + 1) / 4
+    assert M.roc_auc_ovr(y, np.array([0.1, 0.5, 0.5, 0.9])) == pytest.approx(0.875)
+    rng = np.random.default_rng(0)
+    yr = rng.integers(0, 2, 4000)
+    assert M.roc_auc_ovr(yr, rng.random(4000)) == pytest.approx(0.5, abs=0.03)
+
+
+def test_roc_auc_binary_uses_class_one_column():
+    y = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    assert M.roc_auc_ovr(y, probs) == 1.0
+
+
+def test_roc_auc_multiclass_skips_absent_classes():
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    auc0 = M.roc_auc_ovr((y == 0).astype(int), probs[:, 0])
+    auc1 = M.roc_auc_ovr((y == 1).astype(int), probs[:, 1])
+    assert M.roc_auc_ovr(y, probs) == pytest.approx((auc0 + auc1) / 2)
+    assert math.isnan(M.roc_auc_ovr(np.zeros(3, dtype=int), np.full((3, 3), 1 / 3)))
+    assert math.isnan(M.roc_auc_ovr(np.ones(3, dtype=int), np.array([0.2, 0.5, 0.9])))
+
+
+def test_roc_auc_matches_sklearn():
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+    p = np.round(rng.random((300, 4)), 1) + 0.01
+    p /= p.sum(axis=1, keepdims=True)
+    assert M.roc_auc_ovr(y, p) == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+
+def test_confusion_accuracy_balanced_accuracy_imbalanced():
+    y = np.array([0] * 8 + [1] * 2)
+    all_zero = np.zeros(10, dtype=int)
+    assert M.accuracy(y, all_zero) == pytest.approx(0.8)
+    assert M.balanced_accuracy(y, all_zero) == pytest.approx(0.5)
+    pred = np.array([0] * 7 + [1] + [1, 0])  # recall 7/8 and 1/2
+    assert M.balanced_accuracy(y, pred) == pytest.approx((7 / 8 + 1 / 2) / 2)
+    np.testing.assert_array_equal(M.confusion_matrix(y, pred, 2), [[7, 1], [1, 1]])
+    with pytest.raises(InputError):
+        M.confusion_matrix(y, pred, 1)
+
+
+def test_sensitivity_specificity_binary():
+    sens, spec = M.sensitivity_specificity(np.array([[50, 10], [5, 35]]))
+    assert sens[1] == pytest.approx(35 / 40) and spec[1] == pytest.approx(50 / 60)
+    assert sens[0] == pytest.approx(50 / 60) and spec[0] == pytest.approx(35 / 40)
+    sens, _ = M.sensitivity_specificity(np.array([[3, 0], [0, 0]]))
+    assert math.isnan(sens[1])
+
+
+def _kappa_by_formula(y_true, y_pred, k):
+    n = len(y_true)
+    num = den = 0.0
+    for i in range(k):
+        for j in range(k):
+            w = (i - j) ** 2 / (k - 1) ** 2
+            o = sum(1 for a, b in zip(y_true, y_pred, strict=True) if a == i and b == j)
+            e = sum(1 for a in y_true if a == i) * sum(1 for b in y_pred if b == j) / n
+            num += w * o
+            den += w * e
+    return 1 - num / den
+
+
+def test_quadratic_kappa_known_values():
+    y = [0, 1, 2, 3, 4, 2]
+    assert M.quadratic_kappa(y, y, 5) == pytest.approx(1.0)
+    # O has cells (0,0) (1,2) (2,2) (2,1); Σ w·O = 0.5 and Σ w·E = 1.375 (worked out by hand) -> 7/11
+    yt, yp = [0, 1, 2, 2], [0, 2, 2, 1]
+    assert M.quadratic_kappa(yt, yp, 3) == pytest.approx(7 / 11)
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
+    assert M.quadratic_kappa(a, b, 5) == pytest.approx(_kappa_by_formula(a.tolist(), b.tolist(), 5))
+    assert math.isnan(M.quadratic_kappa([1, 1], [1, 1], 3))
+    skm = pytest.importorskip("sklearn.metrics")
+    assert M.quadratic_kappa(a, b, 5) == pytest.approx(skm.cohen_kappa_score(a, b, weights="quadratic"))
+
+
+def test_classification_report_json_safe():
+    y = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+    rep = M.classification_report(y, probs, ["healthy", "disease"])
+    text = json.dumps(rep, allow_nan=False)
+    assert json.loads(text) == rep
+    assert rep["accuracy"] == pytest.approx(3 / 5)
+    assert rep["sensitivity"] == pytest.approx(2 / 3) and rep["specificity"] == pytest.approx(1 / 2)
+    assert rep["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert [c["name"] for c in rep["per_class"]] == ["healthy", "disease"]
+    assert "quadratic_kappa" not in rep
+    rep3 = M.classification_report([0, 1, 2], np.eye(3), ["a", "b", "c"], ordinal=True)
+    assert rep3["quadratic_kappa"] == pytest.approx(1.0)
+    nan_rep = M.classification_report([0, 0], np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"])
+    assert nan_rep["roc_auc"] is None and nan_rep["sensitivity"] is None
+    with pytest.raises(UsageError):
+        M.classification_report(y, probs, ["only one"])
+
+
+def test_aggregate_and_json_safe():
+    recs = [{"a": 1.0, "hit": True, "name": "x"}, {"a": 3.0, "hit": False}, {"a": float("nan"), "b": None}]
+    agg = M.aggregate(recs)
+    assert agg["a"] == {"mean": 2.0, "std": 1.0, "n": 2}
+    assert agg["hit"]["mean"] == 0.5
+    assert agg["b"] == {"mean": None, "std": None, "n": 0}
+    assert "name" not in agg
+    assert M.json_safe({"x": np.float32(np.inf), "y": np.arange(2), "z": (np.int64(3),)}) == {
+        "x": None,
+        "y": [0, 1],
+        "z": [3],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ properties
+
+_maps = hnp.arrays(np.float64, (6, 6), elements=st.floats(-10, 10, allow_nan=False, width=32))
+_masks = hnp.arrays(np.bool_, (12, 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_maps, _masks)
+def test_localisation_scores_in_unit_interval(s, m):
+    for fn in (M.activation_precision, M.activation_sensitivity, M.energy_pointing_game, M.pointing_game):
+        v = fn(s, m)
+        if not m.any():
+            assert math.isnan(v)
+        else:
+            assert 0.0 <= v <= 1.0 + 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 1), min_size=2, max_size=40),
+    st.data(),
+)
+def test_auc_invariant_to_monotone_transforms(labels, data):
+    y = np.array(labels)
+    scores = np.array(data.draw(st.lists(st.integers(-5, 5), min_size=len(y), max_size=len(y))), dtype=float)
+    auc = M.roc_auc_ovr(y, scores)
+    if math.isnan(auc):
+        assert y.min() == y.max()
+        return
+    assert 0.0 <= auc <= 1.0
+    assert M.roc_auc_ovr(y, np.exp(scores / 3.0)) == pytest.approx(auc)
+    assert M.roc_auc_ovr(y, 7.0 * scores**3 + 2.0) == pytest.approx(auc)
+    assert M.roc_auc_ovr(y, -scores) == pytest.approx(1.0 - auc)
