@@ -266,3 +266,36 @@ def conversion_report(model: SoftCAM) -> ConversionReport:
     c = dict(model.meta.conversion)
     names = set(ConversionReport.__dataclass_fields__)
     return ConversionReport(**{k: v for k, v in c.items() if k in names})
+
+
+def as_softcam(
+    model: str | os.PathLike | nn.Module | LoadedModel,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    ema: bool = False,
+    trust_pickle: bool = False,
+    strict: bool = False,
+    atol: float = DEFAULT_ATOL,
+) -> tuple[SoftCAM, LoadedModel]:
+    """A SoftCAM model from anything ``convert`` accepts; softcamify checkpoints are loaded as they are.
+
+    This is what every command that needs a SoftCAM model (finetune, export, explain, evaluate) calls.
+    """
+    from .checkpoints import load_model
+
+    if isinstance(model, LoadedModel):
+        loaded = _as_loaded(model, input_size)
+    elif isinstance(model, nn.Module):
+        loaded = _as_loaded(model, input_size)
+    else:
+        loaded = load_model(
+            model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
+        )
+    if isinstance(loaded.module, SoftCAM):
+        sc = loaded.module
+        if input_size is not None:
+            sc.meta.data_config = dict(loaded.data_config)
+        return sc, loaded
+    return convert(loaded, atol=atol, strict=strict), loaded

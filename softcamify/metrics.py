@@ -466,12 +466,15 @@ def pointing_game(s: Any, m: Any, tolerance_px: int = 0, mode: ResizeMode = "bil
     """
     if tolerance_px < 0:
         raise UsageError(f"tolerance_px must be 0 or more, got {tolerance_px}.")
-    sal, mask = _map_and_mask(s, m, mode)
+    raw = _as_map(s)
+    sal, mask = _map_and_mask(raw, m, mode)
     if not mask.any():
         return float("nan")
-    peak = sal == sal.max()
-    if peak.all():
+    if raw.max() == raw.min():
         return 0.0
+    top = float(sal.max())
+    # Tied maxima up to floating-point noise of the resizing (1e-9 of the map's range).
+    peak = sal >= top - 1e-9 * (top - float(sal.min()))
     target = _dilate_disk(mask, int(tolerance_px)) if tolerance_px else mask
     return float(bool(np.any(target & peak)))
 

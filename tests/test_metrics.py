@@ -20,7 +20,9 @@ from softcamify.errors import InputError, UsageError
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, softcamify.metrics, softcamify.render, softcamify.report; print('torch' in sys.modules)"
+    code = (
+        "import sys, softcamify.metrics, softcamify.render, softcamify.report; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -59,7 +61,9 @@ def test_upsample_nearest_and_bad_mode():
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest"])
-@pytest.mark.parametrize("shapes", [((7, 7), (224, 224)), ((3, 5), (8, 11)), ((60, 60), (17, 23)), ((1, 1), (5, 5))])
+@pytest.mark.parametrize(
+    "shapes", [((7, 7), (224, 224)), ((3, 5), (8, 11)), ((60, 60), (17, 23)), ((1, 1), (5, 5))]
+)
 def test_upsample_matches_torch(mode, shapes):
     torch = pytest.importorskip("torch")
     (h, w), size = shapes
@@ -73,7 +77,9 @@ def test_normalize_saliency_special_cases():
     np.testing.assert_array_equal(M.normalize_saliency(np.zeros((3, 3))), np.zeros((3, 3)))
     np.testing.assert_array_equal(M.normalize_saliency(-np.ones((3, 3))), np.zeros((3, 3)))
     np.testing.assert_array_equal(M.normalize_saliency(np.full((2, 2), 7.0)), np.ones((2, 2)))
-    np.testing.assert_allclose(M.normalize_saliency(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1.0]])
+    np.testing.assert_allclose(
+        M.normalize_saliency(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1.0]]
+    )
 
 
 # ------------------------------------------------------------------------------------------- localisation
@@ -309,7 +315,9 @@ def test_insertion_true_order_rises_faster_and_batches():
 
     img = np.ones((1, 8, 8), dtype=np.float32)
     sal = np.array([[1.0, 0.0], [0.0, 0.0]])
-    auc_true, curve = M.deletion_insertion(predict, img, sal, 1, steps=4, patch=4, mode="insertion", batch_size=2)
+    auc_true, curve = M.deletion_insertion(
+        predict, img, sal, 1, steps=4, patch=4, mode="insertion", batch_size=2
+    )
     assert calls == [2, 2, 1]
     auc_rev, _ = M.deletion_insertion(predict, img, -sal, 1, steps=4, patch=4, mode="insertion")
     assert curve[0, 1] == pytest.approx(_sig(-2.0)) and curve[-1, 1] == pytest.approx(_sig(2.0))
@@ -324,7 +332,9 @@ def test_deletion_options():
     assert curve.shape == (5, 2) and 0.0 <= auc <= 1.0
     _, curve = M.deletion_insertion(predict, img, sal, 1, steps=8, patch=1, baseline="blur", mode="insertion")
     assert curve.shape == (9, 2) and curve[0, 0] == 0.0 and curve[-1, 0] == 1.0
-    _, curve = M.deletion_insertion(predict, img, sal, 1, steps=2, patch=3, patch_score="mean")  # ragged tiles
+    _, curve = M.deletion_insertion(
+        predict, img, sal, 1, steps=2, patch=3, patch_score="mean"
+    )  # ragged tiles
     assert curve[-1, 0] == 1.0
     with pytest.raises(UsageError):
         M.deletion_insertion(predict, img, sal, 1, mode="erase")  # type: ignore[arg-type]

@@ -36,8 +36,18 @@ def _root(
     """Make trained CNN classifiers self-explainable (SoftCAM evidence maps)."""
 
 
-# Subcommands register themselves on import (one module per command family).
-from . import core as _core  # noqa: E402,F401
+# Subcommands register themselves on import: every public module of this package is one command
+# family (core: inspect/convert, ...), so adding a command never touches this file.
+def _register_commands() -> None:
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -1,0 +1,165 @@
+"""``softcamify inspect`` and ``softcamify convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._common import (
+    DEBUG_OPTION,
+    EMA_OPTION,
+    FORCE_OPTION,
+    INPUT_SIZE_OPTION,
+    JSON_OPTION,
+    NUM_CLASSES_OPTION,
+    TRUST_PICKLE_OPTION,
+    WEIGHTS_OPTION,
+    console,
+    handle_errors,
+    parse_input_size,
+    print_json,
+)
+
+MODEL_ARG = typer.Argument(
+    ...,
+    help="A timm name (resnet50), torchvision:NAME, a .safetensors/.pth checkpoint, a Hugging Face style folder, "
+    "or a softcamify model.",
+    show_default=False,
+)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return "×".join(str(x) for x in v) if all(isinstance(x, int) for x in v) else ", ".join(_fmt(x) for x in v)
+    return "—" if v is None else str(v)
+
+
+def load_for_cli(model: str, weights, num_classes, input_size, ema, trust_pickle):
+    from ..checkpoints import load_model
+
+    return load_model(
+        model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
+        input_size=parse_input_size(input_size),
+    )
+
+
+@app.command()
+def inspect(
+    model: str = MODEL_ARG,
+    weights: Path = WEIGHTS_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    input_size: str = INPUT_SIZE_OPTION,
+    ema: bool = EMA_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    json_: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Show a model's backbone, pooling and head, and whether an exact SoftCAM conversion exists."""
+    with handle_errors(debug):
+        from ..conversion import inspect as inspect_model
+
+        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle)
+        report = inspect_model(loaded)
+        data = report.to_dict()
+        if json_:
+            print_json(data)
+            return
+        t = Table(title=f"softcamify inspect: {report.architecture}", show_header=False, title_justify="left")
+        t.add_column("field", style="bold")
+        t.add_column("value", overflow="fold")
+        t.add_row("architecture", f"{report.architecture} ({report.source.get('kind')})")
+        t.add_row("parameters", f"{report.parameters:,}")
+        t.add_row("input size", _fmt(data["input_size"]))
+        t.add_row("mean / std", f"{_fmt(data['mean'])} / {_fmt(data['std'])}")
+        t.add_row("interpolation, crop", f"{data['interpolation']}, crop_pct {data['crop_pct']}")
+        t.add_row("classes", str(report.num_classes))
+        if report.is_softcam:
+            sc = report.softcam or {}
+            conv = sc.get("conversion") or {}
+            t.add_row("softcamify model", f"strategy {sc.get('strategy')}, exact {sc.get('exact')}")
+            t.add_row("evidence grid", _fmt(sc.get("evidence_grid")))
+            if conv:
+                t.add_row("conversion", f"max |Δlogit| {_fmt(conv.get('max_abs_diff'))}, top-1 agreement {_fmt(conv.get('top1_agreement'))}")
+            for h in sc.get("history") or []:
+                t.add_row("history", ", ".join(f"{k}={_fmt(v)}" for k, v in h.items() if not isinstance(v, (dict, list))))
+        else:
+            t.add_row("feature map", f"{_fmt(data['feature_shape'])} ({data['layout']})")
+            t.add_row("head", data["head"])
+            t.add_row("pooling", _fmt(data["pooling"]))
+            t.add_row("between", ", ".join(data["between"]) or "nothing")
+            t.add_row("classifier", _fmt(data["classifier"]))
+            if data["strategy"]:
+                kind = "[green]exact[/]" if data["exact"] else "[yellow]approximate[/]"
+                t.add_row("strategy", f"{data['strategy']} ({kind})")
+            else:
+                t.add_row("strategy", f"[red]none[/]: {data['reason']}")
+            t.add_row("evidence grid", f"{_fmt(data['evidence_grid'])} at {_fmt(data['input_size'][1:])} input")
+        console.print(t)
+        for note in report.notes:
+            console.print(f"[dim]note:[/] {note}")
+
+
+@app.command()
+def convert(
+    model: str = MODEL_ARG,
+    output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
+    weights: Path = WEIGHTS_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    input_size: str = INPUT_SIZE_OPTION,
+    ema: bool = EMA_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
+    calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
+    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Largest accepted max |Δlogit| against the original."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse approximate conversions (only exact ones are written)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random verification inputs."),
+    force: bool = FORCE_OPTION,
+    json_: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Replace pooling + classifier by an evidence conv initialized from the classifier; verify; save."""
+    with handle_errors(debug):
+        from ..checkpoints import save
+        from ..conversion import convert as convert_model
+        from ..errors import UsageError
+        from ..io import check_output_path
+
+        if output.suffix != ".safetensors":
+            raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
+        check_output_path(output, force=force)
+        names = [c.strip() for c in class_names.split(",")] if class_names else None
+        if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
+            raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
+        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle)
+        softcam = convert_model(
+            loaded, class_names=names, atol=atol, samples=samples, calibration=calibration, strict=strict, seed=seed
+        )
+        save(softcam, output, force=force)
+        report = dict(softcam.meta.conversion)
+        report["output"] = str(output)
+        report["notes"] = list(loaded.notes) + list(report.get("notes") or [])
+        if json_:
+            print_json(report)
+            return
+        t = Table(title=f"softcamify convert: {report['architecture']}", show_header=False, title_justify="left")
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
+        t.add_row("strategy", f"{report['strategy']} ({exact})")
+        t.add_row("classes", str(report["num_classes"]))
+        t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
+        t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (atol {report['atol']:g})")
+        t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
+        t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
+        n = report["samples"] + report["calibration_images"]
+        t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
+        t.add_row("output", str(output))
+        console.print(t)
+        for note in report["notes"]:
+            console.print(f"[dim]note:[/] {note}")
