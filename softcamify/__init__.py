@@ -40,6 +40,14 @@ _LAZY = {
     "SoftCAM": "softcamify.model",
     "SoftCAMMeta": "softcamify.model",
     "HeadPlan": "softcamify.heads",
+    "as_softcam": "softcamify.conversion",
+    "make_lesions": "softcamify.datasets",
+    "discover": "softcamify.data",
+    "DatasetSplits": "softcamify.data",
+    "Sample": "softcamify.data",
+    "open_image": "softcamify.images",
+    "preprocess": "softcamify.images",
+    "load_mask": "softcamify.images",
 }
 
 __all__ = [

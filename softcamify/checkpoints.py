@@ -233,6 +233,8 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
 
 # --- loading a model --------------------------------------------------------------------------------
 def _looks_like_path(spec: str) -> bool:
+    if spec.startswith(sources._HUB_PREFIXES) or spec.startswith(("timm:", "torchvision:", "tv:")):
+        return False
     return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
 
 
@@ -444,7 +446,9 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path
     model.meta.versions = current_versions()
     model.meta.head = model.head.spec() if hasattr(model.head, "spec") else model.meta.head
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True), "format": "pt"}
+    # one metadata key only: safetensors stores the metadata map in hash order, so a single key keeps
+    # the file byte-identical for identical inputs
+    metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True)}
     with atomic_output(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

@@ -135,19 +135,19 @@ def inspect(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None =
 
 def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
     from .errors import InputError
-    from .images import IMAGE_EXTENSIONS, preprocess_batch
+    from .images import is_image_file, preprocess_batch
 
     root = Path(calibration)
     if not root.is_dir():
         raise InputError(f"--calibration {root} is not a folder of images.")
-    exts = {e if e.startswith(".") else f".{e}" for e in IMAGE_EXTENSIONS}
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
     if not paths:
         raise InputError(f"--calibration {root} contains no images.")
     c, h, w = data_config["input_size"]
     arr = preprocess_batch(
         paths[:limit], input_size=(h, w), mean=data_config["mean"], std=data_config["std"],
-        interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"], channels=c,
+        interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
+        crop_mode=data_config.get("crop_mode", "center"), channels=c,
     )
     return torch.from_numpy(arr)
 

@@ -55,8 +55,9 @@ _LABEL_COLUMNS = ('label', 'class', 'target')
 DEFAULT_VAL_SPLIT = 0.2
 
 AUGMENTATIONS = ('none', 'light', 'medical')
-# Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM fundus setup
-# rotates them freely. Lower this for images with an up direction (chest X-rays: ~15-30 degrees).
+# Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code
+# (github.com/kdjoumessi/SoftCAM, configs/default.yaml) rotates by up to +-180 degrees with p=0.5, as
+# here. Lower it for images with an up direction (chest X-rays: ~15-30 degrees).
 MEDICAL_ROTATION_DEGREES = 180.0
 
 
@@ -227,11 +228,14 @@ def _finish(
         class_names: list[str],
         splits: dict[str, list[Sample]],
         where: str,
+        need_train: bool = True,
 ) -> None:
     if not class_names:
         raise InputError(f"{where} contains no class folders; expected {where}/<class>/<image files>.")
     if len(class_names) < 2:
         raise InputError(f"{where} has only one class ({class_names[0]}); a classifier needs at least two.")
+    if not need_train:
+        return
     train_counts = class_counts(splits['train'], len(class_names))
     missing = [n for n, c in zip(class_names, train_counts, strict=True) if c == 0]
     if missing:
@@ -247,28 +251,32 @@ def _discover_splits(
         skipped: list[tuple[Path, str]],
 ) -> DatasetSplits:
     per_split = {name: _scan_class_folders(d, skipped) for name, d in split_dirs.items()}
-    for name, classes in per_split.items():
-        if name != 'train':
+    if 'train' in per_split:
+        for name, classes in per_split.items():
             extra = sorted(set(classes) - set(per_split['train']))
             if extra:
                 raise InputError(
                     f"Class folder {split_dirs[name] / extra[0]} has no counterpart in {split_dirs['train']}; "
                     "every class needs training images."
                 )
-    names = _class_list(per_split['train'], class_names, str(split_dirs['train']))
+        names = _class_list(per_split['train'], class_names, str(split_dirs['train']))
+    else:  # an evaluation set (val/ and/or test/ only): the union of their class folders
+        found = {c for classes in per_split.values() for c in classes}
+        names = _class_list(found, class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
     samples = {
         s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]] for s in SPLIT_NAMES
     }
-    if 'val' in split_dirs:
+    present = '/'.join(s for s in SPLIT_NAMES if s in split_dirs)
+    if 'val' in split_dirs or 'train' not in split_dirs:
         if val_split is not None:
-            raise UsageError(f"--val-split conflicts with the existing {split_dirs['val']}; drop one of them.")
-        source = f"train/val{'/test' if 'test' in split_dirs else ''} folders in {root}"
+            raise UsageError(f"--val-split conflicts with the existing split folders in {root}; drop it.")
+        source = f"{present} folders in {root}"
     else:
         vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
         samples['train'], samples['val'] = _stratified_split(samples['train'], names, vs, seed)
         source = f"{split_dirs['train']} split {1 - vs:g}/{vs:g} (seed {seed})"
-    _finish(names, samples, str(root))
+    _finish(names, samples, str(root), need_train='train' in split_dirs)
     return DatasetSplits(names, samples['train'], samples['val'], samples['test'], source, 'splits', root, skipped)
 
 
@@ -402,7 +410,7 @@ def _discover_csv(
         vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
         samples['train'], samples['val'] = _stratified_split(samples['train'], names, vs, seed)
         source = f"{csv_path} split {1 - vs:g}/{vs:g} (seed {seed})"
-    _finish(names, samples, str(csv_path))
+    _finish(names, samples, str(csv_path), need_train=bool(samples['train']) or not has_split)  # eval-only CSV
     return DatasetSplits(
         names, samples['train'], samples['val'], samples['test'], source, 'csv', data_dir or csv_path.parent, skipped
     )
@@ -438,8 +446,12 @@ def discover(
             ``skipped``). Decoding every image is :func:`verify_samples`' job.
         class_names: A fixed class order (e.g. the model's); folders or labels outside it are an error.
 
-    Class folders are sorted alphabetically as torchvision's ``ImageFolder`` does; every split uses the
-    training split's class list. Hidden files and folders and non-image files are ignored.
+    A folder with a ``train``, ``val`` (``valid``, ``validation``) or ``test`` subfolder is read as split
+    folders (other subfolders, e.g. ``masks``, are ignored); without ``train`` it is an evaluation set
+    whose classes are the union of its splits' class folders. Class folders are sorted alphabetically
+    as torchvision's ``ImageFolder`` does; every split uses the training split's class list. Images
+    may sit in nested folders below a class folder. Hidden files and folders and non-image files are
+    ignored; symlinked folders are followed, each real folder once (no symlink loops).
     """
     _check_val_split(val_split)
     skipped: list[tuple[Path, str]] = []
@@ -455,8 +467,8 @@ def discover(
         raise UsageError("Give a dataset folder (DATA_DIR) or a labels CSV (--labels).")
     else:
         subdirs = {d.name.lower(): d for d in _visible_subdirs(root)}
-        if 'train' in subdirs:
-            split_dirs = {'train': subdirs['train']}
+        if subdirs.keys() & {'train', 'val', 'valid', 'validation', 'test'}:
+            split_dirs = {'train': subdirs['train']} if 'train' in subdirs else {}
             for alias in ('val', 'valid', 'validation'):
                 if alias in subdirs:
                     split_dirs['val'] = subdirs[alias]
@@ -487,7 +499,7 @@ def verify_samples(
             open_image(s.path, channels=channels)
         except InputError as e:
             if strict:
-                raise InputError(f"{e} (run without --strict to skip unreadable images)") from e
+                raise InputError(f"{str(e).rstrip('.')}; run without --strict to skip unreadable images.") from e
             bad.append((s, str(e)))
             continue
         good.append(s)
@@ -539,6 +551,7 @@ class EvalTransform:
         self.kwargs = {k: cfg[k] for k in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')}
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = images.to_channels(img, self.channels)  # a no-op for images from open_image
         arr = images.preprocess_image(img, channels=self.channels, **self.kwargs)
         return torch.from_numpy(arr)
 
@@ -559,8 +572,7 @@ def _normalized_config(data_config: dict[str, Any]) -> dict[str, Any]:
     channels = size[0]
 
     def stats(name: str, default: Sequence[float]) -> tuple[float, ...]:
-        vals = data_config.get(name, default)
-        vals = [float(v) for v in (vals if isinstance(vals, Sequence) else [vals])]
+        vals = [float(v) for v in np.atleast_1d(np.asarray(data_config.get(name, default), dtype=np.float64))]
         if len(vals) == channels:
             return tuple(vals)
         if len(vals) == 1:
@@ -593,8 +605,8 @@ def build_transform(
     Eval (``train=False``) and ``augment='none'`` give :class:`EvalTransform`. Training augmentations:
 
     * ``light``: RandomResizedCrop(scale 0.8-1) + horizontal flip.
-    * ``medical``: horizontal and vertical flips, rotation by up to :data:`MEDICAL_ROTATION_DEGREES`
-      (fundus-style, orientation-free images), colour jitter (brightness/contrast/saturation 0.2,
+    * ``medical`` (after the SoftCAM fundus setup): horizontal and vertical flips, rotation by up to
+      :data:`MEDICAL_ROTATION_DEGREES` with p=0.5 (orientation-free images), colour jitter (brightness/contrast/saturation 0.2,
       hue 0.05; applied with p=0.5; brightness/contrast only for grayscale) and scale jitter by
       RandomResizedCrop(scale 0.87-1).
 
@@ -619,7 +631,10 @@ def build_transform(
         tfl = [
             transforms.RandomHorizontalFlip(),
             transforms.RandomVerticalFlip(),
-            transforms.RandomRotation(MEDICAL_ROTATION_DEGREES, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.RandomApply(
+                [transforms.RandomRotation(MEDICAL_ROTATION_DEGREES, interpolation=transforms.InterpolationMode.BILINEAR)],
+                p=0.5,
+            ),
             transforms.RandomApply([jitter], p=0.5),
             transforms.RandomResizedCrop(size, scale=(0.87, 1.0), interpolation=interp),
         ]

@@ -5,8 +5,6 @@ where only onnxruntime, numpy and Pillow are installed. The eval transform here 
 ``transforms_imagenet_eval`` (resize, center crop, to [0, 1], normalize) on the same Pillow resample
 filters torchvision uses for PIL images, so a tensor made here and one made by
 ``timm.data.create_transform(**data_config, is_training=False)`` agree to float32 rounding.
-
-Hacked together by the softcamify developers, in the spirit of timm's ``timm.data.transforms``.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ __all__ = [
     'IMAGE_EXTENSIONS',
     'is_image_file',
     'open_image',
+    'to_channels',
     'original_size',
     'preprocess',
     'preprocess_image',
@@ -301,7 +300,7 @@ def _to_pil(img_or_path: ImageLike, channels: int) -> Image.Image:
 
 
 def _norm_stats(values: Sequence[float], channels: int, name: str) -> np.ndarray:
-    vals = [float(v) for v in (values if isinstance(values, Sequence) else [values])]
+    vals = [float(v) for v in np.atleast_1d(np.asarray(values, dtype=np.float64))]
     if len(vals) == channels:
         pass
     elif len(vals) == 1:
@@ -324,7 +323,7 @@ def preprocess_image(
         channels: int = 3,
 ) -> np.ndarray:
     """:func:`preprocess` for an image already converted to ``channels`` (the DataLoader path)."""
-    fill: Sequence[int] = [round(255 * float(v)) for v in (mean if isinstance(mean, Sequence) else [mean])]
+    fill: Sequence[int] = [round(255 * float(v)) for v in np.atleast_1d(np.asarray(mean, dtype=np.float64))]
     if len(fill) != channels:
         fill = [int(round(sum(fill) / len(fill)))] * channels
     arr = resize_crop(img, input_size, interpolation, crop_pct, crop_mode, fill=fill)

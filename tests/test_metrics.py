@@ -108,6 +108,8 @@ def test_uniform_map_scores_area_share():
     assert M.energy_pointing_game(s, m) == pytest.approx(16 / 64)
     assert M.activation_sensitivity(s, m) == pytest.approx(1.0)  # constant positive map -> all ones
     assert M.pointing_game(s, m) == 0.0  # points nowhere
+    assert M.pointing_game(np.full((3, 3), 0.3), m) == 0.0  # also after upsampling (no float-noise peak)
+    assert M.activation_precision(np.full((3, 3), 0.3), m) == pytest.approx(16 / 64)
 
 
 def test_map_peaked_outside_mask_misses():

@@ -1,0 +1,113 @@
+"""``softcamify datasets``: datasets to try softcamify on (``datasets synth``: synthetic lesions)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._common import DEBUG_OPTION, FORCE_OPTION, JSON_OPTION, console, handle_errors, print_json
+
+datasets_app = typer.Typer(
+    help="Make datasets to try softcamify on (a synthetic lesion screening task with exact masks).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@datasets_app.command("synth")
+def synth(
+    out_dir: Path = typer.Argument(..., help="Output folder (created; must be empty unless --force)."),
+    n: int = typer.Option(600, "--n", min=1, help="Number of images (classes balanced)."),
+    size: int = typer.Option(128, "--size", min=32, help="Image side in pixels."),
+    classes: str = typer.Option(
+        "healthy,red_lesion,bright_lesion",
+        "--classes",
+        help="Comma-separated subset of healthy, red_lesion, bright_lesion.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical images."),
+    ordinal: bool = typer.Option(
+        False, "--ordinal", help="Classes grade_0..grade_3 by the number of red lesions (0, 1-2, 3-5, 6+)."
+    ),
+    shortcut: bool = typer.Option(
+        False, "--shortcut", help="Add a class-dependent corner tag to training images only (a planted shortcut)."
+    ),
+    contrast: float = typer.Option(1.0, "--contrast", help="Lesion contrast factor (below 1: a harder task)."),
+    noise: float = typer.Option(1.0, "--noise", help="Texture and noise factor (0: clean images)."),
+    force: bool = FORCE_OPTION,
+    json_out: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Write a synthetic fundus-like lesion dataset with exact lesion masks.
+
+    Layout: OUT_DIR/{train,val,test}/<class>/<id>.png, masks in OUT_DIR/masks/... (same relative paths)
+    and OUT_DIR/manifest.json (lesion boxes, options, seed). Use OUT_DIR as DATA_DIR and OUT_DIR/masks
+    as the mask folder.
+    """
+    with handle_errors(debug):
+        from ..datasets import DEFAULT_CLASSES, make_lesions
+
+        names = tuple(c.strip() for c in classes.split(",") if c.strip())
+        if ordinal and names == tuple(DEFAULT_CLASSES):
+            names = ()
+        t0 = time.perf_counter()
+        manifest = make_lesions(
+            out_dir,
+            n=n,
+            size=size,
+            classes=names or DEFAULT_CLASSES,
+            seed=seed,
+            ordinal=ordinal,
+            shortcut=shortcut,
+            contrast=contrast,
+            noise=noise,
+            force=force,
+        )
+        seconds = time.perf_counter() - t0
+        summary = {
+            "out_dir": str(out_dir),
+            "manifest": str(Path(out_dir) / "manifest.json"),
+            "masks": str(Path(out_dir) / "masks"),
+            "n": manifest["n"],
+            "size": manifest["size"],
+            "seed": manifest["seed"],
+            "classes": manifest["classes"],
+            "options": manifest["options"],
+            "shortcut": manifest["shortcut"],
+            "counts": manifest["counts"],
+            "seconds": round(seconds, 3),
+        }
+        if json_out:
+            print_json(summary)
+            return
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{summary['n']} images, {summary['size']} px, seed {summary['seed']}", title_justify="left")
+    table.add_column("class")
+    splits = list(summary["counts"])
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name in summary["classes"]:
+        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    table.add_row(
+        "[bold]total[/]", *(f"[bold]{sum(summary['counts'][s].values())}[/]" for s in splits)
+    )
+    console.print(table)
+    opts = summary["options"]
+    extras = [k for k in ("ordinal", "shortcut") if opts[k]]
+    extras += [f"{k} {opts[k]:g}" for k in ("contrast", "noise") if opts[k] != 1.0]
+    console.print(
+        f"Wrote {escape(summary['out_dir'])} in {summary['seconds']:.1f} s"
+        + (f" ({', '.join(extras)})" if extras else "")
+        + f"; masks in {escape(summary['masks'])}, manifest {escape(summary['manifest'])}."
+    )
+
+
+app.add_typer(datasets_app, name="datasets")

@@ -1,0 +1,176 @@
+"""Loading every supported checkpoint kind safely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from softcamify.checkpoints import load_model, match_prefixes, read_torch
+from softcamify.errors import InputError, UnsafeCheckpointError, UsageError
+
+
+def _model(k=5, name="test_resnet"):
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=k).eval()
+
+
+def _same_logits(a, b, size=(3, 64, 64)):
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        return torch.equal(a(x), b(x))
+
+
+def test_name_plus_safetensors_infers_the_class_count(resnet_weights):
+    loaded = load_model("test_resnet", weights=resnet_weights)
+    assert loaded.source == {"kind": "timm", "name": "test_resnet", "num_classes": 5, "model_args": {}}
+    assert loaded.module.get_classifier().out_features == 5
+
+
+def test_timm_training_checkpoint_with_ema_and_ddp_prefix(tmp_path):
+    m, ema = _model(3), _model(3)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.01)
+    ckpt = {
+        "epoch": 3,
+        "arch": "test_resnet",
+        "state_dict": {f"module.{k}": v for k, v in m.state_dict().items()},
+        "state_dict_ema": ema.state_dict(),
+        "args": __import__("argparse").Namespace(lr=0.1),
+    }
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(ckpt, path)
+    plain = load_model(path)
+    assert plain.architecture == "test_resnet" and _same_logits(plain.module, m)
+    with_ema = load_model(path, ema=True)
+    assert _same_logits(with_ema.module, ema) and not _same_logits(with_ema.module, m)
+
+
+def test_ema_only_checkpoint_is_used_with_a_note(tmp_path):
+    m = _model(3)
+    path = tmp_path / "ema_only.pth"
+    torch.save({"arch": "test_resnet", "state_dict_ema": m.state_dict()}, path)
+    loaded = load_model(path)
+    assert _same_logits(loaded.module, m)
+    assert any("EMA" in n for n in loaded.notes)
+
+
+def test_ema_flag_on_plain_state_dict_is_a_usage_error(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(_model(3).state_dict(), path)
+    with pytest.raises(UsageError, match="--ema"):
+        load_model("test_resnet", weights=path, ema=True)
+
+
+def test_lightning_style_prefix_is_stripped():
+    m = _model(3)
+    sd = {f"model.{k}": v for k, v in m.state_dict().items()}
+    assert set(match_prefixes(sd, set(m.state_dict()))) == set(m.state_dict())
+
+
+def test_hugging_face_folder(tmp_path):
+    m = _model(4)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(folder / "model.safetensors"))
+    config = {
+        "architecture": "test_resnet",
+        "num_classes": 4,
+        "label_names": ["a", "b", "c", "d"],
+        "pretrained_cfg": {"input_size": [3, 96, 96], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
+                           "interpolation": "bicubic", "crop_pct": 1.0},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(folder)
+    assert loaded.class_names == ["a", "b", "c", "d"]
+    assert loaded.data_config["input_size"] == [3, 96, 96]
+    assert loaded.data_config["mean"] == [0.1, 0.2, 0.3]
+    assert _same_logits(loaded.module, m)
+
+
+def test_torchvision_weights_file(tmp_path):
+    import torchvision
+
+    m = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    path = tmp_path / "tv.pth"
+    torch.save(m.state_dict(), path)
+    loaded = load_model("torchvision:resnet18", weights=path)
+    assert loaded.source["num_classes"] == 3
+    assert _same_logits(loaded.module, m)
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(_model(2), path)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-pickle"):
+        load_model(path)
+    loaded = load_model(path, trust_pickle=True)
+    assert loaded.source["kind"] == "module"
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "x": _Evil(str(marker))}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        read_torch(path)
+    assert not marker.exists()
+
+
+def test_weights_for_another_architecture(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in _model(3, "test_efficientnet").state_dict().items()}, str(path))
+    with pytest.raises(InputError, match="do not fit test_resnet"):
+        load_model("test_resnet", weights=path)
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path):
+    sd = _model(3).state_dict()
+    key = next(k for k in sd if k.endswith("conv.weight") or k.endswith("conv1.weight"))
+    sd[key].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        load_model("test_resnet", weights=path)
+
+
+def test_weights_only_file_as_model_asks_for_the_architecture(resnet_weights):
+    with pytest.raises(InputError, match="name the architecture"):
+        load_model(resnet_weights)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_files(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(InputError):
+        load_model("test_resnet", weights=path)
+
+
+def test_truncated_safetensors(tmp_path, resnet_weights):
+    data = resnet_weights.read_bytes()
+    path = tmp_path / "trunc.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="safetensors"):
+        load_model("test_resnet", weights=path)
+
+
+def test_unknown_names_and_hub_names():
+    with pytest.raises(InputError, match="resnet18"):
+        load_model("resnet19x")
+    with pytest.raises(InputError, match="never downloads"):
+        load_model("hf-hub:timm/resnet50.a1_in1k")
+    with pytest.raises(InputError, match="does not exist"):
+        load_model("missing/model.pth")

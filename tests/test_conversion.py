@@ -1,0 +1,122 @@
+"""Exact conversion of real architectures: the converted model reproduces the original logits."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import softcamify
+from softcamify.checkpoints import load_model
+from softcamify.errors import ConversionError, ValidationError
+
+# every timm test_* model with a spatial feature map and an exactly decomposable head
+TIMM_TEST_CNNS = [
+    "test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_efficientnet_ln", "test_efficientnet_evos",
+    "test_byobnet", "test_nfnet", "test_convnext", "test_convnext2", "test_convnext3",
+]
+TORCHVISION = ["resnet18", "densenet121", "efficientnet_b0", "convnext_tiny", "mobilenet_v2"]
+
+
+def _check_maps(model, size, n=2):
+    x = torch.randn(n, *size)
+    with torch.no_grad():
+        logits, maps = model.forward_maps(x)
+        assert maps.ndim == 4 and maps.shape[:2] == logits.shape
+        torch.testing.assert_close(maps.mean((2, 3)), logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(x), logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", TIMM_TEST_CNNS)
+def test_timm_test_models_convert_exactly(name, tmp_path):
+    torch.manual_seed(0)
+    original = timm.create_model(name, pretrained=False, num_classes=5).eval()
+    model = softcamify.convert(original, samples=4)
+    report = model.meta.conversion
+    assert report["exact"] is True
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["top1_agreement"] == 1.0
+    assert report["num_classes"] == 5
+    size = tuple(model.meta.data_config["input_size"])
+    _check_maps(model, size)
+    # the converted model gives the original's logits on fresh inputs too
+    x = torch.randn(3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-4)
+    # save -> load gives identical outputs
+    path = softcamify.save(model, tmp_path / "m.safetensors")
+    again = softcamify.load(path)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_convert_exactly(name, tmp_path):
+    torch.manual_seed(0)
+    loaded = load_model(f"torchvision:{name}", num_classes=4, input_size=(64, 64))
+    model = softcamify.convert(loaded, samples=2)
+    report = model.meta.conversion
+    assert report["exact"] and report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+    assert model.meta.source["kind"] == "torchvision" and model.meta.source["split"] == "fx"
+    _check_maps(model, (3, 64, 64))
+    again = softcamify.load(softcamify.save(model, tmp_path / f"{name}.safetensors"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+        torch.testing.assert_close(model(x), loaded.module(x), rtol=1e-4, atol=1e-4)
+
+
+def test_convert_does_not_modify_the_original():
+    original = timm.create_model("test_resnet", num_classes=3).eval()
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    softcamify.convert(original, samples=1)
+    after = original.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert original.get_classifier().out_features == 3
+
+
+def test_input_size_override_changes_the_grid():
+    loaded = load_model("test_resnet", input_size=(96, 64))
+    model = softcamify.convert(loaded, samples=1)
+    assert model.meta.data_config["input_size"] == [3, 96, 64]
+    assert model.meta.conversion["evidence_grid"] == [3, 2]
+
+
+def test_unsupported_head_names_the_head():
+    with pytest.raises(ConversionError, match="Hardswish"):
+        softcamify.convert(timm.create_model("mobilenetv3_small_050", num_classes=3), samples=1)
+
+
+def test_verification_failure_raises(monkeypatch):
+    import softcamify.conversion as conv
+
+    real = conv.compare
+
+    def skewed(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["max_abs_diff"] = 1.0
+        return out
+
+    monkeypatch.setattr(conv, "compare", skewed)
+    with pytest.raises(ValidationError, match="atol"):
+        softcamify.convert(timm.create_model("test_resnet", num_classes=3), samples=1)
+
+
+def test_convert_is_deterministic(tmp_path):
+    torch.manual_seed(1)
+    original = timm.create_model("test_efficientnet", num_classes=3).eval()
+    a = softcamify.save(softcamify.convert(original, samples=2), tmp_path / "a.safetensors")
+    b = softcamify.save(softcamify.convert(original, samples=2), tmp_path / "b.safetensors")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_metadata_records_versions_and_classes(tmp_path):
+    model = softcamify.convert(timm.create_model("test_resnet", num_classes=2), class_names=["benign", "malignant"], samples=1)
+    path = softcamify.save(model, tmp_path / "m.safetensors")
+    meta = softcamify.read_metadata(path)
+    assert meta["format"] == "softcamify" and meta["format_version"] == 1
+    assert meta["class_names"] == ["benign", "malignant"]
+    assert set(meta["versions"]) == {"softcamify", "torch", "timm"}
+    assert meta["source"]["name"] == "test_resnet"
+    assert meta["conversion"]["exact"] is True
+    assert softcamify.load(path).class_names == ["benign", "malignant"]
