@@ -113,7 +113,7 @@ def read_torch(path: Path, trust_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Unsupported global" in msg or "GLOBAL" in msg or "Unsupported operand" in msg:
+        if "Unsupported global" in msg or "GLOBAL " in msg:
             raise UnsafeCheckpointError(
                 f"{path} contains pickled Python objects that would run code when loaded; "
                 "pass --trust-pickle only if you trust where the file comes from."
@@ -437,7 +437,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
     """Write a SoftCAM model as ``.safetensors`` + JSON metadata, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     from .model import SoftCAM, current_versions
 
@@ -449,8 +449,9 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path
     # one metadata key only: safetensors stores the metadata map in hash order, so a single key keeps
     # the file byte-identical for identical inputs
     metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True)}
+    data = to_bytes(tensors, metadata=metadata)  # serialized in memory: file errors stay OSErrors
     with atomic_output(path, force=force) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
     return Path(path)
 
 

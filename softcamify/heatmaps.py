@@ -145,10 +145,12 @@ class OnnxMapModel(MapModel):
 
     kind = "onnx"
 
-    def __init__(self, path: str | os.PathLike, session: Any = None):
+    def __init__(self, path: str | os.PathLike, session: Any = None, device: Any = "auto"):
         from . import onnx_runtime
 
-        self.session = session if session is not None else onnx_runtime.OnnxModel(path)
+        dev = device if isinstance(device, str) else "auto"
+        self.session = session if session is not None else onnx_runtime.OnnxModel(path, device=dev)
+        self.session.require_evidence()
         s = self.session
         super().__init__(s.class_names, s.data_config, str(path))
 
@@ -188,7 +190,7 @@ def load_map_model(
             raise InputError(f"Model file {path} does not exist.")
         if input_size is not None or weights is not None or num_classes is not None:
             raise UsageError("--input-size, --weights and --num-classes do not apply to an .onnx model.")
-        return OnnxMapModel(path)
+        return OnnxMapModel(path, device=device)
     onnx_mod = __import__("sys").modules.get(f"{__package__}.onnx_runtime")
     if onnx_mod is not None and isinstance(model, getattr(onnx_mod, "OnnxModel", ())):
         return OnnxMapModel(getattr(model, "path", "model.onnx"), session=model)

@@ -1,0 +1,123 @@
+"""``softcamify evaluate``: classification metrics, and explanation metrics beside post-hoc baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._common import (
+    DEBUG_OPTION,
+    DEVICE_OPTION,
+    FORCE_OPTION,
+    JSON_OPTION,
+    TRUST_PICKLE_OPTION,
+    console,
+    handle_errors,
+    print_json,
+)
+from .explain import progress_bar
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(
+        ..., help="A softcamify .safetensors (or any convertible checkpoint), or an .onnx export (no baselines).",
+        show_default=False,
+    ),
+    data_dir: Path = typer.Argument(
+        ..., help="A dataset root with train/val/test class folders, or one folder of class folders.", show_default=False
+    ),
+    split: str = typer.Option("test", "--split", help="Split of a dataset root (a flat class-folder layout is used whole)."),
+    masks: Path = typer.Option(
+        None, "--masks", help="Mask folder mirroring DATA_DIR's paths; nonzero = foreground (default: DATA_DIR/masks)."
+    ),
+    baselines: str = typer.Option(
+        None, "--baselines", help="Post-hoc methods on the same model via pytorch-grad-cam, e.g. gradcam,layercam,scorecam "
+        "(also gradcam++, xgradcam, hirescam, eigencam, eigengradcam, gradcamelementwise).",
+    ),
+    original: str = typer.Option(
+        None, "--original", help="The original black-box checkpoint (or timm name): classification and baselines for it too."
+    ),
+    ordinal: bool = typer.Option(False, "--ordinal", help="Ordered classes (grades): add quadratic kappa."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Report folder: index.html (tables, curves, overlays), metrics.json, per_image.json."
+    ),
+    patch_size: int = typer.Option(
+        None, "--patch-size", min=1, help="Top-k patch size in input pixels (default: 33/512 of the input side, as the paper)."
+    ),
+    patch_stride: int = typer.Option(None, "--patch-stride", min=1, help="Top-k patch grid stride (default: patch × 8/33)."),
+    topk: int = typer.Option(10, "--topk", min=1, help="k of the top-k patch precision (pooled over images)."),
+    topk_threshold: float = typer.Option(
+        None, "--topk-threshold", help="Pick only grid values above this (the paper: 1 on raw logit maps; default: none)."
+    ),
+    steps: int = typer.Option(20, "--steps", min=1, help="Deletion / insertion steps."),
+    max_images: int = typer.Option(
+        None, "--max-images", min=0, help="Explanation metrics on at most N annotated images (classification uses all)."
+    ),
+    examples: int = typer.Option(6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = DEVICE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    force: bool = FORCE_OPTION,
+    json_: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
+    with handle_errors(debug):
+        from ..evaluation import classification_rows, metric_rows
+        from ..evaluation import evaluate as run_evaluate
+
+        with progress_bar("evaluating") as update:
+            result = run_evaluate(
+                model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
+                patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
+                steps=steps, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
+                out_dir=output, force=force, trust_pickle=trust_pickle,
+                progress=lambda stage, done, total: update(done, total),
+            )
+        if json_:
+            print_json(result.to_dict())
+            return
+        c = result.classification
+        cnt = result.counts
+        console.print(
+            f"[bold]softcamify evaluate[/]: {result.data['source']}: {cnt['images']} images, "
+            f"{cnt['annotated']} annotated ({cnt['explained']} explained), {cnt['without_mask']} without a mask"
+        )
+        headers, rows = classification_rows(c, result.original_classification)
+        t = Table(title="classification", title_justify="left")
+        for h in headers:
+            t.add_column(h, justify="left" if h == "metric" else "right")
+        for r in rows:
+            t.add_row(*[_cell(v) for v in r])
+        console.print(t)
+        pc = Table(title="per class", title_justify="left")
+        for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
+            pc.add_column(h, justify="left" if h == "class" else "right")
+        for p in c["per_class"]:
+            pc.add_row(p["name"], str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"]))
+        console.print(pc)
+        summaries = result.method_summaries()
+        if summaries and summaries[0]["images"]:
+            e = Table(title="explanations of the true class (mean ± std)", title_justify="left")
+            e.add_column("metric")
+            for s in summaries:
+                e.add_column(s["label"], justify="right")
+            for r in metric_rows(summaries):
+                e.add_row(*r)
+            console.print(e)
+        for note in result.notes:
+            console.print(f"[dim]note:[/] {note}")
+        if result.report:
+            console.print(f"report: {result.report}")

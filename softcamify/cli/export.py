@@ -1,0 +1,113 @@
+"""``softcamify export``: a validated ONNX file (logits + evidence) or the softcamify .safetensors format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._common import (
+    DEBUG_OPTION,
+    EMA_OPTION,
+    FORCE_OPTION,
+    INPUT_SIZE_OPTION,
+    JSON_OPTION,
+    NUM_CLASSES_OPTION,
+    TRUST_PICKLE_OPTION,
+    WEIGHTS_OPTION,
+    console,
+    handle_errors,
+    parse_input_size,
+    print_json,
+)
+
+
+def _dims(dims) -> str:
+    return " × ".join(str(d) for d in dims)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(
+        ...,
+        help="A softcamify .safetensors, a fine-tuning checkpoint (last.pt) or run folder, or any model convert "
+        "accepts (converted on the fly).",
+        show_default=False,
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="OUT.onnx (validated in onnxruntime) or OUT.safetensors."),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset (default: torch's; below 18 uses the TorchScript exporter)."),
+    atol: float = typer.Option(
+        1e-4, "--atol", min=0.0, help="Largest accepted max |Δ| of logits and evidence against PyTorch."
+    ),
+    exporter: str = typer.Option(
+        "auto", "--exporter", help="auto (dynamo, then TorchScript when it fails or does not validate), dynamo, torchscript."
+    ),
+    spatial: str = typer.Option(
+        "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."
+    ),
+    weights: Path = WEIGHTS_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    input_size: str = INPUT_SIZE_OPTION,
+    ema: bool = EMA_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    strict: bool = typer.Option(False, "--strict", help="Refuse a model that converts only approximately."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
+    force: bool = FORCE_OPTION,
+    json_: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Export a SoftCAM model to ONNX (outputs logits and evidence, checked against PyTorch) or .safetensors."""
+    with handle_errors(debug):
+        from ..errors import UsageError
+        from ..io import check_output_path
+        from ..onnx_export import export as run_export
+        from ..onnx_export import load_softcam
+
+        suffix = output.suffix.lower()
+        if suffix not in (".onnx", ".safetensors"):
+            raise UsageError(f"--output {output} must end in .onnx or .safetensors.")
+        check_output_path(output, force=force)
+        size = parse_input_size(input_size)
+        sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
+                                 trust_pickle=trust_pickle, strict=strict, atol=atol)
+        kwargs = dict(force=force, atol=atol, seed=seed, trust_pickle=trust_pickle)
+        if suffix == ".onnx":
+            kwargs.update(opset=opset, exporter=exporter, spatial=spatial)
+        elif opset is not None or exporter != "auto" or spatial != "auto":
+            raise UsageError("--opset, --exporter and --spatial only apply to an .onnx output.")
+        report = run_export(sc, output, **kwargs)
+        report.notes = notes + report.notes
+        if json_:
+            print_json(report.to_dict())
+            return
+        t = Table(title=f"softcamify export: {report.architecture}", show_header=False, title_justify="left")
+        t.add_column("field", style="bold")
+        t.add_column("value", overflow="fold")
+        t.add_row("format", report.format)
+        if report.format == "onnx":
+            t.add_row("exporter", f"{report.exporter}, opset {report.opset}")
+            for name, dims in report.shapes.items():
+                t.add_row(name, _dims(dims))
+            t.add_row("dynamic", f"batch {'yes' if report.dynamic_batch else 'no'}, "
+                                 f"height/width {'yes' if report.dynamic_spatial else 'no'}")
+            if report.spatial_note and not report.dynamic_spatial:
+                t.add_row("static size", report.spatial_note)
+            for ck in report.checks:
+                t.add_row(f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
+                          f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, max |Δevidence| {ck['max_abs_diff_evidence']:.2g}")
+        else:
+            t.add_row("reload check", f"max |Δlogits| {report.max_abs_diff_logits:.2g}, "
+                                      f"max |Δevidence| {report.max_abs_diff_evidence:.2g}")
+        t.add_row("atol", f"{report.atol:g} [green](passed)[/]")
+        t.add_row("strategy", f"{report.strategy} ({'exact' if report.exact else 'approximate'})")
+        t.add_row("classes, input", f"{report.num_classes}, {_dims(report.input_size)}")
+        t.add_row("output", f"{report.output} ({_size(report.file_size)})")
+        console.print(t)
+        for note in report.notes:
+            console.print(f"[dim]note:[/] {note}")

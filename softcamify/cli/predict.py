@@ -1,0 +1,104 @@
+"""``softcamify predict``: top-k classes per image from an .onnx export (onnxruntime only) or a PyTorch model.
+
+Nothing here imports torch: with an ``.onnx`` MODEL the command runs where only onnxruntime, numpy
+and Pillow are installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._common import (
+    DEBUG_OPTION,
+    DEVICE_OPTION,
+    JSON_OPTION,
+    TRUST_PICKLE_OPTION,
+    console,
+    handle_errors,
+    parse_input_size,
+    print_json,
+)
+
+
+def _floats(value: str | None, option: str) -> list[float] | None:
+    from ..errors import UsageError
+
+    if value is None or not value.strip():
+        return None
+    try:
+        return [float(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"{option} {value!r} is not a list of numbers like '0.485,0.456,0.406'.") from None
+
+
+def _class_names(value: str | None) -> list[str] | None:
+    from ..errors import InputError, UsageError
+
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_file():
+        try:
+            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--class-names file {p} cannot be read ({e}).") from None
+    else:
+        names = [c.strip() for c in value.split(",")]
+    if not names or any(not n for n in names):
+        raise UsageError("--class-names must be comma-separated non-empty names, or a text file with one per line.")
+    return names
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(
+        ..., help="An .onnx export (runs in onnxruntime, no torch) or a softcamify .safetensors / checkpoint.",
+        show_default=False,
+    ),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files or folders (searched recursively; hidden files skipped).", show_default=False
+    ),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    mean: str = typer.Option(None, "--mean", help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the metadata)."),
+    std: str = typer.Option(None, "--std", help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the metadata)."),
+    input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
+    interpolation: str = typer.Option(None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ..."),
+    crop_pct: float = typer.Option(None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct)."),
+    class_names: str = typer.Option(
+        None, "--class-names", help="Comma-separated class names, or a text file with one per line (overrides the metadata)."
+    ),
+    device: str = DEVICE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    json_: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Top-k classes with probabilities for each image (preprocessing from the model's metadata)."""
+    with handle_errors(debug):
+        from ..prediction import predict as run_predict
+
+        size = parse_input_size(input_size)
+        report = run_predict(
+            model, images, top_k=top_k, batch_size=batch_size, mean=_floats(mean, "--mean"),
+            std=_floats(std, "--std"), input_size=size, interpolation=interpolation, crop_pct=crop_pct,
+            class_names=_class_names(class_names), device=device, trust_pickle=trust_pickle,
+        )
+        if json_:
+            print_json(report.to_dict())
+            return
+        t = Table(title=f"softcamify predict: {report.architecture} ({report.backend})", title_justify="left")
+        t.add_column("image", overflow="fold")
+        t.add_column("#", justify="right")
+        t.add_column("class")
+        t.add_column("probability", justify="right")
+        for pred in report.predictions:
+            for entry in pred.top_k:
+                t.add_row(pred.image if entry["rank"] == 1 else "", str(entry["rank"]), entry["class"],
+                          f"{entry['probability']:.2%}", end_section=entry is pred.top_k[-1] and len(pred.top_k) > 1)
+        console.print(t)
+        for note in report.notes:
+            console.print(f"[dim]note:[/] {note}")

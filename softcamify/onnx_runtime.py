@@ -1,0 +1,322 @@
+"""Run a softcamify ONNX export in onnxruntime, and read its metadata — without torch.
+
+This is the deployment path: it needs only onnxruntime and numpy (images come from
+:mod:`softcamify.images`, which needs Pillow). Importing this module never imports torch, timm or
+torchvision, and a test checks it.
+
+An export written by ``softcamify export`` has one input ``input`` (float32 N×C×H×W, normalized
+pixels) and two outputs, ``logits`` (N×K) and ``evidence`` (N×K×h×w, whose spatial mean is the
+logits), and carries its preprocessing and class names in ``metadata_props`` (see
+:data:`METADATA_KEYS`). Any other single-input ONNX image classifier can be run too when the
+preprocessing is given explicitly (``mean``, ``std``, ``input_size``); its first output (or the one
+named ``logits``) is read as logits, and it has no evidence maps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, UsageError
+
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+EVIDENCE_NAME = "evidence"
+META_KEY = "softcamify"  # the whole SoftCAMMeta JSON (plus an "export" entry), as in .safetensors files
+
+# metadata_props written by softcamify export (values are strings; lists are JSON).
+METADATA_KEYS = (
+    "softcamify",  # the whole softcamify metadata as JSON (source, strategy, data config, conversion, ...)
+    "softcamify_version",
+    "format_version",
+    "architecture",
+    "source_kind",
+    "strategy",
+    "exact",  # "true" / "false"
+    "num_classes",
+    "class_names",  # JSON list
+    "input_size",  # JSON [C, H, W]
+    "mean",  # JSON list
+    "std",  # JSON list
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "layout",
+    "dynamic_spatial",  # "true" / "false"
+    "outputs",
+)
+
+_DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _json_or_none(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict of strings (read by onnxruntime, no torch)."""
+    return dict(OnnxModel(path, _metadata_only=True).properties)
+
+
+def providers_for(device: str | None) -> list[str]:
+    """onnxruntime execution providers for a ``--device`` value (auto: CUDA when onnxruntime has it)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    value = (device or "auto").strip().lower()
+    if value == "cpu":
+        return ["CPUExecutionProvider"]
+    if value == "auto":
+        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    if value.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise UsageError(
+                f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu."
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise UsageError(f"--device {device!r} is not supported for an .onnx model; use auto, cpu or cuda.")
+
+
+class OnnxModel:
+    """An ONNX image classifier (a softcamify export, or any classifier with explicit preprocessing).
+
+    ``model.run(x)`` takes float32 N×C×H×W (already preprocessed) and returns ``(logits N×K,
+    evidence N×K×h×w)``; ``evidence`` is ``None`` for a model without an ``evidence`` output.
+    ``class_names``, ``data_config`` (input_size [C, H, W], mean, std, interpolation, crop_pct,
+    crop_mode) and ``metadata`` (the softcamify metadata dict, or ``None``) describe the model.
+    Keyword overrides take precedence over the file's metadata; without softcamify metadata,
+    ``mean``, ``std`` and ``input_size`` are required (a static input shape gives the size).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: Sequence[int] | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
+        crop_mode: str | None = None,
+        class_names: Sequence[str] | None = None,
+        device: str | None = "cpu",
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        _metadata_only: bool = False,
+    ):
+        self.path = Path(path)
+        self._check_file()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: no warnings on stderr for a deployment run
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        if _metadata_only:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=list(providers or providers_for(device))
+            )
+        except Exception as e:  # InvalidProtobuf, InvalidGraph, Fail, NotImplemented, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if len(first) > 200:
+                first = first[:200] + "…"
+            raise InputError(
+                f"{self.path} is not an ONNX model onnxruntime can load ({type(e).__name__}: {first})."
+            ) from None
+        self.properties: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.metadata: dict[str, Any] | None = self._softcamify_metadata()
+        if _metadata_only:
+            return
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise InputError(f"{self.path} has {len(inputs)} inputs ({names}); softcamify runs image classifiers with one input.")
+        self.input = inputs[0]
+        if len(self.input.shape) != 4:
+            raise InputError(f"{self.path} takes a {len(self.input.shape)}-d input; an image classifier takes N×C×H×W.")
+        if self.input.type not in _ORT_DTYPES:
+            raise InputError(f"{self.path} takes {self.input.type} input; softcamify feeds float images.")
+        self._input_dtype = _ORT_DTYPES[self.input.type]
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self.logits_name = LOGITS_NAME if LOGITS_NAME in outputs else next(iter(outputs))
+        self.evidence_name = EVIDENCE_NAME if EVIDENCE_NAME in outputs else None
+        self.data_config = self._data_config(mean, std, input_size, interpolation, crop_pct, crop_mode)
+        self.class_names = self._class_names(class_names, outputs[self.logits_name].shape)
+
+    # --- what the file says ----------------------------------------------------------------------
+    def _check_file(self) -> None:
+        p = self.path
+        if not p.exists():
+            raise InputError(f"Model file {p} does not exist.")
+        if p.is_dir():
+            raise InputError(f"Model path {p} is a folder, not an .onnx file.")
+        if p.stat().st_size == 0:
+            raise InputError(f"Model file {p} is empty (0 bytes).")
+
+    def _softcamify_metadata(self) -> dict[str, Any] | None:
+        raw = self.properties.get(META_KEY)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            raise InputError(f"{self.path} has corrupt softcamify metadata (not JSON).") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{self.path} has corrupt softcamify metadata (not a JSON object).")
+        return data
+
+    @property
+    def is_softcam(self) -> bool:
+        """True for a softcamify export (metadata present and an ``evidence`` output)."""
+        return self.metadata is not None and self.evidence_name is not None
+
+    @property
+    def has_evidence(self) -> bool:
+        return self.evidence_name is not None
+
+    @property
+    def architecture(self) -> str:
+        if self.metadata:
+            src = self.metadata.get("source") or {}
+            return str(src.get("name") or src.get("class") or "?")
+        return self.properties.get("architecture") or self.path.stem
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        c, h, w = (int(v) for v in self.data_config["input_size"])
+        return c, h, w
+
+    @property
+    def dynamic_spatial(self) -> bool:
+        """True when the graph accepts other heights and widths than ``input_size``."""
+        return not all(isinstance(d, int) for d in self.input.shape[2:])
+
+    def require_evidence(self) -> None:
+        """Raise :class:`InputError` unless the model has an ``evidence`` output (a SoftCAM export)."""
+        if self.evidence_name is None:
+            raise InputError(
+                f"{self.path} has no 'evidence' output, so it is not a SoftCAM export; "
+                "export it with softcamify export MODEL -o OUT.onnx."
+            )
+
+    def _data_config(self, mean, std, input_size, interpolation, crop_pct, crop_mode) -> dict[str, Any]:
+        cfg: dict[str, Any] = {}
+        if self.metadata is not None:
+            cfg.update({k: v for k, v in (self.metadata.get("data_config") or {}).items() if k in _DATA_KEYS})
+        for key in _DATA_KEYS:  # metadata_props written by other tools (or by hand) fill the gaps
+            if cfg.get(key) is None and self.properties.get(key) is not None:
+                cfg[key] = _json_or_none(self.properties[key])
+        shape = list(self.input.shape)
+        graph_c = shape[1] if isinstance(shape[1], int) else None
+        graph_hw = shape[2:] if all(isinstance(d, int) for d in shape[2:]) else None
+        if input_size is not None:
+            size = [int(v) for v in input_size]
+            if len(size) == 2:
+                size = [graph_c or int((cfg.get("input_size") or [3])[0]), *size]
+            if len(size) != 3:
+                raise UsageError(f"input_size {list(input_size)} is not (H, W) or (C, H, W).")
+            cfg["input_size"] = size
+        elif cfg.get("input_size") is None and graph_hw is not None:
+            cfg["input_size"] = [graph_c or 3, *graph_hw]
+        for key, value in (("mean", mean), ("std", std), ("interpolation", interpolation),
+                           ("crop_pct", crop_pct), ("crop_mode", crop_mode)):
+            if value is not None:
+                cfg[key] = list(value) if key in ("mean", "std") else value
+        missing = [k for k in ("mean", "std", "input_size") if cfg.get(k) is None]
+        if missing:
+            options = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
+            raise UsageError(
+                f"{self.path} has no softcamify metadata, so its preprocessing is unknown; pass {options} "
+                "(or export the model with softcamify export)."
+            )
+        c, h, w = (int(v) for v in cfg["input_size"])
+        if graph_c is not None and c != graph_c:
+            raise UsageError(f"{self.path} takes {graph_c}-channel input, not {c} channels.")
+        if graph_hw is not None and [h, w] != list(graph_hw):
+            raise UsageError(
+                f"{self.path} has a fixed input size {graph_hw[0]}×{graph_hw[1]}; input size {h}×{w} does not fit it."
+            )
+        for key in ("mean", "std"):
+            vals = cfg[key]
+            vals = [float(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])]
+            if len(vals) == 1:
+                vals = vals * c
+            if len(vals) != c:
+                raise UsageError(f"{key} has {len(vals)} values but the model takes {c} channels.")
+            if key == "std" and any(v <= 0 for v in vals):
+                raise UsageError("std values must be positive.")
+            cfg[key] = vals
+        cfg.setdefault("interpolation", "bicubic")
+        cfg.setdefault("crop_pct", None)
+        cfg.setdefault("crop_mode", "center")
+        if cfg["interpolation"] is None:
+            cfg["interpolation"] = "bicubic"
+        cfg["input_size"] = [c, h, w]
+        return {k: cfg[k] for k in _DATA_KEYS}
+
+    def _class_names(self, override: Sequence[str] | None, logits_shape: Sequence[Any]) -> list[str]:
+        k = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else None
+        names: list[str] | None = None
+        if override is not None:
+            names = [str(c) for c in override]
+        elif self.metadata is not None and isinstance(self.metadata.get("class_names"), list):
+            names = [str(c) for c in self.metadata["class_names"]]
+        elif self.properties.get("class_names"):
+            parsed = _json_or_none(self.properties["class_names"])
+            if isinstance(parsed, list):
+                names = [str(c) for c in parsed]
+        if names is None:
+            if k is None:
+                raise UsageError(f"{self.path} does not say how many classes it has; pass --class-names.")
+            return [f"class_{i}" for i in range(k)]
+        if k is not None and len(names) != k:
+            raise UsageError(f"{len(names)} class names were given but {self.path} has {k} classes.")
+        return names
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits N×K, evidence N×K×h×w or None) as float32 for preprocessed float32 N×C×H×W input."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise InputError(f"{self.path} takes N×C×H×W input, not an array of shape {list(x.shape)}.")
+        for axis, (want, got) in enumerate(zip(self.input.shape, x.shape, strict=True)):
+            if isinstance(want, int) and want != got:
+                raise InputError(
+                    f"{self.path} takes input of shape {list(self.input.shape)}; got {list(x.shape)} "
+                    f"(axis {axis} must be {want})."
+                )
+        feed = {self.input.name: np.ascontiguousarray(x, dtype=self._input_dtype)}
+        names = [self.logits_name] + ([self.evidence_name] if self.evidence_name else [])
+        try:
+            out = self.session.run(names, feed)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise InputError(f"onnxruntime could not run {self.path} on input {list(x.shape)}: {first}.") from None
+        logits = np.asarray(out[0], dtype=np.float32)
+        evidence = np.asarray(out[1], dtype=np.float32) if self.evidence_name else None
+        return logits, evidence
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        return (f"OnnxModel({str(self.path)!r}, architecture={self.architecture!r}, classes={self.num_classes}, "
+                f"evidence={self.has_evidence})")

@@ -1,0 +1,192 @@
+"""inspect and convert through the real command line (subprocesses), including every bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from softcamify.errors import EXIT_CONVERSION, EXIT_INPUT, EXIT_OUTPUT, EXIT_UNSAFE, EXIT_USAGE, EXIT_VALIDATION
+
+from conftest import run_cli
+
+
+def _one_sentence(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert lines, "no error message"
+    assert "Traceback" not in stderr
+    text = " ".join(lines)
+    assert text.startswith("error: ")
+    return text
+
+
+def test_inspect_json(resnet_weights):
+    r = run_cli("inspect", "test_resnet", "--weights", resnet_weights, "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["strategy"] == "linear" and data["exact"] is True and data["convertible"] is True
+    assert data["num_classes"] == 5
+    assert data["input_size"] == [3, 160, 160] and data["evidence_grid"] == [5, 5]
+    assert data["feature_shape"] == [96, 5, 5]
+    assert data["pooling"] == "global avg pool" and data["classifier"] == "Linear(96→5)"
+    assert len(data["mean"]) == 3 and data["parameters"] > 0
+
+
+def test_inspect_table_for_unconvertible_head():
+    r = run_cli("inspect", "mobilenetv3_small_050", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "Hardswish" in r.stdout and "none" in r.stdout
+
+
+def test_convert_json_and_reload(tmp_path, resnet_weights):
+    out = tmp_path / "out.safetensors"
+    r = run_cli("convert", "test_resnet", "--weights", resnet_weights, "-o", out, "--json", "--input-size", "96")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["exact"] is True and data["strategy"] == "linear"
+    assert data["max_abs_diff"] <= 1e-4 and data["top1_agreement"] == 1.0
+    assert data["num_classes"] == 5 and data["evidence_grid"] == [3, 3]
+    assert data["output"] == str(out) and out.exists()
+    # a softcamify model is itself accepted as MODEL
+    r2 = run_cli("inspect", out, "--json")
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads(r2.stdout)["is_softcam"] is True
+    # no temporary files are left next to the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "efficientnet_b0", "densenet121", "regnety_002"])
+def test_convert_real_architectures_from_user_weights(tmp_path, name):
+    torch.manual_seed(0)
+    weights = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, str(weights))
+    r = run_cli("convert", name, "--weights", weights, "-o", tmp_path / "out.safetensors", "--json", "--samples", "2")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["exact"] is True and data["max_abs_diff"] <= 1e-4 and data["top1_agreement"] == 1.0
+
+
+def _assert_fails(r: subprocess.CompletedProcess, code: int, *words: str, out: Path | None = None):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    msg = _one_sentence(r.stderr)
+    for w in words:
+        assert w in msg, msg
+    if out is not None:
+        assert not out.exists()
+        assert not list(out.parent.glob(f".{out.name}.*")), "temporary file left behind"
+
+
+def test_missing_file(tmp_path):
+    out = tmp_path / "o.safetensors"
+    _assert_fails(run_cli("convert", tmp_path / "nope.pth", "-o", out), EXIT_INPUT, "nope.pth", "does not exist", out=out)
+
+
+def test_truncated_safetensors(tmp_path, resnet_weights):
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(resnet_weights.read_bytes()[:1000])
+    out = tmp_path / "o.safetensors"
+    _assert_fails(run_cli("convert", "test_resnet", "-w", bad, "-o", out), EXIT_INPUT, "trunc.safetensors", out=out)
+
+
+def test_corrupt_pth(tmp_path):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(os.urandom(4096))
+    out = tmp_path / "o.safetensors"
+    _assert_fails(run_cli("convert", "test_resnet", "-w", bad, "-o", out), EXIT_INPUT, "garbage.pth", out=out)
+
+
+def test_weights_for_another_architecture(tmp_path, resnet_weights):
+    out = tmp_path / "o.safetensors"
+    _assert_fails(
+        run_cli("convert", "test_efficientnet", "-w", resnet_weights, "-o", out), EXIT_INPUT, "do not fit", out=out
+    )
+
+
+def test_unknown_architecture(tmp_path):
+    out = tmp_path / "o.safetensors"
+    _assert_fails(run_cli("convert", "resnet5O", "-o", out), EXIT_INPUT, "resnet5O", "timm", out=out)
+
+
+def test_pickle_without_trust(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save(timm.create_model("test_resnet", num_classes=2), path)
+    out = tmp_path / "o.safetensors"
+    _assert_fails(run_cli("convert", path, "-o", out), EXIT_UNSAFE, "--trust-pickle", out=out)
+    assert not marker.exists()
+    r = run_cli("convert", path, "-o", out, "--trust-pickle", "--json", "--samples", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["exact"] is True
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"precious")
+    _assert_fails(run_cli("convert", "test_resnet", "-o", out), EXIT_OUTPUT, "--force")
+    assert out.read_bytes() == b"precious"
+    r = run_cli("convert", "test_resnet", "-o", out, "--force", "--samples", "1")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() != b"precious"
+
+
+def test_output_folder_missing_or_a_file(tmp_path):
+    _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "no" / "o.safetensors"), EXIT_OUTPUT, "does not exist")
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    _assert_fails(run_cli("convert", "test_resnet", "-o", afile / "o.safetensors"), EXIT_OUTPUT, "not a folder")
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(path: Path, options: str):
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_read_only_output_folder(tmp_path):
+    with _mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        _assert_fails(run_cli("convert", "test_resnet", "-o", ro / "o.safetensors"), EXIT_OUTPUT, "not writable")
+
+
+def test_full_disk_leaves_nothing(tmp_path):
+    with _mounted_tmpfs(tmp_path / "tiny", "size=64k") as tiny:
+        out = tiny / "o.safetensors"
+        _assert_fails(run_cli("convert", "test_resnet", "-o", out, "--samples", "1"), EXIT_OUTPUT, "disk is full", out=out)
+        assert list(tiny.iterdir()) == []
+
+
+def test_bad_options(tmp_path):
+    _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "o.onnx"), EXIT_USAGE, ".safetensors")
+    _assert_fails(run_cli("inspect", "test_resnet", "--input-size", "abc"), EXIT_USAGE, "--input-size")
+    r = run_cli("convert", "test_resnet")  # missing -o: click's own usage error
+    assert r.returncode == EXIT_USAGE
+
+
+def test_unconvertible_head_fails_with_its_code(tmp_path):
+    out = tmp_path / "o.safetensors"
+    _assert_fails(
+        run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out), EXIT_CONVERSION, "Hardswish", out=out
+    )
+
+
+def test_atol_zero_fails_validation_and_writes_nothing(tmp_path):
+    out = tmp_path / "o.safetensors"
+    r = run_cli("convert", "test_convnext", "-o", out, "--atol", "0", "--samples", "2")
+    _assert_fails(r, EXIT_VALIDATION, "atol", out=out)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_cli("convert", tmp_path / "nope.pth", "-o", tmp_path / "o.safetensors", "--debug")
+    assert r.returncode == EXIT_INPUT and "Traceback" in r.stderr

@@ -1,0 +1,202 @@
+"""evaluate: classification metrics, explanation metrics against masks, post-hoc baselines side by side."""
+
+from __future__ import annotations
+
+import json
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+from torch import nn
+
+from softcamify.errors import EXIT_INPUT, InputError, UsageError
+from softcamify.evaluation import evaluate
+
+# --------------------------------------------------------------------------------------------------------
+# A constructed case with known answers
+# --------------------------------------------------------------------------------------------------------
+
+
+class RedChannel(nn.Module):
+    """Features = the red channel itself (a 32×32 evidence grid: no upsampling anywhere)."""
+
+    def forward(self, x):
+        return x[:, :1]
+
+
+def _red_model():
+    from softcamify.model import SoftCAM, SoftCAMMeta
+
+    head = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[[[-1.0]]], [[[1.0]]]]))  # healthy: -red, lesion: +red
+        head.bias.zero_()
+    meta = SoftCAMMeta(
+        source={"kind": "module", "class": "tests.RedChannel"}, strategy="linear", exact=True, num_classes=2,
+        class_names=["healthy", "lesion"],
+        data_config={"input_size": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bilinear",
+                     "crop_pct": 1.0, "crop_mode": "center"},
+        head={},
+    )
+    return SoftCAM(RedChannel(), head, meta).eval()
+
+
+SQUARE = 12  # lesion side in pixels; the mask is exactly the lesion
+
+
+@pytest.fixture(scope="module")
+def red_data(tmp_path_factory):
+    """Flat class folders + a separate mask tree: 3 healthy, 4 lesion images (one lesion without a mask,
+    one mask stored at twice the size, healthy masks empty or missing)."""
+    root = tmp_path_factory.mktemp("red")
+    data, masks = root / "data", root / "masks"
+    for d in (data / "healthy", data / "lesion", masks / "healthy", masks / "lesion"):
+        d.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 32)).save(data / "healthy" / f"h{i}.png")
+        if i < 2:
+            Image.new("L", (32, 32)).save(masks / "healthy" / f"h{i}.png")  # empty mask
+    for i, (y, x) in enumerate([(2, 3), (10, 15), (18, 4), (5, 5)]):
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[y : y + SQUARE, x : x + SQUARE, 0] = 255
+        Image.fromarray(img).save(data / "lesion" / f"l{i}.png")
+        m = np.zeros((32, 32), np.uint8)
+        m[y : y + SQUARE, x : x + SQUARE] = 255
+        if i == 1:  # another size: resized (nearest) to the image
+            Image.fromarray(m).resize((64, 64), Image.Resampling.NEAREST).save(masks / "lesion" / f"l{i}.png")
+        elif i < 3:
+            Image.fromarray(m).save(masks / "lesion" / f"l{i}.png")
+    return data, masks
+
+
+def test_constructed_case_has_known_metrics(red_data):
+    data, masks = red_data
+    res = evaluate(_red_model(), data, masks=masks, baselines="gradcam", topk=3, steps=8, device="cpu")
+    assert res.counts == {"images": 7, "with_mask": 5, "annotated": 3, "empty_mask": 2, "without_mask": 2,
+                          "explained": 3}
+    c = res.classification
+    assert c["accuracy"] == 1.0 and c["roc_auc"] == 1.0 and c["class_names"] == ["healthy", "lesion"]
+    share = SQUARE * SQUARE / 32**2
+    summaries = {s["key"]: s for s in res.method_summaries()}
+    assert set(summaries) == {"softcam", "gradcam"}
+    for key in ("softcam", "gradcam"):  # the lesion map equals the mask: every localisation score is perfect
+        m = summaries[key]["metrics"]
+        for metric in ("activation_precision", "activation_sensitivity", "pointing_game", "energy_pointing_game",
+                       "topk_precision"):
+            assert m[metric]["mean"] == pytest.approx(1.0, abs=1e-9), (key, metric)
+        assert m["activation_precision"]["n"] == 3
+        assert m["sparsity"]["mean"] == pytest.approx(1 - share)  # a binary map: share of zero pixels
+        assert m["gini"]["mean"] == pytest.approx(1 - share)  # Gini of a binary map = 1 − area share
+    s = summaries["softcam"]
+    p_full = 1 / (1 + np.exp(-2 * share))  # logits ∓ mean(red) = ∓share
+    assert s["deletion_curve"][0][1] == pytest.approx(p_full, abs=1e-6)
+    assert s["deletion_curve"][-1][1] == pytest.approx(0.5, abs=1e-6)
+    assert s["metrics"]["deletion_auc"]["mean"] < s["metrics"]["insertion_auc"]["mean"]
+    assert s["metrics"]["deletion_auc"]["mean"] < p_full
+    assert len(res.per_image) == 3 and all(r["correct"] for r in res.per_image)
+    json.dumps(res.to_dict(), allow_nan=False)  # strict JSON
+
+
+def test_errors_are_one_sentence(red_data, tmp_path, monkeypatch):
+    data, masks = red_data
+    model = _red_model()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no class folders"):
+        evaluate(model, tmp_path / "empty")
+    with pytest.raises(InputError, match="does not exist"):
+        evaluate(model, data, masks=tmp_path / "nope")
+    with pytest.raises(UsageError, match="unknown method 'gradcan'"):
+        evaluate(model, data, baselines="gradcan")
+    with pytest.raises(UsageError, match="--split"):
+        evaluate(model, data, split="holdout")
+    bad = tmp_path / "bad" / "lesion"
+    bad.mkdir(parents=True)
+    (bad / "x.png").write_bytes(b"not a png at all")
+    (tmp_path / "bad" / "healthy").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "bad" / "healthy" / "h.png")
+    with pytest.raises(InputError, match="x.png"):
+        evaluate(model, tmp_path / "bad")
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # grad-cam not installed
+    with pytest.raises(UsageError, match=r"softcamify\[baselines\]"):
+        evaluate(model, data, baselines="gradcam")
+
+
+# --------------------------------------------------------------------------------------------------------
+# A real model on the synthetic lesion dataset
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lesions(tmp_path_factory):
+    import timm
+
+    import softcamify
+    from softcamify.datasets import make_lesions
+
+    root = tmp_path_factory.mktemp("lesions")
+    make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
+    torch.manual_seed(0)
+    original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    sc = softcamify.convert(original, input_size=(64, 64), samples=2,
+                            class_names=["bright_lesion", "healthy", "red_lesion"])
+    path = softcamify.save(sc, root / "m.safetensors")
+    return {"data": root / "ds", "model": path, "original": original}
+
+
+def test_original_black_box_beside_softcam(lesions):
+    res = evaluate(lesions["model"], lesions["data"], baselines=["gradcam"], original=lesions["original"],
+                   ordinal=True, steps=4, device="cpu")
+    assert res.counts["images"] == 3 and res.counts["annotated"] == 2  # test split; healthy masks are empty
+    assert "quadratic_kappa" in res.classification
+    # an exact conversion: the original classifies identically
+    assert res.original_classification["accuracy"] == res.classification["accuracy"]
+    assert res.original_classification["confusion_matrix"] == res.classification["confusion_matrix"]
+    s = {m["key"]: m["metrics"] for m in res.method_summaries()}
+    assert list(s) == ["softcam", "gradcam", "original:gradcam"]
+    # Grad-CAM on the original's last feature map equals Grad-CAM on the same features of the SoftCAM model
+    for metric in ("activation_precision", "energy_pointing_game", "gini", "deletion_auc"):
+        assert s["original:gradcam"][metric]["mean"] == pytest.approx(s["gradcam"][metric]["mean"], abs=1e-4)
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def test_cli_evaluate_gradcam_side_by_side(lesions, tmp_path):
+    out = tmp_path / "report"
+    r = run_cli("evaluate", lesions["model"], lesions["data"], "--baselines", "gradcam", "-o", out, "--steps", "4",
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    header = next(ln for ln in r.stdout.splitlines() if "SoftCAM" in ln and "Grad-CAM" in ln)
+    assert header.index("SoftCAM") < header.index("Grad-CAM")
+    assert "activation precision" in r.stdout and "deletion AUC" in r.stdout
+    data = json.loads((out / "metrics.json").read_text())
+    methods = {m["key"]: m for m in data["explanation"]["methods"]}
+    assert set(methods) == {"softcam", "gradcam"}
+    for m in methods.values():
+        assert m["images"] == 2 and isinstance(m["metrics"]["activation_precision"]["mean"], float)
+    parser = _Imgs()
+    parser.feed((out / "index.html").read_text(encoding="utf-8"))
+    assert len(parser.srcs) == 2 * 3  # per annotated example: input, SoftCAM, Grad-CAM
+    assert all((out / s).is_file() for s in parser.srcs)
+
+    r = run_cli("evaluate", lesions["model"], lesions["data"], "--json", "--steps", "2", "--split", "val",
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["data"]["source"].startswith("val split")
+    assert [m["key"] for m in data["explanation"]["methods"]] == ["softcam"]
+    assert data["classification"]["n"] == data["counts"]["images"] == 3
+
+    r = run_cli("evaluate", lesions["model"], tmp_path / "nothing")
+    assert r.returncode == EXIT_INPUT and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

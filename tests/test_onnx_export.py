@@ -1,0 +1,238 @@
+"""ONNX and safetensors export: real timm/torchvision models (random weights), real onnxruntime sessions,
+real files. Every ONNX export is compared with PyTorch here, independently of export's own validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from softcamify import onnx_export as E
+from softcamify.conversion import as_softcam
+from softcamify.errors import ValidationError
+from softcamify.heads.evidence import EvidenceHead
+from softcamify.model import SoftCAM, SoftCAMMeta
+from softcamify.onnx_runtime import OnnxModel
+
+ATOL = 1e-4
+SIZE = 64  # small inputs keep the exports fast; 64 px gives a 2×2 grid at stride 32
+MODELS = [
+    "test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_efficientnet_ln", "test_efficientnet_evos",
+    "test_byobnet", "test_nfnet", "test_convnext", "test_convnext2", "test_convnext3", "torchvision:resnet18",
+]
+
+
+def _ort_vs_torch(path, model: SoftCAM, batch: int, hw: tuple[int, int], seed: int = 123) -> tuple[float, float]:
+    """max |Δ| of logits and evidence between an onnxruntime session on ``path`` and ``model``."""
+    c = int(model.meta.data_config["input_size"][0])
+    x = torch.randn(batch, c, *hw, generator=torch.Generator().manual_seed(seed))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, evidence = sess.run(["logits", "evidence"], {"input": x.numpy()})
+    with torch.no_grad():
+        ref_logits, ref_maps = model.forward_maps(x)
+    assert logits.shape == tuple(ref_logits.shape) and evidence.shape == tuple(ref_maps.shape)
+    return float(np.abs(logits - ref_logits.numpy()).max()), float(np.abs(evidence - ref_maps.numpy()).max())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_converted_test_model_exports_and_matches_pytorch(name, tmp_path):
+    torch.manual_seed(0)
+    sc, _ = as_softcam(name, num_classes=5, input_size=(SIZE, SIZE))
+    out = tmp_path / "m.onnx"
+    report = E.export_onnx(sc, out)
+    assert out.is_file() and report.passed and report.output == str(out)
+    assert report.exporter in ("dynamo", "torchscript") and report.dynamic_batch
+    assert report.shapes["input"][0] == "batch" and report.shapes["logits"] == ["batch", 5]
+    assert report.max_abs_diff_logits <= ATOL and report.max_abs_diff_evidence <= ATOL
+    assert {ck["batch"] for ck in report.checks} >= {1, 3}
+    # independent check: two batch sizes, and a second (odd) image size when the export is dynamic
+    sizes = [(SIZE, SIZE)] + ([(80, 112)] if report.dynamic_spatial else [])
+    for batch in (1, 2):
+        for hw in sizes:
+            dl, de = _ort_vs_torch(out, sc, batch, hw)
+            assert dl <= ATOL and de <= ATOL, (name, batch, hw, dl, de)
+    assert report.dynamic_spatial, report.spatial_note  # all these backbones are fully convolutional
+
+
+@pytest.fixture(scope="module")
+def resnet_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    sc, _ = as_softcam("test_resnet", num_classes=3, input_size=(SIZE, SIZE))
+    sc.meta.class_names = ["cat", "dog", "ünïcode, with comma"]
+    path = tmp_path_factory.mktemp("onnx") / "resnet.onnx"
+    report = E.export_onnx(sc, path)
+    return sc, path, report
+
+
+def test_metadata_round_trips(resnet_onnx):
+    sc, path, report = resnet_onnx
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    cfg = sc.meta.data_config
+    assert json.loads(props["class_names"]) == sc.meta.class_names
+    assert json.loads(props["mean"]) == pytest.approx(cfg["mean"]) and json.loads(props["std"]) == pytest.approx(cfg["std"])
+    assert json.loads(props["input_size"]) == cfg["input_size"]
+    assert props["interpolation"] == cfg["interpolation"] and float(props["crop_pct"]) == cfg["crop_pct"]
+    assert props["crop_mode"] == cfg["crop_mode"] and props["architecture"] == "test_resnet"
+    assert props["strategy"] == sc.meta.strategy and props["exact"] == "true" and props["num_classes"] == "3"
+    assert props["softcamify_version"] and props["dynamic_spatial"] == "true"
+    whole = json.loads(props["softcamify"])
+    assert SoftCAMMeta.from_dict(whole) == sc.meta
+    assert whole["export"]["exporter"] == report.exporter and whole["export"]["opset"] == report.opset
+    # the torch-free reader sees the same
+    om = OnnxModel(path)
+    assert om.is_softcam and om.class_names == sc.meta.class_names and om.architecture == "test_resnet"
+    assert om.data_config == {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")}
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    logits, evidence = om.run(x)
+    assert np.abs(evidence.mean(axis=(2, 3)) - logits).max() < 1e-5
+
+
+# --- fallbacks, on a tiny hand-built SoftCAM model (fast to export) ------------------------------------
+class _AddPosition(nn.Module):
+    """A learned position embedding for a fixed 8×8 grid: the backbone only works at 32×32 input."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 8, 8, 8))
+
+    def forward(self, x):
+        return x + self.pos
+
+
+def _tiny(position: bool = False) -> SoftCAM:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU()] + ([_AddPosition()] if position else [])
+    head = EvidenceHead(8, 3)
+    meta = SoftCAMMeta(
+        source={"kind": "module", "class": "tests.tiny"}, strategy="linear", exact=True, num_classes=3,
+        class_names=["a", "b", "c"], head=head.spec(),
+        data_config={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear",
+                     "crop_pct": 1.0, "crop_mode": "center"},
+    )
+    return SoftCAM(nn.Sequential(*layers), head, meta).eval()
+
+
+def test_fixed_size_backbone_falls_back_to_static_height_and_width(tmp_path):
+    model = _tiny(position=True)
+    out = tmp_path / "pos.onnx"
+    report = E.export_onnx(model, out)
+    assert report.exporter == "dynamo" and not report.dynamic_spatial and report.dynamic_batch
+    assert report.shapes["input"] == ["batch", 3, 32, 32]
+    assert report.attempts[0]["spatial"] == "dynamic" and report.attempts[0]["outcome"] == "size"
+    assert "static" in report.spatial_note and "64×96" in report.spatial_note
+    dl, de = _ort_vs_torch(out, model, 3, (32, 32))
+    assert dl <= ATOL and de <= ATOL
+    assert OnnxModel(out).dynamic_spatial is False
+
+
+def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated torch.export failure")
+
+    monkeypatch.setattr(E, "_export_dynamo", broken)
+    model = _tiny()
+    report = E.export_onnx(model, tmp_path / "m.onnx")
+    assert report.exporter == "torchscript" and report.dynamic_spatial
+    assert [a["outcome"] for a in report.attempts] == ["export", "export", "ok"]
+    assert "simulated torch.export failure" in report.attempts[0]["error"]
+    assert report.shapes["input"] == ["batch", 3, "height", "width"]
+
+
+def test_dynamo_wrong_numerics_falls_back_to_torchscript(tmp_path, monkeypatch):
+    real = E._export_dynamo
+
+    def wrong(*args, **kwargs):  # like pytorch #169178: a graph that runs but computes something else
+        proto = real(*args, **kwargs)
+        init = max(proto.graph.initializer, key=lambda t: len(onnx.numpy_helper.to_array(t).ravel()))
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr.ravel()[0] += 0.5
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        return proto
+
+    monkeypatch.setattr(E, "_export_dynamo", wrong)
+    model = _tiny()
+    report = E.export_onnx(model, tmp_path / "m.onnx")
+    assert report.exporter == "torchscript" and report.attempts[0]["outcome"] == "mismatch"
+    assert report.max_abs_diff_evidence <= ATOL
+
+
+def test_opset_below_18_uses_torchscript(tmp_path):
+    report = E.export_onnx(_tiny(), tmp_path / "m.onnx", opset=17)
+    assert report.exporter == "torchscript" and report.opset == 17
+    assert any("opset 17" in n for n in report.notes)
+    assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version == 17
+
+
+def test_mismatch_above_atol_raises_and_writes_nothing(tmp_path):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ValidationError, match="does not match PyTorch within --atol 0"):
+        E.export_onnx(_tiny(), out, atol=0.0, exporter="torchscript", spatial="static")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_existing_output_and_bad_suffix(tmp_path):
+    from softcamify.errors import OutputError, UsageError
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputError):
+        E.export_onnx(_tiny(), out)
+    assert out.read_bytes() == b"keep me"
+    with pytest.raises(UsageError):
+        E.export(_tiny(), tmp_path / "m.txt")
+    with pytest.raises(UsageError):
+        E.export_onnx(_tiny(), tmp_path / "x.onnx", exporter="dynamo", opset=13)
+
+
+# --- safetensors ----------------------------------------------------------------------------------------
+def test_safetensors_from_a_training_checkpoint(tmp_path):
+    from softcamify.checkpoints import load, read_metadata
+
+    torch.manual_seed(0)
+    sc, _ = as_softcam("test_resnet", num_classes=4, input_size=(SIZE, SIZE))
+    with torch.no_grad():  # pretend fine-tuning changed the evidence conv
+        sc.head.conv.weight.add_(0.1)
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": sc.state_dict(), "softcamify": json.dumps(sc.meta.to_dict()), "epoch": 3,
+                "optimizer": {"lr": 0.1}}, ckpt)
+    out = tmp_path / "best.safetensors"
+    report = E.export(str(ckpt), out)
+    assert report.format == "safetensors" and report.max_abs_diff_logits == 0.0
+    assert read_metadata(out)["strategy"] == sc.meta.strategy
+    reloaded = load(out)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(reloaded.forward_maps(x)[1], sc.forward_maps(x)[1])
+    # and from there to ONNX through the real command line (in-process), with --json figures
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(out), "-o", str(tmp_path / "m.onnx"), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    for key in ("exporter", "opset", "shapes", "dynamic_batch", "dynamic_spatial", "max_abs_diff_logits",
+                "max_abs_diff_evidence", "checks", "file_size", "output", "attempts"):
+        assert key in data
+    assert data["file_size"] == (tmp_path / "m.onnx").stat().st_size and data["max_abs_diff_evidence"] <= ATOL
+
+
+def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):
+    from softcamify.checkpoints import save
+
+    torch.manual_seed(0)
+    sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(SIZE, SIZE))
+    save(sc, tmp_path / "m.safetensors")
+    r = cli("export", tmp_path / "m.safetensors", "-o", tmp_path / "m.onnx", "--atol", "0",
+            "--exporter", "torchscript", "--spatial", "static")
+    assert r.returncode == 5, r.stderr
+    assert "does not match PyTorch" in r.stderr and "nothing was written" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    r = cli("export", tmp_path / "m.safetensors", "-o", tmp_path / "m.txt")
+    assert r.returncode == 2 and "must end in .onnx or .safetensors" in r.stderr
