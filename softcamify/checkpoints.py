@@ -455,8 +455,13 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path
     return Path(path)
 
 
-def features_from_source(source: dict[str, Any], trust_pickle: bool = False) -> tuple[nn.Module, str]:
-    """Rebuild the architecture named in a checkpoint's metadata (random weights) and cut its backbone."""
+def features_from_source(
+    source: dict[str, Any], trust_pickle: bool = False, input_size: tuple[int, int, int] | None = None
+) -> tuple[nn.Module, nn.Module | None]:
+    """Rebuild the architecture named in a checkpoint's metadata (random weights) and cut it as convert did.
+
+    Returns (features, traced head); the head is used by approximate (per-position) evidence heads.
+    """
     from .heads import backbone_of
 
     kind = source.get("kind")
@@ -477,7 +482,7 @@ def features_from_source(source: dict[str, Any], trust_pickle: bool = False) -> 
     else:
         raise InputError(f"Unknown model source kind {kind!r} in softcamify metadata.")
     model.eval()
-    return backbone_of(model, source.get("split", "timm"))
+    return backbone_of(model, source.get("split", "timm"), input_size)
 
 
 def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):
@@ -494,8 +499,9 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | t
         raise InputError(f"{p} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
     try:
         meta = SoftCAMMeta.from_dict(data)
-        features, _ = features_from_source(meta.source, trust_pickle=trust_pickle)
-        head = build_head(meta.head)
+        size = tuple(meta.data_config.get("input_size") or ()) or None
+        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size)
+        head = build_head(meta.head, source_head)
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
     model = SoftCAM(features, head, meta)

@@ -323,6 +323,9 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     force: bool = False,
     trust_pickle: bool = False,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
@@ -347,6 +350,8 @@ def evaluate(
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
             ``per_image.json`` there.
+        weights, num_classes, input_size: as for :func:`softcamify.checkpoints.load_model` when ``model``
+            is converted on the fly.
         progress: called as ``progress(stage, done, total)``.
     """
     t_start = time.perf_counter()
@@ -379,7 +384,8 @@ def evaluate(
         from .baselines import require_gradcam
 
         require_gradcam()
-    mm = load_map_model(model, device=device, trust_pickle=trust_pickle)
+    mm = load_map_model(model, device=device, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
+                        input_size=input_size)
     if (methods or original is not None) and mm.kind != "torch":
         raise UsageError("--baselines and --original need a PyTorch model (.safetensors), not an .onnx file.")
     notes: list[str] = []
@@ -471,7 +477,7 @@ def evaluate(
 
         for key in methods:
             ex = PostHocExplainer(softcam_target(mm.module), key, batch_size=batch_size)
-            res = MethodResult(key, f"{ex.label} (same model)", "softcam")
+            res = MethodResult(key, ex.label, "softcam")
             explainers.append((res, ex, mm.predict_proba))
             results.append(res)
         if orig_module is not None:

@@ -641,7 +641,7 @@ def _write_index(
             sign = "positive evidence, 0 … " if positive else "evidence, −"
             items.append(
                 {
-                    "title": Path(r.source).name if not r.source.startswith("<") else r.name,
+                    "title": r.source if not r.source.startswith("<") else r.name,
                     "image": r.files["image"],
                     "prediction": r.predicted_class,
                     "probability": r.probability,

@@ -970,6 +970,7 @@ class _Run:
         best_epoch: int | None = None
         bad_epochs = 0
         partial = None
+        already_stopped = False
         st = self.state
         if st is not None:
             try:
@@ -999,6 +1000,9 @@ class _Run:
                       + (f", step {start_step}/{steps}" if start_step else "") + ".")
             if start_epoch >= int(c.epochs):
                 self.note(f"The run already completed {start_epoch} epoch(s); raise --epochs to train further.")
+            elif st.get("stopped_early") and c.patience is not None and bad_epochs >= int(c.patience):
+                self.note(f"The run stopped early after epoch {start_epoch}; raise --patience to train further.")
+                already_stopped = True
 
         # the run folder: create, lock, clear an old run under --force
         def open_run_dir() -> None:
@@ -1035,7 +1039,7 @@ class _Run:
         stopped_early = False
         epoch = start_epoch
         try:
-            for epoch in range(start_epoch, int(c.epochs)):
+            for epoch in range(start_epoch, start_epoch if already_stopped else int(c.epochs)):
                 skip = start_step if epoch == start_epoch else 0
                 if not skip:
                     s = _mix(c.seed, epoch, 0x5EED)
@@ -1127,7 +1131,7 @@ class _Run:
                 _on_main(ctx, lambda rec=record: _append_jsonl(self.metrics_path, rec))
                 stop_now = c.patience is not None and bad_epochs >= int(c.patience) and epoch + 1 < int(c.epochs)
                 self.save_state(sc, opt, sched, scaler, c, epoch + 1, 0, steps, history, best_value, best_epoch,
-                                bad_epochs, None)
+                                bad_epochs, None, stopped_early=stop_now)
                 self.reporter.epoch_end(history[-1])
                 if stop_now:
                     stopped_early = True
@@ -1154,7 +1158,7 @@ class _Run:
             run_dir=str(self.run_dir), best_path=str(self.best_path) if self.best_path.exists() else None,
             last_path=str(self.last_path), metrics_path=str(self.metrics_path), monitor=c.monitor,
             best_epoch=best_epoch, best_value=best_value, epochs_completed=completed, epochs_planned=int(c.epochs),
-            stopped_early=stopped_early, resumed_from=start_epoch if st is not None else None,
+            stopped_early=stopped_early or already_stopped, resumed_from=start_epoch if st is not None else None,
             train_images_per_s=tput, elapsed_s=time.perf_counter() - t_start, best=best_record,
             last=history[-1] if history else None, data=data_info, config=c.to_dict(), world_size=ctx.world,
             device=str(device), amp=amp_name, notes=list(self.notes), history=history, model=result_model,
@@ -1230,7 +1234,7 @@ class _Run:
         write_text_atomic(path, "".join(line + "\n" for line in keep), force=True)
 
     def save_state(self, sc, opt, sched, scaler, c, epoch, step, steps, history, best_value, best_epoch, bad_epochs,
-                   partial) -> None:
+                   partial, stopped_early: bool = False) -> None:
         """Write last.pt (every rank's RNG state is gathered; rank 0 writes atomically)."""
         rngs = distributed.all_gather_objects(self.ctx, _rng_state())
         if not self.ctx.is_main:
@@ -1260,6 +1264,7 @@ class _Run:
             "best_value": best_value,
             "best_epoch": best_epoch,
             "bad_epochs": int(bad_epochs),
+            "stopped_early": bool(stopped_early),
             "world_size": self.ctx.world,
         }
         with atomic_output(self.last_path, force=True) as tmp:

@@ -39,10 +39,10 @@ def test_inspect_json(resnet_weights):
     assert len(data["mean"]) == 3 and data["parameters"] > 0
 
 
-def test_inspect_table_for_unconvertible_head():
+def test_inspect_table_for_approximate_head():
     r = run_cli("inspect", "mobilenetv3_small_050", "--input-size", "64")
     assert r.returncode == 0, r.stderr
-    assert "Hardswish" in r.stdout and "none" in r.stdout
+    assert "Hardswish" in r.stdout and "approximate" in r.stdout and "prelogits" in r.stdout
 
 
 def test_convert_json_and_reload(tmp_path, resnet_weights):
@@ -174,11 +174,25 @@ def test_bad_options(tmp_path):
     assert r.returncode == EXIT_USAGE
 
 
-def test_unconvertible_head_fails_with_its_code(tmp_path):
+def test_strict_refuses_approximate_conversion(tmp_path):
     out = tmp_path / "o.safetensors"
     _assert_fails(
-        run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out), EXIT_CONVERSION, "Hardswish", out=out
+        run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out, "--strict"),
+        EXIT_CONVERSION, "Hardswish", "--strict", out=out,
     )
+
+
+def test_approximate_conversion_reports_fidelity(tmp_path):
+    out = tmp_path / "o.safetensors"
+    r = run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out, "--samples", "4")
+    assert r.returncode == 0, r.stderr
+    assert "approximate: fine-tune before use" in r.stdout
+    r = run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out, "--force", "--json")
+    data = json.loads(r.stdout)
+    assert data["exact"] is False and data["strategy"] == "prelogits"
+    for key in ("max_abs_diff", "mean_abs_diff", "top1_agreement", "kl_divergence"):
+        assert isinstance(data[key], float)
+    assert any("fine-tune before use" in n for n in data["notes"])
 
 
 def test_atol_zero_fails_validation_and_writes_nothing(tmp_path):

@@ -82,9 +82,9 @@ def test_input_size_override_changes_the_grid():
     assert model.meta.conversion["evidence_grid"] == [3, 2]
 
 
-def test_unsupported_head_names_the_head():
+def test_strict_refuses_an_approximate_head():
     with pytest.raises(ConversionError, match="Hardswish"):
-        softcamify.convert(timm.create_model("mobilenetv3_small_050", num_classes=3), samples=1)
+        softcamify.convert(timm.create_model("mobilenetv3_small_050", num_classes=3), samples=1, strict=True)
 
 
 def test_verification_failure_raises(monkeypatch):

@@ -38,13 +38,14 @@ def test_convnext_head_needs_the_pooled_statistics():
 
 def test_nonlinear_prelogits_has_no_exact_strategy():
     plan, _, evidence = _plan(timm.create_model("mobilenetv3_small_050", num_classes=4))
-    assert plan.strategy is None and evidence is None
+    assert plan.strategy == "prelogits" and not plan.exact
     assert "Hardswish" in plan.reason
+    assert {"linear", "normed"} <= set(plan.tried)
 
 
 def test_max_pool_is_not_exact():
     plan, _, _ = _plan(timm.create_model("test_resnet", num_classes=4, global_pool="max"))
-    assert plan.strategy is None
+    assert plan.strategy == "pooled" and not plan.exact
     assert "max" in plan.reason
 
 

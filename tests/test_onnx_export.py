@@ -31,7 +31,7 @@ def _ort_vs_torch(path, model: SoftCAM, batch: int, hw: tuple[int, int], seed: i
     """max |Δ| of logits and evidence between an onnxruntime session on ``path`` and ``model``."""
     c = int(model.meta.data_config["input_size"][0])
     x = torch.randn(batch, c, *hw, generator=torch.Generator().manual_seed(seed))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = path if isinstance(path, ort.InferenceSession) else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, evidence = sess.run(["logits", "evidence"], {"input": x.numpy()})
     with torch.no_grad():
         ref_logits, ref_maps = model.forward_maps(x)
@@ -52,9 +52,10 @@ def test_every_converted_test_model_exports_and_matches_pytorch(name, tmp_path):
     assert {ck["batch"] for ck in report.checks} >= {1, 3}
     # independent check: two batch sizes, and a second (odd) image size when the export is dynamic
     sizes = [(SIZE, SIZE)] + ([(80, 112)] if report.dynamic_spatial else [])
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 2):
         for hw in sizes:
-            dl, de = _ort_vs_torch(out, sc, batch, hw)
+            dl, de = _ort_vs_torch(sess, sc, batch, hw)
             assert dl <= ATOL and de <= ATOL, (name, batch, hw, dl, de)
     assert report.dynamic_spatial, report.spatial_note  # all these backbones are fully convolutional
 
@@ -213,13 +214,15 @@ def test_safetensors_from_a_training_checkpoint(tmp_path):
 
     from softcamify.cli import app
 
-    r = CliRunner().invoke(app, ["export", str(out), "-o", str(tmp_path / "m.onnx"), "--json"])
+    r = CliRunner().invoke(app, ["export", str(out), "-o", str(tmp_path / "m.onnx"), "--exporter", "torchscript",
+                                 "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     for key in ("exporter", "opset", "shapes", "dynamic_batch", "dynamic_spatial", "max_abs_diff_logits",
                 "max_abs_diff_evidence", "checks", "file_size", "output", "attempts"):
         assert key in data
     assert data["file_size"] == (tmp_path / "m.onnx").stat().st_size and data["max_abs_diff_evidence"] <= ATOL
+    assert data["exporter"] == "torchscript" and data["shapes"]["evidence"] == ["batch", 4, "grid_height", "grid_width"]
 
 
 def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):

@@ -12,10 +12,14 @@ from ._common import (
     DEBUG_OPTION,
     DEVICE_OPTION,
     FORCE_OPTION,
+    INPUT_SIZE_OPTION,
     JSON_OPTION,
+    NUM_CLASSES_OPTION,
     TRUST_PICKLE_OPTION,
+    WEIGHTS_OPTION,
     console,
     handle_errors,
+    parse_input_size,
     print_json,
 )
 from .explain import progress_bar
@@ -68,6 +72,9 @@ def evaluate(
     examples: int = typer.Option(6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = DEVICE_OPTION,
+    weights: Path = WEIGHTS_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    input_size: str = INPUT_SIZE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     force: bool = FORCE_OPTION,
     json_: bool = JSON_OPTION,
@@ -83,7 +90,8 @@ def evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
                 steps=steps, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
-                out_dir=output, force=force, trust_pickle=trust_pickle,
+                out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
+                input_size=parse_input_size(input_size),
                 progress=lambda stage, done, total: update(done, total),
             )
         if json_:

@@ -107,7 +107,7 @@ def explain(
         t.add_column("overlays", overflow="fold")
         shown = results[:50]
         for r in shown:
-            t.add_row(Path(r.source).name, r.predicted_class, f"{r.probability:.3f}", ", ".join(r.files["overlays"]))
+            t.add_row(r.source, r.predicted_class, f"{r.probability:.3f}", ", ".join(r.files["overlays"]))
         console.print(t)
         if len(results) > len(shown):
             console.print(f"[dim]… and {len(results) - len(shown)} more (see manifest.json)[/]")

@@ -66,21 +66,23 @@ def export(
     with handle_errors(debug):
         from ..errors import UsageError
         from ..io import check_output_path
-        from ..onnx_export import export as run_export
-        from ..onnx_export import load_softcam
 
         suffix = output.suffix.lower()
         if suffix not in (".onnx", ".safetensors"):
             raise UsageError(f"--output {output} must end in .onnx or .safetensors.")
+        if suffix == ".safetensors" and (opset is not None or exporter != "auto" or spatial != "auto"):
+            raise UsageError("--opset, --exporter and --spatial only apply to an .onnx output.")
         check_output_path(output, force=force)
         size = parse_input_size(input_size)
+
+        from ..onnx_export import export as run_export  # imports torch: only after the options are checked
+        from ..onnx_export import load_softcam
+
         sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
                                  trust_pickle=trust_pickle, strict=strict, atol=atol)
         kwargs = dict(force=force, atol=atol, seed=seed, trust_pickle=trust_pickle)
         if suffix == ".onnx":
             kwargs.update(opset=opset, exporter=exporter, spatial=spatial)
-        elif opset is not None or exporter != "auto" or spatial != "auto":
-            raise UsageError("--opset, --exporter and --spatial only apply to an .onnx output.")
         report = run_export(sc, output, **kwargs)
         report.notes = notes + report.notes
         if json_:

@@ -319,9 +319,12 @@ def _run(*, model, data_dir, output, labels, val_split, augment, strict_data, we
          trust_pickle, reset_head, l1, l2, class_weights, epochs, batch_size, optimizer, lr, min_lr, weight_decay,
          momentum, warmup_epochs, grad_clip, freeze_backbone, device, amp, amp_dtype, workers, seed, deterministic,
          monitor, patience, ordinal, sparsity_threshold, resume, force, quiet, json_, debug, reporter_on) -> None:
+    import contextlib
+
     from ..errors import EXIT_INTERRUPTED
 
-    with handle_errors(debug):
+    # Other ranks raise to the caller, which exits with the code silently; rank 0 prints the one line.
+    with handle_errors(debug) if reporter_on else contextlib.nullcontext():
         from ..training import FinetuneConfig, FinetuneInterrupted, Reporter
         from ..training import finetune as run_finetune
 

@@ -9,6 +9,7 @@ and register themselves in :data:`STRATEGIES`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError
+from . import approximate as _approximate  # noqa: F401
 from . import linear as _linear  # noqa: F401  (registers the strategy)
 from . import normed as _normed  # noqa: F401
 from .base import STRATEGIES, Context, ModelParts, NotApplicable, Strategy, get_strategy, register
@@ -26,7 +28,6 @@ from .graph import (
     CONV,
     LINEAR,
     NORM,
-    PASS,
     POOL,
     MethodAsModule,
     Step,
@@ -82,15 +83,49 @@ def _is_timm_model(model: nn.Module) -> bool:
     return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
 
-def split_model(model: nn.Module) -> ModelParts:
-    """Split a classifier into features and head (timm's own split, else the fx graph at the global pool)."""
+def _default_input(model: nn.Module) -> tuple[int, int, int]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+    from ..sources import first_conv_channels
+
+    return (first_conv_channels(model) or int(size[0]), int(size[1]), int(size[2]))
+
+
+def _try_trace(module: nn.Module):
+    try:
+        return trace(module)
+    except Exception:
+        return None
+
+
+def split_model(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> ModelParts:
+    """Split a classifier into features and head.
+
+    timm models split at ``forward_features`` / ``forward_head`` (token models through a patch grid);
+    any other module is traced with fx and cut at its global pooling.
+    """
     if _is_timm_model(model):
+        features = MethodAsModule(model, "forward_features")
         head = MethodAsModule(model, "forward_head")
-        try:
-            graph = trace(head)
-        except Exception:
-            graph = None
-        return ModelParts(MethodAsModule(model, "forward_features"), head, graph, "timm")
+        described = steps_of(g) if (g := _try_trace(head)) is not None else []
+        size = input_size or _default_input(model)
+        with torch.no_grad():
+            x = torch.zeros(1, *size)
+            try:
+                f = features(x)
+            except Exception as e:
+                raise ConversionError(
+                    f"The backbone fails on a {size[1]}×{size[2]} input ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); pass --input-size with a size the model accepts."
+                ) from e
+        if isinstance(f, torch.Tensor) and f.ndim == 3:
+            return _token_parts(model, features, head, f, size, described)
+        if not isinstance(f, torch.Tensor) or f.ndim != 4:
+            shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ConversionError(f"The backbone returns {shape}, not a feature map or token sequence.")
+        nf = getattr(model, "num_features", None)
+        layout = "NHWC" if nf is not None and f.shape[-1] == nf and f.shape[1] != nf else "NCHW"
+        return ModelParts(features, head, g, "timm", layout, None, described)
     try:
         gm = trace(model)
     except Exception as e:
@@ -104,7 +139,28 @@ def split_model(model: nn.Module) -> ModelParts:
         head = extract(gm, feat, output_node(gm))
     except ValueError as e:
         raise ConversionError(f"{type(model).__name__}: {e}; its head cannot be located automatically.") from e
-    return ModelParts(features, head, head, "fx")
+    return ModelParts(features, head, head, "fx", "NCHW", None, steps_of(head))
+
+
+def _token_parts(model, features, head, tokens, size, described) -> ModelParts:
+    from .tokens import TokenGrid, TokenHead, head_reads_prefix, patch_size, prefix_tokens
+
+    prefix = prefix_tokens(model)
+    patch = patch_size(model)
+    n = tokens.shape[1] - prefix
+    if patch is not None and (size[1] // patch[0]) * (size[2] // patch[1]) != n:
+        patch = None
+    if patch is None and math.isqrt(n) ** 2 != n:
+        raise ConversionError(
+            f"The model returns {tokens.shape[1]} tokens ({prefix} prefix), which do not form a square patch grid."
+        )
+    grid_head = TokenHead(head, prefix)
+    info = {
+        "prefix": prefix,
+        "patch": list(patch) if patch else None,
+        "reads_prefix": head_reads_prefix(head, torch.randn_like(tokens), prefix),
+    }
+    return ModelParts(TokenGrid(features, prefix, patch), grid_head, _try_trace(grid_head), "timm", "NHWC", info, described)
 
 
 def _summarize(steps: list[Step]) -> tuple[str | None, list[str], str | None]:
@@ -121,7 +177,9 @@ def _summarize(steps: list[Step]) -> tuple[str | None, list[str], str | None]:
     return pooling, between, classifier
 
 
-def _reason(steps: list[Step], tried: dict[str, str]) -> str:
+def _reason(steps: list[Step], tried: dict[str, str], tokens: dict | None = None) -> str:
+    if tokens is not None and tokens.get("reads_prefix"):
+        return "the head reads the class token, not the average of the patch tokens"
     for s in steps:
         if s.role == POOL and s.params.get("kind") not in ("avg", "fixed"):
             return f"the head uses {s.detail}"
@@ -131,51 +189,44 @@ def _reason(steps: list[Step], tried: dict[str, str]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in tried.items()) or "no strategy applies"
 
 
-@torch.no_grad()
-def feature_map(parts: ModelParts, input_size: tuple[int, int, int]) -> torch.Tensor:
-    x = torch.zeros(1, *input_size)
-    try:
-        return parts.features(x)
-    except Exception as e:
-        raise ConversionError(
-            f"The backbone fails on a {input_size[1]}×{input_size[2]} input ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); pass --input-size with a size the model accepts."
-        ) from e
-
-
 def analyze(
     model: nn.Module, input_size: tuple[int, int, int], *, strategies: list[str] | None = None
 ) -> tuple[HeadPlan, ModelParts, nn.Module | None]:
     """Find the head, try the strategies; return the plan, the parts and the float64 evidence head."""
     model.eval()
-    parts = split_model(model)
-    f = feature_map(parts, input_size)
-    if f.ndim != 4:
-        raise ConversionError(
-            f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a B×C×H×W feature map; "
-            "token (transformer) outputs are not supported yet."
-        )
+    parts = split_model(model, input_size)
     with torch.no_grad():
+        try:
+            f = parts.features(torch.zeros(1, *input_size))
+        except Exception as e:
+            raise ConversionError(
+                f"The backbone fails on a {input_size[1]}×{input_size[2]} input ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); pass --input-size with a size the model accepts."
+            ) from e
+        if f.ndim != 4:
+            raise ConversionError(f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a feature map.")
         logits = parts.head(f)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ConversionError("The head does not return a B×K tensor of logits.")
     num_classes = logits.shape[1]
-    layout = "NCHW"
-    nf = getattr(model, "num_features", None)
-    if parts.split == "timm" and nf is not None and f.shape[-1] == nf and f.shape[1] != nf:
-        layout = "NHWC"
+    layout = parts.layout
     c, h, w = (f.shape[3], f.shape[1], f.shape[2]) if layout == "NHWC" else tuple(f.shape[1:])
-    steps = steps_of(parts.graph) if parts.graph is not None else []
+    steps = parts.described or (steps_of(parts.graph) if parts.graph is not None else [])
     pooling, between, classifier = _summarize(steps)
+    if parts.tokens is not None:
+        pooling = "class token" if parts.tokens["reads_prefix"] else (pooling or "token average")
 
     head64 = copy.deepcopy(parts.graph if parts.graph is not None else parts.head).double().eval()
     graph64 = head64 if parts.graph is not None else None
-    ctx = Context(head64, graph64, steps, int(c), int(h), int(w), int(num_classes), layout)
+    ctx = Context(head64, graph64, steps, int(c), int(h), int(w), int(num_classes), layout, parts.tokens)
     tried: dict[str, str] = {}
     chosen: Strategy | None = None
     evidence = None
     for strategy in STRATEGIES:
         if strategies is not None and strategy.name not in strategies:
+            continue
+        if strategy.exact and parts.tokens is not None and parts.tokens["reads_prefix"]:
+            tried[strategy.name] = "the head reads the class token, not the average of the patch tokens"
             continue
         try:
             evidence = strategy.build(ctx)
@@ -194,23 +245,26 @@ def analyze(
         classifier=classifier,
         strategy=chosen.name if chosen else None,
         exact=bool(chosen and chosen.exact),
-        reason=None if chosen else _reason(steps, tried),
+        reason=None if (chosen and chosen.exact) else _reason(steps, tried, parts.tokens),
         tried=tried,
         split=parts.split,
     )
     return plan, parts, evidence
 
 
-def backbone_of(model: nn.Module, split: str) -> tuple[nn.Module, str]:
-    """The feature extractor a SoftCAM model keeps (the same code runs at convert and at load time).
+def backbone_of(model: nn.Module, split: str, input_size: tuple[int, int, int] | None = None):
+    """(features, traced head) as a SoftCAM model keeps them — the same code runs at convert and load time.
 
     timm models keep the whole model, classifier removed (``reset_classifier(0)``), called through
-    ``forward_features``; other models keep the fx graph cut at the global pool.
+    ``forward_features`` (through a patch grid for token models); other models keep the fx graph cut
+    at the global pool. The traced head is taken before the classifier is removed, for the
+    approximate (per-position) heads that reuse it.
     """
-    if split == "timm" and _is_timm_model(model):
+    parts = split_model(model, input_size)
+    head = parts.graph
+    if parts.split == "timm":
         try:
             model.reset_classifier(0)
         except Exception:  # pragma: no cover - a model without a working reset keeps its unused head
             pass
-        return MethodAsModule(model, "forward_features"), "timm"
-    return split_model(model).features, "fx"
+    return parts.features, head

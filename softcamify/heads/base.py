@@ -19,6 +19,9 @@ class ModelParts:
     head: nn.Module  # last feature map -> logits
     graph: fx.GraphModule | None  # the head traced with fx (None when it cannot be traced)
     split: str  # "timm" (forward_features / forward_head) or "fx" (graph cut at the global pool)
+    layout: str = "NCHW"  # of the features as ``features`` returns them
+    tokens: dict | None = None  # token models: {"prefix": n, "patch": [ph, pw], "reads_prefix": bool}
+    described: list[Step] = field(default_factory=list)  # the model's own head, for reports
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Context:
     width: int
     num_classes: int
     layout: str = "NCHW"
+    tokens: dict | None = None
     notes: list[str] = field(default_factory=list)
 
 

@@ -72,9 +72,48 @@ class EvidenceHead(nn.Module):
         return f"norm={self.norm}" if self.norm else ""
 
 
-def build_head(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a head from the spec stored in a softcamify checkpoint."""
+class PerPositionHead(nn.Module):
+    """An approximate evidence head: the model's own head applied to every position on its own.
+
+    Each position's feature vector goes through the original head as a 1×1 map (or a one-patch token
+    sequence), so pooling moves to the very end: ``logits = mean_hw(head(F(x, y)))``. Exact when the
+    head is affine in the pooled features; otherwise an approximation whose fidelity is measured.
+    """
+
+    def __init__(self, head: nn.Module, in_channels: int, num_classes: int, layout: str = "NCHW"):
+        super().__init__()
+        self.head = head
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.layout = layout
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        x = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        x = x.reshape(b * h * w, 1, 1, c) if self.layout == "NHWC" else x.reshape(b * h * w, c, 1, 1)
+        out = self.head(x).reshape(b, h, w, -1)
+        return out.permute(0, 3, 1, 2)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "per_position",
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "layout": self.layout,
+        }
+
+
+def build_head(spec: dict[str, Any], source_head: nn.Module | None = None) -> nn.Module:
+    """Rebuild a head from the spec stored in a softcamify checkpoint.
+
+    ``per_position`` heads reuse the original model's head (``source_head``, rebuilt from the source
+    architecture exactly as at conversion time); their weights then come from the checkpoint.
+    """
     kind = spec.get("kind", "evidence")
     if kind == "evidence":
         return EvidenceHead(spec["in_channels"], spec["num_classes"], spec.get("norm"), spec.get("eps", 1e-6))
+    if kind == "per_position":
+        if source_head is None:
+            raise ValueError("a per_position head needs the source model's head")
+        return PerPositionHead(source_head, spec["in_channels"], spec["num_classes"], spec.get("layout", "NCHW"))
     raise ValueError(f"unknown evidence head kind {kind!r}")

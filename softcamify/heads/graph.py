@@ -196,6 +196,10 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
             return Step(ACT, name, target)
         if name.lower().startswith("dropout") or name in ("DropPath",):
             return Step(PASS, name, target)
+        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and tuple(c.kernel_size) != (1, 1)]
+        if convs:  # an untraceable block with a spatial conv, e.g. timm's ConvMlp (VGG fc6 as 7×7 conv)
+            k = tuple(convs[0].kernel_size)
+            return Step(CONV, f"{name}(Conv2d {k[0]}×{k[1]})", target, {"kernel": list(k)})
         return Step(OTHER, name, target)
 
     if node.op == "call_function":

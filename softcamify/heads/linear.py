@@ -10,7 +10,7 @@ from __future__ import annotations
 from .base import Context, NotApplicable, Strategy, check_exact, register
 from .evidence import EvidenceHead
 from .graph import ACT, CONV, POOL
-from .probe import EXACT_RTOL, affine_of_pooled
+from .probe import EXACT_RTOL, affine_of_pooled, quick_affine_check
 
 
 def build(ctx: Context) -> EvidenceHead:
@@ -19,6 +19,12 @@ def build(ctx: Context) -> EvidenceHead:
             raise NotApplicable(f"the pooling is {s.detail}, not an average")
         if s.role in (ACT, CONV):
             raise NotApplicable(f"the head applies {s.detail} after pooling")
+    try:
+        violation = quick_affine_check(ctx.head, ctx.channels, ctx.height, ctx.width, ctx.layout)
+    except Exception as e:
+        raise NotApplicable(f"the head could not be probed ({type(e).__name__}: {e})") from e
+    if violation > EXACT_RTOL:
+        raise NotApplicable(f"the head is not affine in the average-pooled features (relative error {violation:.1e})")
     try:
         weight, bias = affine_of_pooled(ctx.head, ctx.channels, ctx.height, ctx.width, ctx.layout)
     except Exception as e:  # the head does not accept constant maps of this size

@@ -12,7 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .base import Context, NotApplicable, Strategy, check_exact, register
 from .evidence import EvidenceHead
-from .graph import NORM, PASS, POOL, classify, compute_nodes, extract
+from .graph import COMBINE, NORM, OTHER, PASS, POOL, classify, compute_nodes, extract
 from .probe import EXACT_RTOL, affine_of_vector, probe_features, relative_error, to_layout
 
 
@@ -29,12 +29,12 @@ def build(ctx: Context) -> EvidenceHead:
     norm_node, norm_step = norms[0]
     if norm_node.op != "call_module":
         raise NotApplicable("the norm is a function call, not a module with known parameters")
+    # what precedes the norm must be a plain spatial average: checked numerically below, whatever
+    # the ops look like (timm pools, torch.mean, token slicing and averaging ...)
     before = [s for n, s in roles if n in _ancestors_before(norm_node)]
-    if not any(s.role == POOL and s.params.get("kind") == "avg" for s in before):
-        raise NotApplicable("the norm is not preceded by an average pool")
-    bad = [s for s in before if s.role not in (POOL, PASS)]
+    bad = [s for s in before if s.role not in (POOL, PASS, OTHER, COMBINE)]
     if bad:
-        raise NotApplicable(f"the head applies {bad[0].detail} between pooling and the norm")
+        raise NotApplicable(f"the head applies {bad[0].detail} before the norm")
 
     norm = modules[norm_node.target]
     kind = norm_step.params["kind"]

@@ -58,6 +58,22 @@ def affine_of_vector(fn: nn.Module, tail: tuple[int, ...]):
     return weight, b
 
 
+@torch.no_grad()
+def quick_affine_check(head: nn.Module, channels: int, height: int, width: int, layout: str = "NCHW") -> float:
+    """A cheap necessary test before probing every channel: an affine head of the pooled features is
+    additive (h(a + b) − h(0) = h(a) − h(0) + h(b) − h(0)) and ignores where features are (h(F) =
+    h(shuffled F)). Returns the relative violation (0 for such heads)."""
+    f = probe_features(channels, height, width)
+    a, b = f[0:1], f[3:4]
+    zero = torch.zeros_like(a)
+    perm = torch.randperm(height * width, generator=torch.Generator().manual_seed(1))
+    shuffled = a.flatten(2)[:, :, perm].reshape(a.shape)
+    h0, ha, hb, hab, hs = (head(to_layout(t, layout)) for t in (zero, a, b, a + b, shuffled))
+    additive = relative_error(hab - h0, (ha - h0) + (hb - h0))
+    invariant = relative_error(hs, ha)
+    return max(additive, invariant)
+
+
 def probe_features(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """Varied float64 feature maps: signed Gaussian and positive (post-ReLU-like) samples."""
     g = torch.Generator().manual_seed(seed)
