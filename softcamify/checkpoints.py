@@ -282,16 +282,24 @@ def load_model(
     ema: bool = False,
     trust_pickle: bool = False,
     input_size: tuple[int, int] | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads."""
+    """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
+
+    ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
+    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``.
+    """
+    model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     spec_str = os.fspath(spec)
     path = Path(spec_str)
     if path.exists():
         if weights is not None:
             raise UsageError(f"--weights is for an architecture given by name, but MODEL {path} is already a file or folder.")
         if path.is_dir():
-            return _load_folder(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size)
-        return _load_file(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size)
+            return _load_folder(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size,
+                                model_args=model_args)
+        return _load_file(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size,
+                          model_args=model_args)
     if _looks_like_path(spec_str):
         raise InputError(f"Model file {path} does not exist.")
     kind, name = sources.parse_name(spec_str)
@@ -301,11 +309,11 @@ def load_model(
         sd, info = read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
     elif ema:
         raise UsageError("--ema needs a checkpoint: pass --weights FILE or a checkpoint file as MODEL.")
-    model, k = _build_named(kind, name, sd, wpath, num_classes)
+    model, k = _build_named(kind, name, sd, wpath, num_classes, model_args)
     notes = list(info.get("notes", []))
     if sd is None:
         notes.append(f"{name} has random weights (no --weights given).")
-    source = {"kind": kind, "name": name, "num_classes": k, "model_args": {}}
+    source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
     return LoadedModel(
         module=model,
         source=source,
@@ -316,7 +324,8 @@ def load_model(
     )
 
 
-def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size) -> LoadedModel:
+def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_args=None) -> LoadedModel:
+    model_args = model_args or {}
     if path.suffix.lower() == ".onnx":
         raise InputError(f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept .onnx).")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
@@ -330,7 +339,7 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size) -> Loa
         sibling = path.parent / "config.json"
         if not arch and sibling.exists():
             return _load_folder(path.parent, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
-                                input_size=input_size, weights_file=path)
+                                input_size=input_size, weights_file=path, model_args=model_args)
         if not arch:
             raise InputError(
                 f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
@@ -347,10 +356,10 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size) -> Loa
                 f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
             )
     kind, name = sources.parse_name(str(arch))
-    model, k = _build_named(kind, name, sd, path, num_classes)
+    model, k = _build_named(kind, name, sd, path, num_classes, model_args)
     return LoadedModel(
         module=model,
-        source={"kind": kind, "name": name, "num_classes": k, "model_args": {}},
+        source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
         data_config=sources.data_config(model, kind, input_size=input_size),
         class_names=info.get("class_names"),
         path=str(path),
@@ -376,7 +385,9 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
                        [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."])
 
 
-def _load_folder(path: Path, *, num_classes, ema, trust_pickle, input_size, weights_file: Path | None = None) -> LoadedModel:
+def _load_folder(
+    path: Path, *, num_classes, ema, trust_pickle, input_size, weights_file: Path | None = None, model_args=None
+) -> LoadedModel:
     for run_file in ("best.safetensors", "last.safetensors"):
         candidate = path / run_file
         if weights_file is None and candidate.exists() and META_KEY in safetensors_metadata(candidate):
@@ -399,8 +410,8 @@ def _load_folder(path: Path, *, num_classes, ema, trust_pickle, input_size, weig
     if weights_file is None:
         raise InputError(f"Folder {path} has config.json but no model.safetensors or pytorch_model.bin.")
     sd, info = read_weights(weights_file, ema=ema, trust_pickle=trust_pickle)
-    model_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
-    model_args = {k: v for k, v in model_args.items() if k != "num_classes"}
+    cfg_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
+    model_args = {k: v for k, v in {**cfg_args, **(model_args or {})}.items() if k != "num_classes"}
     k_cfg = config.get("num_classes")
     kind, name = sources.parse_name(arch)
     model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args)
@@ -482,7 +493,9 @@ def features_from_source(
     else:
         raise InputError(f"Unknown model source kind {kind!r} in softcamify metadata.")
     model.eval()
-    return backbone_of(model, source.get("split", "timm"), input_size)
+    return backbone_of(
+        model, source.get("split", "timm"), input_size, source.get("features_layer"), source.get("classifier")
+    )
 
 
 def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):

@@ -114,7 +114,12 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
     return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
 
 
-def inspect(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None = None) -> InspectReport:
+def inspect(
+    model: nn.Module | LoadedModel,
+    input_size: tuple[int, int] | None = None,
+    features_layer: str | None = None,
+    classifier: str | None = None,
+) -> InspectReport:
     """Describe a model's head and whether (and how) it converts; nothing is modified."""
     loaded = _as_loaded(model, input_size)
     module = loaded.module
@@ -127,7 +132,9 @@ def inspect(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None =
         return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
                              loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
     work = copy.deepcopy(module).eval()
-    plan, _, _ = analyze(work, tuple(loaded.data_config["input_size"]))
+    plan, _, _ = analyze(
+        work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
+    )
     names = loaded.class_names
     return InspectReport(loaded.architecture, dict(loaded.source), sources.count_parameters(module),
                          loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes))
@@ -190,6 +197,8 @@ def convert(
     calibration: str | os.PathLike | None = None,
     strict: bool = False,
     seed: int = 0,
+    features_layer: str | None = None,
+    classifier: str | None = None,
 ) -> SoftCAM:
     """Replace pooling + classifier by an evidence conv initialized from the classifier, and verify it.
 
@@ -204,7 +213,8 @@ def convert(
     original.eval()
     data_config = dict(loaded.data_config)
     work = copy.deepcopy(original).eval()
-    plan, _, evidence = analyze(work, tuple(data_config["input_size"]))
+    size = tuple(data_config["input_size"])
+    plan, _, evidence = analyze(work, size, features_layer=features_layer, classifier=classifier)
     arch = loaded.architecture
     if evidence is None or plan.strategy is None:
         raise ConversionError(f"{arch} has no SoftCAM conversion: {plan.reason} (head: {plan.head}).")
@@ -212,7 +222,7 @@ def convert(
         raise ConversionError(
             f"{arch} converts only approximately ({plan.strategy}: {plan.reason}); refused under --strict."
         )
-    features, _ = backbone_of(work, plan.split, tuple(data_config["input_size"]))
+    features, _ = backbone_of(work, plan.split, size, features_layer, classifier)
     split = plan.split
     head = evidence.float()
     k = plan.num_classes
@@ -222,6 +232,8 @@ def convert(
         raise UsageError(f"--class-names lists {len(class_names)} names but the model has {k} classes.")
     source = dict(loaded.source)
     source["split"] = split
+    if features_layer or classifier:
+        source.update(features_layer=features_layer, classifier=classifier)
     meta = SoftCAMMeta(
         source=source,
         strategy=plan.strategy,

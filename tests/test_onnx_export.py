@@ -66,7 +66,7 @@ def resnet_onnx(tmp_path_factory):
     sc, _ = as_softcam("test_resnet", num_classes=3, input_size=(SIZE, SIZE))
     sc.meta.class_names = ["cat", "dog", "ünïcode, with comma"]
     path = tmp_path_factory.mktemp("onnx") / "resnet.onnx"
-    report = E.export_onnx(sc, path)
+    report = E.export_onnx(sc, path, exporter="torchscript")  # fast; the dynamo path is covered above
     return sc, path, report
 
 
@@ -91,6 +91,10 @@ def test_metadata_round_trips(resnet_onnx):
     x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     logits, evidence = om.run(x)
     assert np.abs(evidence.mean(axis=(2, 3)) - logits).max() < 1e-5
+    checks = E.validate_onnx(path, sc)  # the public validator on an existing file
+    assert [ck["batch"] for ck in checks] == [1, 3, 2] and checks[2]["size"] == [SIZE + 32, SIZE + 64]
+    with pytest.raises(ValidationError):
+        E.validate_onnx(path, sc, atol=0.0)
 
 
 # --- fallbacks, on a tiny hand-built SoftCAM model (fast to export) ------------------------------------

@@ -41,6 +41,16 @@ TRUST_PICKLE_OPTION = typer.Option(
     "--trust-pickle",
     help="Allow loading pickled checkpoints (this runs code stored in the file; only for files you trust).",
 )
+MODEL_ARGS_OPTION = typer.Option(
+    None,
+    "--model-args",
+    help="Constructor arguments for an architecture given by name, as key=value pairs separated by commas "
+    "(e.g. in_chans=1,global_pool=max) or a JSON object.",
+)
+FEATURES_LAYER_OPTION = typer.Option(
+    None, "--features-layer", help="Module whose output is the last feature map (when the head cannot be found)."
+)
+CLASSIFIER_OPTION = typer.Option(None, "--classifier", help="The classifier module (when the head cannot be found).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one).")
 
 
@@ -60,6 +70,35 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
     if len(nums) != 2 or min(nums) < 1:
         raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' with positive integers.")
     return nums[0], nums[1]
+
+
+def parse_model_args(value: str | None) -> dict[str, Any] | None:
+    """'in_chans=1,global_pool=max' or '{"in_chans": 1}' -> {"in_chans": 1, "global_pool": "max"}."""
+    from ..errors import UsageError
+
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise UsageError(f"--model-args {value!r} is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise UsageError("--model-args must be a JSON object or key=value pairs.")
+        return data
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise UsageError(f"--model-args item {item.strip()!r} is not key=value.")
+        key, raw = (p.strip() for p in item.split("=", 1))
+        if not key.isidentifier():
+            raise UsageError(f"--model-args key {key!r} is not a valid argument name.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _json_default(obj: Any) -> Any:

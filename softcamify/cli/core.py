@@ -10,16 +10,20 @@ from rich.table import Table
 from . import app
 from ._common import (
     DEBUG_OPTION,
+    CLASSIFIER_OPTION,
     EMA_OPTION,
+    FEATURES_LAYER_OPTION,
     FORCE_OPTION,
     INPUT_SIZE_OPTION,
     JSON_OPTION,
+    MODEL_ARGS_OPTION,
     NUM_CLASSES_OPTION,
     TRUST_PICKLE_OPTION,
     WEIGHTS_OPTION,
     console,
     handle_errors,
     parse_input_size,
+    parse_model_args,
     print_json,
 )
 
@@ -39,12 +43,12 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, weights, num_classes, input_size, ema, trust_pickle):
+def load_for_cli(model: str, weights, num_classes, input_size, ema, trust_pickle, model_args=None):
     from ..checkpoints import load_model
 
     return load_model(
         model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
-        input_size=parse_input_size(input_size),
+        input_size=parse_input_size(input_size), model_args=parse_model_args(model_args),
     )
 
 
@@ -56,6 +60,9 @@ def inspect(
     input_size: str = INPUT_SIZE_OPTION,
     ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
+    model_args: str = MODEL_ARGS_OPTION,
+    features_layer: str = FEATURES_LAYER_OPTION,
+    classifier: str = CLASSIFIER_OPTION,
     json_: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
@@ -63,8 +70,8 @@ def inspect(
     with handle_errors(debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle)
-        report = inspect_model(loaded)
+        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
+        report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
         if json_:
             print_json(data)
@@ -113,6 +120,9 @@ def convert(
     input_size: str = INPUT_SIZE_OPTION,
     ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
+    model_args: str = MODEL_ARGS_OPTION,
+    features_layer: str = FEATURES_LAYER_OPTION,
+    classifier: str = CLASSIFIER_OPTION,
     class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
@@ -136,9 +146,10 @@ def convert(
         names = [c.strip() for c in class_names.split(",")] if class_names else None
         if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
             raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
-        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle)
+        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
         softcam = convert_model(
-            loaded, class_names=names, atol=atol, samples=samples, calibration=calibration, strict=strict, seed=seed
+            loaded, class_names=names, atol=atol, samples=samples, calibration=calibration, strict=strict, seed=seed,
+            features_layer=features_layer, classifier=classifier,
         )
         save(softcam, output, force=force)
         report = dict(softcam.meta.conversion)

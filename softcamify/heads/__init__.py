@@ -98,12 +98,20 @@ def _try_trace(module: nn.Module):
         return None
 
 
-def split_model(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> ModelParts:
+def split_model(
+    model: nn.Module,
+    input_size: tuple[int, int, int] | None = None,
+    features_layer: str | None = None,
+    classifier: str | None = None,
+) -> ModelParts:
     """Split a classifier into features and head.
 
     timm models split at ``forward_features`` / ``forward_head`` (token models through a patch grid);
-    any other module is traced with fx and cut at its global pooling.
+    any other module is traced with fx and cut at its global pooling. ``features_layer`` (the module
+    whose output is the last feature map) and ``classifier`` name the cut when it cannot be found.
     """
+    if features_layer or classifier:
+        return _split_named(model, features_layer, classifier)
     if _is_timm_model(model):
         features = MethodAsModule(model, "forward_features")
         head = MethodAsModule(model, "forward_head")
@@ -131,15 +139,62 @@ def split_model(model: nn.Module, input_size: tuple[int, int, int] | None = None
     except Exception as e:
         raise ConversionError(
             f"{type(model).__name__} could not be traced with torch.fx ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "its head cannot be located automatically."
+            f"name the cut with {_naming_hint(model)}."
         ) from e
     try:
         pool, feat = find_global_pool(gm)
         features = extract(gm, None, feat)
         head = extract(gm, feat, output_node(gm))
     except ValueError as e:
-        raise ConversionError(f"{type(model).__name__}: {e}; its head cannot be located automatically.") from e
+        raise ConversionError(f"{type(model).__name__}: {e}; name the cut with {_naming_hint(model)}.") from e
     return ModelParts(features, head, head, "fx", "NCHW", None, steps_of(head))
+
+
+def _naming_hint(model: nn.Module) -> str:
+    """'--features-layer X --classifier Y' with the likeliest module names of this model."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear,)) and n]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n]
+    top = [n for n, _ in model.named_children()]
+    clf = linear[-1] if linear else "CLASSIFIER"
+    feat = next((t for t in reversed(top) if not clf.startswith(t) and any(c.startswith(t) for c in convs)), None)
+    return f"--features-layer {feat or 'LAYER'} --classifier {clf}"
+
+
+def _split_named(model: nn.Module, features_layer: str | None, classifier: str | None) -> ModelParts:
+    from ..errors import UsageError
+    from .graph import HookedFeatures, module_node
+
+    modules = dict(model.named_modules())
+    for option, name in (("--features-layer", features_layer), ("--classifier", classifier)):
+        if name is not None and name not in modules:
+            close = [n for n in modules if n and (name in n or n in name)][:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"{option} {name!r} is not a module of {type(model).__name__}{hint}.")
+    try:
+        gm = trace(model)
+    except Exception:
+        gm = None
+    if gm is not None:
+        feat = module_node(gm, features_layer) if features_layer else None
+        if feat is None and classifier:
+            clf = module_node(gm, classifier)
+            if clf is not None:
+                try:
+                    _, feat = find_global_pool(gm, clf)
+                except ValueError:
+                    feat = None
+        if feat is not None:
+            try:
+                features = extract(gm, None, feat)
+                head = extract(gm, feat, output_node(gm))
+                return ModelParts(features, head, head, "fx", "NCHW", None, steps_of(head))
+            except ValueError:
+                pass
+    if not (features_layer and classifier):
+        raise UsageError("This model cannot be cut automatically: pass both --features-layer and --classifier.")
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), modules[classifier])
+    return ModelParts(HookedFeatures(model, features_layer), head, _try_trace(head), "hooked", "NCHW", None,
+                      steps_of(g) if (g := _try_trace(head)) is not None else [])
 
 
 def _token_parts(model, features, head, tokens, size, described) -> ModelParts:
@@ -190,11 +245,16 @@ def _reason(steps: list[Step], tried: dict[str, str], tokens: dict | None = None
 
 
 def analyze(
-    model: nn.Module, input_size: tuple[int, int, int], *, strategies: list[str] | None = None
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    strategies: list[str] | None = None,
+    features_layer: str | None = None,
+    classifier: str | None = None,
 ) -> tuple[HeadPlan, ModelParts, nn.Module | None]:
     """Find the head, try the strategies; return the plan, the parts and the float64 evidence head."""
     model.eval()
-    parts = split_model(model, input_size)
+    parts = split_model(model, input_size, features_layer, classifier)
     with torch.no_grad():
         try:
             f = parts.features(torch.zeros(1, *input_size))
@@ -252,7 +312,13 @@ def analyze(
     return plan, parts, evidence
 
 
-def backbone_of(model: nn.Module, split: str, input_size: tuple[int, int, int] | None = None):
+def backbone_of(
+    model: nn.Module,
+    split: str,
+    input_size: tuple[int, int, int] | None = None,
+    features_layer: str | None = None,
+    classifier: str | None = None,
+):
     """(features, traced head) as a SoftCAM model keeps them — the same code runs at convert and load time.
 
     timm models keep the whole model, classifier removed (``reset_classifier(0)``), called through
@@ -260,7 +326,7 @@ def backbone_of(model: nn.Module, split: str, input_size: tuple[int, int, int] |
     at the global pool. The traced head is taken before the classifier is removed, for the
     approximate (per-position) heads that reuse it.
     """
-    parts = split_model(model, input_size)
+    parts = split_model(model, input_size, features_layer, classifier)
     head = parts.graph
     if parts.split == "timm":
         try:

@@ -326,14 +326,14 @@ def output_node(gm: fx.GraphModule) -> fx.Node:
     return value
 
 
-def find_global_pool(gm: fx.GraphModule) -> tuple[fx.Node, fx.Node]:
-    """Walk back from the logits to the pooling; return (pool node, feature node feeding it).
+def find_global_pool(gm: fx.GraphModule, start: fx.Node | None = None) -> tuple[fx.Node, fx.Node]:
+    """Walk back from the logits (or ``start``) to the pooling; return (pool node, feature node feeding it).
 
     The walk accepts only single-input head operations (linear, norm, dropout, flatten, activation,
     conv); it stops at the first spatial reduction.
     """
     modules = dict(gm.named_modules())
-    node = output_node(gm)
+    node = start if start is not None else output_node(gm)
     for _ in range(64):
         step = classify(node, modules)
         inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
@@ -347,3 +347,33 @@ def find_global_pool(gm: fx.GraphModule) -> tuple[fx.Node, fx.Node]:
         if node.op == "placeholder":
             break
     raise ValueError("no spatial pooling was found between the features and the logits")
+
+
+def module_node(gm: fx.GraphModule, name: str) -> fx.Node | None:
+    """The last graph node computed by module ``name`` (or one of its submodules)."""
+    found = None
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and (node.target == name or str(node.target).startswith(name + ".")):
+            found = node
+    return found
+
+
+class HookedFeatures(nn.Module):
+    """The output of one named layer, captured with a forward hook while the whole model runs.
+
+    For models that torch.fx cannot trace: slower (the head runs too) but exact.
+    """
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+
+    def forward(self, x):
+        captured = []
+        handle = self.model.get_submodule(self.layer).register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return captured[-1]
