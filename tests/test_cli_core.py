@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import run_cli
 from safetensors.torch import save_file
 
-from softcamify.errors import EXIT_CONVERSION, EXIT_INPUT, EXIT_OUTPUT, EXIT_UNSAFE, EXIT_USAGE, EXIT_VALIDATION
-
-from conftest import run_cli
+from softcamify.errors import (
+    EXIT_CONVERSION,
+    EXIT_INPUT,
+    EXIT_OUTPUT,
+    EXIT_UNSAFE,
+    EXIT_USAGE,
+    EXIT_VALIDATION,
+)
 
 
 def _one_sentence(stderr: str) -> str:

@@ -9,8 +9,8 @@ from rich.table import Table
 
 from . import app
 from ._common import (
-    DEBUG_OPTION,
     CLASSIFIER_OPTION,
+    DEBUG_OPTION,
     EMA_OPTION,
     FEATURES_LAYER_OPTION,
     FORCE_OPTION,
