@@ -48,6 +48,10 @@ _LAZY = {
     "open_image": "softcamify.images",
     "preprocess": "softcamify.images",
     "load_mask": "softcamify.images",
+    "explain": "softcamify.heatmaps",
+    "Explanation": "softcamify.heatmaps",
+    "evaluate": "softcamify.evaluation",
+    "EvaluationResult": "softcamify.evaluation",
 }
 
 __all__ = [
