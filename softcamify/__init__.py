@@ -52,6 +52,16 @@ _LAZY = {
     "Explanation": "softcamify.heatmaps",
     "evaluate": "softcamify.evaluation",
     "EvaluationResult": "softcamify.evaluation",
+    "export": "softcamify.onnx_export",
+    "export_onnx": "softcamify.onnx_export",
+    "export_safetensors": "softcamify.onnx_export",
+    "validate_onnx": "softcamify.onnx_export",
+    "ExportReport": "softcamify.onnx_export",
+    "predict": "softcamify.prediction",
+    "PredictionReport": "softcamify.prediction",
+    "Prediction": "softcamify.prediction",
+    "OnnxModel": "softcamify.onnx_runtime",
+    "read_onnx_metadata": "softcamify.onnx_runtime",
 }
 
 __all__ = [

@@ -133,13 +133,18 @@ def _from_training_checkpoint(path: Path, *, ema: bool, trust_pickle: bool) -> S
     obj = read_torch(path, trust_pickle=trust_pickle)
     if not isinstance(obj, dict):
         return None
-    meta_raw = next((obj[k] for k in _TRAINING_META_KEYS if k in obj), None)
-    if isinstance(meta_raw, str):
-        try:
-            meta_raw = json.loads(meta_raw)
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(meta_raw, dict) or not {"source", "head", "data_config"} <= set(meta_raw):
+    meta_raw = None
+    for key in _TRAINING_META_KEYS:  # training.py writes "meta" (JSON) next to "softcamify" (the version)
+        value = obj.get(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(value, dict) and {"source", "head", "data_config"} <= set(value):
+            meta_raw = value
+            break
+    if meta_raw is None:
         return None
     keys = _TRAINING_EMA_KEYS if ema else _TRAINING_STATE_KEYS
     sd = next((obj[k] for k in keys if isinstance(obj.get(k), dict) and obj[k]), None)

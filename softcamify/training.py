@@ -672,6 +672,20 @@ def _check_config(c: FinetuneConfig) -> None:
         raise UsageError("--resume and --force contradict each other; pass one of them.")
 
 
+def _amp_plan(device: torch.device, c: FinetuneConfig) -> tuple[torch.dtype | None, str | None]:
+    """The autocast dtype for ``--amp`` (None: float32) and a note for the user, if any.
+
+    CUDA only: bf16 (no loss scaling) where the GPU has it, else fp16 with a GradScaler; elsewhere a no-op.
+    """
+    if not c.amp:
+        return None, None
+    if device.type != "cuda":
+        return None, f"--amp only applies on CUDA; training in float32 on {device.type}."
+    if c.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        return torch.float16, "This GPU has no bfloat16: --amp uses float16 with gradient scaling."
+    return (torch.bfloat16 if c.amp_dtype == "bf16" else torch.float16), None
+
+
 def _generic_names(names: Sequence[str]) -> bool:
     return all(n == f"class_{i}" for i, n in enumerate(names))
 
@@ -760,7 +774,8 @@ class _Run:
         self.cfg = stored.resolved()
         spec = state.get("model_spec")
         if isinstance(self.model_spec, (str, os.PathLike)) and spec and str(self.model_spec) != spec:
-            self.note(f"The run was started from MODEL {spec}; its weights come from {LAST_NAME} either way.")
+            self.note(f"The run was started from MODEL {spec}; the weights come from {LAST_NAME}, so MODEL must "
+                      "be the same architecture.")
 
     def load_data(self, class_names: Sequence[str] | None = None):
         from .data import discover
@@ -902,15 +917,9 @@ class _Run:
         # hardware settings
         device = self.device
         cuda = device.type == "cuda"
-        amp_dtype: torch.dtype | None = None
-        if c.amp:
-            if cuda:
-                amp_dtype = torch.bfloat16 if c.amp_dtype == "bf16" else torch.float16
-                if amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-                    amp_dtype = torch.float16
-                    self.note("This GPU has no bfloat16: --amp uses float16 with gradient scaling.")
-            else:
-                self.note(f"--amp only applies on CUDA; training in float32 on {device.type}.")
+        amp_dtype, amp_note = _amp_plan(device, c)
+        if amp_note:
+            self.note(amp_note)
         channels_last = cuda if c.channels_last is None else bool(c.channels_last)
         workers = default_workers() if c.workers is None else int(c.workers)
 
@@ -932,8 +941,8 @@ class _Run:
         net: nn.Module = _Forward(sc, c.freeze_backbone)
         if ctx.enabled:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         class_weight = None
         weights_list = None
         if c.class_weights == "balanced":
@@ -973,13 +982,16 @@ class _Run:
         already_stopped = False
         st = self.state
         if st is not None:
-            try:
-                sc.load_state_dict(st["model"])
-            except (RuntimeError, KeyError) as e:
+            saved, own = st.get("model") or {}, sc.state_dict()
+            misfit = [k for k in own if k not in saved or saved[k].shape != own[k].shape]
+            misfit += [k for k in saved if k not in own]
+            if misfit:
+                started = f" ({st['model_spec']})" if st.get("model_spec") else ""
                 raise InputError(
-                    f"{self.last_path} does not fit MODEL ({str(e).splitlines()[0][:160]}); resume with the MODEL "
-                    "the run started from."
-                ) from None
+                    f"{self.last_path} does not fit MODEL ({len(misfit)} missing or mis-shaped tensors, e.g. "
+                    f"{misfit[0]}); resume with the MODEL the run started from{started}."
+                )
+            sc.load_state_dict(saved)
             opt.load_state_dict(st["optimizer"])
             sched.load_state_dict(st["scheduler"])
             if scaler.is_enabled() and st.get("scaler"):

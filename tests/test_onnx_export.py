@@ -203,8 +203,10 @@ def test_safetensors_from_a_training_checkpoint(tmp_path):
     with torch.no_grad():  # pretend fine-tuning changed the evidence conv
         sc.head.conv.weight.add_(0.1)
     ckpt = tmp_path / "last.pt"
-    torch.save({"model": sc.state_dict(), "softcamify": json.dumps(sc.meta.to_dict()), "epoch": 3,
-                "optimizer": {"lr": 0.1}}, ckpt)
+    from softcamify import __version__
+
+    torch.save({"format": "softcamify-finetune-state", "softcamify": __version__, "model": sc.state_dict(),
+                "meta": json.dumps(sc.meta.to_dict(), sort_keys=True), "epoch": 3, "optimizer": {"lr": 0.1}}, ckpt)
     out = tmp_path / "best.safetensors"
     report = E.export(str(ckpt), out)
     assert report.format == "safetensors" and report.max_abs_diff_logits == 0.0

@@ -220,6 +220,22 @@ def test_resume_mid_epoch_other_workers_and_amp_on_cpu_is_exact(straight, data, 
     assert tensors_equal(load_state(run_dir / "last.pt")["model"], ref["model"])
 
 
+def test_cuda_amp_code_path_runs_on_cpu(data, tmp_path, monkeypatch):
+    """The fp16 branch (autocast + GradScaler + unscale for clipping + scaler state in last.pt), forced on CPU."""
+    import softcamify.training as training
+
+    monkeypatch.setattr(training, "_amp_plan", lambda device, cfg: (torch.float16, None))
+    cfg = replace(BASE, amp=True, amp_dtype="fp16", grad_clip=1.0, l1=1e-3, l2=1e-4)
+    run_dir = tmp_path / "amp"
+    with pytest.raises(FinetuneInterrupted):
+        finetune("test_resnet", data, run_dir, cfg, reporter=SigintAt(epoch=1))
+    scaler = load_state(run_dir / "last.pt")["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    r = finetune("test_resnet", data, run_dir, replace(cfg, resume=True))
+    assert r.amp == "fp16" and all(math.isfinite(h["train"]["loss"]) for h in r.history)
+    assert r.history[-1]["train"]["loss"] > r.history[-1]["train"]["ce"]  # penalties in float32, added
+
+
 # --- options ------------------------------------------------------------------------------------------
 
 def test_freeze_backbone_sgd_balanced_weights_and_early_stop(data, tmp_path):

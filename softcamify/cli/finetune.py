@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -29,6 +30,7 @@ from ._common import (
 )
 
 EXIT_FILE_ENV = "SOFTCAMIFY_EXIT_FILE"  # where rank 0 leaves its exit code for the --nproc launcher
+ARGV_ENV = "SOFTCAMIFY_LAUNCH_ARGV"  # the --nproc command line, for the resume hint printed by rank 0
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -182,6 +184,7 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
     fd, exit_file = tempfile.mkstemp(prefix="softcamify-exit-", suffix=".txt")
     os.close(fd)
     env[EXIT_FILE_ENV] = exit_file
+    env[ARGV_ENV] = json.dumps(sys.argv[1:])
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     import signal
@@ -214,7 +217,7 @@ def finetune(
                                 "summary.json.", show_default=False),
     labels: Path = typer.Option(None, "--labels", help="CSV with columns path,label (optionally split)."),
     val_split: float = typer.Option(
-        None, "--val-split", help="Share held out (stratified, seeded) when there is no val split [default: 0.2]."
+        None, "--val-split", help="Share held out (stratified, seeded) when there is no val split (default 0.2)."
     ),
     augment: str = typer.Option("light", "--augment", help="none, light (crop+flip) or medical (flips, rotation, "
                                 "colour and scale jitter, as the paper)."),
@@ -235,9 +238,9 @@ def finetune(
     epochs: int = typer.Option(10, "--epochs", min=1, help="Epochs (the paper: 70)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per step and process."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (Nesterov, as the paper)."),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-4 adamw, 1e-3 sgd]."),
-    min_lr: float = typer.Option(None, "--min-lr", help="Learning rate at the end of the cosine [default: lr/10]."),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="[default: 0.01 adamw, 5e-4 sgd]; not on biases "
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 1e-4 adamw, 1e-3 sgd)."),
+    min_lr: float = typer.Option(None, "--min-lr", help="Learning rate at the end of the cosine (default lr/10)."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="(default 0.01 adamw, 5e-4 sgd); not on biases "
                                        "and norms."),
     momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0, help="Linear warmup (at most half the run)."),
@@ -247,8 +250,8 @@ def finetune(
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); "
                              "ignored with a note on CPU."),
     amp_dtype: str = typer.Option("bf16", "--amp-dtype", help="bf16 or fp16."),
-    workers: int = typer.Option(None, "--workers", "-j", min=0, help="Data loading processes [default: "
-                                "min(4, CPUs-1)]."),
+    workers: int = typer.Option(None, "--workers", "-j", min=0, help="Data loading processes (default "
+                                "min(4, CPUs-1))."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, shuffling, augmentation and init "
                              "(same seed: bit-identical CPU runs)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic CUDA kernels (slower); "
@@ -349,7 +352,7 @@ def _run(*, model, data_dir, output, labels, val_split, augment, strict_data, we
             if reporter_on:
                 if getattr(reporter, "progress", None) is not None:
                     reporter.progress.stop()
-                argv = sys.argv[1:]
+                argv = json.loads(os.environ[ARGV_ENV]) if ARGV_ENV in os.environ else sys.argv[1:]
                 argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
                 argv = [a for a in argv if a not in ("--force", "-f", "--resume")]
                 command = shlex.join(["softcamify", *argv, "--resume"])
