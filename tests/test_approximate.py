@@ -107,3 +107,19 @@ def test_untraceable_module_needs_named_layers():
     assert converted.meta.conversion["exact"] and converted.meta.conversion["evidence_grid"] == [16, 16]
     with pytest.raises(UsageError, match="--classifier"):
         softcamify.convert(model, input_size=(32, 32), features_layer="blocks", classifier="head")
+
+
+def test_onnx_export_of_an_approximate_conversion_validates(tmp_path):
+    from softcamify.onnx_export import export_onnx
+    from softcamify.onnx_runtime import OnnxModel
+
+    model = softcamify.convert(load_model("mobilenetv3_small_050", num_classes=3, input_size=(64, 64)), samples=2)
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert report.passed and report.strategy == "prelogits" and report.exact is False
+    assert report.max_abs_diff_logits <= 1e-4 and report.max_abs_diff_evidence <= 1e-4
+    x = torch.randn(2, 3, 64, 64)
+    logits, evidence = OnnxModel(tmp_path / "m.onnx").run(x.numpy())
+    with torch.no_grad():
+        ref_logits, ref_maps = model.forward_maps(x)
+    assert abs(logits - ref_logits.numpy()).max() <= 1e-4
+    assert abs(evidence - ref_maps.numpy()).max() <= 1e-4
