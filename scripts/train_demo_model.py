@@ -29,7 +29,7 @@ from softcamify.data import ImageDataset, build_transform, discover
 from softcamify.datasets import make_lesions
 
 ASSETS = Path(__file__).resolve().parents[1] / "softcamify" / "assets"
-ARCH = "mobilenetv2_050"
+ARCH = "regnetx_002"
 SIZE = 128
 DATA_CONFIG = {
     "input_size": [3, SIZE, SIZE],
@@ -54,7 +54,8 @@ def evaluate(model, loader) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1500, help="images generated (60/20/20 split)")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=1234, help="seed of the synthetic dataset")
     ap.add_argument("--output", type=Path, default=ASSETS / "demo_model.safetensors")
@@ -76,13 +77,15 @@ def main() -> None:
         test = DataLoader(ImageDataset(splits.test, eval_tf), batch_size=64)
 
         model = timm.create_model(ARCH, pretrained=False, num_classes=len(splits.class_names))
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.epochs * len(train))
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=args.lr, total_steps=args.epochs * len(train), pct_start=0.15
+        )
         best, best_state = -1.0, None
         for epoch in range(args.epochs):
             model.train()
             for x, y, _ in train:
-                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -91,19 +94,22 @@ def main() -> None:
             print(f"epoch {epoch + 1:2d}  loss {loss.item():.3f}  val acc {acc:.3f}", flush=True)
             if acc >= best:
                 best, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(best_state)
+        # the shipped weights are stored in float16: evaluate exactly what is shipped
+        model.load_state_dict({k: v.half().to(v.dtype) if v.is_floating_point() else v for k, v in best_state.items()})
         test_acc = evaluate(model, test)
         classes = splits.class_names
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.output))
+    # float16 storage keeps the shipped file small; loading casts back to the model's float32
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(args.output))
     info = {
         "architecture": ARCH,
         "weights": args.output.name,
         "class_names": classes,
         "data_config": DATA_CONFIG,
         "dataset": {"generator": "softcamify.datasets.make_lesions", "n": args.n, "size": SIZE, "seed": args.data_seed},
-        "training": {"epochs": args.epochs, "seed": args.seed, "optimizer": "AdamW lr 3e-3 one-cycle", "batch_size": 32},
+        "training": {"epochs": args.epochs, "seed": args.seed, "optimizer": f"AdamW lr {args.lr:g} one-cycle, label smoothing 0.1", "batch_size": 32},
         "val_accuracy": round(best, 4),
         "test_accuracy": round(test_acc, 4),
         "test_images": len(test.dataset),

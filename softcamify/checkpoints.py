@@ -349,6 +349,13 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
         obj = read_torch(path, trust_pickle)
         if isinstance(obj, nn.Module):
             return _from_module(obj, path, input_size)
+        trained = softcam_from_training_checkpoint(obj, path, ema=ema, trust_pickle=trust_pickle)
+        if trained is not None:
+            if input_size is not None:
+                cfg = trained.meta.data_config
+                trained.meta.data_config = {**cfg, "input_size": [cfg["input_size"][0], *input_size]}
+            return LoadedModel(trained, dict(trained.meta.source), dict(trained.meta.data_config),
+                               trained.class_names, str(path), [f"{path.name} is a softcamify fine-tuning state."])
         sd, info = unwrap_checkpoint(obj, path, ema)
         arch = info.get("arch")
         if not arch:
@@ -498,36 +505,76 @@ def features_from_source(
     )
 
 
-def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):
-    """Rebuild a SoftCAM model from a softcamify ``.safetensors`` file (no pickle involved)."""
+def softcam_from_state(
+    meta_dict: dict[str, Any], state: dict[str, torch.Tensor], path: Path, trust_pickle: bool = False
+):
+    """Rebuild a SoftCAM model from its metadata and weights (a softcamify file or a fine-tuning ``last.pt``)."""
     from .heads import build_head
     from .model import FORMAT_VERSION, SoftCAM, SoftCAMMeta
 
+    version = meta_dict.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
+    try:
+        meta = SoftCAMMeta.from_dict(meta_dict)
+        size = tuple(meta.data_config.get("input_size") or ()) or None
+        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size)
+        head = build_head(meta.head, source_head)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{path} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
+    model = SoftCAM(features, head, meta)
+    own = model.state_dict()
+    state = match_prefixes(state, set(own))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        example = (missing or unexpected or mismatched)[0]
+        raise InputError(
+            f"{path} does not match its own metadata ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mis-shaped tensors, e.g. {example}); the file is corrupt."
+        )
+    model.load_state_dict(state, strict=True)
+    bad = sources.all_finite(state)
+    if bad:
+        raise InputError(f"{path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
+    return model.eval()
+
+
+_TRAINING_META_KEYS = ("meta", "softcamify", "metadata")
+_TRAINING_STATE_KEYS = ("model", "state_dict", "model_state_dict")
+_TRAINING_EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+
+
+def softcam_from_training_checkpoint(obj: Any, path: Path, ema: bool = False, trust_pickle: bool = False):
+    """A SoftCAM model from a fine-tuning state (``last.pt``), or None when ``obj`` is not one."""
+    if not isinstance(obj, dict):
+        return None
+    meta_raw = None
+    for key in _TRAINING_META_KEYS:
+        value = obj.get(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(value, dict) and {"source", "head", "data_config"} <= set(value):
+            meta_raw = value
+            break
+    if meta_raw is None:
+        return None
+    keys = _TRAINING_EMA_KEYS if ema else _TRAINING_STATE_KEYS
+    state = next((obj[k] for k in keys if _is_state_dict(obj.get(k))), None)
+    if state is None:
+        what = "EMA weights (model_ema)" if ema else "model weights (model)"
+        raise InputError(f"{path} is a softcamify training checkpoint without {what}.")
+    return softcam_from_state(meta_raw, state, path, trust_pickle)
+
+
+def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):
+    """Rebuild a SoftCAM model from a softcamify ``.safetensors`` file (no pickle involved)."""
     p = Path(path)
     data = read_metadata(p)
     if data is None:
         raise InputError(f"{p} is not a softcamify model (no softcamify metadata); convert it first.")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InputError(f"{p} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
-    try:
-        meta = SoftCAMMeta.from_dict(data)
-        size = tuple(meta.data_config.get("input_size") or ()) or None
-        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size)
-        head = build_head(meta.head, source_head)
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{p} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
-    model = SoftCAM(features, head, meta)
-    sd = read_safetensors(p)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        example = (missing or unexpected or mismatched)[0]
-        raise InputError(
-            f"{p} does not match its own metadata ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} mis-shaped tensors, e.g. {example}); the file is corrupt."
-        )
-    model.load_state_dict(sd, strict=True)
-    return model.to(device).eval()
+    return softcam_from_state(data, read_safetensors(p), p, trust_pickle).to(device).eval()

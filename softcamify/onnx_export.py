@@ -37,7 +37,7 @@ from torch import nn
 from ._version import __version__
 from .errors import ConversionError, InputError, UsageError, ValidationError
 from .io import atomic_output, check_output_path
-from .model import SoftCAM, SoftCAMMeta
+from .model import SoftCAM
 from .onnx_runtime import EVIDENCE_NAME, INPUT_NAME, LOGITS_NAME, META_KEY
 
 DEFAULT_ATOL = 1e-4
@@ -46,9 +46,6 @@ SPATIAL_MODES = ("auto", "dynamic", "static")
 DYNAMO_MIN_OPSET = 18  # torch's exporter writes opset 18+; older opsets go through TorchScript
 ONNX_FORMAT_VERSION = 1
 _MAX_PROTO_BYTES = 2_000_000_000  # protobuf's 2 GB limit (larger models need external data)
-_TRAINING_META_KEYS = ("softcamify", "meta", "metadata")
-_TRAINING_STATE_KEYS = ("model", "state_dict", "model_state_dict")
-_TRAINING_EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
 
 
 class ExportError(ConversionError):
@@ -110,12 +107,6 @@ def load_softcam(
             sc.meta = copy.deepcopy(sc.meta)
             sc.meta.data_config = {**sc.meta.data_config, "input_size": [sc.meta.data_config["input_size"][0], *input_size]}
         return sc.eval(), []
-    if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
-        if p.is_file() and p.suffix.lower() in (".pt", ".pth", ".ckpt", ".tar", ".bin") and weights is None:
-            sc = _from_training_checkpoint(p, ema=ema, trust_pickle=trust_pickle)
-            if sc is not None:
-                return load_softcam(sc, input_size=input_size)[0], [f"{p.name} is a softcamify training checkpoint."]
     sc, loaded = as_softcam(model, weights=weights, num_classes=num_classes, input_size=input_size, ema=ema,
                             trust_pickle=trust_pickle, strict=strict, atol=atol)
     notes = list(loaded.notes)
@@ -123,46 +114,6 @@ def load_softcam(
         notes.append(f"{loaded.architecture} was converted to SoftCAM on the fly ({sc.meta.strategy}, "
                      f"max |Δlogit| {sc.meta.conversion.get('max_abs_diff', float('nan')):.2g}).")
     return sc.eval(), notes
-
-
-def _from_training_checkpoint(path: Path, *, ema: bool, trust_pickle: bool) -> SoftCAM | None:
-    """Rebuild a SoftCAM model from a fine-tuning checkpoint; None when the file is not one."""
-    from .checkpoints import features_from_source, match_prefixes, read_torch
-    from .heads import build_head
-
-    obj = read_torch(path, trust_pickle=trust_pickle)
-    if not isinstance(obj, dict):
-        return None
-    meta_raw = None
-    for key in _TRAINING_META_KEYS:  # training.py writes "meta" (JSON) next to "softcamify" (the version)
-        value = obj.get(key)
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                continue
-        if isinstance(value, dict) and {"source", "head", "data_config"} <= set(value):
-            meta_raw = value
-            break
-    if meta_raw is None:
-        return None
-    keys = _TRAINING_EMA_KEYS if ema else _TRAINING_STATE_KEYS
-    sd = next((obj[k] for k in keys if isinstance(obj.get(k), dict) and obj[k]), None)
-    if sd is None:
-        what = "EMA weights (model_ema)" if ema else "model weights (model / state_dict)"
-        raise InputError(f"{path} is a softcamify training checkpoint without {what}.")
-    try:
-        meta = SoftCAMMeta.from_dict(meta_raw)
-        features, _ = features_from_source(meta.source, trust_pickle=trust_pickle)
-        model = SoftCAM(features, build_head(meta.head), meta)
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{path} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
-    sd = match_prefixes(sd, set(model.state_dict()))
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise InputError(f"{path} does not match its own softcamify metadata ({str(e).splitlines()[0]}).") from None
-    return model.eval()
 
 
 def _cpu_fp32(sc: SoftCAM) -> SoftCAM:

@@ -67,6 +67,8 @@ __all__ = [
     "cosine_with_warmup",
     "map_statistics",
     "load_state",
+    "check_run_dir",
+    "RunLock",
     "MONITORS",
     "OPTIMIZERS",
     "DEFAULT_L1",
@@ -1139,7 +1141,7 @@ class _Run:
                 }
                 history.append(_finite(record))
                 if improved:
-                    _on_main(ctx, lambda rec=record, e=epoch + 1: self.save_best(sc, c, rec, e, splits))
+                    _on_main(ctx, lambda rec=record: self.save_best(sc, c, rec, splits))
                 _on_main(ctx, lambda rec=record: _append_jsonl(self.metrics_path, rec))
                 stop_now = c.patience is not None and bad_epochs >= int(c.patience) and epoch + 1 < int(c.epochs)
                 self.save_state(sc, opt, sched, scaler, c, epoch + 1, 0, steps, history, best_value, best_epoch,
@@ -1155,14 +1157,13 @@ class _Run:
         finally:
             self.stop.uninstall()
 
-        # the final best model: reload its weights, record the whole run in its history, save again
+        # the result's model is the best one (rank 0; other ranks keep the last weights)
         completed = len(history)
         best_record = next((h for h in history if h["epoch"] == best_epoch), None)
-        if ctx.is_main and self.best_path.exists() and best_record is not None:
+        if ctx.is_main and self.best_path.exists() and best_record is not None and best_epoch != completed:
             from safetensors.torch import load_file
 
             sc.load_state_dict(load_file(str(self.best_path)))
-            self.save_best(sc, c, best_record, completed, splits, final=True, stopped_early=stopped_early)
         result_model = sc.eval()
         distributed.barrier(ctx)
         tput = train_images / train_time if train_time > 0 else float("nan")
@@ -1283,8 +1284,7 @@ class _Run:
             torch.save(state, tmp)
         distributed.barrier(self.ctx)
 
-    def save_best(self, sc, c, record, epochs_completed, splits, final: bool = False,
-                  stopped_early: bool = False) -> None:
+    def save_best(self, sc, c, record, splits) -> None:
         from .checkpoints import save
         from .model import SoftCAM
 
@@ -1298,10 +1298,7 @@ class _Run:
             "train_images": len(splits.train),
             "val_images": len(splits.val),
             "epoch": record["epoch"],
-            "epochs_completed": int(epochs_completed),
             "epochs_planned": int(c.epochs),
-            "finished": bool(final),
-            "stopped_early": bool(stopped_early),
             "l1": c.l1,
             "l2": c.l2,
             "loss": "ce + l1*mean_b sum|A| + l2*mean_b sum A^2",

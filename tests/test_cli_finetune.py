@@ -19,6 +19,7 @@ from PIL import Image
 import softcamify
 from softcamify.training import FinetuneConfig, RunLock, finetune, load_state
 
+ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}  # tiny models: one thread, no OpenMP spin-waits
 FAST = ["--num-classes", "2", "--input-size", "64", "-b", "8", "-j", "0", "--device", "cpu", "--lr", "3e-3"]
 
 
@@ -40,7 +41,7 @@ def make_dataset(root: Path, n: int = 8, size: int = 32, seed: int = 0, classes=
 def cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "softcamify", "finetune", *map(str, args)], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=timeout, env={**os.environ, **ENV, **(env or {})},
     )
 
 
@@ -159,12 +160,18 @@ def test_skips_unreadable_images_ignores_other_files_and_prints_json(tmp_path):
     truncate(root / "lesion" / "002.png")
     (root / "healthy" / "README.txt").write_text("ignored")
     (root / "healthy" / ".DS_Store").write_bytes(b"\0\1")
+    rng = np.random.default_rng(1)  # other formats and modes, converted to the model's 3 channels
+    Image.fromarray(rng.integers(0, 60000, (40, 40)).astype(np.uint16)).save(root / "healthy" / "gray16.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4)).astype(np.uint8), "RGBA").save(root / "lesion" / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(root / "lesion" / "photo.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 40)).astype(np.uint8)).save(root / "healthy" / "scan.tiff")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(root / "healthy" / "old.bmp")
     run_dir = tmp_path / "run"
-    proc = cli("test_resnet", root, "-o", run_dir, "--epochs", "1", "--json", *FAST)
+    proc = cli("test_resnet", root, "-o", run_dir, "--epochs", "1", "--json", "--augment", "medical", *FAST)
     assert proc.returncode == 0, proc.stderr
     assert "Skipped 1 unreadable image(s)" in " ".join(proc.stderr.split())
     summary = json.loads(proc.stdout)  # stdout is exactly one JSON object
-    assert summary["data"]["train_images"] + summary["data"]["val_images"] == 11
+    assert summary["data"]["train_images"] + summary["data"]["val_images"] == 16
     assert summary["data"]["skipped_images"] == 1 and summary["epochs_completed"] == 1
     model = softcamify.load(summary["best_path"])
     with torch.no_grad():
@@ -177,7 +184,7 @@ def test_ctrl_c_saves_state_and_exits_130(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "softcamify", "finetune", "test_resnet", str(root), "-o", str(run_dir),
            "--epochs", "200", *FAST]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     deadline = time.monotonic() + 180
     while not (run_dir / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -92,6 +92,15 @@ class SigintAt(Reporter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"))
@@ -167,7 +176,7 @@ def test_best_checkpoint_loads_and_maps_average_to_logits(plain_run):
     assert model.class_names == ["healthy", "lesion"]
     entry = model.meta.history[-1]
     assert entry["kind"] == "finetune" and entry["epoch"] == plain_run.best_epoch and entry["l1"] == 0.0
-    assert entry["finished"] and entry["seed"] == 0
+    assert entry["epochs_planned"] == 4 and entry["seed"] == 0
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         logits, maps = model.forward_maps(x)
@@ -260,8 +269,19 @@ def test_class_mismatch_needs_reset_head(data, tmp_path):
     with pytest.raises(InputError, match="--reset-head"):
         finetune("test_resnet", data, tmp_path / "a", replace(BASE, num_classes=None))
     assert not (tmp_path / "a").exists()  # nothing written before the inputs are checked
-    r = finetune("test_resnet", data, tmp_path / "b", replace(BASE, num_classes=None, reset_head=True, epochs=1))
+    cfg = replace(BASE, num_classes=None, reset_head=True, epochs=1, channels_last=True)
+    r = finetune("test_resnet", data, tmp_path / "b", cfg)
     assert softcamify.load(r.best_path).num_classes == 2
+
+
+def test_finetune_a_softcamify_model_again(plain_run, data, tmp_path):
+    """A softcamify checkpoint is used as it is: its class names must match the data, its history grows."""
+    r = finetune(plain_run.best_path, data, tmp_path / "again", replace(BASE, num_classes=None, epochs=1))
+    history = softcamify.load(r.best_path).meta.history
+    assert [h["kind"] for h in history] == ["finetune", "finetune"]
+    other = make_dataset(tmp_path / "other", n=4, classes=("normal", "drusen"))
+    with pytest.raises(InputError, match=r"classes \(healthy, lesion\) differ from the data's"):
+        finetune(plain_run.best_path, other, tmp_path / "x", replace(BASE, num_classes=None))
 
 
 @pytest.mark.parametrize("change, match", [

@@ -177,7 +177,9 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
         RunLock(run_dir).acquire().release()
     argv = sys.argv[1:]
     if "finetune" not in argv:
-        raise typer.BadParameter("--nproc needs the command line `softcamify finetune …`.")
+        from ..errors import UsageError
+
+        raise UsageError("--nproc needs the command line `softcamify finetune …` (from Python, run torchrun).")
     argv = _strip_nproc(argv[argv.index("finetune"):])
     cmd = torchrun_command(nproc, argv)
     env = dict(os.environ)
