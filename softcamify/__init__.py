@@ -62,6 +62,10 @@ _LAZY = {
     "Prediction": "softcamify.prediction",
     "OnnxModel": "softcamify.onnx_runtime",
     "read_onnx_metadata": "softcamify.onnx_runtime",
+    "finetune": "softcamify.training",
+    "FinetuneConfig": "softcamify.training",
+    "FinetuneResult": "softcamify.training",
+    "FinetuneInterrupted": "softcamify.training",
 }
 
 __all__ = [

@@ -80,6 +80,9 @@ def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb"
     out = check_output_path(path, force=force)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
