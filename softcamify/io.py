@@ -3,8 +3,8 @@
 Every file softcamify writes goes through :func:`atomic_output`: the content is written to a
 hidden temporary file in the destination folder, flushed to disk, and renamed over the destination
 only when it is complete. A failed or interrupted run leaves the previous file (if any) untouched
-and no temporary file behind (except after SIGKILL, where a ``.<name>.*.tmp`` may remain and is
-ignored by every reader).
+and no temporary file behind (except after SIGKILL, where a ``.<name>.<pid>@<host>.*.tmp`` may remain:
+it is ignored by every reader and removed by the next write into that folder once its process is gone).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import socket
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +71,42 @@ def _describe_os_error(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_STALE_TMP = re.compile(r"^\..+\.(\d+)@([0-9a-f]{8})\.[^.]+\.tmp$")
+_swept: set[str] = set()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporary files left in ``folder`` by writers on this host that were killed (SIGKILL).
+
+    Only names made by :func:`atomic_output` (``.<name>.<pid>@<host>.<random>.tmp``) whose process no
+    longer exists are removed; a live writer's temporary file is never touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STALE_TMP.match(entry.name)
+        if m is None or m.group(2) != _HOST or int(m.group(1)) == os.getpid() or not _process_gone(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb") -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
@@ -78,7 +117,11 @@ def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb"
             save_file(tensors, tmp)
     """
     out = check_output_path(path, force=force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    folder = os.fspath(out.parent or ".")
+    if folder not in _swept:  # once per folder and process: temporaries of killed earlier runs
+        _swept.add(folder)
+        remove_stale_temporaries(folder)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}@{_HOST}.", suffix=".tmp", dir=folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
