@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 import zlib
@@ -139,6 +140,43 @@ def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb"
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def cleanup_on_failure(folder: str | os.PathLike) -> Iterator[Path]:
+    """Remove what the block created under ``folder`` when it fails (an error, Ctrl-C, SIGTERM).
+
+    For commands that write many files into an output folder (``explain``, ``evaluate -o``,
+    ``datasets synth``): a failed run leaves the folder as it found it (files that existed before are
+    kept, even when ``--force`` overwrote them) and removes the folder itself when the block created it.
+    An ``OSError`` (full disk, permissions) becomes an :class:`OutputError` naming the folder.
+    """
+    root = Path(folder)
+    top = root  # the highest folder this block may create
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    before: set[str] | None = None
+    if root.exists():
+        before = {os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files}
+    try:
+        yield root
+    except BaseException as exc:
+        if before is None:
+            if top.exists() and not top.is_symlink():
+                shutil.rmtree(top, ignore_errors=True)
+        else:
+            for d, dirs, files in os.walk(root, topdown=False):
+                for n in files + dirs:
+                    p = os.path.join(d, n)
+                    if p not in before:
+                        with contextlib.suppress(OSError):
+                            if n in dirs and not os.path.islink(p):
+                                os.rmdir(p)
+                            else:
+                                os.unlink(p)
+        if isinstance(exc, OSError):
+            raise OutputError(f"Cannot write into {root}: {_describe_os_error(exc)}.") from exc
+        raise
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:

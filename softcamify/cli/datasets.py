@@ -52,19 +52,22 @@ def synth(
         names = tuple(c.strip() for c in classes.split(",") if c.strip())
         if ordinal and names == tuple(DEFAULT_CLASSES):
             names = ()
+        from ..io import cleanup_on_failure
+
         t0 = time.perf_counter()
-        manifest = make_lesions(
-            out_dir,
-            n=n,
-            size=size,
-            classes=names or DEFAULT_CLASSES,
-            seed=seed,
-            ordinal=ordinal,
-            shortcut=shortcut,
-            contrast=contrast,
-            noise=noise,
-            force=force,
-        )
+        with cleanup_on_failure(out_dir):  # a full disk or Ctrl-C leaves no partial dataset
+            manifest = make_lesions(
+                out_dir,
+                n=n,
+                size=size,
+                classes=names or DEFAULT_CLASSES,
+                seed=seed,
+                ordinal=ordinal,
+                shortcut=shortcut,
+                contrast=contrast,
+                noise=noise,
+                force=force,
+            )
         seconds = time.perf_counter() - t0
         summary = {
             "out_dir": str(out_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -84,8 +85,11 @@ def evaluate(
     with handle_errors(debug):
         from ..evaluation import classification_rows, metric_rows
         from ..evaluation import evaluate as run_evaluate
+        from ..io import cleanup_on_failure
 
-        with progress_bar("evaluating") as update:
+        # a full disk or Ctrl-C while the report is written leaves no partial report folder
+        with cleanup_on_failure(output) if output is not None else contextlib.nullcontext(), \
+                progress_bar("evaluating") as update:
             result = run_evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,

@@ -81,7 +81,7 @@ def explain(
     with handle_errors(debug):
         from ..heatmaps import collect_images, load_map_model, parse_classes
         from ..heatmaps import explain as run_explain
-        from ..io import check_output_dir
+        from ..io import check_output_dir, cleanup_on_failure
 
         check_output_dir(output, force=force)
         sources = collect_images(images)
@@ -90,7 +90,8 @@ def explain(
             input_size=parse_input_size(input_size), trust_pickle=trust_pickle,
         )
         parse_classes(classes, mm.class_names)  # fail on unknown names before any work
-        with progress_bar(f"explaining {len(sources)} image(s)") as update:
+        # an image that fails to decode, a full disk or Ctrl-C midway leaves no partial gallery
+        with cleanup_on_failure(output), progress_bar(f"explaining {len(sources)} image(s)") as update:
             results = run_explain(
                 mm, sources, output, classes=classes, positive=positive, batch_size=batch_size, cmap=cmap,
                 alpha=alpha, force=force, progress=update,
