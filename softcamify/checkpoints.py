@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +83,7 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep, integers too long
         raise InputError(f"{path} is not a valid safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise InputError(f"{path} is not a valid safetensors file (its header is not a JSON object).")
@@ -100,16 +102,43 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}).") from None
 
 
+def _verify_zip_checksums(path: Path) -> None:
+    """torch.load does not check the CRC-32 of zip members: do it, so a flipped bit is an error, not a weight."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:  # torch.save stores; never inflate (zip bombs)
+                    continue
+                with zf.open(info) as fh:  # raises BadZipFile at the end of a member whose CRC-32 differs
+                    while fh.read(1 << 22):
+                        pass
+    except zipfile.BadZipFile as e:
+        if "CRC" in str(e):
+            raise InputError(
+                f"{path} is corrupt: a checksum does not match ({str(e)[:120]}); copy or download it again."
+            ) from None
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (a damaged zip archive).") from None
+    except Exception:  # noqa: BLE001 - any other damage to the archive is reported by torch.load below
+        return
+
+
 def read_torch(path: Path, trust_pickle: bool = False) -> Any:
     """torch.load with ``weights_only=True`` unless the user trusts the file."""
     _check_file(path)
+    _verify_zip_checksums(path)
     if trust_pickle:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
             raise InputError(f"{path} could not be unpickled ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns on stderr about pickle protocols and the like: the error below says it in one line
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -445,8 +474,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
+        if not isinstance(raw, str):
+            raise ValueError
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise InputError(f"{path} has corrupt softcamify metadata (not JSON).") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} has corrupt softcamify metadata (not a JSON object).")
@@ -505,6 +536,39 @@ def features_from_source(
     )
 
 
+def _check_meta(meta: Any) -> None:
+    """ValueError when metadata every command relies on is malformed (a damaged or hand-edited file)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    cfg = meta.data_config
+    if not isinstance(cfg, dict):
+        raise ValueError("data_config is not an object")
+    size = cfg.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v >= 1 for v in size)):
+        raise ValueError(f"input_size {size!r} is not [C, H, W]")
+    if size[1] * size[2] > 89_478_485:  # Pillow's decompression-bomb limit: only exhausts memory
+        raise ValueError(f"input_size {size!r} is too large")
+    for key in ("mean", "std"):
+        v = cfg.get(key)
+        if not (isinstance(v, list) and len(v) in (1, size[0]) and all(number(x) for x in v)):
+            raise ValueError(f"{key} {v!r} is not a list of {size[0]} numbers")
+        if key == "std" and min(v) <= 0:
+            raise ValueError(f"std {v!r} is not positive")
+    crop = cfg.get("crop_pct")
+    if crop is not None and not (number(crop) and 0 < crop <= 1):
+        raise ValueError(f"crop_pct {crop!r} is not in (0, 1]")
+    if size[1] * size[2] / (crop or 1) ** 2 > 89_478_485:  # the resize before the crop
+        raise ValueError(f"input_size {size!r} with crop_pct {crop!r} is too large")
+    for key in ("interpolation", "crop_mode"):
+        if not isinstance(cfg.get(key), (str, type(None))):
+            raise ValueError(f"{key} {cfg.get(key)!r} is not a name")
+    names, k = meta.class_names, meta.num_classes
+    if not (isinstance(k, int) and k >= 1 and isinstance(names, list) and len(names) == k
+            and all(isinstance(c, str) for c in names)):
+        raise ValueError(f"class_names do not list num_classes ({k!r}) names")
+
+
 def softcam_from_state(
     meta_dict: dict[str, Any], state: dict[str, torch.Tensor], path: Path, trust_pickle: bool = False
 ):
@@ -517,6 +581,7 @@ def softcam_from_state(
         raise InputError(f"{path} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
     try:
         meta = SoftCAMMeta.from_dict(meta_dict)
+        _check_meta(meta)
         size = tuple(meta.data_config.get("input_size") or ()) or None
         features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size)
         head = build_head(meta.head, source_head)

@@ -15,6 +15,7 @@ named ``logits``) is read as logits, and it has no evidence maps.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ METADATA_KEYS = (
     "outputs",
 )
 
+_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit: larger inputs only exhaust memory
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -60,7 +62,7 @@ def _json_or_none(text: str | None) -> Any:
         return None
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return text
 
 
@@ -153,8 +155,15 @@ class OnnxModel:
         outputs = {o.name: o for o in self.session.get_outputs()}
         self.logits_name = LOGITS_NAME if LOGITS_NAME in outputs else next(iter(outputs))
         self.evidence_name = EVIDENCE_NAME if EVIDENCE_NAME in outputs else None
-        self.data_config = self._data_config(mean, std, input_size, interpolation, crop_pct, crop_mode)
-        self.class_names = self._class_names(class_names, outputs[self.logits_name].shape)
+        try:
+            self.data_config = self._data_config(mean, std, input_size, interpolation, crop_pct, crop_mode)
+            self.class_names = self._class_names(class_names, outputs[self.logits_name].shape)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            # metadata_props edited by hand or by another tool: wrong types, wrong lengths
+            raise InputError(
+                f"{self.path} has malformed preprocessing metadata ({type(e).__name__}: {str(e)[:120]}); "
+                "re-export it with softcamify export or pass --mean, --std and --input-size."
+            ) from None
 
     # --- what the file says ----------------------------------------------------------------------
     def _check_file(self) -> None:
@@ -172,7 +181,7 @@ class OnnxModel:
             return None
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, nested too deep, integers too long
             raise InputError(f"{self.path} has corrupt softcamify metadata (not JSON).") from None
         if not isinstance(data, dict):
             raise InputError(f"{self.path} has corrupt softcamify metadata (not a JSON object).")
@@ -268,6 +277,21 @@ class OnnxModel:
         cfg.setdefault("crop_mode", "center")
         if cfg["interpolation"] is None:
             cfg["interpolation"] = "bicubic"
+        if cfg["crop_mode"] is None:
+            cfg["crop_mode"] = "center"
+        if min(c, h, w) < 1 or h * w > _MAX_PIXELS:
+            raise InputError(f"{self.path}: input size {c}×{h}×{w} is not a usable image size.")
+        if not all(math.isfinite(v) for v in cfg["mean"] + cfg["std"]):
+            raise InputError(f"{self.path}: mean and std must be finite numbers.")
+        if cfg["crop_pct"] is not None:
+            cfg["crop_pct"] = float(cfg["crop_pct"])
+            if not 0 < cfg["crop_pct"] <= 1:
+                raise InputError(f"{self.path}: crop_pct {cfg['crop_pct']} is not in (0, 1].")
+            if h * w / cfg["crop_pct"] ** 2 > _MAX_PIXELS:  # the resize before the crop
+                raise InputError(f"{self.path}: input size {h}×{w} with crop_pct {cfg['crop_pct']} is too large.")
+        for key in ("interpolation", "crop_mode"):
+            if not isinstance(cfg[key], str):
+                raise InputError(f"{self.path}: {key} {cfg[key]!r} is not a name like bicubic or center.")
         cfg["input_size"] = [c, h, w]
         return {k: cfg[k] for k in _DATA_KEYS}
 

@@ -210,3 +210,22 @@ def test_atol_zero_fails_validation_and_writes_nothing(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     r = run_cli("convert", tmp_path / "nope.pth", "-o", tmp_path / "o.safetensors", "--debug")
     assert r.returncode == EXIT_INPUT and "Traceback" in r.stderr
+
+
+def test_convert_verifies_on_calibration_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    cal = tmp_path / "cal"
+    (cal / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((50 + i, 70, 3)) * 255).astype(np.uint8)).save(cal / "sub" / f"{i}.png")
+    (cal / "notes.txt").write_text("not an image")
+    out = tmp_path / "o.safetensors"
+    r = run_cli("convert", "test_resnet", "-o", out, "--json", "--samples", "2", "--calibration", cal, "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["calibration_images"] == 3 and data["samples"] == 2 and data["exact"] is True
+    _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "x.safetensors", "--calibration", tmp_path / "none"),
+                  EXIT_INPUT, "--calibration")

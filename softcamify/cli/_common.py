@@ -54,6 +54,9 @@ CLASSIFIER_OPTION = typer.Option(None, "--classifier", help="The classifier modu
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one).")
 
 
+MAX_INPUT_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: no image above it is ever decoded either
+
+
 def parse_input_size(value: str | None) -> tuple[int, int] | None:
     """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192)."""
     from ..errors import UsageError
@@ -69,6 +72,11 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
         nums = nums * 2
     if len(nums) != 2 or min(nums) < 1:
         raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' with positive integers.")
+    if nums[0] * nums[1] > MAX_INPUT_PIXELS:  # larger inputs only exhaust memory (the OOM killer ends the run)
+        raise UsageError(
+            f"--input-size {value!r} has {nums[0] * nums[1]:,} pixels, more than the {MAX_INPUT_PIXELS:,} "
+            "allowed (Pillow's decompression-bomb limit); give a smaller size."
+        )
     return nums[0], nums[1]
 
 
