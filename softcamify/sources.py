@@ -101,9 +101,14 @@ def classifier_keys(model: nn.Module) -> list[str]:
 
 
 def first_conv_channels(model: nn.Module) -> int | None:
+    """Image channels read by the first convolution, when that is plausibly the input layer.
+
+    Stems that rearrange the image first (TResNet's space-to-depth gives 48 channels) are not
+    image channels: only 1–4 channels count, anything else returns None.
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
+            return int(m.in_channels) if 1 <= m.in_channels <= 4 else None
         if isinstance(m, nn.Linear):  # e.g. patch embedding as Linear: no conv seen first
             return None
     return None

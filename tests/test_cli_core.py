@@ -203,7 +203,7 @@ def test_approximate_conversion_reports_fidelity(tmp_path):
 
 def test_atol_zero_fails_validation_and_writes_nothing(tmp_path):
     out = tmp_path / "o.safetensors"
-    r = run_cli("convert", "test_convnext", "-o", out, "--atol", "0", "--samples", "2")
+    r = run_cli("convert", "test_convnext", "-o", out, "--atol", "0", "--rtol", "0", "--samples", "2")
     _assert_fails(r, EXIT_VALIDATION, "atol", out=out)
 
 

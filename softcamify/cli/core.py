@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -108,7 +109,7 @@ def inspect(
             t.add_row("evidence grid", f"{_fmt(data['evidence_grid'])} at {_fmt(data['input_size'][1:])} input")
         console.print(t)
         for note in report.notes:
-            console.print(f"[dim]note:[/] {note}")
+            console.print(f"[dim]note:[/] {escape(note)}")
 
 
 @app.command()
@@ -126,7 +127,10 @@ def convert(
     class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
-    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Largest accepted max |Δlogit| against the original."),
+    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Accepted max |Δlogit| against the original (absolute part)."),
+    rtol: float = typer.Option(
+        1e-5, "--rtol", min=0.0, help="Relative part of the tolerance: atol + rtol × max |logit| (float32 round-off)."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Refuse approximate conversions (only exact ones are written)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random verification inputs."),
     force: bool = FORCE_OPTION,
@@ -146,9 +150,12 @@ def convert(
         names = [c.strip() for c in class_names.split(",")] if class_names else None
         if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
             raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
+        import torch
+
+        torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
         loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
         softcam = convert_model(
-            loaded, class_names=names, atol=atol, samples=samples, calibration=calibration, strict=strict, seed=seed,
+            loaded, class_names=names, atol=atol, rtol=rtol, samples=samples, calibration=calibration, strict=strict, seed=seed,
             features_layer=features_layer, classifier=classifier,
         )
         save(softcam, output, force=force)
@@ -165,12 +172,13 @@ def convert(
         t.add_row("strategy", f"{report['strategy']} ({exact})")
         t.add_row("classes", str(report["num_classes"]))
         t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
-        t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (atol {report['atol']:g})")
+        t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
+                  f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
         t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
         t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
         n = report["samples"] + report["calibration_images"]
         t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
-        t.add_row("output", str(output))
+        t.add_row("output", escape(str(output)))
         console.print(t)
         for note in report["notes"]:
-            console.print(f"[dim]note:[/] {note}")
+            console.print(f"[dim]note:[/] {escape(note)}")

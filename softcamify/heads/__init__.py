@@ -200,7 +200,7 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
 def _token_parts(model, features, head, tokens, size, described) -> ModelParts:
     from .tokens import TokenGrid, TokenHead, head_reads_prefix, patch_size, prefix_tokens
 
-    prefix = prefix_tokens(model)
+    prefix = prefix_tokens(model, tokens.shape[1])
     patch = patch_size(model)
     n = tokens.shape[1] - prefix
     if patch is not None and (size[1] // patch[0]) * (size[2] // patch[1]) != n:

@@ -15,11 +15,16 @@ import torch
 from torch import nn
 
 
-def prefix_tokens(model: nn.Module) -> int:
+def prefix_tokens(model: nn.Module, num_tokens: int | None = None) -> int:
+    """Tokens before the patch tokens (class, distillation, register tokens)."""
     n = getattr(model, "num_prefix_tokens", None)
     if isinstance(n, int):
         return n
-    return int(getattr(model, "cls_token", None) is not None) + int(getattr(model, "dist_token", None) is not None)
+    n = int(getattr(model, "cls_token", None) is not None) + int(getattr(model, "dist_token", None) is not None)
+    if num_tokens is not None and math.isqrt(num_tokens - n) ** 2 != num_tokens - n:
+        # undeclared prefix tokens: the smallest count that leaves a square patch grid
+        n = next((k for k in range(0, 9) if num_tokens > k and math.isqrt(num_tokens - k) ** 2 == num_tokens - k), n)
+    return n
 
 
 def patch_size(model: nn.Module) -> tuple[int, int] | None:
