@@ -486,6 +486,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path:
     """Write a SoftCAM model as ``.safetensors`` + JSON metadata, atomically."""
+    data = serialize(model)
+    with atomic_output(path, force=force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def serialize(model: nn.Module) -> bytes:
+    """The bytes :func:`save` writes (to write them yourself, e.g. into an already open temporary file)."""
     from safetensors.torch import save as to_bytes
 
     from .model import SoftCAM, current_versions
@@ -498,10 +506,7 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path
     # one metadata key only: safetensors stores the metadata map in hash order, so a single key keeps
     # the file byte-identical for identical inputs
     metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True)}
-    data = to_bytes(tensors, metadata=metadata)  # serialized in memory: file errors stay OSErrors
-    with atomic_output(path, force=force) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    return to_bytes(tensors, metadata=metadata)  # serialized in memory: file errors stay OSErrors
 
 
 def features_from_source(

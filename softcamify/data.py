@@ -128,11 +128,17 @@ def _visible_subdirs(folder: Path) -> list[Path]:
     return [Path(e.path) for e in entries if not e.name.startswith('.') and e.is_dir()]
 
 
+def _is_ancestor(candidate: str, real: str) -> bool:
+    """True when the real path ``candidate`` is ``real`` or a folder above it."""
+    return real == candidate or real.startswith(candidate.rstrip(os.sep) + os.sep)
+
+
 def _walk_images(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted, hidden entries ignored).
 
     Symlinked folders are followed once: a folder whose real path was already visited is not entered
-    again, so symlink loops end.
+    again, and a link to a folder above it (``up -> ..``, a loop) is not entered at all, so symlink
+    loops end and never pull a sibling class's images into this class.
     """
     found: list[Path] = []
     visited: set[str] = set()
@@ -142,7 +148,10 @@ def _walk_images(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith('.') and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)
+        )
         for name in sorted(filenames):
             if not is_image_file(name):
                 continue

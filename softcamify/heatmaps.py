@@ -186,6 +186,8 @@ def load_map_model(
         return model
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx"):
         path = Path(model)
+        if path.is_dir():
+            raise InputError(f"Model path {path} is a folder, not an .onnx file.")
         if not path.is_file():
             raise InputError(f"Model file {path} does not exist.")
         if input_size is not None or weights is not None or num_classes is not None:

@@ -50,6 +50,8 @@ def check_output_dir(path: str | os.PathLike, force: bool = False, allow_existin
     parent = out if out.exists() else out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is a file, so {out} cannot be created; choose another path.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"Output folder {parent} is not writable; choose another path.")
     return out

@@ -524,7 +524,7 @@ def export_safetensors(
 ) -> ExportReport:
     """Write the softcamify ``.safetensors`` format (as ``convert`` does), reloaded and checked before
     it is renamed into place: the reloaded model must reproduce logits and evidence within ``atol``."""
-    from .checkpoints import load, save
+    from .checkpoints import load, serialize
 
     t0 = time.perf_counter()
     out = Path(output)
@@ -536,7 +536,7 @@ def export_safetensors(
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
     with atomic_output(out, force=force) as tmp:
-        save(sc, tmp, force=True)
+        tmp.write_bytes(serialize(sc))  # not save(): its own temporary file would be named in errors
         reloaded = load(tmp, trust_pickle=trust_pickle)
         with torch.no_grad():
             ref_l, ref_m = sc.forward_maps(x)

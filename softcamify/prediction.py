@@ -8,6 +8,7 @@ Importing this module, and predicting with an ``.onnx`` model, never imports tor
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -206,6 +207,9 @@ def predict(
         raise UsageError(f"--top-k must be at least 1, not {top_k}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
+    for name, values in (("--mean", mean), ("--std", std)):  # std 0 would divide by zero: NaN probabilities
+        if values is not None and not all(math.isfinite(float(v)) and (name == "--mean" or v > 0) for v in values):
+            raise UsageError(f"{name} {list(values)} must be finite numbers{' above 0' if name == '--std' else ''}.")
     paths = collect_images(images)
     backend, cfg, notes = load_predictor(
         model, mean=mean, std=std, input_size=input_size, interpolation=interpolation, crop_pct=crop_pct,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import json
 import math
 import os
@@ -473,9 +474,14 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:  # a full disk: say so (exit 6), and leave no lock file behind
+            self.release()
+            why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise OutputError(f"Cannot write the lock file {self.path}: {why}.") from e
         return self
 
     def release(self) -> None:

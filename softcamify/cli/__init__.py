@@ -50,5 +50,23 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (``kill``, CI timeouts, ``docker stop``) is handled as Ctrl-C: temporary files are removed,
+    a fine-tune saves its state, and the exit code is 130."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler != signal.SIG_IGN:  # ignored (the --nproc launcher): its processes handle the signal
+        raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM here
+        pass
     app()

@@ -6,6 +6,7 @@ Nothing here imports torch: commands that can run without it (``predict`` on an 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -16,8 +17,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, SoftcamifyError
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OUTPUT, SoftcamifyError
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -139,7 +141,7 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # paths may hold [/]
     raise typer.Exit(code)
 
 
@@ -157,10 +159,22 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except Exception as e:  # a bug: say so, keep the traceback for --debug
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            _unexpected(e, debug)
         if debug:
             traceback.print_exc()
-        fail(
-            f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback and report it).",
-            EXIT_FAILURE,
-        )
+        where = f" {e.filename}" if e.filename else ""
+        why = "the file system is read-only" if e.errno == errno.EROFS else "the disk is full"
+        fail(f"Cannot write{where}: {why}.", EXIT_OUTPUT)
+    except Exception as e:  # a bug: say so, keep the traceback for --debug
+        _unexpected(e, debug)
+
+
+def _unexpected(e: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    fail(
+        f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback and report it).",
+        EXIT_FAILURE,
+    )

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -104,7 +105,7 @@ def evaluate(
         c = result.classification
         cnt = result.counts
         console.print(
-            f"[bold]softcamify evaluate[/]: {result.data['source']}: {cnt['images']} images, "
+            f"[bold]softcamify evaluate[/]: {escape(result.data['source'])}: {cnt['images']} images, "
             f"{cnt['annotated']} annotated ({cnt['explained']} explained), {cnt['without_mask']} without a mask"
         )
         headers, rows = classification_rows(c, result.original_classification)
@@ -118,7 +119,7 @@ def evaluate(
         for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
             pc.add_column(h, justify="left" if h == "class" else "right")
         for p in c["per_class"]:
-            pc.add_row(p["name"], str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"]))
+            pc.add_row(escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"]))
         console.print(pc)
         summaries = result.method_summaries()
         if summaries and summaries[0]["images"]:
@@ -130,6 +131,6 @@ def evaluate(
                 e.add_row(*r)
             console.print(e)
         for note in result.notes:
-            console.print(f"[dim]note:[/] {note}")
+            console.print(f"[dim]note:[/] {escape(note)}")
         if result.report:
-            console.print(f"report: {result.report}")
+            console.print(f"report: {escape(str(result.report))}")

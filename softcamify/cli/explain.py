@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -108,12 +109,13 @@ def explain(
         t.add_column("overlays", overflow="fold")
         shown = results[:50]
         for r in shown:
-            t.add_row(r.source, r.predicted_class, f"{r.probability:.3f}", ", ".join(r.files["overlays"]))
+            t.add_row(escape(r.source), escape(r.predicted_class), f"{r.probability:.3f}",
+                      escape(", ".join(r.files["overlays"])))
         console.print(t)
         if len(results) > len(shown):
             console.print(f"[dim]… and {len(results) - len(shown)} more (see manifest.json)[/]")
         grid = "×".join(str(v) for v in results[0].evidence_grid)
         console.print(
-            f"wrote {len(results)} map file(s) ({mm.num_classes} classes, {grid} grid) and overlays to {output}; "
-            f"open {output / 'index.html'}"
+            f"wrote {len(results)} map file(s) ({mm.num_classes} classes, {grid} grid) and overlays to "
+            f"{escape(str(output))}; open {escape(str(output / 'index.html'))}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -75,9 +76,12 @@ def export(
         check_output_path(output, force=force)
         size = parse_input_size(input_size)
 
+        import torch
+
         from ..onnx_export import export as run_export  # imports torch: only after the options are checked
         from ..onnx_export import load_softcam
 
+        torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
         sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
                                  trust_pickle=trust_pickle, strict=strict, atol=atol)
         kwargs = dict(force=force, atol=atol, seed=seed, trust_pickle=trust_pickle)
@@ -109,7 +113,7 @@ def export(
         t.add_row("atol", f"{report.atol:g} [green](passed)[/]")
         t.add_row("strategy", f"{report.strategy} ({'exact' if report.exact else 'approximate'})")
         t.add_row("classes, input", f"{report.num_classes}, {_dims(report.input_size)}")
-        t.add_row("output", f"{report.output} ({_size(report.file_size)})")
+        t.add_row("output", f"{escape(report.output)} ({_size(report.file_size)})")
         console.print(t)
         for note in report.notes:
-            console.print(f"[dim]note:[/] {note}")
+            console.print(f"[dim]note:[/] {escape(note)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -64,17 +65,17 @@ class ConsoleReporter:
         procs = f"{info['world_size']} processes" if info["world_size"] > 1 else "1 process"
         cfg = info["config"]
         console.print(
-            f"[bold]finetune[/] {info['model']} ({info['strategy']}) · {len(info['classes'])} classes "
-            f"({', '.join(info['classes'])}) · {d['train_images']} train / {d['val_images']} val images"
+            f"[bold]finetune[/] {escape(info['model'])} ({info['strategy']}) · {len(info['classes'])} classes "
+            f"({escape(', '.join(info['classes']))}) · {d['train_images']} train / {d['val_images']} val images"
         )
         console.print(
             f"[dim]{info['device']} · {procs} · AMP {amp} · {cfg['optimizer']} lr {cfg['lr']:g} · "
             f"l1 {cfg['l1']:g} · l2 {cfg['l2']:g} · batch {cfg['batch_size']} · {info['steps_per_epoch']} steps/epoch "
-            f"· {info['run_dir']}[/]"
+            f"· {escape(str(info['run_dir']))}[/]"
         )
 
     def note(self, message: str) -> None:
-        self.out.print(f"[yellow]note:[/] {message}", highlight=False)
+        self.out.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.epoch, self.epochs = epoch, epochs
@@ -133,7 +134,7 @@ class ConsoleReporter:
         if "kappa" in va:
             rows.append(("quadratic kappa", "", _fmt(va["kappa"])))
         rows += [("sparsity (|A| small)", "", _fmt(va["sparsity"])), ("L1 per map", "", _fmt(va["map_l1"]))]
-        rows += [(f"sens / spec {pc['name']}", "", f"{_fmt(pc['sensitivity'])} / {_fmt(pc['specificity'])}")
+        rows += [(f"sens / spec {escape(pc['name'])}", "", f"{_fmt(pc['sensitivity'])} / {_fmt(pc['specificity'])}")
                  for pc in va["per_class"]]
         for r in rows:
             t.add_row(*r)
@@ -145,9 +146,9 @@ class ConsoleReporter:
         if result.best_epoch is not None:
             console.print(
                 f"[bold green]done[/]: best {result.monitor} {_fmt(result.best_value, 4)} at epoch {result.best_epoch} "
-                f"of {result.epochs_completed} → {result.best_path}"
+                f"of {result.epochs_completed} → {escape(str(result.best_path))}"
             )
-        console.print(f"[dim]state {result.last_path} · metrics {result.metrics_path}[/]")
+        console.print(f"[dim]state {escape(str(result.last_path))} · metrics {escape(str(result.metrics_path))}[/]")
 
 
 def _strip_nproc(argv: list[str]) -> list[str]:
@@ -358,7 +359,8 @@ def _run(*, model, data_dir, output, labels, val_split, augment, strict_data, we
                 argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
                 argv = [a for a in argv if a not in ("--force", "-f", "--resume")]
                 command = shlex.join(["softcamify", *argv, "--resume"])
-                err_console.print(f"[yellow]interrupted:[/] {e}\n  {command}", highlight=False, markup=True)
+                err_console.print(f"[yellow]interrupted:[/] {escape(str(e))}\n  {escape(command)}", highlight=False,
+                                  markup=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         if reporter_on and json_:
             print_json(result.to_dict())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -97,8 +98,8 @@ def predict(
         t.add_column("probability", justify="right")
         for pred in report.predictions:
             for entry in pred.top_k:
-                t.add_row(pred.image if entry["rank"] == 1 else "", str(entry["rank"]), entry["class"],
+                t.add_row(escape(pred.image) if entry["rank"] == 1 else "", str(entry["rank"]), escape(entry["class"]),
                           f"{entry['probability']:.2%}", end_section=entry is pred.top_k[-1] and len(pred.top_k) > 1)
         console.print(t)
         for note in report.notes:
-            console.print(f"[dim]note:[/] {note}")
+            console.print(f"[dim]note:[/] {escape(note)}")
