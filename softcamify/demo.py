@@ -1,7 +1,7 @@
 """The end-to-end demo behind ``softcamify demo`` (and ``make demo``): the whole promise in a few minutes.
 
 :func:`run_demo` takes the small black-box classifier shipped with softcamify (an ordinary timm
-``regnetx_002`` state dict in ``softcamify/assets/``, trained by ``scripts/train_demo_model.py`` on the
+``test_resnet`` state dict in ``softcamify/assets/``, trained by ``scripts/train_demo_model.py`` on the
 synthetic lesion dataset) through every step a user would take with their own checkpoint::
 
     1. data       generate a synthetic fundus-like lesion dataset with masks (the training distribution)
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ._version import __version__
 from .errors import InputError, OutputError
 
 __all__ = [
@@ -60,6 +61,7 @@ DEFAULT_OUT_DIR = "softcamify-demo"
 DEMO_SEED = 2024
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "demo.json"
+MARKER_KEY = "softcamify_demo"  # in demo.json: the folder holds a demo's outputs (--force may replace them)
 #: What a demo writes into OUT_DIR (``--force`` removes exactly these before a new run).
 OUTPUTS = ("data", "models", "finetune", "explain", "evaluate", "figures", "model.onnx", REPORT_NAME, SUMMARY_NAME)
 
@@ -82,10 +84,10 @@ class DemoSettings:
     exporter: str = "auto"  # ONNX exporter (auto: torch's dynamo exporter, TorchScript as fallback)
 
 
-DEFAULT = DemoSettings(images=300, epochs=4, batch_size=16, lr=2e-4, l1=1e-3, l2=0.0, explain_images=6,
+DEFAULT = DemoSettings(images=600, epochs=8, batch_size=16, lr=2e-4, l1=5e-3, l2=0.0, explain_images=6,
                        eval_steps=20, eval_max_images=None, panels=4, workers=None)
-FAST = DemoSettings(images=30, epochs=1, batch_size=8, lr=2e-4, l1=1e-3, l2=0.0, explain_images=3,
-                    eval_steps=4, eval_max_images=4, panels=2, workers=0, exporter="torchscript")
+FAST = DemoSettings(images=30, epochs=1, batch_size=8, lr=2e-4, l1=5e-3, l2=0.0, explain_images=3,
+                    eval_steps=4, eval_max_images=4, panels=2, workers=0)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -122,11 +124,16 @@ def make_demo_dataset(out_dir: str | os.PathLike, n: int, seed: int = DEMO_SEED,
 def load_demo_model(info: dict[str, Any] | None = None):
     """The shipped black box as a :class:`~softcamify.checkpoints.LoadedModel`: an ordinary timm state dict
     loaded by name + ``--weights``, exactly as a user's checkpoint, with its data config and class names."""
+    import timm
+
     from .checkpoints import load_model
 
     info = info or model_info()
     if not MODEL_FILE.is_file():
         raise InputError(f"The demo model {MODEL_FILE} is missing; reinstall softcamify.")
+    if not timm.is_model(info["architecture"]):
+        raise InputError(f"The demo model is timm's {info['architecture']}, which timm {timm.__version__} does not "
+                         "have; upgrade timm (pip install -U timm).")
     cfg = dict(info["data_config"])
     size = tuple(int(v) for v in cfg["input_size"][1:])
     loaded = load_model(info["architecture"], weights=MODEL_FILE, input_size=size)  # type: ignore[arg-type]
@@ -191,7 +198,7 @@ class DemoResult:
         from .metrics import json_safe
 
         return json_safe({
-            "out_dir": self.out_dir, "report": self.report, "device": self.device, "seconds": self.seconds,
+            MARKER_KEY: __version__, "status": "done", "out_dir": self.out_dir, "report": self.report, "device": self.device, "seconds": self.seconds,
             "steps": [s.to_dict() for s in self.steps], "figures": self.figures, "files": self.files,
             "settings": self.settings, "notes": self.notes,
         })
@@ -294,22 +301,41 @@ def _stack(rows: list[Image.Image], footer: str | None = None) -> Image.Image:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _is_demo_dir(out: Path) -> bool:
+    """True when ``out/demo.json`` was written by a demo (the marker every run writes first)."""
+    try:
+        data = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and MARKER_KEY in data
+
+
 def _prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
-    """A new or empty OUT_DIR; with ``force`` the outputs of an earlier demo (and only those) are removed."""
-    from .io import check_output_dir, make_output_dir
+    """A new or empty OUT_DIR; with ``force`` the outputs of an earlier demo (and only those) are removed.
+
+    Outputs are removed only from a folder an earlier demo marked (``demo.json``): a folder that holds, say,
+    a ``data/`` of its own is refused rather than cleared.
+    """
+    from .io import check_output_dir, make_output_dir, write_text_atomic
 
     out = check_output_dir(out_dir, force=force)
     if out.is_dir() and force:
-        for name in OUTPUTS:
+        present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+        if present and not _is_demo_dir(out):
+            raise OutputError(f"{out} holds {present[0]}, which no earlier demo wrote there (no demo.json); "
+                              "choose another --output folder.")
+        for name in present:
             p = out / name
             try:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
-                elif p.exists() or p.is_symlink():
+                else:
                     p.unlink()
             except OSError as e:
                 raise OutputError(f"Cannot clear {p} for a new demo run ({e.strerror or e}).") from None
     make_output_dir(out)
+    # the marker first: a run interrupted half-way can be replaced with --force
+    write_text_atomic(out / SUMMARY_NAME, json.dumps({MARKER_KEY: __version__, "status": "running"}) + "\n")
     return out
 
 
@@ -457,7 +483,7 @@ def run_demo(
     # 4. finetune --------------------------------------------------------------------------------------
     with step("finetune", "Fine-tune with the ElasticNet penalty") as s:
         cfg = FinetuneConfig(epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, l1=st.l1, l2=st.l2,
-                             device=str(dev), workers=st.workers, seed=0, monitor="val_acc", augment="light",
+                             device=str(dev), workers=st.workers, seed=0, monitor="val_loss", augment="light",
                              warmup_epochs=0.0 if st.epochs < 2 else 0.5)
         with _quiet_warnings():
             ft = finetune(converted, data_dir, out / "finetune", cfg, reporter=_FinetuneProgress(rep))  # type: ignore[arg-type]
@@ -471,7 +497,7 @@ def run_demo(
             "history": [{"epoch": h["epoch"], "train_loss": h["train"]["loss"], "train_ce": h["train"]["ce"],
                          "train_l1": h["train"]["l1"], "train_accuracy": h["train"]["accuracy"],
                          "val_loss": h["val"].get("loss"), "val_accuracy": h["val"].get("accuracy"),
-                         "val_sparsity": h["val"].get("sparsity"), "val_l1_per_map": h["val"].get("l1_per_map")}
+                         "val_sparsity": h["val"].get("sparsity"), "val_map_l1": h["val"].get("map_l1")}
                         for h in hist],
         }
         b = ft.best or {}
@@ -557,7 +583,7 @@ def run_demo(
         files = {"report": str(out / REPORT_NAME), "dataset": str(data_dir), "converted": str(converted_path),
                  "fine_tuned": str(out / "finetune" / "best.safetensors"), "onnx": str(out / "model.onnx"),
                  "explain": str(out / "explain" / "index.html"), "evaluate": str(out / "evaluate" / "index.html"),
-                 "figure": str(out / panel_rel) if panel_rel else ""}
+                 "figure": str(out / "figures" / "overview.png") if panel_rel else ""}
         result = DemoResult(out_dir=str(out), report=str(out / REPORT_NAME), device=str(dev), seconds=0.0,
                             steps=steps, figures=figures, files=files,
                             settings={**asdict(st), "fast": fast, "seed": DEMO_SEED, "dataset": opts,
@@ -629,19 +655,20 @@ def _write_panels(out: Path, manifest: dict[str, Any], picks: list[dict[str, Any
     label_w = _label_width(labels_txt, _font(16))
     for i in range(len(picks)):
         view = input_view(imgs[i], cfg)
+        grey = view.convert("L").convert("RGB")  # maps read better over a grey fundus than over a red one
         k = labels[i]
         scaled, _, vmax = scale_maps(maps[i])
         tiles = [_with_outline(view, masks[i], (0, 230, 0)),
-                 _with_outline(overlay(view, scaled[k], alpha=0.6, cmap="RdBu_r"), masks[i], (0, 230, 0))]
+                 _with_outline(overlay(grey, scaled[k], alpha=0.6, cmap="RdBu_r"), masks[i], (0, 230, 0))]
         titles = ["image (lesions outlined)", f"SoftCAM evidence: {names[k]}"]
         if gc is not None:
-            tiles.append(_with_outline(overlay(view, gc[i], alpha=0.6, cmap="inferno"), masks[i], (0, 230, 0)))
+            tiles.append(_with_outline(overlay(grey, gc[i], alpha=0.6, cmap="inferno"), masks[i], (0, 230, 0)))
             titles.append("Grad-CAM (black box)")
         rows.append(_titled(tiles, titles, row_label=labels_txt[i], label_w=label_w))
         rows[-1].save(out / "figures" / f"panel_{i}.png")
-    fig = _stack(rows, footer="green: lesion masks · SoftCAM: signed evidence (red for, blue against) · "
-                              "Grad-CAM: [0, 1]")
-    fig.save(out / "figures" / "panel.png")
+    footer = "green: lesion masks · SoftCAM: signed evidence (red for, blue against) · Grad-CAM: [0, 1]"
+    _stack(rows, footer=footer).save(out / "figures" / "panel.png")
+    _stack(rows[:2], footer=footer).save(out / "figures" / "overview.png")  # the README picture (--update-docs)
     return "figures/panel.png"
 
 
@@ -666,18 +693,34 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
         rows.append([label, cls["black_box"].get(key), cls["converted"].get(key), cls["fine_tuned"].get(key)])
     conv = f["conversion"]
     exp = f["export"]
+    hist = f["finetune"]["history"]
+    maps_text = ""
+    if hist:
+        h0, h1 = hist[0], hist[-1]
+        maps_text = (f" (validation maps: mean Σ|A| per map {_fmt(h0.get('val_map_l1'), 1)} after epoch 1, "
+                     f"{_fmt(h1.get('val_map_l1'), 1)} after epoch {h1['epoch']}; share of near-zero cells "
+                     f"{_fmt(h0.get('val_sparsity'), 2)} → {_fmt(h1.get('val_sparsity'), 2)})")
     summary = [
         R.paragraph(
             f"The black box is an ordinary timm {info['architecture']} classifier (global average pooling + linear "
             f"head) shipped with softcamify. Converted to SoftCAM it gives the same logits (max |Δlogit| "
-            f"{conv['max_abs_diff']:.2g}) and, from the same forward pass, one signed evidence map per class; "
-            f"fine-tuned for {f['finetune']['epochs']} epoch(s) with an L1 penalty on the maps (λ1 = "
-            f"{f['finetune']['l1']:g}), the maps become sparse; exported to ONNX they still match PyTorch "
+            f"{conv['max_abs_diff']:.2g}) and, from the same forward pass, one signed evidence map per class. "
+            f"Fine-tuned for {f['finetune']['epochs']} epoch(s) with an L1 penalty on the maps (λ1 = "
+            f"{f['finetune']['l1']:g}){maps_text}, it was exported to ONNX, where logits and maps match PyTorch "
             f"(max |Δ| evidence {exp['max_abs_diff_evidence']:.2g})."
         ),
         R.table(["test split", "black box", "SoftCAM (converted)", "SoftCAM (fine-tuned)"], rows,
                 caption=f"Classification on {cls['test_images']} generated test images"),
     ]
+    if loc_methods:
+        keys = [("topk_precision", "top-k patch precision ↑"), ("activation_precision", "activation precision ↑"),
+                ("pointing_game", "pointing game ↑"), ("deletion_auc", "deletion AUC ↓"),
+                ("insertion_auc", "insertion AUC ↑")]
+        loc = f["localization"]
+        summary.append(R.table(["localization (lesion images)", *[label for label, _ in loc_methods]],
+                               [[name, *[loc[label].get(key) for label, _ in loc_methods]] for key, name in keys],
+                               caption="Localization of the true class against the lesion masks (means; section 7 "
+                                       "has all metrics)"))
     if panel_rel:
         summary.append(R.figure(R.image_tag(panel_rel, "image, SoftCAM evidence and Grad-CAM for lesion images"),
                                 "Lesion test images: the fine-tuned SoftCAM's evidence for the true class beside "
@@ -726,16 +769,17 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
                 {"val map sparsity": [h.get("val_sparsity") for h in hist]}, "epoch", "share of |A| < 0.1",
                 width=420, height=240), "Map sparsity (validation)"))
     ft_rows = [[h["epoch"], h["train_loss"], h["train_ce"], h["train_l1"], h["train_accuracy"], h["val_loss"],
-                h["val_accuracy"], h.get("val_sparsity")] for h in hist]
+                h["val_accuracy"], h.get("val_map_l1"), h.get("val_sparsity")] for h in hist]
     parts.append(R.section(
         "4. Fine-tune",
         R.paragraph(f"CE + λ1·Σ|A| on the evidence maps (λ1 = {ftf['l1']:g}, λ2 = {ftf['l2']:g}), AdamW lr "
                     f"{ftf['lr']:g}, batch {ftf['batch_size']}, {ftf['epochs']} epoch(s) on {ftf['device']} "
-                    f"({_fmt(ftf['train_images_per_s'], 0)} images/s); the best epoch by validation accuracy "
+                    f"({_fmt(ftf['train_images_per_s'], 0)} images/s); the best epoch by validation loss (CE + penalty) "
                     f"(epoch {ftf['best_epoch']}) is kept in finetune/best.safetensors."),
         *charts,
-        R.table(["epoch", "train loss", "CE", "L1 term", "train acc", "val loss", "val acc", "val sparsity"], ft_rows,
-                caption="Per epoch (finetune/metrics.jsonl)"),
+        R.table(["epoch", "train loss", "train CE", "train Σ|A| per image", "train acc", "val loss", "val acc",
+                 "val Σ|A| per map", "val sparsity"], ft_rows,
+                caption="Per epoch (finetune/metrics.jsonl); sparsity: share of map cells with |A| < 0.1"),
     ))
 
     # 5 export
