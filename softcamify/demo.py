@@ -61,6 +61,7 @@ DEFAULT_OUT_DIR = "softcamify-demo"
 DEMO_SEED = 2024
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "demo.json"
+POINTING_TOLERANCE = 15  # px, the pointing game's tolerance in the demo's evaluation (Zhang et al. 2018)
 MARKER_KEY = "softcamify_demo"  # in demo.json: the folder holds a demo's outputs (--force may replace them)
 #: What a demo writes into OUT_DIR (``--force`` removes exactly these before a new run).
 OUTPUTS = ("data", "models", "finetune", "explain", "evaluate", "figures", "model.onnx", REPORT_NAME, SUMMARY_NAME)
@@ -541,8 +542,9 @@ def run_demo(
         if not baselines:
             note("pytorch-grad-cam is not installed, so there is no Grad-CAM comparison; "
                  "install it with pip install 'softcamify[baselines]' and rerun.")
+        # pointing game with Zhang et al.'s 15 px tolerance: about half a cell of the 5 × 5 evidence grid
         common = {"split": "test", "steps": st.eval_steps, "max_images": st.eval_max_images,
-                  "batch_size": 16, "device": dev}
+                  "pointing_tolerance": POINTING_TOLERANCE, "batch_size": 16, "device": dev}
         with _quiet_warnings():
             before = evaluate(converted, data_dir, original=loaded.module, examples=0,
                               progress=lambda stage, d, t: rep.progress(d, t, f"converted model: {stage}"), **common)
@@ -714,7 +716,7 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
     ]
     if loc_methods:
         keys = [("topk_precision", "top-k patch precision ↑"), ("activation_precision", "activation precision ↑"),
-                ("pointing_game", "pointing game ↑"), ("deletion_auc", "deletion AUC ↓"),
+                ("pointing_game", f"pointing game ({POINTING_TOLERANCE} px) ↑"), ("deletion_auc", "deletion AUC ↓"),
                 ("insertion_auc", "insertion AUC ↑")]
         loc = f["localization"]
         summary.append(R.table(["localization (lesion images)", *[label for label, _ in loc_methods]],

@@ -231,7 +231,7 @@ def _explanation_metrics(
     rec: dict[str, Any] = {
         "activation_precision": M.activation_precision(up, mask),
         "activation_sensitivity": M.activation_sensitivity(up, mask),
-        "pointing_game": M.pointing_game(saliency, mask),
+        "pointing_game": M.pointing_game(saliency, mask, tolerance_px=s["pointing_tolerance"]),
         "energy_pointing_game": M.energy_pointing_game(up, mask),
         "sparsity": M.sparsity(norm, threshold=s["sparsity_threshold"]),
         "gini": M.gini(norm),
@@ -316,6 +316,7 @@ def evaluate(
     steps: int = 20,
     deletion_patch: int | None = None,
     sparsity_threshold: float = 0.01,
+    pointing_tolerance: int = 0,
     max_images: int | None = None,
     batch_size: int = 16,
     device: Any = "auto",
@@ -346,6 +347,8 @@ def evaluate(
         topk_threshold: only grid values above it are picked (the paper uses 1 on raw logit maps);
             default none, so maps of any scale (baselines are in [0, 1]) are treated alike.
         steps: deletion/insertion steps; ``deletion_patch`` their tile size (default ``patch_size``).
+        pointing_tolerance: the pointing game counts a hit within this many pixels of the mask (Zhang et al.
+            use 15 px at 224 px); 0 means the maximum must lie on the mask itself.
         max_images: explanation metrics on at most this many annotated images (classification uses all).
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
@@ -360,6 +363,8 @@ def evaluate(
             raise UsageError(f"{name} must be at least 1, got {v}.")
     if max_images is not None and max_images < 0:
         raise UsageError(f"--max-images must be 0 or more, got {max_images}.")
+    if pointing_tolerance < 0:
+        raise UsageError(f"--pointing-tolerance must be 0 or more pixels, got {pointing_tolerance}.")
     out = None
     if out_dir is not None:
         from .io import check_output_dir
@@ -411,6 +416,7 @@ def evaluate(
         "deletion_baseline": "0 (mean colour)",
         "insertion_baseline": "blur",
         "sparsity_threshold": float(sparsity_threshold),
+        "pointing_tolerance": int(pointing_tolerance),
         "batch_size": int(batch_size),
         "baselines": methods,
         "max_images": max_images,
@@ -662,7 +668,8 @@ def write_report(
                     f"Maps compared at the {s['input_size'][1]}×{s['input_size'][2]} input; top-k: k={s['topk']}, "
                     f"{s['patch_size']} px patches, stride {s['patch_stride']}, threshold {s['topk_threshold']}; "
                     f"deletion/insertion: {s['steps']} steps of {s['deletion_patch']} px tiles (deletion to the mean "
-                    "colour, insertion from a blurred image); sparsity and Gini on ReLU + min–max scaled maps.",
+                    f"colour, insertion from a blurred image); pointing game: a hit within "
+                    f"{s.get('pointing_tolerance', 0)} px of the mask; sparsity and Gini on ReLU + min–max scaled maps.",
                     note=True,
                 ),
                 R.figure(R.line_chart_svg({m["label"]: m["topk_curve"] for m in summaries}, "k", "precision@k"),

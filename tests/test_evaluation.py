@@ -101,6 +101,29 @@ def test_constructed_case_has_known_metrics(red_data):
     json.dumps(res.to_dict(), allow_nan=False)  # strict JSON
 
 
+def test_pointing_tolerance_counts_near_misses(tmp_path):
+    """Masks drawn 4 px beside each lesion: the map's maximum (the lesion) misses them at tolerance 0, hits at 5."""
+    data, masks = tmp_path / "data", tmp_path / "masks"
+    for d in (data / "healthy", data / "lesion", masks / "lesion"):
+        d.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(data / "healthy" / "h.png")
+    for i, (y, x) in enumerate([(4, 4), (14, 10)]):
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[y : y + 8, x : x + 8, 0] = 255
+        Image.fromarray(img).save(data / "lesion" / f"l{i}.png")
+        m = np.zeros((32, 32), np.uint8)
+        m[y : y + 8, x + 12 : x + 14] = 255  # a 4 px gap right of the lesion (distance 5 px)
+        Image.fromarray(m).save(masks / "lesion" / f"l{i}.png")
+    hits = {}
+    for tol in (0, 3, 5):
+        res = evaluate(_red_model(), data, masks=masks, steps=2, device="cpu", pointing_tolerance=tol)
+        assert res.settings["pointing_tolerance"] == tol
+        hits[tol] = res.method_summaries()[0]["metrics"]["pointing_game"]["mean"]
+    assert hits == {0: 0.0, 3: 0.0, 5: 1.0}
+    with pytest.raises(UsageError, match="--pointing-tolerance"):
+        evaluate(_red_model(), data, masks=masks, pointing_tolerance=-1)
+
+
 def test_errors_are_one_sentence(red_data, tmp_path, monkeypatch):
     data, masks = red_data
     model = _red_model()
@@ -191,9 +214,10 @@ def test_cli_evaluate_gradcam_side_by_side(lesions, tmp_path):
     assert all((out / s).is_file() for s in parser.srcs)
 
     r = run_cli("evaluate", lesions["model"], lesions["data"], "--json", "--steps", "2", "--split", "val",
-                "--device", "cpu")
+                "--pointing-tolerance", "7", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
+    assert data["settings"]["pointing_tolerance"] == 7
     assert data["data"]["source"].startswith("val split")
     assert [m["key"] for m in data["explanation"]["methods"]] == ["softcam"]
     assert data["classification"]["n"] == data["counts"]["images"] == 3

@@ -68,6 +68,9 @@ def evaluate(
         None, "--topk-threshold", help="Pick only grid values above this (the paper: 1 on raw logit maps; default: none)."
     ),
     steps: int = typer.Option(20, "--steps", min=1, help="Deletion / insertion steps."),
+    pointing_tolerance: int = typer.Option(
+        0, "--pointing-tolerance", min=0, help="Pointing game: a hit within this many pixels of the mask (Zhang et al.: 15)."
+    ),
     max_images: int = typer.Option(
         None, "--max-images", min=0, help="Explanation metrics on at most N annotated images (classification uses all)."
     ),
@@ -94,7 +97,7 @@ def evaluate(
             result = run_evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-                steps=steps, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
+                steps=steps, pointing_tolerance=pointing_tolerance, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
                 out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
                 input_size=parse_input_size(input_size),
                 progress=lambda stage, done, total: update(done, total),
