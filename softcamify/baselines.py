@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .binary import two_class
 from .errors import ConversionError, UsageError
 
 __all__ = [
@@ -115,7 +116,7 @@ class CamTarget(nn.Module):
         f = self.tap(f)
         if self.layout == "NHWC":
             f = f.permute(0, 2, 3, 1)
-        return self._head(f)
+        return two_class(self._head(f))  # a single logit as two class columns (softcamify.binary)
 
 
 def softcam_target(model: nn.Module, detach_features: bool = True) -> CamTarget:

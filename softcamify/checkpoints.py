@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import sources
+from .binary import names_fit
 from .errors import InputError, UnsafeCheckpointError, UsageError
 from .io import atomic_output
 
@@ -569,7 +570,7 @@ def _check_meta(meta: Any) -> None:
         if not isinstance(cfg.get(key), (str, type(None))):
             raise ValueError(f"{key} {cfg.get(key)!r} is not a name")
     names, k = meta.class_names, meta.num_classes
-    if not (isinstance(k, int) and k >= 1 and isinstance(names, list) and len(names) == k
+    if not (isinstance(k, int) and k >= 1 and isinstance(names, list) and names_fit(k, len(names))
             and all(isinstance(c, str) for c in names)):
         raise ValueError(f"class_names do not list num_classes ({k!r}) names")
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import sources
+from .binary import names_fit, two_class
 from .checkpoints import LoadedModel
 from .errors import ConversionError, UsageError, ValidationError
 from .heads import HeadPlan, analyze, backbone_of
@@ -174,9 +175,11 @@ def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch
         d = (logits - ref).abs()
         diffs.append(d)
         scales.append(ref.abs().max())
-        agree.append((logits.argmax(1) == ref.argmax(1)).float())
-        p = torch.log_softmax(ref.double(), 1)
-        q = torch.log_softmax(logits.double(), 1)
+        # decisions and their distributions; a single logit decides between two classes (softcamify.binary)
+        ref2, logits2 = two_class(ref.double()), two_class(logits.double())
+        agree.append((logits2.argmax(1) == ref2.argmax(1)).float())
+        p = torch.log_softmax(ref2, 1)
+        q = torch.log_softmax(logits2, 1)
         kls.append((p.exp() * (p - q)).sum(1))
     d = torch.cat(diffs)
     scale = max(float(torch.stack(scales).max()), 1e-12)
@@ -233,7 +236,7 @@ def convert(
     k = plan.num_classes
     if class_names is None:
         class_names = loaded.class_names
-    if class_names is not None and len(class_names) != k:
+    if class_names is not None and not names_fit(k, len(class_names)):
         raise UsageError(f"--class-names lists {len(class_names)} names but the model has {k} classes.")
     source = dict(loaded.source)
     source["split"] = split

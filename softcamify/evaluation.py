@@ -280,7 +280,8 @@ def _load_original(original: Any, mm: MapModel, trust_pickle: bool) -> Any:
     module = module.to(mm.device).eval()
     with torch.no_grad():
         out = module(torch.zeros(1, *mm.input_size, device=mm.device))
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != mm.num_classes:
+    # a single-logit black box reads as its two classes wherever its logits are used (softmax, baselines)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != mm.num_logits:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
             f"The original model returns {shape}, not logits for the SoftCAM model's {mm.num_classes} classes; "

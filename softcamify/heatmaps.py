@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from . import images as _images
+from .binary import decision_names, probabilities, two_class
 from .errors import InputError, UsageError
 from .metrics import json_safe, upsample
 
@@ -59,16 +60,9 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
 def softmax(logits: Any) -> np.ndarray:
-    """Class probabilities from logits N×K (float64); a single logit column is read as a sigmoid."""
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim == 1:
-        z = z[None]
-    if z.shape[-1] == 1:
-        p1 = 1.0 / (1.0 + np.exp(-z))
-        return np.concatenate([1.0 - p1, p1], axis=-1)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Class probabilities from logits N×K (float64); a single logit column is read as a sigmoid
+    (:func:`softcamify.binary.probabilities`)."""
+    return probabilities(logits)
 
 
 class MapModel:
@@ -76,14 +70,17 @@ class MapModel:
 
     ``kind`` is ``"torch"`` or ``"onnx"``; ``class_names`` and ``data_config`` (input_size [C, H, W], mean,
     std, interpolation, crop_pct, crop_mode) come from the model's metadata. ``module`` is the torch
-    SoftCAM module (``None`` for ONNX).
+    SoftCAM module (``None`` for ONNX). A single-logit (sigmoid) model is seen as its exact two-class
+    equivalent (:mod:`softcamify.binary`): two class names, logits ``(−z/2, z/2)``, maps ``(−A/2, A/2)``.
     """
 
     kind = "abstract"
     module: Any = None
 
-    def __init__(self, class_names: Sequence[str], data_config: dict[str, Any], description: str = ""):
-        self.class_names = [str(c) for c in class_names]
+    def __init__(self, class_names: Sequence[str], data_config: dict[str, Any], description: str = "",
+                 num_logits: int | None = None):
+        self.num_logits = len(class_names) if num_logits is None else int(num_logits)
+        self.class_names = decision_names(class_names, self.num_logits)
         self.data_config = dict(data_config)
         self.description = description
 
@@ -129,7 +126,7 @@ class TorchMapModel(MapModel):
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         meta = module.meta
-        super().__init__(meta.class_names, meta.data_config, description or meta.architecture)
+        super().__init__(meta.class_names, meta.data_config, description or meta.architecture, meta.num_classes)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -137,7 +134,7 @@ class TorchMapModel(MapModel):
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             logits, maps = self.module.forward_maps(t)
-            return logits.float().cpu().numpy(), maps.float().cpu().numpy()
+            return two_class(logits.float().cpu().numpy()), two_class(maps.float().cpu().numpy())
 
 
 class OnnxMapModel(MapModel):
@@ -152,11 +149,11 @@ class OnnxMapModel(MapModel):
         self.session = session if session is not None else onnx_runtime.OnnxModel(path, device=dev)
         self.session.require_evidence()
         s = self.session
-        super().__init__(s.class_names, s.data_config, str(path))
+        super().__init__(s.class_names, s.data_config, str(path), s.num_logits)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, maps = self.session.run(np.ascontiguousarray(x, dtype=np.float32))
-        return np.asarray(logits, dtype=np.float32), np.asarray(maps, dtype=np.float32)
+        return two_class(np.asarray(logits, dtype=np.float32)), two_class(np.asarray(maps, dtype=np.float32))
 
 
 def _is_torch_module(obj: Any) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .binary import names_fit
 from .errors import InputError, UsageError
 
 INPUT_NAME = "input"
@@ -158,6 +159,7 @@ class OnnxModel:
         try:
             self.data_config = self._data_config(mean, std, input_size, interpolation, crop_pct, crop_mode)
             self.class_names = self._class_names(class_names, outputs[self.logits_name].shape)
+            self.num_logits = self._num_logits(outputs[self.logits_name].shape)
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
             # metadata_props edited by hand or by another tool: wrong types, wrong lengths
             raise InputError(
@@ -310,9 +312,17 @@ class OnnxModel:
             if k is None:
                 raise UsageError(f"{self.path} does not say how many classes it has; pass --class-names.")
             return [f"class_{i}" for i in range(k)]
-        if k is not None and len(names) != k:
+        if k is not None and not names_fit(k, len(names)):
             raise UsageError(f"{len(names)} class names were given but {self.path} has {k} classes.")
         return names
+
+    def _num_logits(self, logits_shape: Sequence[Any]) -> int:
+        """Columns of the logits output (a single-logit binary model has 1 and two class names)."""
+        k = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else None
+        if k is not None:
+            return int(k)
+        meta_k = (self.metadata or {}).get("num_classes")
+        return int(meta_k) if isinstance(meta_k, int) and names_fit(meta_k, len(self.class_names)) else len(self.class_names)
 
     # --- running ---------------------------------------------------------------------------------
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

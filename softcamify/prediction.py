@@ -2,7 +2,8 @@
 
 Both backends use the same numpy preprocessing (:func:`softcamify.images.preprocess`, timm's eval
 transform with the model's data config) and the same softmax, so an ``.onnx`` export and the
-``.safetensors`` it came from give the same classes and probabilities (within float32 rounding).
+``.safetensors`` it came from give the same classes and probabilities (within float32 rounding). A
+single-logit (sigmoid) model ranks its two classes ``[negative, positive]`` by ``σ(∓z)``.
 Importing this module, and predicting with an ``.onnx`` model, never imports torch.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .binary import decision_names, is_binary, names_fit, probabilities
 from .errors import UsageError
 
 DEFAULT_TOP_K = 5
@@ -60,20 +62,20 @@ class PredictionReport:
         return d
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def rank_classes(logits: np.ndarray, class_names: Sequence[str], k: int = DEFAULT_TOP_K) -> list[list[dict[str, Any]]]:
-    """For each row of ``logits`` (N×K): the ``k`` most probable classes (stable order on ties)."""
-    probs = softmax(logits)
+    """For each row of ``logits`` (N×K): the ``k`` most probable classes (stable order on ties).
+
+    A single logit ``z`` (N×1) ranks the two classes ``[negative, positive]`` (``class_names`` as
+    :func:`softcamify.binary.decision_names` reads them); each class's ``logit`` is then its log-odds, ``∓z``.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    probs = probabilities(z)
+    if is_binary(z.shape[1]):
+        class_names = decision_names(class_names, 1)
+        z = np.concatenate([-z, z], axis=1)
     k = max(1, min(int(k), probs.shape[1]))
     out = []
-    for row_p, row_z in zip(probs, np.asarray(logits, dtype=np.float64), strict=True):
+    for row_p, row_z in zip(probs, z, strict=True):
         order = np.argsort(-row_p, kind="stable")[:k]
         out.append([
             {"rank": r + 1, "index": int(i), "class": str(class_names[i]) if i < len(class_names) else f"class_{i}",
@@ -106,6 +108,7 @@ class _TorchBackend:
         self.device = resolve_device(device or "auto")
         self.module = module.to(self.device).eval()
         self.class_names = list(module.meta.class_names)
+        self.num_logits = int(module.meta.num_classes)
         self.architecture = module.meta.architecture
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -121,6 +124,7 @@ class _OnnxBackend:
     def __init__(self, model: Any):
         self.model = model
         self.class_names = list(model.class_names)
+        self.num_logits = int(model.num_logits)
         self.architecture = model.architecture
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -172,7 +176,7 @@ def load_predictor(
             cfg[key] = list(value) if key in ("mean", "std") else value
     backend = _TorchBackend(sc, device)
     if class_names is not None:
-        if len(class_names) != sc.meta.num_classes:
+        if not names_fit(sc.meta.num_classes, len(class_names)):
             raise UsageError(f"{len(class_names)} class names were given but the model has {sc.meta.num_classes} classes.")
         backend.class_names = [str(c) for c in class_names]
     return backend, cfg, notes
@@ -232,7 +236,7 @@ def predict(
         model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else str(getattr(model, "path", type(model).__name__)),
         backend=backend.name,
         architecture=backend.architecture,
-        num_classes=len(backend.class_names),
+        num_classes=len(decision_names(backend.class_names, backend.num_logits)),
         preprocessing=cfg,
         predictions=predictions,
         notes=notes,

@@ -50,6 +50,7 @@ from torch import nn
 
 from . import distributed
 from ._version import __version__
+from .binary import decision_names, is_binary, two_class
 from .errors import (
     EXIT_INTERRUPTED,
     InputError,
@@ -282,7 +283,7 @@ def elasticnet_loss(
     sample, every class map; computed in float32). With ``l1 = l2 = 0`` the loss is exactly the
     (optionally class-weighted) cross-entropy. The returned terms are detached (for logging).
     """
-    ce = F.cross_entropy(logits.float(), target, weight=class_weight)
+    ce = F.cross_entropy(two_class(logits.float()), target, weight=class_weight)  # one logit: BCE, exactly
     m = maps.float().flatten(1)
     with torch.set_grad_enabled(bool(l1) and torch.is_grad_enabled()):
         l1_term = m.abs().sum(1).mean()
@@ -817,8 +818,14 @@ class _Run:
         """Line up the dataset's classes with the model's evidence maps (or re-initialize the head)."""
         c = self.cfg
         found = list(splits.class_names)
-        names = list(sc.meta.class_names)
-        k = int(sc.meta.num_classes)
+        stored = list(sc.meta.class_names)
+        generic = _generic_names(stored)
+        if is_binary(sc.meta.num_classes) and len(stored) == 1 and stored[0] in found and len(found) == 2:
+            # a single-logit model named by its positive class: the data's other class is the negative one
+            stored = [next(n for n in found if n != stored[0]), stored[0]]
+            sc.meta.class_names = stored
+        names = decision_names(stored, sc.meta.num_classes)  # a single-logit model decides between two classes
+        k = len(names)
         if c.num_classes is not None and int(c.num_classes) != len(found):
             raise UsageError(
                 f"--num-classes {c.num_classes} does not match the {len(found)} classes in the data ({', '.join(found)})."
@@ -827,7 +834,7 @@ class _Run:
             sc.reset_head(len(found), found)
             self.note(f"The evidence conv was re-initialized for {len(found)} classes ({', '.join(found)}).")
             return sc, splits
-        if c.labels is not None and all(n.isdigit() for n in found) and k >= len(found) and not _generic_names(names):
+        if c.labels is not None and all(n.isdigit() for n in found) and k >= len(found) and not generic:
             splits = self.load_data(class_names=names)  # integer CSV labels index the model's classes
             return sc, splits
         if k != len(found):
@@ -835,7 +842,7 @@ class _Run:
                 f"The model has {k} classes but the data has {len(found)} ({', '.join(found)}); pass --reset-head "
                 "to re-initialize the evidence conv for them."
             )
-        if _generic_names(names):
+        if generic:
             sc.meta.class_names = found
             return sc, splits
         if set(names) == set(found):
@@ -1100,7 +1107,7 @@ class _Run:
                     sched.step()
                     n = y.shape[0]
                     with torch.no_grad():
-                        correct = (logits.detach().argmax(1) == y).sum().float()
+                        correct = (two_class(logits.detach()).argmax(1) == y).sum().float()
                         acc += torch.stack([loss.detach() * n, ce * n, l1t * n, l2t * n, correct]).double()
                     count += n
                     step += 1
@@ -1206,7 +1213,7 @@ class _Run:
             y = y.to(self.device, non_blocking=True)
             with autocast():
                 logits, maps = sc.forward_maps(x)
-            logits, maps = logits.float(), maps.float()
+            logits, maps = two_class(logits.float()), maps.float()  # one logit: its two classes
             ce = F.cross_entropy(logits, y, reduction="none")
             w = class_weight[y] if class_weight is not None else torch.ones_like(ce)
             flat = maps.flatten(1)
