@@ -36,6 +36,7 @@ _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "wei
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "state_dict_ema_v2", "ema", "ema_model")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "network.", "backbone.")
 META_KEY = "softcamify"
+CHECKSUM_KEY = "tensor_sha256"  # in the softcamify metadata: SHA-256 of the tensor bytes (verified on load)
 
 
 @dataclass
@@ -506,8 +507,36 @@ def serialize(model: nn.Module) -> bytes:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     # one metadata key only: safetensors stores the metadata map in hash order, so a single key keeps
     # the file byte-identical for identical inputs
-    metadata = {META_KEY: json.dumps(model.meta.to_dict(), sort_keys=True)}
-    return to_bytes(tensors, metadata=metadata)  # serialized in memory: file errors stay OSErrors
+    meta = model.meta.to_dict()
+    data = to_bytes(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    # the SHA-256 of the tensor bytes, verified by load(): safetensors itself has no checksum, so a flipped
+    # bit in a weight would otherwise load silently. The tensor bytes do not move when the header grows.
+    meta[CHECKSUM_KEY] = hashlib.sha256(memoryview(data)[_data_offset(data) :]).hexdigest()
+    return to_bytes(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})  # in memory: file errors stay OSErrors
+
+
+def _data_offset(data: bytes | memoryview) -> int:
+    """Where the tensor bytes of a serialized safetensors file start (after the 8-byte length and the header)."""
+    return 8 + int.from_bytes(bytes(data[:8]), "little")
+
+
+def verify_checksum(path: Path, meta: dict[str, Any]) -> None:
+    """Compare the tensor bytes of a softcamify file with the SHA-256 in its metadata (files written before
+    softcamify recorded it have none and are not checked)."""
+    expected = meta.get(CHECKSUM_KEY)
+    if expected is None:
+        return
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_data_offset(fh.read(8)))
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    except OSError as e:
+        raise InputError(f"Cannot read {path} ({e.strerror or e}).") from None
+    if h.hexdigest() != expected:
+        raise InputError(f"{path} is corrupt: its weights do not match the checksum written with them; "
+                         "copy it again or re-create it.")
 
 
 def features_from_source(
@@ -648,4 +677,6 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | t
     data = read_metadata(p)
     if data is None:
         raise InputError(f"{p} is not a softcamify model (no softcamify metadata); convert it first.")
-    return softcam_from_state(data, read_safetensors(p), p, trust_pickle).to(device).eval()
+    model = softcam_from_state(data, read_safetensors(p), p, trust_pickle)  # NaN/Inf named by their tensor
+    verify_checksum(p, data)  # any other changed byte
+    return model.to(device).eval()

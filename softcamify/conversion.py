@@ -131,11 +131,12 @@ def inspect(
         meta = module.meta
         info = meta.to_dict()
         with torch.no_grad():
-            f = module.forward_features(torch.zeros(1, *loaded.data_config["input_size"]))
+            p = next(module.parameters())
+            f = module.forward_features(torch.zeros(1, *loaded.data_config["input_size"], device=p.device, dtype=p.dtype))
         info["evidence_grid"] = [int(f.shape[2]), int(f.shape[3])]
         return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
                              loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
-    work = copy.deepcopy(module).eval()
+    work, _ = _cpu_float_copy(module)
     plan, _, _ = analyze(
         work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
     )
@@ -220,6 +221,9 @@ def convert(
         raise UsageError("The model is already a SoftCAM model; there is nothing to convert.")
     original.eval()
     data_config = dict(loaded.data_config)
+    # analysis (float64 probes) and verification run on the CPU in float32, whatever the model's device and
+    # dtype; the SoftCAM model is returned on the model's device
+    original, device = _cpu_float_copy(original)
     work = copy.deepcopy(original).eval()
     size = tuple(data_config["input_size"])
     plan, _, evidence = analyze(work, size, features_layer=features_layer, classifier=classifier)
@@ -289,7 +293,20 @@ def convert(
             f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
             f"> --atol {atol:g} + --rtol {rtol:g} × logit scale {report.logit_scale:.3g}; nothing was written."
         )
-    return softcam
+    return softcam.to(device)
+
+
+def _cpu_float_copy(module: nn.Module) -> tuple[nn.Module, torch.device]:
+    """(``module`` in eval mode on the CPU in float32 — a copy when it is elsewhere —, its original device)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
+                      for t in [*module.parameters(), *module.buffers()])
+    if on_cpu_fp32:
+        return copy.deepcopy(module).eval(), device
+    return copy.deepcopy(module).to("cpu").float().eval(), device
 
 
 def conversion_report(model: SoftCAM) -> ConversionReport:

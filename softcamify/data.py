@@ -3,7 +3,8 @@
 Three layouts are understood (see :func:`discover`):
 
 * ``DATA_DIR/train/<class>/...``, ``DATA_DIR/val/<class>/...`` and optionally ``DATA_DIR/test/<class>/...``
-* ``DATA_DIR/<class>/...``: one folder of class folders, split into train/val (stratified, seeded)
+* ``DATA_DIR/<class>/...``: one folder of class folders, split into train/val (stratified, seeded);
+  a ``DATA_DIR/masks/<class>/...`` mask tree beside them is not a class
 * a CSV with ``path,label`` columns (and optionally ``split``)
 
 The eval transform is :func:`softcamify.images.preprocess_image`, so a tensor seen during training or
@@ -53,6 +54,8 @@ _SPLIT_ALIASES = {
 _PATH_COLUMNS = ('path', 'file', 'filename', 'image')
 _LABEL_COLUMNS = ('label', 'class', 'target')
 DEFAULT_VAL_SPLIT = 0.2
+# The mask tree's folder name: ``DATA_DIR/masks`` mirrors DATA_DIR (``softcamify evaluate``'s default --masks).
+MASK_DIR_NAME = 'masks'
 
 AUGMENTATIONS = ('none', 'light', 'medical')
 # Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code
@@ -168,10 +171,45 @@ def _walk_images(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     return found
 
 
-def _scan_class_folders(split_dir: Path, skipped: list[tuple[Path, str]]) -> dict[str, list[Path]]:
-    """{class name: image files} for the class folders of one split folder."""
+def _is_mask_tree(folder: Path, class_folders: Iterable[str]) -> bool:
+    """True when ``folder`` is a mask tree mirroring its sibling class folders rather than a class.
+
+    The convention of ``softcamify evaluate`` (default ``--masks`` is ``DATA_DIR/masks``) and of
+    :func:`mask_path_for` (a mask has its image's path relative to the mask root): in the flat layout
+    the masks of ``DATA_DIR/<class>/x.png`` sit at ``DATA_DIR/masks/<class>/x.png``. So a folder is a
+    mask tree when it is named ``masks`` (any case), holds no image files directly and has at least one
+    visible subfolder, each named like one of the sibling class folders (masks of some classes only are
+    fine). A class folder that happens to be called ``masks`` holds images directly (or in subfolders of
+    other names) and stays a class.
+    """
+    if folder.name.lower() != MASK_DIR_NAME:
+        return False
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False  # _scan_class_folders reports an unlistable folder
+    if any(is_image_file(e.name) for e in entries):
+        return False
+    subs = {e.name for e in entries if not e.name.startswith('.') and e.is_dir()}
+    return bool(subs) and subs <= set(class_folders) - {folder.name}
+
+
+def _scan_class_folders(
+        split_dir: Path,
+        skipped: list[tuple[Path, str]],
+        mask_trees: bool = False,
+) -> dict[str, list[Path]]:
+    """{class name: image files} for the class folders of one split folder.
+
+    With ``mask_trees`` (the flat layout, where the folder is the dataset root) a ``masks`` folder that
+    mirrors the class folders (:func:`_is_mask_tree`) is left out: it holds masks, not a class.
+    """
     out: dict[str, list[Path]] = {}
-    for sub in _visible_subdirs(split_dir):
+    subdirs = _visible_subdirs(split_dir)
+    if mask_trees:
+        names = [d.name for d in subdirs]
+        subdirs = [d for d in subdirs if not _is_mask_tree(d, names)]
+    for sub in subdirs:
         files = _walk_images(sub, skipped)
         if not files:
             raise InputError(
@@ -296,7 +334,7 @@ def _discover_folders(
         class_names: Sequence[str] | None,
         skipped: list[tuple[Path, str]],
 ) -> DatasetSplits:
-    classes = _scan_class_folders(root, skipped)
+    classes = _scan_class_folders(root, skipped, mask_trees=True)
     if not classes:
         loose = any(is_image_file(e.name) for e in os.scandir(root))
         hint = " (it holds images directly: put them in class folders or pass --labels a CSV)" if loose else ""
@@ -457,10 +495,13 @@ def discover(
 
     A folder with a ``train``, ``val`` (``valid``, ``validation``) or ``test`` subfolder is read as split
     folders (other subfolders, e.g. ``masks``, are ignored); without ``train`` it is an evaluation set
-    whose classes are the union of its splits' class folders. Class folders are sorted alphabetically
-    as torchvision's ``ImageFolder`` does; every split uses the training split's class list. Images
-    may sit in nested folders below a class folder. Hidden files and folders and non-image files are
-    ignored; symlinked folders are followed, each real folder once (no symlink loops).
+    whose classes are the union of its splits' class folders. In a folder of class folders, a ``masks``
+    folder that mirrors them (``masks/<class>/...``, no images directly in it; the mask tree that
+    ``softcamify evaluate`` reads by default) is not a class; a ``masks`` folder holding images directly
+    is. Class folders are sorted alphabetically as torchvision's ``ImageFolder`` does; every split uses
+    the training split's class list. Images may sit in nested folders below a class folder. Hidden
+    files and folders and non-image files are ignored; symlinked folders are followed, each real folder
+    once (no symlink loops).
     """
     _check_val_split(val_split)
     skipped: list[tuple[Path, str]] = []

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import timm
 import torch
+from conftest import run_cli
 from safetensors.torch import save_file
 
 from softcamify.checkpoints import load_model, match_prefixes, read_torch
-from softcamify.errors import InputError, UnsafeCheckpointError, UsageError
+from softcamify.errors import EXIT_INPUT, InputError, UnsafeCheckpointError, UsageError
 
 
 def _model(k=5, name="test_resnet"):
@@ -174,3 +176,39 @@ def test_unknown_names_and_hub_names():
         load_model("hf-hub:timm/resnet50.a1_in1k")
     with pytest.raises(InputError, match="does not exist"):
         load_model("missing/model.pth")
+
+
+def test_a_changed_weight_byte_is_caught_by_the_checksum(tmp_path):
+    """safetensors has no checksum: softcamify records the tensor bytes' SHA-256 and verifies it on load."""
+    import struct
+
+    import softcamify
+    from softcamify.checkpoints import CHECKSUM_KEY, read_metadata
+
+    torch.manual_seed(0)
+    sc = softcamify.convert(timm.create_model("test_resnet", num_classes=3).eval(), input_size=(32, 32), samples=2)
+    path = softcamify.save(sc, tmp_path / "m.safetensors")
+    good = path.read_bytes()
+    n = struct.unpack("<Q", good[:8])[0]
+    header = json.loads(good[8 : 8 + n])
+    assert read_metadata(path)[CHECKSUM_KEY] == hashlib.sha256(good[8 + n :]).hexdigest()
+    assert softcamify.save(sc, tmp_path / "again.safetensors").read_bytes() == good  # still byte-identical
+
+    start, _ = header["head.conv.weight"]["data_offsets"]
+    flipped = bytearray(good)
+    flipped[8 + n + start] ^= 0x01  # the lowest mantissa bit of one weight: still a finite float
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match="corrupt: its weights do not match the checksum"):
+        softcamify.load(bad)
+    r = run_cli("inspect", bad)
+    assert r.returncode == EXIT_INPUT and "checksum" in r.stderr and "Traceback" not in r.stderr
+
+    # files written before the checksum existed still load
+    meta = json.loads(header["__metadata__"]["softcamify"])
+    del meta[CHECKSUM_KEY]
+    header["__metadata__"]["softcamify"] = json.dumps(meta, sort_keys=True)
+    h = json.dumps(header).encode()
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(struct.pack("<Q", len(h)) + h + good[8 + n :])
+    torch.testing.assert_close(softcamify.load(old).state_dict(), sc.state_dict())

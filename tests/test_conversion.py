@@ -120,3 +120,21 @@ def test_metadata_records_versions_and_classes(tmp_path):
     assert meta["source"]["name"] == "test_resnet"
     assert meta["conversion"]["exact"] is True
     assert softcamify.load(path).class_names == ["benign", "malignant"]
+
+
+def test_a_half_precision_model_converts_in_float32():
+    """convert() and inspect() copy the model to the CPU in float32 (as they would a model on a GPU)."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    half = model.half()
+    assert softcamify.inspect(half, input_size=(64, 64)).plan.exact
+    sc = softcamify.convert(half, input_size=(64, 64), samples=2)
+    assert next(half.parameters()).dtype == torch.float16  # the user's model is left as it was
+    assert next(sc.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        # the half model's weights, read in float32: what fp16 weights mean
+        torch.testing.assert_close(sc(x), model.float()(x), atol=1e-5, rtol=1e-5)
+        assert (sc(x) - ref).abs().max() < 0.05  # and close to the original float32 model

@@ -332,3 +332,73 @@ def test_mask_path_for(tmp_path):
     from softcamify.data import load_mask
 
     assert load_mask(m).shape == (4, 4)
+
+
+def _mask(path: Path, size: tuple[int, int] = (24, 20)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new('L', size).save(path)
+    return path
+
+
+def test_flat_layout_mirrored_masks_tree_is_not_a_class(tmp_path):
+    _tree(tmp_path, {'healthy': 5, 'lesion': 5})
+    for i in range(5):
+        _mask(tmp_path / 'masks' / 'lesion' / f'{i}.png')  # masks of one class only are fine
+    _mask(tmp_path / 'masks' / 'healthy' / 'nested' / '0.png')  # a folder nested below a mirrored one
+    (tmp_path / 'masks' / 'README.txt').write_text('masks of the lesion images')
+    ds = discover(tmp_path)
+    assert ds.layout == 'folders' and ds.class_names == ['healthy', 'lesion']
+    everything = ds.train + ds.val
+    assert len(everything) == 10 and class_counts(everything, 2) == [5, 5]
+    assert not any('masks' in s.path.relative_to(tmp_path).parts for s in everything)
+    # the tree that is skipped is the one evaluate/mask_path_for read: every lesion image finds its mask there
+    lesion = [s for s in everything if s.label == 1]
+    assert all(mask_path_for(s.path, tmp_path, tmp_path / 'masks') is not None for s in lesion)
+    # mask folders without any mask file (a mask tree being filled) are no class either, and no error
+    _tree(tmp_path, {'other': 2})
+    (tmp_path / 'masks' / 'other').mkdir()
+    assert discover(tmp_path).class_names == ['healthy', 'lesion', 'other']
+    # with the model's class order as well
+    assert discover(tmp_path, class_names=['other', 'lesion', 'healthy']).class_names == ['other', 'lesion', 'healthy']
+
+
+def test_flat_layout_masks_tree_case_and_symlink(tmp_path):
+    _tree(tmp_path / 'data', {'a': 2, 'b': 2})
+    _mask(tmp_path / 'elsewhere' / 'a' / '0.png')
+    os.symlink(tmp_path / 'elsewhere', tmp_path / 'data' / 'Masks')
+    assert discover(tmp_path / 'data').class_names == ['a', 'b']
+
+
+def test_flat_layout_masks_class_with_images_is_a_class(tmp_path):
+    _tree(tmp_path, {'gloves': 3, 'masks': 3})  # a real class called masks: images directly inside
+    ds = discover(tmp_path, val_split=0.0)
+    assert ds.class_names == ['gloves', 'masks'] and class_counts(ds.train, 2) == [3, 3]
+    # images directly in it win even when it also has a folder named like a class
+    _img(tmp_path / 'masks' / 'gloves' / 'x.png', seed=9)
+    ds = discover(tmp_path, val_split=0.0)
+    assert ds.class_names == ['gloves', 'masks'] and class_counts(ds.train, 2) == [3, 4]
+
+
+def test_flat_layout_masks_folder_with_other_subfolders_is_a_class(tmp_path):
+    _tree(tmp_path, {'gloves': 2})
+    _tree(tmp_path / 'masks', {'batch1': 2, 'batch2': 1})  # no subfolder named like a class
+    ds = discover(tmp_path, val_split=0.0)
+    assert ds.class_names == ['gloves', 'masks'] and class_counts(ds.train, 2) == [2, 3]
+    _tree(tmp_path / 'masks', {'gloves': 1})  # partly mirrored, partly not: it does not mirror the classes
+    assert discover(tmp_path, val_split=0.0).class_names == ['gloves', 'masks']
+
+
+def test_split_layout_with_masks_tree_unaffected(tmp_path):
+    # the layout `softcamify datasets synth` writes: masks/{split}/<class>/... beside the split folders
+    for split, n in (('train', 4), ('val', 2), ('test', 2)):
+        _tree(tmp_path / split, {'healthy': n, 'lesion': n})
+        for i in range(n):
+            _mask(tmp_path / 'masks' / split / 'lesion' / f'{i}.png')
+    ds = discover(tmp_path)
+    assert ds.layout == 'splits' and ds.class_names == ['healthy', 'lesion']
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [8, 4, 4]
+    # inside a split folder, the class folders are taken as they are: a folder called masks is a class
+    _tree(tmp_path / 'train', {'masks': 2})
+    _tree(tmp_path / 'train' / 'masks', {'healthy': 1})
+    ds = discover(tmp_path)
+    assert ds.class_names == ['healthy', 'lesion', 'masks'] and class_counts(ds.train, 3) == [4, 4, 3]
