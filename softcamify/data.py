@@ -194,6 +194,15 @@ def _is_mask_tree(folder: Path, class_folders: Iterable[str]) -> bool:
     return bool(subs) and subs <= set(class_folders) - {folder.name}
 
 
+def default_mask_root(root: str | os.PathLike) -> Path | None:
+    """``root/masks`` when it is a mask tree mirroring ``root``'s folders (:func:`_is_mask_tree`), else None:
+    the default ``--masks`` of ``softcamify evaluate``. A ``masks`` class folder holding images is not one."""
+    folder = Path(root) / MASK_DIR_NAME
+    if not folder.is_dir():
+        return None
+    return folder if _is_mask_tree(folder, [d.name for d in _visible_subdirs(Path(root))]) else None
+
+
 def _scan_class_folders(
         split_dir: Path,
         skipped: list[tuple[Path, str]],

@@ -374,16 +374,17 @@ def evaluate(
     root = Path(data_dir)
     if not root.is_dir():
         raise InputError(f"Dataset folder {root} does not exist or is not a folder; check DATA_DIR.")
+    from .data import default_mask_root, mask_path_for
+
     mask_root: Path | None
     if masks is not None:
         mask_root = Path(masks)
         if not mask_root.is_dir():
             raise InputError(f"Mask folder {mask_root} does not exist or is not a folder; check --masks.")
     else:
-        mask_root = root / "masks" if (root / "masks").is_dir() else None
+        mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
 
     from .baselines import parse_methods
-    from .data import mask_path_for
 
     methods = parse_methods(baselines)
     if methods:

@@ -224,3 +224,30 @@ def test_cli_evaluate_gradcam_side_by_side(lesions, tmp_path):
 
     r = run_cli("evaluate", lesions["model"], tmp_path / "nothing")
     assert r.returncode == EXIT_INPUT and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_a_class_named_masks_is_not_taken_for_the_mask_tree(tmp_path):
+    """DATA_DIR/masks is the default mask tree only when it mirrors DATA_DIR's folders."""
+    from softcamify.data import default_mask_root
+
+    data = tmp_path / "data"
+    for cls in ("healthy", "masks"):  # a class that happens to be called "masks", holding images
+        (data / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (255 * (cls == "masks"), 0, 0)).save(data / cls / f"{i}.png")
+    assert default_mask_root(data) is None
+    model = _red_model()
+    model.meta.class_names = ["healthy", "masks"]
+    res = evaluate(model, data, device="cpu", steps=2)
+    assert res.counts["images"] == 4 and res.classification["accuracy"] == 1.0
+    # a mirrored mask tree is found by default, in the flat and in the split layout
+    (data / "masks" / "healthy").mkdir()
+    assert default_mask_root(data) is None  # "masks" still holds images directly: a class
+    tree = tmp_path / "flat"
+    (tree / "a").mkdir(parents=True)
+    (tree / "masks" / "a").mkdir(parents=True)
+    assert default_mask_root(tree) == tree / "masks"
+    split = tmp_path / "split"
+    (split / "test" / "a").mkdir(parents=True)
+    (split / "masks" / "test" / "a").mkdir(parents=True)
+    assert default_mask_root(split) == split / "masks"
