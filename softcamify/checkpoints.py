@@ -254,12 +254,39 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
             parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        replaced = _replaced_head(model, missing, unexpected, sd)
+        if replaced:
+            raise InputError(
+                f"Weights {path} have their own classifier head ({replaced}), not {arch}'s: build the model in Python "
+                "and pass it to softcamify.convert(), or save the whole module (torch.save(model)) and convert that "
+                "file with --trust-pickle."
+            )
         hint = " or --num-classes" if mismatched and not missing and not unexpected else ""
         raise InputError(f"Weights {path} do not fit {arch}: {'; '.join(parts)}; check the architecture name{hint}.")
     model.load_state_dict(sd, strict=False)
     bad = sources.all_finite(dict(model.state_dict()))
     if bad:
         raise InputError(f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken.")
+
+
+def _replaced_head(model: nn.Module, missing: list[str], unexpected: list[str], sd: dict[str, torch.Tensor]) -> str:
+    """A short description of the classifier a fine-tuning script put in place of the architecture's own
+    (e.g. ``fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 2))``: ``fc.1.weight`` where ``fc.weight`` is
+    expected), or "" when the mismatch is anything else."""
+    heads = {k.rsplit(".", 1)[0] for k in sources.classifier_keys(model)}
+    for head in heads:
+        prefix = head + "."
+        if not missing or not all(k.startswith(prefix) for k in missing):
+            continue
+        if not unexpected or not all(k.startswith(prefix) for k in unexpected):
+            continue
+        layers = []
+        for k in unexpected:
+            if k.endswith(".weight") and sd[k].ndim == 2:
+                out_f, in_f = sd[k].shape
+                layers.append(f"{k[: -len('.weight')]}: Linear {in_f}→{out_f}")
+        return ", ".join(layers) or f"{len(unexpected)} tensors under {head}"
+    return ""
 
 
 # --- loading a model --------------------------------------------------------------------------------

@@ -212,3 +212,32 @@ def test_a_changed_weight_byte_is_caught_by_the_checksum(tmp_path):
     old = tmp_path / "old.safetensors"
     old.write_bytes(struct.pack("<Q", len(h)) + h + good[8 + n :])
     torch.testing.assert_close(softcamify.load(old).state_dict(), sc.state_dict())
+
+
+def test_weights_with_a_replaced_classifier_head_say_how_to_convert(tmp_path):
+    """`model.fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 2))`, the fine-tuning tutorials' pattern: the
+    state dict alone cannot say what the weightless layers were, so the error names the head and the two
+    ways that work — and the whole pickled module (with --trust-pickle) then converts exactly."""
+    import torchvision
+
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(512, 2))
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    with pytest.raises(InputError, match=r"own classifier head \(fc\.1: Linear 512→2\).*softcamify\.convert\(\).*"
+                                         r"--trust-pickle"):
+        load_model("torchvision:resnet18", weights=tmp_path / "sd.pth")
+    torch.save(model, tmp_path / "whole.pth")
+    from softcamify.conversion import as_softcam
+
+    sc, _ = as_softcam(tmp_path / "whole.pth", trust_pickle=True, input_size=(64, 64))
+    assert sc.meta.exact and sc.meta.conversion["max_abs_diff"] < 1e-5
+    # an unrelated mismatch keeps the generic message
+    sd = model.state_dict()
+    sd["layer1.0.conv1.weight"] = torch.zeros(1)
+    del sd["fc.1.weight"], sd["fc.1.bias"]
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="do not fit torchvision:resnet18"):
+        load_model("torchvision:resnet18", weights=tmp_path / "bad.pth")
