@@ -85,7 +85,7 @@ def inspect(
         t.add_row("input size", _fmt(data["input_size"]))
         t.add_row("mean / std", f"{_fmt(data['mean'])} / {_fmt(data['std'])}")
         t.add_row("interpolation, crop", f"{data['interpolation']}, crop_pct {data['crop_pct']}")
-        t.add_row("classes", str(report.num_classes))
+        t.add_row("classes", _classes_text(report.num_classes, report.class_names))
         if report.is_softcam:
             sc = report.softcam or {}
             conv = sc.get("conversion") or {}
@@ -170,7 +170,7 @@ def convert(
         t.add_column("value")
         exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
         t.add_row("strategy", f"{report['strategy']} ({exact})")
-        t.add_row("classes", str(report["num_classes"]))
+        t.add_row("classes", _classes_text(report["num_classes"]))
         t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
         t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
                   f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
@@ -182,3 +182,17 @@ def convert(
         console.print(t)
         for note in report["notes"]:
             console.print(f"[dim]note:[/] {escape(note)}")
+
+
+def _classes_text(num_classes: int, class_names: list[str] | None = None) -> str:
+    """The class count, with the class names when known; one logit reads as a binary classifier."""
+    from ..binary import decision_names, is_binary
+
+    text = str(num_classes)
+    if is_binary(num_classes):
+        names = decision_names(class_names or [], 1)
+        return f"1 logit: binary, p({names[1]}) = σ(logit) (classes {', '.join(names)})"
+    if class_names and any(n != f"class_{i}" for i, n in enumerate(class_names)):
+        shown = ", ".join(class_names[:8]) + (", …" if len(class_names) > 8 else "")
+        text += f" ({escape(shown)})"
+    return text
