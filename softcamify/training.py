@@ -101,6 +101,9 @@ STOP_SYNC_EVERY = 8  # steps between Ctrl-C agreements across ranks
 # Fields of a resumed run's stored config that the resuming call may change (everything else that
 # shapes the result comes from last.pt, so the run continues as it started).
 RESUME_OVERRIDABLE = ("epochs", "patience", "device", "workers", "resume", "force")
+# of those, kept from the stored run unless given again (None): the run's plan
+RESUME_KEEP_UNLESS_GIVEN = ("epochs", "patience")
+DEFAULT_EPOCHS = 10
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,7 +137,7 @@ class FinetuneConfig:
     l2: float = 0.0
     class_weights: str = "none"
     # optimization
-    epochs: int = 10
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the stored plan when resuming
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float | None = None
@@ -656,7 +659,7 @@ def _check_config(c: FinetuneConfig) -> None:
 
     if c.augment not in AUGMENTATIONS:
         raise UsageError(f"--augment {c.augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
-    if int(c.epochs) < 1:
+    if c.epochs is not None and int(c.epochs) < 1:
         raise UsageError(f"--epochs {c.epochs} must be at least 1.")
     if int(c.batch_size) < 1:
         raise UsageError(f"--batch-size {c.batch_size} must be at least 1.")
@@ -761,6 +764,8 @@ class _Run:
         if self.cfg.resume:
             self.state = load_state(self.last_path)
             self.merge_resumed_config(self.state)
+        elif self.cfg.epochs is None:
+            self.cfg.epochs = DEFAULT_EPOCHS
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
         raw = state.get("config") or {}
@@ -773,13 +778,18 @@ class _Run:
             and getattr(current, f.name) != getattr(defaults, f.name)
         ]
         for name in RESUME_OVERRIDABLE:
+            if name in RESUME_KEEP_UNLESS_GIVEN and getattr(current, name) is None:
+                continue  # not given again: the run's own plan
             setattr(stored, name, getattr(current, name))
+        if stored.epochs is None:
+            stored.epochs = DEFAULT_EPOCHS
         if changed:
             self.note("Resuming with the run's stored settings; ignored the new "
                       + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + ".")
-        if "epochs" in raw and int(raw["epochs"]) != int(stored.epochs):
+        if raw.get("epochs") is not None and int(raw["epochs"]) != int(stored.epochs):
+            how = "stretched" if int(stored.epochs) > int(raw["epochs"]) else "shortened"
             self.note(f"Resuming with --epochs {stored.epochs} (the run was planned for {raw['epochs']}): "
-                      "the learning-rate schedule is stretched from here on.")
+                      f"the learning-rate schedule is {how} from here on.")
         self.cfg = stored.resolved()
         spec = state.get("model_spec")
         if isinstance(self.model_spec, (str, os.PathLike)) and spec and str(self.model_spec) != spec:

@@ -212,6 +212,23 @@ def test_resume_after_epoch_1_equals_uninterrupted_run(straight, data, tmp_path)
     assert resumed.resumed_from == 1
 
 
+def test_resume_without_epochs_keeps_the_runs_plan(straight, data, tmp_path):
+    """`finetune … --resume` after Ctrl-C, without repeating --epochs: the stored plan (epochs, patience)
+    continues, bit-identical to the uninterrupted run; a given --epochs still changes it."""
+    result, ref = straight
+    run_dir = tmp_path / "run"
+    with pytest.raises(FinetuneInterrupted):
+        finetune("test_resnet", data, run_dir, replace(BASE, patience=5), reporter=SigintAt(epoch=1))
+    rep = SigintAt(epoch=99)  # never fires: collects the notes
+    resumed = finetune("test_resnet", data, run_dir, replace(BASE, epochs=None, resume=True), reporter=rep)
+    assert resumed.epochs_planned == BASE.epochs and resumed.config["patience"] == 5
+    assert tensors_equal(load_state(run_dir / "last.pt")["model"], ref["model"])
+    assert not any("Resuming with --epochs" in n for n in rep.notes)
+    longer = finetune("test_resnet", data, run_dir, replace(BASE, epochs=BASE.epochs + 1, resume=True), reporter=rep)
+    assert longer.epochs_completed == BASE.epochs + 1
+    assert any(f"Resuming with --epochs {BASE.epochs + 1}" in n and "stretched" in n for n in rep.notes)
+
+
 def test_resume_mid_epoch_other_workers_and_amp_on_cpu_is_exact(straight, data, tmp_path):
     """Interrupted at epoch 2, step 2, with a DataLoader worker and --amp (a no-op on CPU): resuming in the
     main process ends with exactly the weights of the plain uninterrupted run."""

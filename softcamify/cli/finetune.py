@@ -238,7 +238,9 @@ def finetune(
     l2: float = typer.Option(0.0, "--l2", min=0.0, help="λ2 on mean_b ΣA² (dense maps). Paper: 7e-5 (ResNet-50), "
                              "2e-4 (VGG-16); it used an unsquared norm, see docs/method.md."),
     class_weights: str = typer.Option("none", "--class-weights", help="none or balanced (n / (K·n_c) per class)."),
-    epochs: int = typer.Option(10, "--epochs", min=1, help="Epochs (the paper: 70)."),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, help="Epochs (default 10; the paper: 70). With --resume: the run's own plan unless given."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per step and process."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (Nesterov, as the paper)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 1e-4 adamw, 1e-3 sgd)."),
