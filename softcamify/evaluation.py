@@ -191,18 +191,39 @@ def evaluation_samples(
 
 
 def _label_map(ds_names: Sequence[str], model_names: Sequence[str], notes: list[str]) -> tuple[list[int], list[str]]:
-    """Dataset label -> model class index, and the class names to report."""
-    if set(ds_names) <= set(model_names):
-        return [list(model_names).index(n) for n in ds_names], list(model_names)
-    if len(ds_names) == len(model_names):
+    """Dataset label -> model class index, and the class names to report.
+
+    Classes are matched by name (exactly, else ignoring case and surrounding spaces). Only when no name is
+    shared (e.g. a model with generic ``class_0…`` names) are they matched by order, with a note; a partial
+    overlap is refused, since matching the rest by order would swap classes silently.
+    """
+    model = list(model_names)
+    if set(ds_names) <= set(model):
+        return [model.index(n) for n in ds_names], model
+
+    def norm(name: str) -> str:
+        return name.strip().casefold()
+
+    folded = [norm(m) for m in model]
+    if len(set(folded)) == len(folded) and all(norm(d) in folded for d in ds_names):
+        notes.append("The dataset's class folders match the model's classes only when case is ignored ("
+                     + ", ".join(f"{d}→{model[folded.index(norm(d))]}" for d in ds_names if d not in model) + ").")
+        return [folded.index(norm(d)) for d in ds_names], model
+    unknown = [d for d in ds_names if norm(d) not in folded]
+    if len(unknown) < len(ds_names):
+        raise InputError(
+            f"The dataset's class {unknown[0]!r} is not one of the model's classes ({', '.join(model)}), while "
+            "other class folders are; rename the folders to the model's class names."
+        )
+    if len(ds_names) == len(model):
         notes.append(
             "The dataset's class names differ from the model's; classes were matched by their order "
-            f"({', '.join(f'{d}→{m}' for d, m in zip(ds_names, model_names, strict=True))})."
+            f"({', '.join(f'{d}→{m}' for d, m in zip(ds_names, model, strict=True))})."
         )
         return list(range(len(ds_names))), list(ds_names)
     raise InputError(
-        f"The dataset has {len(ds_names)} classes ({', '.join(ds_names)}) but the model has {len(model_names)} "
-        f"({', '.join(model_names)}); evaluate on data with the model's classes."
+        f"The dataset has {len(ds_names)} classes ({', '.join(ds_names)}) but the model has {len(model)} "
+        f"({', '.join(model)}); evaluate on data with the model's classes."
     )
 
 

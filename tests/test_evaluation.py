@@ -251,3 +251,26 @@ def test_a_class_named_masks_is_not_taken_for_the_mask_tree(tmp_path):
     (split / "test" / "a").mkdir(parents=True)
     (split / "masks" / "test" / "a").mkdir(parents=True)
     assert default_mask_root(split) == split / "masks"
+
+
+@pytest.mark.parametrize("folders, outcome", [
+    (("Healthy", "lesion"), "by name"),  # case differs: matched by name, not by order
+    (("lesion", "zz_healthy"), "refused"),  # one shared name: the rest is not guessed by order
+    (("a_normal", "b_lesion"), "by order"),  # nothing shared (e.g. generic names): by order, with a note
+])
+def test_dataset_classes_are_matched_to_the_models_by_name(tmp_path, folders, outcome):
+    data = tmp_path / "data"
+    for name in folders:
+        (data / name).mkdir(parents=True)
+        red = 255 * ("lesion" in name)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (red, 0, 0)).save(data / name / f"{i}.png")
+    model = _red_model()  # classes healthy, lesion
+    if outcome == "refused":
+        with pytest.raises(InputError, match="'zz_healthy' is not one of the model's classes"):
+            evaluate(model, data, device="cpu", steps=2)
+        return
+    res = evaluate(model, data, device="cpu", steps=2)
+    assert res.classification["accuracy"] == 1.0  # every lesion image is scored against the lesion class
+    note = " ".join(res.notes)
+    assert ("ignored" in note) if outcome == "by name" else ("matched by their order" in note)
