@@ -175,6 +175,7 @@ def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str
         if isinstance(obj.get(key), str):
             info["arch"] = obj[key]
             break
+    _read_train_args(obj.get("args"), info)
     for key in ("class_names", "classes", "label_names"):
         if isinstance(obj.get(key), (list, tuple)) and all(isinstance(c, str) for c in obj[key]):
             info["class_names"] = list(obj[key])
@@ -191,6 +192,63 @@ def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str
         return obj[ema_key], info
     keys = ", ".join(list(map(str, obj))[:6])
     raise InputError(f"{path} is a dict without model weights (keys: {keys}).")
+
+
+def _read_train_args(args: Any, info: dict[str, Any]) -> None:
+    """What timm's ``train.py`` stores in a checkpoint's ``args`` and needs to rebuild the same model: the
+    constructor arguments it passed to ``create_model`` (``--gp``, ``--in-chans``, ``--model-kwargs``) and the
+    data config (``--img-size``/``--input-size``, ``--mean``, ``--std``, ``--crop-pct``, ``--interpolation``)."""
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict):
+        return
+    if "arch" not in info and isinstance(args.get("model"), str):
+        info["arch"] = args["model"]
+    model_args: dict[str, Any] = {}
+    if isinstance(args.get("gp"), str) and args["gp"]:
+        model_args["global_pool"] = args["gp"]
+    if isinstance(args.get("in_chans"), int) and args["in_chans"] > 0:
+        model_args["in_chans"] = args["in_chans"]
+    if isinstance(args.get("model_kwargs"), dict):
+        model_args.update({str(k): v for k, v in args["model_kwargs"].items() if k != "num_classes"})
+    if model_args:
+        info["model_args"] = model_args
+    data: dict[str, Any] = {}
+    size = args.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size):
+        data["input_size"] = [int(v) for v in size]
+    elif isinstance(args.get("img_size"), int) and args["img_size"] > 0:
+        data["img_size"] = int(args["img_size"])
+    for key in ("mean", "std"):
+        v = args.get(key)
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v):
+            data[key] = [float(x) for x in v]
+    if isinstance(args.get("crop_pct"), (int, float)) and 0 < args["crop_pct"] <= 1:
+        data["crop_pct"] = float(args["crop_pct"])
+    if isinstance(args.get("interpolation"), str) and args["interpolation"] in ("bilinear", "bicubic", "nearest"):
+        data["interpolation"] = args["interpolation"]
+    if data:
+        info["data_config"] = data
+
+
+def _apply_train_data_config(cfg: dict[str, Any], train: dict[str, Any], input_size: Any) -> dict[str, Any]:
+    """The model's data config with what its training run recorded (``_read_train_args``); an
+    ``--input-size`` given now still wins."""
+    cfg = dict(cfg)
+    channels = int(cfg["input_size"][0])
+    if input_size is None:
+        if "input_size" in train:
+            cfg["input_size"] = [channels, *train["input_size"][1:]]
+        elif "img_size" in train:
+            cfg["input_size"] = [channels, train["img_size"], train["img_size"]]
+    for key in ("mean", "std"):
+        v = train.get(key)
+        if v is not None:
+            cfg[key] = v if len(v) == channels else [sum(v) / len(v)] * channels
+    for key in ("crop_pct", "interpolation"):
+        if key in train:
+            cfg[key] = train[key]
+    return cfg
 
 
 def read_weights(path: str | os.PathLike, ema: bool = False, trust_pickle: bool = False):
@@ -421,14 +479,23 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
                 f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
             )
     kind, name = sources.parse_name(str(arch))
+    # the training run's constructor arguments (timm train.py's args), then the ones given now
+    model_args = {**info.get("model_args", {}), **(model_args or {})}
     model, k = _build_named(kind, name, sd, path, num_classes, model_args)
+    data_config = sources.data_config(model, kind, input_size=input_size)
+    notes = list(info.get("notes", []))
+    if info.get("model_args") or info.get("data_config"):
+        data_config = _apply_train_data_config(data_config, info.get("data_config", {}), input_size)
+        used = ", ".join(f"{k2}={v!r}" for k2, v in info.get("model_args", {}).items())
+        notes.append(f"{path.name} records its training arguments: built with {used or 'the defaults'} and its "
+                     "recorded preprocessing.")
     return LoadedModel(
         module=model,
         source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
-        data_config=sources.data_config(model, kind, input_size=input_size),
+        data_config=data_config,
         class_names=info.get("class_names"),
         path=str(path),
-        notes=list(info.get("notes", [])),
+        notes=notes,
     )
 
 
@@ -480,7 +547,7 @@ def _load_folder(
     k_cfg = config.get("num_classes")
     kind, name = sources.parse_name(arch)
     model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args)
-    labels = config.get("label_names")
+    labels = config.get("label_names") or config.get("id2label")  # timm's save_for_hf, or transformers' style
     if isinstance(labels, dict):
         labels = [labels.get(str(i), labels.get(i, f"class_{i}")) for i in range(k)]
     class_names = [str(c) for c in labels] if isinstance(labels, list) and len(labels) == k else None

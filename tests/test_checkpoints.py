@@ -241,3 +241,40 @@ def test_weights_with_a_replaced_classifier_head_say_how_to_convert(tmp_path):
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(InputError, match="do not fit torchvision:resnet18"):
         load_model("torchvision:resnet18", weights=tmp_path / "bad.pth")
+
+
+def test_timm_training_checkpoint_rebuilds_the_model_its_args_describe(tmp_path):
+    """timm's train.py stores its args: `--gp max`, `--img-size`, `--mean/--std`, `--crop-pct` must shape the
+    rebuilt model and its preprocessing, or a max-pooled model would be converted as an average-pooled one."""
+    import argparse
+
+    from softcamify.conversion import convert
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3, global_pool="max").eval()
+    args = argparse.Namespace(model="test_resnet", gp="max", num_classes=3, in_chans=None, model_kwargs={},
+                              img_size=96, input_size=None, mean=[0.2, 0.2, 0.2], std=[0.3, 0.3, 0.3],
+                              crop_pct=0.9, interpolation="bicubic")
+    torch.save({"epoch": 5, "arch": "test_resnet", "state_dict": model.state_dict(), "args": args},
+               tmp_path / "model_best.pth.tar")
+    loaded = load_model(tmp_path / "model_best.pth.tar")
+    assert loaded.source["model_args"] == {"global_pool": "max"}
+    assert loaded.data_config["input_size"] == [3, 96, 96]
+    assert loaded.data_config["mean"] == [0.2] * 3 and loaded.data_config["std"] == [0.3] * 3
+    assert loaded.data_config["crop_pct"] == 0.9 and loaded.data_config["interpolation"] == "bicubic"
+    assert any("training arguments" in n for n in loaded.notes)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), model(x))  # the max-pooled model, not an average-pooled one
+    sc = convert(loaded, samples=2)
+    assert sc.meta.strategy == "pooled" and not sc.meta.exact  # max pooling converts only approximately
+    assert load_model(tmp_path / "model_best.pth.tar", input_size=(64, 64)).data_config["input_size"] == [3, 64, 64]
+
+
+def test_hugging_face_folder_with_transformers_id2label(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architecture": "test_resnet", "num_classes": 2, "id2label": {"0": "benign", "1": "malignant"}}))
+    assert load_model(tmp_path).class_names == ["benign", "malignant"]
