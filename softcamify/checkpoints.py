@@ -504,17 +504,18 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     bad = sources.all_finite(dict(module.state_dict()))
     if bad:
         raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from .conversion import module_source
+
+    notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
     kind = "timm" if type(module).__module__.startswith("timm.") else "module"
-    source = {
-        "kind": "module",
-        "class": f"{type(module).__module__}.{type(module).__qualname__}",
-        "path": str(path.resolve()),
-        "sha256": digest,
-        "num_classes": _num_outputs(module),
-    }
-    return LoadedModel(module, source, sources.data_config(module, kind, input_size=input_size), None, str(path),
-                       [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."])
+    source = module_source(module)  # a timm / torchvision network: rebuilt by name, no pickle needed later
+    if source["kind"] == "module":
+        source.update(path=str(path.resolve()), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                      num_classes=_num_outputs(module))
+    else:
+        notes.append(f"It is {source['kind']}'s {source['name']}: a converted model rebuilds it by name, without "
+                     f"{path.name}.")
+    return LoadedModel(module, source, sources.data_config(module, kind, input_size=input_size), None, str(path), notes)
 
 
 def _load_folder(
@@ -634,16 +635,30 @@ def verify_checksum(path: Path, meta: dict[str, Any]) -> None:
 
 
 def features_from_source(
-    source: dict[str, Any], trust_pickle: bool = False, input_size: tuple[int, int, int] | None = None
+    source: dict[str, Any],
+    trust_pickle: bool = False,
+    input_size: tuple[int, int, int] | None = None,
+    module: nn.Module | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
     """Rebuild the architecture named in a checkpoint's metadata (random weights) and cut it as convert did.
 
-    Returns (features, traced head); the head is used by approximate (per-position) evidence heads.
+    ``module``: the original classifier (any weights), for models converted from an in-memory module that
+    softcamify cannot rebuild by name. Returns (features, traced head); the head is used by approximate
+    (per-position) evidence heads.
     """
+    import copy
+
     from .heads import backbone_of
 
     kind = source.get("kind")
-    if kind in ("timm", "torchvision"):
+    if module is not None:
+        model = copy.deepcopy(module).to("cpu").float()
+    elif kind == "module" and not source.get("path"):
+        raise InputError(
+            f"This model was converted from an in-memory {source.get('class', 'nn.Module')} that softcamify cannot "
+            "rebuild by name; load it in Python with softcamify.load(path, module=<that classifier>)."
+        )
+    elif kind in ("timm", "torchvision"):
         model = sources.build(kind, source["name"], source.get("num_classes"), source.get("model_args") or {})
     elif kind == "module":
         p = Path(source.get("path", ""))
@@ -699,7 +714,8 @@ def _check_meta(meta: Any) -> None:
 
 
 def softcam_from_state(
-    meta_dict: dict[str, Any], state: dict[str, torch.Tensor], path: Path, trust_pickle: bool = False
+    meta_dict: dict[str, Any], state: dict[str, torch.Tensor], path: Path, trust_pickle: bool = False,
+    module: nn.Module | None = None,
 ):
     """Rebuild a SoftCAM model from its metadata and weights (a softcamify file or a fine-tuning ``last.pt``)."""
     from .heads import build_head
@@ -712,7 +728,8 @@ def softcam_from_state(
         meta = SoftCAMMeta.from_dict(meta_dict)
         _check_meta(meta)
         size = tuple(meta.data_config.get("input_size") or ()) or None
-        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size)
+        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size,
+                                                     module=module)
         head = build_head(meta.head, source_head)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{path} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
@@ -765,12 +782,23 @@ def softcam_from_training_checkpoint(obj: Any, path: Path, ema: bool = False, tr
     return softcam_from_state(meta_raw, state, path, trust_pickle)
 
 
-def load(path: str | os.PathLike, *, trust_pickle: bool = False, device: str | torch.device = "cpu"):
-    """Rebuild a SoftCAM model from a softcamify ``.safetensors`` file (no pickle involved)."""
+def load(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    device: str | torch.device = "cpu",
+    module: nn.Module | None = None,
+):
+    """Rebuild a SoftCAM model from a softcamify ``.safetensors`` file (no pickle involved).
+
+    ``module``: the original classifier (an instance of its class; its weights do not matter), for a model
+    converted from an in-memory network softcamify cannot rebuild by name (a custom class, or a timm model
+    built with constructor arguments it cannot see).
+    """
     p = Path(path)
     data = read_metadata(p)
     if data is None:
         raise InputError(f"{p} is not a softcamify model (no softcamify metadata); convert it first.")
-    model = softcam_from_state(data, read_safetensors(p), p, trust_pickle)  # NaN/Inf named by their tensor
+    model = softcam_from_state(data, read_safetensors(p), p, trust_pickle, module)  # NaN/Inf named by their tensor
     verify_checksum(p, data)  # any other changed byte
     return model.to(device).eval()

@@ -106,16 +106,70 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         return model
     if not isinstance(model, nn.Module):
         raise UsageError(f"convert() takes an nn.Module or a LoadedModel, not {type(model).__name__}.")
-    kind = "timm" if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head") else "module"
-    if kind == "timm":
-        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
-        source = {"kind": "timm", "name": arch, "num_classes": getattr(model, "num_classes", None), "model_args": {}}
-        in_chans = sources.first_conv_channels(model)
-        if in_chans and in_chans != 3:
-            source["model_args"]["in_chans"] = in_chans
-    else:
-        source = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    if isinstance(model, SoftCAM):
+        return LoadedModel(model, dict(model.meta.source), sources.data_config(model, "module", input_size=input_size),
+                           None, None, [])
+    source = module_source(model)
+    kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
+
+
+def module_source(model: nn.Module) -> dict[str, Any]:
+    """How a saved SoftCAM model of ``model`` (an in-memory classifier) rebuilds its backbone.
+
+    A timm model by its architecture name, a torchvision model by the builder whose network it is; each is
+    rebuilt and checked (same tensors, same outputs), since constructor arguments softcamify cannot see
+    (``output_stride=16``, ``head_norm_first=True``…) would otherwise rebuild a different network. Anything
+    else is ``{"kind": "module"}``, which :func:`softcamify.save` refuses with a way out.
+    """
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    for candidate in _candidate_sources(model):
+        if _rebuilds(model, candidate):
+            return candidate
+    return {"kind": "module", "class": cls}
+
+
+def _candidate_sources(model: nn.Module):
+    k = getattr(model, "num_classes", None)
+    in_chans = sources.first_conv_channels(model)
+    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head"):  # timm
+        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
+        if isinstance(arch, str):
+            args = {"in_chans": in_chans} if in_chans and in_chans != 3 else {}
+            yield {"kind": "timm", "name": arch, "num_classes": k, "model_args": args}
+    module = type(model).__module__
+    if module.startswith("torchvision.models"):
+        import torchvision
+
+        keys = sources.classifier_keys(model)
+        k = int(dict(model.named_parameters())[keys[0]].shape[0]) if keys else None
+        for name in torchvision.models.list_models(module=torchvision.models):
+            if torchvision.models.get_model_builder(name).__module__ == module:
+                yield {"kind": "torchvision", "name": name, "num_classes": k, "model_args": {}}
+
+
+def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
+    """True when ``source`` builds a network with ``model``'s tensors that, given its weights, computes the same."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            rebuilt = sources.build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
+    except Exception:  # noqa: BLE001 - a candidate that does not build is simply not the model
+        return False
+    own, new = model.state_dict(), rebuilt.state_dict()
+    if own.keys() != new.keys() or any(own[k].shape != new[k].shape for k in own):
+        return False
+    original, _ = _cpu_float_copy(model)
+    rebuilt.load_state_dict(original.state_dict())
+    rebuilt.eval()
+    size = tuple(sources.data_config(original, source["kind"])["input_size"])
+    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            a, b = original(x), rebuilt(x)
+        except Exception:  # noqa: BLE001
+            return False
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+        torch.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
 def inspect(

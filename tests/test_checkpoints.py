@@ -105,13 +105,28 @@ def test_torchvision_weights_file(tmp_path):
     assert _same_logits(loaded.module, m)
 
 
+class _Custom(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
 def test_pickled_module_needs_trust(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_model(2), path)
     with pytest.raises(UnsafeCheckpointError, match="--trust-pickle"):
         load_model(path)
     loaded = load_model(path, trust_pickle=True)
-    assert loaded.source["kind"] == "module"
+    # a pickled timm network is recognized: converted models rebuild it by name, without the pickle
+    assert loaded.source["kind"] == "timm" and loaded.source["name"] == "test_resnet"
+    assert _same_logits(loaded.module, _model(2))
+    torch.save(_Custom().eval(), tmp_path / "custom.pt")  # a class of the user's own stays a pickled module
+    custom = load_model(tmp_path / "custom.pt", trust_pickle=True)
+    assert custom.source["kind"] == "module" and custom.source["path"].endswith("custom.pt")
 
 
 class _Evil:

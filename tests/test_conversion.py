@@ -8,7 +8,7 @@ import torch
 
 import softcamify
 from softcamify.checkpoints import load_model
-from softcamify.errors import ConversionError, ValidationError
+from softcamify.errors import ConversionError, InputError, ValidationError
 
 # every timm test_* model with a spatial feature map and an exactly decomposable head
 TIMM_TEST_CNNS = [
@@ -138,3 +138,48 @@ def test_a_half_precision_model_converts_in_float32():
         # the half model's weights, read in float32: what fp16 weights mean
         torch.testing.assert_close(sc(x), model.float()(x), atol=1e-5, rtol=1e-5)
         assert (sc(x) - ref).abs().max() < 0.05  # and close to the original float32 model
+
+
+def test_in_memory_models_save_a_file_that_rebuilds_the_same_network(tmp_path):
+    """convert(module) records how to rebuild the backbone only when rebuilding it gives the same network."""
+    import torchvision
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    # torchvision in memory: found by its builder, rebuilt by name
+    tv = torchvision.models.resnet18(num_classes=3).eval()
+    sc = softcamify.convert(tv, input_size=(64, 64), samples=2)
+    assert sc.meta.source["kind"] == "torchvision" and sc.meta.source["name"] == "resnet18"
+    back = softcamify.load(softcamify.save(sc, tmp_path / "tv.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), sc(x))
+    # timm built with a constructor argument softcamify cannot see: never rebuilt as a different network
+    os16 = timm.create_model("test_resnet", num_classes=3, output_stride=16).eval()
+    sc = softcamify.convert(os16, input_size=(64, 64), samples=2)
+    assert sc.meta.source["kind"] == "module"
+    path = softcamify.save(sc, tmp_path / "os16.safetensors")
+    with pytest.raises(InputError, match=r"softcamify\.load\(path, module="):
+        softcamify.load(path)
+    back = softcamify.load(path, module=timm.create_model("test_resnet", num_classes=3, output_stride=16))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), sc(x))
+        assert back.forward_maps(x)[1].shape[-2:] == (4, 4)  # stride 16 at 64 px, as converted
+    # a plain timm model is still rebuilt by name
+    plain = softcamify.convert(timm.create_model("test_resnet", num_classes=3).eval(), input_size=(64, 64), samples=2)
+    assert plain.meta.source["kind"] == "timm" and plain.meta.source["name"] == "test_resnet"
+
+
+def test_a_pickled_torchvision_module_converts_without_depending_on_its_file(tmp_path):
+    import torchvision
+
+    from softcamify.conversion import as_softcam
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=2).eval(), tmp_path / "whole.pth")
+    sc, _ = as_softcam(tmp_path / "whole.pth", trust_pickle=True, input_size=(64, 64))
+    path = softcamify.save(sc, tmp_path / "sc.safetensors")
+    (tmp_path / "whole.pth").unlink()
+    back = softcamify.load(path)  # no --trust-pickle and no pickle file needed
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), sc(x))
