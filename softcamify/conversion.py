@@ -45,6 +45,7 @@ class ConversionReport:
     passed: bool
     rtol: float = DEFAULT_RTOL
     logit_scale: float = 0.0  # max |logit| of the original on the verification inputs
+    logit_spread: float = 0.0  # max over classes of the original's logit range across the inputs (0: constant)
     output: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -150,14 +151,25 @@ def _candidate_sources(model: nn.Module):
 
 def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
     """True when ``source`` builds a network with ``model``'s tensors that, given its weights, computes the same."""
-    try:
+    def build():
         with torch.random.fork_rng(devices=[]):
-            rebuilt = sources.build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
-    except Exception:  # noqa: BLE001 - a candidate that does not build is simply not the model
-        return False
-    own, new = model.state_dict(), rebuilt.state_dict()
+            return sources.build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
+
+    own = model.state_dict()
+    rebuilt = None
+    try:
+        with torch.device("meta"):  # tensors without storage: a candidate's shapes at no cost (even ViT-H)
+            new = build().state_dict()
+    except Exception:  # noqa: BLE001 - some constructors need real tensors: build it for real
+        try:
+            rebuilt = build()
+        except Exception:  # noqa: BLE001 - a candidate that does not build is simply not the model
+            return False
+        new = rebuilt.state_dict()
     if own.keys() != new.keys() or any(own[k].shape != new[k].shape for k in own):
         return False
+    if rebuilt is None:
+        rebuilt = build()
     original, _ = _cpu_float_copy(model)
     rebuilt.load_state_dict(original.state_dict())
     rebuilt.eval()
@@ -194,6 +206,8 @@ def inspect(
     plan, _, _ = analyze(
         work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
     )
+    if plan.exact and (features_layer or classifier):
+        _verify_named_cut(loaded, plan, features_layer, classifier)
     names = loaded.class_names
     return InspectReport(loaded.architecture, dict(loaded.source), sources.count_parameters(module),
                          loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes))
@@ -221,7 +235,7 @@ def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, A
 @torch.no_grad()
 def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch_size: int = 8) -> dict[str, float]:
     """Max/mean |Δlogit|, relative error, top-1 agreement and KL between two models on ``inputs``."""
-    diffs, scales, agree, kls, map_diffs = [], [], [], [], []
+    diffs, scales, agree, kls, map_diffs, refs = [], [], [], [], [], []
     for start in range(0, inputs.shape[0], batch_size):
         x = inputs[start : start + batch_size]
         ref = original(x)
@@ -230,6 +244,7 @@ def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch
         d = (logits - ref).abs()
         diffs.append(d)
         scales.append(ref.abs().max())
+        refs.append(ref.detach().double())
         # decisions and their distributions; a single logit decides between two classes (softcamify.binary)
         ref2, logits2 = two_class(ref.double()), two_class(logits.double())
         agree.append((logits2.argmax(1) == ref2.argmax(1)).float())
@@ -238,6 +253,7 @@ def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch
         kls.append((p.exp() * (p - q)).sum(1))
     d = torch.cat(diffs)
     scale = max(float(torch.stack(scales).max()), 1e-12)
+    all_refs = torch.cat(refs)
     return {
         "max_abs_diff": float(d.max()),
         "mean_abs_diff": float(d.mean()),
@@ -246,7 +262,28 @@ def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch
         "kl_divergence": float(torch.cat(kls).mean().clamp_min(0)),
         "maps_mean_diff": float(torch.stack(map_diffs).max()),
         "logit_scale": scale,
+        "logit_spread": float((all_refs.max(0).values - all_refs.min(0).values).max()),
     }
+
+
+def _verify_named_cut(loaded: LoadedModel, plan: HeadPlan, features_layer: str | None, classifier: str | None) -> None:
+    """A cut named by the user is only as exact as the whole model says: convert on two random inputs and
+    compare with the original (the head may be exact on the named layer while the layer is not what feeds it)."""
+    where = features_layer or "the default features"
+    try:
+        sc = convert(loaded, samples=2, features_layer=features_layer, classifier=classifier)
+    except ValidationError as e:
+        plan.exact = False
+        plan.strategy = None
+        plan.reason = (f"the cut at {where} does not reproduce the model ({str(e).split(';')[0]}); name the "
+                       "layer whose output the classifier reads")
+        return
+    c = sc.meta.conversion
+    if c.get("logit_spread", 1.0) <= 1e-6 * max(c.get("logit_scale", 0.0), 1.0):
+        plan.exact = False
+        plan.strategy = None
+        plan.reason = (f"the cut at {where} cannot be verified: the model's logits do not change with the input "
+                       "(a zero-initialized head?)")
 
 
 def convert(
@@ -336,6 +373,11 @@ def convert(
         passed=stats["max_abs_diff"] <= atol + rtol * stats["logit_scale"] if plan.exact else True,
         **stats,
     )
+    if inputs.shape[0] > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
+        report.notes.append(
+            "the original's logits do not change with the input (e.g. a zero-initialized head): this check "
+            "cannot tell a right conversion from a wrong one; verify with --calibration on real images."
+        )
     if not plan.exact:
         report.notes.append(
             f"approximate conversion ({plan.strategy}: {plan.reason}); fine-tune before use "

@@ -405,7 +405,10 @@ def _discover_csv(
     if not rows:
         raise InputError(f"Labels file {csv_path} has no rows; add 'path,label' lines.")
 
-    bases = [b for b in (data_dir, csv_path.parent) if b is not None]
+    bases: list[Path] = []
+    for b in (data_dir, csv_path.parent):  # DATA_DIR is often the CSV's own folder: search and name it once
+        if b is not None and not any(os.path.realpath(b) == os.path.realpath(seen) for seen in bases):
+            bases.append(b)
     resolved: list[tuple[int, Path, str, str]] = []
     missing: list[str] = []
     for line, rel, label, split in rows:

@@ -9,7 +9,8 @@ pixels) and two outputs, ``logits`` (N×K) and ``evidence`` (N×K×h×w, whose s
 logits), and carries its preprocessing and class names in ``metadata_props`` (see
 :data:`METADATA_KEYS`). Any other single-input ONNX image classifier can be run too when the
 preprocessing is given explicitly (``mean``, ``std``, ``input_size``); its first output (or the one
-named ``logits``) is read as logits, and it has no evidence maps.
+named ``logits``) is read as logits, and it has no evidence maps. A graph exported with a fixed batch
+size (no dynamic batch axis) is run on groups of that many images, so any number of images works.
 """
 
 from __future__ import annotations
@@ -325,20 +326,62 @@ class OnnxModel:
         return int(meta_k) if isinstance(meta_k, int) and names_fit(meta_k, len(self.class_names)) else len(self.class_names)
 
     # --- running ---------------------------------------------------------------------------------
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph was exported with when it is fixed (``None`` when the batch axis is dynamic).
+
+        Exports without dynamic axes (``torch.onnx.export`` without ``dynamic_axes``) take exactly this
+        many images; :meth:`run` feeds them in chunks of that size.
+        """
+        n = self.input.shape[0]
+        return int(n) if isinstance(n, int) and n > 0 else None
+
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits N×K, evidence N×K×h×w or None) as float32 for preprocessed float32 N×C×H×W input."""
+        """(logits N×K, evidence N×K×h×w or None) as float32 for preprocessed float32 N×C×H×W input.
+
+        Any N works: a graph with a fixed batch size B is run on chunks of B images (the last one padded
+        by repeating its last image), and the outputs of the padding are dropped.
+        """
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4:
             raise InputError(f"{self.path} takes N×C×H×W input, not an array of shape {list(x.shape)}.")
         for axis, (want, got) in enumerate(zip(self.input.shape, x.shape, strict=True)):
-            if isinstance(want, int) and want != got:
+            if axis > 0 and isinstance(want, int) and want != got:
                 raise InputError(
                     f"{self.path} takes input of shape {list(self.input.shape)}; got {list(x.shape)} "
                     f"(axis {axis} must be {want})."
                 )
-        feed = {self.input.name: np.ascontiguousarray(x, dtype=self._input_dtype)}
+        x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        batch = self.fixed_batch
+        n = x.shape[0]
+        if batch is None or n == batch:
+            return self._run_once(x)
+        if n == 0:
+            raise InputError(f"{self.path} was given no images (an input of shape {list(x.shape)}).")
+        logits, evidence = [], []
+        for start in range(0, n, batch):
+            chunk = x[start : start + batch]
+            if len(chunk) < batch:  # the graph takes exactly `batch` images: pad, then drop the extra outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            out_logits, out_evidence = self._run_once(chunk)
+            keep = min(batch, n - start)
+            logits.append(self._rows(out_logits, batch, keep))
+            if out_evidence is not None:
+                evidence.append(self._rows(out_evidence, batch, keep))
+        return np.concatenate(logits), (np.concatenate(evidence) if self.evidence_name else None)
+
+    def _rows(self, out: np.ndarray, batch: int, keep: int) -> np.ndarray:
+        if out.ndim == 0 or out.shape[0] != batch:
+            raise InputError(
+                f"{self.path} has a fixed batch size of {batch} but returns an output of shape {list(out.shape)}, "
+                "not one row per image; export it with a batch axis first."
+            )
+        return out[:keep]
+
+    def _run_once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        feed = {self.input.name: x}
         names = [self.logits_name] + ([self.evidence_name] if self.evidence_name else [])
         try:
             out = self.session.run(names, feed)

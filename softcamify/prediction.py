@@ -147,13 +147,20 @@ def load_predictor(
     class_names: Sequence[str] | None = None,
     device: str | None = "cpu",
     trust_pickle: bool = False,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
 ) -> tuple[Any, dict[str, Any], list[str]]:
     """(backend, data config, notes) for ``model``: an ``.onnx`` path or :class:`OnnxModel`
-    (onnxruntime, no torch), or anything :func:`softcamify.onnx_export.load_softcam` loads (torch)."""
+    (onnxruntime, no torch), or anything :func:`softcamify.onnx_export.load_softcam` loads (torch;
+    ``weights``, ``num_classes`` and ``ema`` are passed to it)."""
     from .onnx_runtime import OnnxModel
 
     notes: list[str] = []
     if isinstance(model, OnnxModel) or _is_onnx(model):
+        if weights is not None or num_classes is not None or ema:
+            raise UsageError("--weights, --num-classes and --ema do not apply to an .onnx model; they build a "
+                             "PyTorch model from a checkpoint.")
         if isinstance(model, OnnxModel):
             if any(v is not None for v in (mean, std, input_size, interpolation, crop_pct, crop_mode, class_names)):
                 raise UsageError("Preprocessing overrides need an .onnx path, not an already opened OnnxModel.")
@@ -163,12 +170,16 @@ def load_predictor(
                            crop_pct=crop_pct, crop_mode=crop_mode, class_names=class_names, device=device)
         if om.metadata is None:
             notes.append(f"{om.path.name} has no softcamify metadata; the preprocessing given on the command line is used.")
+        if om.fixed_batch is not None and om.fixed_batch > 1:
+            notes.append(f"{om.path.name} takes exactly {om.fixed_batch} images per run (a fixed batch axis); "
+                         "images are run in groups of that size.")
         return _OnnxBackend(om), dict(om.data_config), notes
 
     from .onnx_export import load_softcam
 
     size = tuple(int(v) for v in input_size)[-2:] if input_size is not None else None
-    sc, notes = load_softcam(model, input_size=size, trust_pickle=trust_pickle)
+    sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
+                             trust_pickle=trust_pickle)
     cfg = dict(sc.meta.data_config)
     for key, value in (("mean", mean), ("std", std), ("interpolation", interpolation), ("crop_pct", crop_pct),
                        ("crop_mode", crop_mode)):
@@ -197,13 +208,18 @@ def predict(
     class_names: Sequence[str] | None = None,
     device: str | None = "cpu",
     trust_pickle: bool = False,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
 ) -> PredictionReport:
     """Top-k classes with probabilities for every image (folders are walked recursively, sorted).
 
     ``model``: an ``.onnx`` export (onnxruntime; torch is never imported), a softcamify
     ``.safetensors``, a fine-tuning checkpoint or anything else softcamify converts (PyTorch).
     Preprocessing comes from the model's metadata; the keyword arguments override it (and are
-    required for an ONNX file without softcamify metadata).
+    required for an ONNX file without softcamify metadata). ``weights``, ``num_classes`` and ``ema``
+    (the EMA weights of a training checkpoint) build a PyTorch model as ``convert`` does; they do not
+    apply to an ``.onnx`` file.
     """
     from .images import preprocess
 
@@ -218,6 +234,7 @@ def predict(
     backend, cfg, notes = load_predictor(
         model, mean=mean, std=std, input_size=input_size, interpolation=interpolation, crop_pct=crop_pct,
         crop_mode=crop_mode, class_names=class_names, device=device, trust_pickle=trust_pickle,
+        weights=weights, num_classes=num_classes, ema=ema,
     )
     c, h, w = (int(v) for v in cfg["input_size"])
     predictions: list[Prediction] = []

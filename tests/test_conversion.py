@@ -183,3 +183,28 @@ def test_a_pickled_torchvision_module_converts_without_depending_on_its_file(tmp
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(back(x), sc(x))
+
+
+def test_a_named_cut_that_skips_part_of_the_network_is_not_called_exact():
+    """torchvision's ViT cut at its patch embedding: the head is affine on that layer, but the layer is not
+    what feeds the classifier. inspect verifies named cuts on the whole model; a constant-logit model
+    (torchvision's zero-initialized ViT head) cannot be verified, and convert says so."""
+    import torchvision
+
+    from softcamify.conversion import inspect
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(  # a small one: still a transformer between cut and head
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3).eval()
+    zero = inspect(vit, input_size=(32, 32), features_layer="conv_proj", classifier="heads.head")
+    assert not zero.plan.exact and "cannot be verified" in zero.plan.reason
+    sc = softcamify.convert(vit, input_size=(32, 32), samples=4, features_layer="conv_proj", classifier="heads.head")
+    assert any("do not change with the input" in n for n in sc.meta.conversion["notes"])
+    torch.nn.init.normal_(vit.heads.head.weight)
+    wrong = inspect(vit, input_size=(32, 32), features_layer="conv_proj", classifier="heads.head")
+    assert not wrong.plan.exact and "does not reproduce the model" in wrong.plan.reason
+    with pytest.raises(ValidationError):
+        softcamify.convert(vit, input_size=(32, 32), samples=4, features_layer="conv_proj", classifier="heads.head")
+    # a right cut is still exact
+    res = timm.create_model("test_resnet", num_classes=3).eval()
+    assert inspect(res, input_size=(64, 64), features_layer="layer4", classifier="fc").plan.exact

@@ -191,6 +191,27 @@ def test_csv_errors(tmp_path):
         discover(tmp_path, labels_csv=val_only)
 
 
+def test_csv_missing_file_names_each_folder_once(tmp_path, monkeypatch):
+    csvd = tmp_path / 'csvd'
+    _img(csvd / 'a.png')
+    labels = csvd / 'labels.csv'
+    labels.write_text('path,label\na.png,cat\ngone.png,dog\n')
+    monkeypatch.chdir(tmp_path)
+    # DATA_DIR is the CSV's folder, spelled the same (relative) or differently (absolute vs relative)
+    for data_dir, csv_arg in (('csvd', 'csvd/labels.csv'), (csvd, 'csvd/labels.csv'), ('csvd/.', labels)):
+        with pytest.raises(InputError) as e:
+            discover(data_dir, labels_csv=csv_arg)
+        msg = str(e.value)
+        assert '(first: gone.png)' in msg and ' or ' not in msg, msg
+        assert msg.endswith(f'paths are relative to {Path(data_dir)}.'), msg
+    # two different folders are both named, DATA_DIR first
+    other = tmp_path / 'other'
+    other.mkdir()
+    with pytest.raises(InputError) as e:
+        discover(other, labels_csv=labels)
+    assert str(e.value).endswith(f'paths are relative to {other} or {csvd}.')
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(InputError, match='does not exist') as e:
         discover(tmp_path / 'nope')

@@ -160,6 +160,50 @@ def test_input_view_undoes_the_center_crop():
     assert arr[..., 0].min() > 200 and arr[..., 1].max() < 40  # only the red square is kept
 
 
+def _bright_centroid(arr: np.ndarray) -> tuple[float, float]:
+    """Centre (x, y) of the bright pixels, in pixel-edge coordinates (a pixel i spans [i, i + 1])."""
+    ys, xs = np.nonzero(np.asarray(arr)[..., 0] > 127)
+    return float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+
+
+@pytest.mark.parametrize(("input_size", "crop_pct"), [((64, 64), 0.875), ((64, 64), 0.95), ((160, 160), 0.875),
+                                                      ((224, 224), 0.875), ((48, 64), 0.9)])
+def test_input_view_of_a_non_square_image_has_the_inputs_aspect_and_stays_aligned(input_size, crop_pct):
+    from softcamify.images import resize_crop
+
+    img = np.zeros((600, 900, 3), np.uint8)  # 900×600: the aspect-preserving resize truncates its width
+    img[150:240, 520:610] = 255  # a bright 90×90 square above and right of the centre
+    cfg = {"input_size": [3, *input_size], "crop_pct": crop_pct, "crop_mode": "center", "interpolation": "bicubic"}
+    view = input_view(Image.fromarray(img), cfg)
+    h, w = input_size
+    if h == w:
+        assert view.width == view.height, view.size  # was e.g. 528×526 at 64 px: square maps stretched
+    assert view.width / view.height == pytest.approx(w / h, abs=1 / min(view.size))
+    assert 224 <= max(view.size) <= 1024
+    # the square sits where the model sees it: same place as a fraction of the view and of the model input
+    seen = resize_crop(Image.fromarray(img), input_size, "bicubic", crop_pct, "center")
+    (mx, my), (vx, vy) = _bright_centroid(seen), _bright_centroid(view)
+    assert vx / view.width == pytest.approx(mx / w, abs=0.5 / w) and vy / view.height == pytest.approx(my / h, abs=0.5 / h)
+
+
+def test_input_view_puts_a_known_feature_at_its_known_place():
+    img = np.zeros((600, 900, 3), np.uint8)
+    img[150:240, 520:610] = 255
+    # 224 px, crop_pct 0.875: resize to 384×256 (×1/2.34375), crop 224×224 at (80, 16): the model sees the
+    # original's box (187.5, 37.5)–(712.5, 562.5), a 525×525 square, so the view is 525×525 at scale 1
+    cfg = {"input_size": [3, 224, 224], "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic"}
+    view = input_view(Image.fromarray(img), cfg)
+    assert view.size == (525, 525)
+    cx, cy = _bright_centroid(view)
+    assert cx == pytest.approx(565 - 187.5, abs=0.1) and cy == pytest.approx(195 - 37.5, abs=0.1)
+    arr = np.asarray(view)[..., 0]
+    assert arr[158, 378] == 255 and arr[158, 300] == 0 and arr[100, 378] == 0  # inside / left of / above it
+    # 'squash' is undone: the view keeps the region's own aspect ratio
+    squash = input_view(Image.fromarray(img), {**cfg, "crop_pct": 1.0, "crop_mode": "squash"})
+    assert squash.size == (900, 600)
+    assert _bright_centroid(squash) == pytest.approx((565, 195), abs=0.1)
+
+
 def test_collect_images_errors(tmp_path, image_dir):
     found = collect_images([image_dir, image_dir / "a.png"])  # a file named twice is explained once
     assert [p.name for p in found] == ["a.png", "b.jpg", "a.png"]
@@ -210,3 +254,28 @@ def test_cli_explain_safetensors_table(models, image_dir, tmp_path):
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["positive"] is True and manifest["cmap"] == "inferno" and manifest["backend"] == "torch"
     assert Path(tmp_path / "o" / manifest["images"][0]["files"]["maps"]).is_file()
+
+
+def test_cli_explain_ema_weights_of_a_training_checkpoint(models, image_dir, tmp_path):
+    import timm
+    import torch
+
+    import softcamify
+
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    ema = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"arch": "test_resnet", "state_dict": m.state_dict(), "state_dict_ema": ema.state_dict()}, ckpt)
+    image = image_dir / "a.png"
+    maps = {}
+    for flag, weights in (([], m), (["--ema"], ema)):
+        out = tmp_path / f"out{len(flag)}"
+        r = run_cli("explain", ckpt, image, "-o", out, "--input-size", "64", "--device", "cpu", *flag)
+        assert r.returncode == 0, r.stderr
+        maps[len(flag)] = np.load(out / "maps" / "a.npy")
+        want = explain(softcamify.convert(weights, input_size=(64, 64), samples=2), image, device="cpu")[0]
+        np.testing.assert_allclose(maps[len(flag)], want.maps, atol=1e-5, rtol=0)
+    assert np.abs(maps[1] - maps[0]).max() > 1e-3  # the EMA weights really were used
+    r = run_cli("explain", models["onnx"], image, "-o", tmp_path / "x", "--ema")
+    assert r.returncode == EXIT_USAGE and "--ema do not apply to an .onnx model" in _one_line_error(r.stderr)

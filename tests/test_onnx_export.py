@@ -135,6 +135,77 @@ def test_fixed_size_backbone_falls_back_to_static_height_and_width(tmp_path):
     assert OnnxModel(out).dynamic_spatial is False
 
 
+# torch.onnx's real error text (torch 2.9–2.14, _core._STEP_ONE_ERROR_MESSAGE + _summarize_exception_stack)
+_TORCH_EXPORT_ERROR = (
+    "Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of exporting the model to ONNX. "
+    "Next steps:\n- Modify the model code for `torch.export.export` to succeed. Refer to "
+    "https://pytorch.org/docs/stable/generated/exportdb/index.html for more information.\n"
+    "- Debug `torch.export.export` and submit a PR to PyTorch.\n- Create an issue in the PyTorch GitHub repository "
+    "against the \x1b[96m*torch.export*\x1b[0m component and attach the full error stack as well as reproduction "
+    "scripts.\n\n## Exception summary\n\n<class 'ValueError'>: Found the following conflicts between "
+    "user-specified ranges and inferred ranges from model tracing:\n- Received user-specified dim hint "
+    "Dim.DYNAMIC(min=None, max=None), but tracing inferred a static shape of 160 for dimension "
+    "inputs['input'].shape[2].\n- Received user-specified dim hint Dim.DYNAMIC(min=None, max=None), but tracing "
+    "inferred a static shape of 160 for dimension inputs['input'].shape[3].\n\n"
+    "(Refer to the full stack trace above for more information.)"
+)
+
+
+def test_clean_error_text_strips_escapes_and_keeps_one_short_line():
+    line = E.clean_error_text(RuntimeError(_TORCH_EXPORT_ERROR))
+    assert line == (
+        "Failed to export the model with torch.export: ValueError: Received user-specified dim hint "
+        "Dim.DYNAMIC(min=None, max=None), but tracing inferred a static shape of 160 for dimension "
+        "inputs['input'].shape[2]."
+    )
+    # colours, bold, 8-bit CSI, an OSC 8 hyperlink, a bell; first line only; whitespace collapsed; length cap
+    text = "\x1b[1;31mboom\x1b[0m:\tsee \x1b]8;;https://x.org\x1b\\docs\x1b]8;;\x1b\\ \x9b32mnow\x07\nsecond line"
+    assert E.clean_error_text(text) == "boom: see docs now"
+    assert E.strip_ansi("a\x1b[96mb\x1b[0mc\x1b(B") == "abc"
+    long = E.clean_error_text("\x1b[96m" + "x" * 500, limit=50)
+    assert len(long) == 50 and long.endswith("…") and "\x1b" not in long
+    assert E.clean_error_text(ValueError("\x1b[0m\n  \n")) == "ValueError"
+
+
+class _AssertSize(nn.Module):
+    """Like timm's patch embeddings (test_vit_relpos, test_maxvit): asserts the input size, so torch.export
+    cannot make height and width dynamic and the dynamo exporter fails with a coloured multi-line error."""
+
+    def forward(self, x):
+        assert x.shape[-2] == 32 and x.shape[-1] == 32, "input must be 32×32"
+        return x
+
+
+def test_static_fallback_note_has_no_escape_codes(tmp_path):
+    model = _tiny()
+    model.features = nn.Sequential(_AssertSize(), *model.features)
+    out = tmp_path / "fixed.onnx"
+    report = E.export_onnx(model, out, exporter="dynamo")
+    assert not report.dynamic_spatial and report.shapes["input"] == ["batch", 3, 32, 32]
+    assert report.attempts[0]["spatial"] == "dynamic" and report.attempts[0]["outcome"] == "export"
+    text = json.dumps(report.to_dict())
+    assert "\x1b" not in text and "\\u001b" not in text, text
+    note = report.spatial_note
+    assert note.startswith("height and width are static: the dynamic-size export failed (the dynamo exporter "
+                           "failed: Failed to export the model with torch.export: ")
+    assert "\n" not in note and "Next steps" not in note and "static shape of 32" in note, note
+    assert note.endswith(").") and len(note) < 400
+    dl, de = _ort_vs_torch(out, model, 2, (32, 32))
+    assert dl <= ATOL and de <= ATOL
+
+
+@pytest.mark.slow
+def test_cli_export_json_of_a_fixed_size_vit_has_a_plain_spatial_note(tmp_path, cli):
+    """QA: ``export test_vit_relpos --json`` put torch's colour codes into spatial_note (about 12 s)."""
+    r = cli("export", "test_vit_relpos", "--num-classes", "3", "-o", tmp_path / "vit.onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\\u001b" not in r.stdout
+    data = json.loads(r.stdout)
+    assert data["exporter"] == "dynamo" and data["dynamic_spatial"] is False
+    assert "static shape of 160" in data["spatial_note"] and "step 1/3" not in data["spatial_note"]
+    assert all("\x1b" not in a.get("error", "") for a in data["attempts"])
+
+
 def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated torch.export failure")

@@ -120,6 +120,86 @@ def plain_onnx(tmp_path_factory):
     return path
 
 
+def test_predict_third_party_onnx_with_a_fixed_batch_of_one(images, tmp_path, cli):
+    """QA: a plain torch.onnx.export (no dynamic_axes) takes exactly one image; predict runs it image by image."""
+    import timm
+    import torch
+
+    from softcamify.images import preprocess
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path / "plain.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter says it is legacy
+        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(path), dynamo=False)
+    r = cli("predict", path, images, "--mean", "0.5", "--std", "0.5", "--json", "-k", "3", "-b", "3")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["preprocessing"]["input_size"] == [3, SIZE, SIZE] and len(data["predictions"]) == 4
+    cfg = data["preprocessing"]
+    x = np.stack([preprocess(p["image"], input_size=(SIZE, SIZE), mean=cfg["mean"], std=cfg["std"],
+                             interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"])
+                  for p in data["predictions"]])
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(x)).double(), dim=1).numpy()
+    for got, probs in zip(data["predictions"], want, strict=True):
+        ranked = [e["probability"] for e in got["top_k"]]
+        assert sorted(e["index"] for e in got["top_k"]) == [0, 1, 2] and ranked == sorted(ranked, reverse=True)
+        np.testing.assert_allclose(ranked, [probs[e["index"]] for e in got["top_k"]], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ema_checkpoint(tmp_path_factory):
+    """A timm training checkpoint whose EMA weights differ from its weights, and the two timm models."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    ema = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path_factory.mktemp("ema") / "checkpoint.pth.tar"
+    torch.save({"epoch": 3, "arch": "test_resnet", "state_dict": m.state_dict(), "state_dict_ema": ema.state_dict()},
+               path)
+    return path, m, ema
+
+
+def _torch_probs(model, report) -> np.ndarray:
+    """Softmax of ``model`` on the images of ``report``, preprocessed as the report says."""
+    import torch
+
+    from softcamify.images import preprocess
+
+    cfg = report["preprocessing"]
+    x = np.stack([preprocess(p["image"], input_size=cfg["input_size"][1:], mean=cfg["mean"], std=cfg["std"],
+                             interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"])
+                  for p in report["predictions"]])
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(x)).double(), dim=1).numpy()
+
+
+def _probs(report) -> np.ndarray:
+    out = np.zeros((len(report["predictions"]), 3))
+    for i, p in enumerate(report["predictions"]):
+        for e in p["top_k"]:
+            out[i, e["index"]] = e["probability"]
+    return out
+
+
+def test_predict_ema_weights_of_a_training_checkpoint(ema_checkpoint, images, models, cli):
+    path, m, ema = ema_checkpoint
+    plain = predict(path, images, top_k=3, device="cpu").to_dict()
+    np.testing.assert_allclose(_probs(plain), _torch_probs(m, plain), atol=1e-5, rtol=0)
+    r = cli("predict", path, images, "--ema", "--json", "-k", "3", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    with_ema = json.loads(r.stdout)
+    np.testing.assert_allclose(_probs(with_ema), _torch_probs(ema, with_ema), atol=1e-5, rtol=0)
+    assert np.abs(_probs(with_ema) - _probs(plain)).max() > 1e-3  # really other weights
+    # an .onnx has no checkpoint to take EMA weights from
+    _fails(cli("predict", models[1], images, "--ema"), 2, "--ema", ".onnx")
+    _fails(cli("predict", models[1], images, "--num-classes", "4"), 2, "--num-classes", ".onnx")
+
+
 def _fails(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     assert r.stdout == "" and "Traceback" not in r.stderr

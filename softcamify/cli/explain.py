@@ -15,6 +15,7 @@ from . import app
 from ._common import (
     DEBUG_OPTION,
     DEVICE_OPTION,
+    EMA_OPTION,
     FORCE_OPTION,
     INPUT_SIZE_OPTION,
     JSON_OPTION,
@@ -73,6 +74,7 @@ def explain(
     weights: Path = WEIGHTS_OPTION,
     num_classes: int = NUM_CLASSES_OPTION,
     input_size: str = INPUT_SIZE_OPTION,
+    ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     force: bool = FORCE_OPTION,
     json_: bool = JSON_OPTION,
@@ -88,7 +90,7 @@ def explain(
         sources = collect_images(images)
         mm = load_map_model(
             model, device=device, weights=weights, num_classes=num_classes,
-            input_size=parse_input_size(input_size), trust_pickle=trust_pickle,
+            input_size=parse_input_size(input_size), ema=ema, trust_pickle=trust_pickle,
         )
         parse_classes(classes, mm.class_names)  # fail on unknown names before any work
         # an image that fails to decode, a full disk or Ctrl-C midway leaves no partial gallery

@@ -103,7 +103,7 @@ def export(
             t.add_row("dynamic", f"batch {'yes' if report.dynamic_batch else 'no'}, "
                                  f"height/width {'yes' if report.dynamic_spatial else 'no'}")
             if report.spatial_note and not report.dynamic_spatial:
-                t.add_row("static size", report.spatial_note)
+                t.add_row("static size", escape(report.spatial_note))
             for ck in report.checks:
                 t.add_row(f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
                           f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, max |Δevidence| {ck['max_abs_diff_evidence']:.2g}")

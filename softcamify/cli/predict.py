@@ -16,8 +16,11 @@ from . import app
 from ._common import (
     DEBUG_OPTION,
     DEVICE_OPTION,
+    EMA_OPTION,
     JSON_OPTION,
+    NUM_CLASSES_OPTION,
     TRUST_PICKLE_OPTION,
+    WEIGHTS_OPTION,
     console,
     handle_errors,
     parse_input_size,
@@ -74,6 +77,9 @@ def predict(
         None, "--class-names", help="Comma-separated class names, or a text file with one per line (overrides the metadata)."
     ),
     device: str = DEVICE_OPTION,
+    weights: Path = WEIGHTS_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     json_: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
@@ -86,7 +92,8 @@ def predict(
         report = run_predict(
             model, images, top_k=top_k, batch_size=batch_size, mean=_floats(mean, "--mean"),
             std=_floats(std, "--std"), input_size=size, interpolation=interpolation, crop_pct=crop_pct,
-            class_names=_class_names(class_names), device=device, trust_pickle=trust_pickle,
+            class_names=_class_names(class_names), device=device, trust_pickle=trust_pickle, weights=weights,
+            num_classes=num_classes, ema=ema,
         )
         if json_:
             print_json(report.to_dict())
