@@ -320,6 +320,13 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
                 "file with --trust-pickle."
             )
         hint = " or --num-classes" if mismatched and not missing and not unexpected else ""
+        if unexpected and not missing and all(k.lower().startswith(("aux", "auxlogits")) for k in unexpected):
+            hint = " or --model-args aux_logits=True (the weights include auxiliary classifiers)"
+        first = next((k for k in own if own[k].ndim == 4), None)  # the stem convolution's weight
+        if first in mismatched and sd[first].shape[0] == own[first].shape[0] and sd[first].shape[1] != own[first].shape[1]:
+            channels = int(sd[first].shape[1])
+            hint = (f" or --model-args in_chans={channels} (the weights take {channels}-channel images)"
+                    if not arch.startswith("torchvision:") else f" (the weights take {channels}-channel images)")
         raise InputError(f"Weights {path} do not fit {arch}: {'; '.join(parts)}; check the architecture name{hint}.")
     model.load_state_dict(sd, strict=False)
     bad = sources.all_finite(dict(model.state_dict()))

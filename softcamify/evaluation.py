@@ -287,17 +287,26 @@ def _default_patch(input_hw: tuple[int, int]) -> tuple[int, int]:
     return patch, stride
 
 
-def _load_original(original: Any, mm: MapModel, trust_pickle: bool) -> Any:
+def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any = None) -> Any:
     import torch
 
     from .checkpoints import LoadedModel, load_model
 
+    if weights is not None and not isinstance(original, str | os.PathLike):
+        raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
     if isinstance(original, torch.nn.Module):
         module = original
     elif isinstance(original, LoadedModel):
         module = original.module
     else:
-        module = load_model(original, trust_pickle=trust_pickle, input_size=tuple(mm.input_size[1:])).module
+        try:
+            module = load_model(original, weights=weights, trust_pickle=trust_pickle,
+                                input_size=tuple(mm.input_size[1:])).module
+        except InputError as e:
+            if "holds weights only" not in str(e):
+                raise
+            raise InputError(f"--original {original} holds weights only; name its architecture: --original ARCH "
+                             f"--original-weights {original}.") from None
     module = module.to(mm.device).eval()
     with torch.no_grad():
         out = module(torch.zeros(1, *mm.input_size, device=mm.device))
@@ -349,6 +358,8 @@ def evaluate(
     weights: str | os.PathLike | None = None,
     num_classes: int | None = None,
     input_size: tuple[int, int] | None = None,
+    ema: bool = False,
+    original_weights: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
@@ -375,8 +386,9 @@ def evaluate(
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
             ``per_image.json`` there.
-        weights, num_classes, input_size: as for :func:`softcamify.checkpoints.load_model` when ``model``
-            is converted on the fly.
+        weights, num_classes, input_size, ema: as for :func:`softcamify.checkpoints.load_model` when
+            ``model`` is converted on the fly.
+        original_weights: weights for ``original`` given as an architecture name (a weights-only file).
         progress: called as ``progress(stage, done, total)``.
     """
     t_start = time.perf_counter()
@@ -413,7 +425,7 @@ def evaluate(
 
         require_gradcam()
     mm = load_map_model(model, device=device, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
-                        input_size=input_size)
+                        input_size=input_size, ema=ema)
     if (methods or original is not None) and mm.kind != "torch":
         raise UsageError("--baselines and --original need a PyTorch model (.safetensors), not an .onnx file.")
     notes: list[str] = []
@@ -445,7 +457,9 @@ def evaluate(
         "max_images": max_images,
     }
 
-    orig_module = _load_original(original, mm, trust_pickle) if original is not None else None
+    if original_weights is not None and original is None:
+        raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
+    orig_module = _load_original(original, mm, trust_pickle, original_weights) if original is not None else None
 
     # ---- pass 1: classification on every image; masks aligned to the input -------------------------
     items = [_Item(p, to_model[y]) for p, y in pairs]

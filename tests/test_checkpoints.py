@@ -293,3 +293,19 @@ def test_hugging_face_folder_with_transformers_id2label(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(
         {"architecture": "test_resnet", "num_classes": 2, "id2label": {"0": "benign", "1": "malignant"}}))
     assert load_model(tmp_path).class_names == ["benign", "malignant"]
+
+
+def test_weights_that_need_model_args_say_which(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    gray = timm.create_model("test_resnet", num_classes=2, in_chans=1)
+    save_file(gray.state_dict(), str(tmp_path / "gray.safetensors"))
+    with pytest.raises(InputError, match="--model-args in_chans=1"):
+        load_model("test_resnet", weights=tmp_path / "gray.safetensors")
+    assert load_model("test_resnet", weights=tmp_path / "gray.safetensors", model_args={"in_chans": 1}).data_config[
+        "input_size"][0] == 1
+    googlenet = torchvision.models.googlenet(num_classes=3, aux_logits=True, init_weights=True)
+    torch.save(googlenet.state_dict(), tmp_path / "googlenet.pth")
+    with pytest.raises(InputError, match="--model-args aux_logits=True"):
+        load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth")

@@ -274,3 +274,22 @@ def test_dataset_classes_are_matched_to_the_models_by_name(tmp_path, folders, ou
     assert res.classification["accuracy"] == 1.0  # every lesion image is scored against the lesion class
     note = " ".join(res.notes)
     assert ("ignored" in note) if outcome == "by name" else ("matched by their order" in note)
+
+
+def test_original_by_architecture_and_weights_file(lesions, tmp_path):
+    """`--original ARCH --original-weights W`: the usual black box is a weights-only state dict."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "black_box.safetensors"
+    save_file({k: v.contiguous() for k, v in lesions["original"].state_dict().items()}, str(weights))
+    r = run_cli("evaluate", lesions["model"], lesions["data"], "--original", weights, "--steps", "2", "--max-images",
+                "0", "--device", "cpu")
+    assert r.returncode == EXIT_INPUT and "--original-weights" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("evaluate", lesions["model"], lesions["data"], "--original", "test_resnet", "--original-weights",
+                weights, "--json", "--steps", "2", "--max-images", "0", "--device", "cpu", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    # the converted model is exact: the black box scores the same
+    assert data["original_classification"]["accuracy"] == data["classification"]["accuracy"]
+    with pytest.raises(UsageError, match="--original-weights needs --original"):
+        evaluate(lesions["model"], lesions["data"], original_weights=weights, device="cpu")

@@ -13,6 +13,7 @@ from . import app
 from ._common import (
     DEBUG_OPTION,
     DEVICE_OPTION,
+    EMA_OPTION,
     FORCE_OPTION,
     INPUT_SIZE_OPTION,
     JSON_OPTION,
@@ -55,6 +56,9 @@ def evaluate(
     original: str = typer.Option(
         None, "--original", help="The original black-box checkpoint (or timm name): classification and baselines for it too."
     ),
+    original_weights: Path = typer.Option(
+        None, "--original-weights", help="Weights of the --original architecture (a weights-only file, e.g. a timm state dict)."
+    ),
     ordinal: bool = typer.Option(False, "--ordinal", help="Ordered classes (grades): add quadratic kappa."),
     output: Path = typer.Option(
         None, "--output", "-o", help="Report folder: index.html (tables, curves, overlays), metrics.json, per_image.json."
@@ -80,6 +84,7 @@ def evaluate(
     weights: Path = WEIGHTS_OPTION,
     num_classes: int = NUM_CLASSES_OPTION,
     input_size: str = INPUT_SIZE_OPTION,
+    ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     force: bool = FORCE_OPTION,
     json_: bool = JSON_OPTION,
@@ -99,7 +104,7 @@ def evaluate(
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
                 steps=steps, pointing_tolerance=pointing_tolerance, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
                 out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
-                input_size=parse_input_size(input_size),
+                input_size=parse_input_size(input_size), ema=ema, original_weights=original_weights,
                 progress=lambda stage, done, total: update(done, total),
             )
         if json_:
