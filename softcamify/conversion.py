@@ -94,7 +94,11 @@ class InspectReport:
         if self.softcam is not None:
             sc = self.softcam
             d.update(strategy=sc.get("strategy"), exact=sc.get("exact"), conversion=sc.get("conversion"),
-                     evidence_grid=sc.get("evidence_grid"), history=sc.get("history"), layout=sc.get("layout"))
+                     evidence_grid=sc.get("evidence_grid"), history=sc.get("history"), layout=sc.get("layout"),
+                     # the same keys as for a classifier: a SoftCAM model's head is its evidence conv
+                     feature_shape=sc.get("feature_shape"), head=sc.get("head_text"), pooling=None, between=[],
+                     classifier="evidence head", convertible=True, reason=None, tried={},
+                     steps=[])
         return d
 
 
@@ -200,6 +204,9 @@ def inspect(
             p = next(module.parameters())
             f = module.forward_features(torch.zeros(1, *loaded.data_config["input_size"], device=p.device, dtype=p.dtype))
         info["evidence_grid"] = [int(f.shape[2]), int(f.shape[3])]
+        info["feature_shape"] = [int(f.shape[1]), int(f.shape[2]), int(f.shape[3])]
+        info["head_text"] = (f"evidence head ({meta.strategy}, {int(f.shape[1])}→{meta.num_classes} per position) → "
+                             "maps → mean over h×w = logits")
         return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
                              loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
     work, _ = _cpu_float_copy(module)

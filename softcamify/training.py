@@ -913,6 +913,11 @@ class _Run:
                 "There are no validation images (val folder or --val-split); best.safetensors is chosen on them."
             )
         val_classes = sorted({s.label for s in splits.val})
+        missing = [n for i, n in enumerate(splits.class_names) if i not in val_classes]
+        if missing and len(val_classes) >= 2:
+            self.note(f"Class {missing[0]!r}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} has no "
+                      "validation images (too few images to split off one): its validation sensitivity is undefined; "
+                      "add images or a val folder.")
         if len(val_classes) < 2:
             raise InputError(
                 f"The validation split has only one class ({splits.class_names[val_classes[0]]}); add validation "

@@ -229,3 +229,17 @@ def test_convert_verifies_on_calibration_images(tmp_path):
     assert data["calibration_images"] == 3 and data["samples"] == 2 and data["exact"] is True
     _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "x.safetensors", "--calibration", tmp_path / "none"),
                   EXIT_INPUT, "--calibration")
+
+
+def test_inspect_json_of_a_softcamify_model_has_the_classifier_keys(tmp_path):
+    import softcamify
+
+    sc = softcamify.convert(timm.create_model("test_resnet", num_classes=3).eval(), input_size=(64, 64), samples=2)
+    path = softcamify.save(sc, tmp_path / "m.safetensors")
+    plain = json.loads(run_cli("inspect", "test_resnet", "--json").stdout)
+    r = run_cli("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(plain) <= set(d)  # scripts read the same keys for a classifier and a SoftCAM model
+    assert d["feature_shape"] == [96, 2, 2] and d["evidence_grid"] == [2, 2] and d["is_softcam"]
+    assert "linear" in d["head"] and d["convertible"]

@@ -337,3 +337,12 @@ def test_result_is_json_ready(plain_run):
     text = json.dumps(d, allow_nan=False)
     assert "model" not in d and json.loads(text)["epochs_completed"] == 4
     assert math.isfinite(d["train_images_per_s"])
+
+
+def test_a_class_too_small_for_validation_is_noted(tmp_path):
+    root = make_dataset(tmp_path / "data", n=8, classes=("a", "b"))
+    make_dataset(tmp_path / "extra", n=1, classes=("c",))
+    (tmp_path / "extra" / "c").rename(root / "c")  # one image: nothing to split off for validation
+    rep = SigintAt(epoch=99)  # never fires: collects the notes
+    finetune("test_resnet", root, tmp_path / "run", replace(BASE, epochs=1, num_classes=3), reporter=rep)
+    assert any("Class 'c' has no validation images" in n for n in rep.notes)
