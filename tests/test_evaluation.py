@@ -293,3 +293,17 @@ def test_original_by_architecture_and_weights_file(lesions, tmp_path):
     assert data["original_classification"]["accuracy"] == data["classification"]["accuracy"]
     with pytest.raises(UsageError, match="--original-weights needs --original"):
         evaluate(lesions["model"], lesions["data"], original_weights=weights, device="cpu")
+
+
+def test_original_that_is_itself_a_softcam_model_is_split_at_its_backbone(lesions):
+    """Grad-CAM and LayerCAM on `--original` given as a SoftCAM model hook its last feature map — the same
+    as on the model itself — not the evidence maps (where the two methods coincide)."""
+    pytest.importorskip("pytorch_grad_cam")
+    import softcamify
+
+    sc = softcamify.load(lesions["model"])
+    res = evaluate(sc, lesions["data"], baselines="gradcam,layercam", original=softcamify.load(lesions["model"]),
+                   steps=2, device="cpu")
+    m = {s["key"]: s["metrics"]["activation_precision"]["mean"] for s in res.method_summaries()}
+    assert m["original:gradcam"] == pytest.approx(m["gradcam"], abs=1e-6)
+    assert m["original:layercam"] == pytest.approx(m["layercam"], abs=1e-6)
