@@ -198,7 +198,9 @@ def test_second_run_refused_then_ctrl_c_and_the_printed_resume_command(data, ref
 
 # A write that stops half-way (after half the bytes reached the temporary file) until it is killed.
 SLOW_WRITE = r"""
-import os, pathlib, sys, time
+import os, pathlib, signal, sys, time
+# Ctrl-C as in a terminal, even when the test runner was started with SIGINT ignored (a background job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _write_bytes = pathlib.Path.write_bytes
 def slow_write_bytes(self, data):
     if not self.name.endswith(".tmp"):
