@@ -236,14 +236,19 @@ def predict(
         crop_mode=crop_mode, class_names=class_names, device=device, trust_pickle=trust_pickle,
         weights=weights, num_classes=num_classes, ema=ema,
     )
+    from .images import DEFAULT_CROP_PCT
+
+    # the preprocessing actually applied (defaults filled in), as reported
+    cfg = {**cfg, "interpolation": cfg.get("interpolation") or "bicubic",
+           "crop_pct": cfg.get("crop_pct") or DEFAULT_CROP_PCT, "crop_mode": cfg.get("crop_mode") or "center"}
     c, h, w = (int(v) for v in cfg["input_size"])
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         x = np.stack([
             preprocess(p, input_size=(h, w), mean=cfg["mean"], std=cfg["std"],
-                       interpolation=cfg.get("interpolation") or "bicubic", crop_pct=cfg.get("crop_pct"),
-                       crop_mode=cfg.get("crop_mode") or "center", channels=c)
+                       interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"],
+                       channels=c)
             for p in chunk
         ])
         logits = backend.run(x)

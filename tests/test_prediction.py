@@ -138,6 +138,7 @@ def test_predict_third_party_onnx_with_a_fixed_batch_of_one(images, tmp_path, cl
     data = json.loads(r.stdout)
     assert data["preprocessing"]["input_size"] == [3, SIZE, SIZE] and len(data["predictions"]) == 4
     cfg = data["preprocessing"]
+    assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"  # what was applied, not null
     x = np.stack([preprocess(p["image"], input_size=(SIZE, SIZE), mean=cfg["mean"], std=cfg["std"],
                              interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"])
                   for p in data["predictions"]])
