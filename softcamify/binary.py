@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decision_names", "is_binary", "names_fit", "probabilities", "two_class"]
+__all__ = ["classes_phrase", "decision_names", "is_binary", "names_fit", "probabilities", "two_class"]
 
 
 def is_binary(num_logits: int) -> bool:
@@ -30,6 +30,13 @@ def is_binary(num_logits: int) -> bool:
 def names_fit(num_logits: int, num_names: int) -> bool:
     """Whether ``num_names`` class names suit a model with ``num_logits`` outputs (one logit: 1 or 2 names)."""
     return int(num_names) == int(num_logits) or (is_binary(num_logits) and int(num_names) == 2)
+
+
+def classes_phrase(num_logits: int) -> str:
+    """``"3 classes"``, or for one logit ``"one logit (a binary classifier: give 1 or 2 class names)"``."""
+    if is_binary(num_logits):
+        return "one logit (a binary classifier: give 1 or 2 class names, negative first)"
+    return f"{int(num_logits)} classes"
 
 
 def decision_names(class_names: Sequence[str], num_logits: int) -> list[str]:

@@ -196,7 +196,8 @@ def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str
 
 def _read_train_args(args: Any, info: dict[str, Any]) -> None:
     """What timm's ``train.py`` stores in a checkpoint's ``args`` and needs to rebuild the same model: the
-    constructor arguments it passed to ``create_model`` (``--gp``, ``--in-chans``, ``--model-kwargs``) and the
+    constructor arguments it passed to ``create_model`` that shape the eval network (``--gp``, ``--in-chans``,
+    ``--bn-eps``, ``--model-kwargs``) and the
     data config (``--img-size``/``--input-size``, ``--mean``, ``--std``, ``--crop-pct``, ``--interpolation``)."""
     if isinstance(args, argparse.Namespace):
         args = vars(args)
@@ -209,6 +210,8 @@ def _read_train_args(args: Any, info: dict[str, Any]) -> None:
         model_args["global_pool"] = args["gp"]
     if isinstance(args.get("in_chans"), int) and args["in_chans"] > 0:
         model_args["in_chans"] = args["in_chans"]
+    if isinstance(args.get("bn_eps"), float | int) and not isinstance(args["bn_eps"], bool) and args["bn_eps"] > 0:
+        model_args["bn_eps"] = float(args["bn_eps"])  # changes eval outputs (bn_momentum only affects training)
     if isinstance(args.get("model_kwargs"), dict):
         model_args.update({str(k): v for k, v in args["model_kwargs"].items() if k != "num_classes"})
     if model_args:
@@ -748,6 +751,12 @@ def softcam_from_state(
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         example = (missing or unexpected or mismatched)[0]
+        if module is not None:
+            raise InputError(
+                f"The module given to load {path} is not the network it was converted from ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors, e.g. {example}); pass an instance "
+                f"of {meta.source.get('class') or meta.architecture} built as when it was converted."
+            )
         raise InputError(
             f"{path} does not match its own metadata ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(mismatched)} mis-shaped tensors, e.g. {example}); the file is corrupt."

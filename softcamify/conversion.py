@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import sources
-from .binary import names_fit, two_class
+from .binary import classes_phrase, names_fit, two_class
 from .checkpoints import LoadedModel
 from .errors import ConversionError, UsageError, ValidationError
 from .heads import HeadPlan, analyze, backbone_of
@@ -339,7 +339,7 @@ def convert(
     if class_names is None:
         class_names = loaded.class_names
     if class_names is not None and not names_fit(k, len(class_names)):
-        raise UsageError(f"--class-names lists {len(class_names)} names but the model has {k} classes.")
+        raise UsageError(f"--class-names lists {len(class_names)} names but the model has {classes_phrase(k)}.")
     source = dict(loaded.source)
     source["split"] = split
     if features_layer or classifier:

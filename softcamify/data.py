@@ -285,10 +285,11 @@ def _finish(
         splits: dict[str, list[Sample]],
         where: str,
         need_train: bool = True,
+        min_classes: int = 2,
 ) -> None:
     if not class_names:
         raise InputError(f"{where} contains no class folders; expected {where}/<class>/<image files>.")
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise InputError(f"{where} has only one class ({class_names[0]}); a classifier needs at least two.")
     if not need_train:
         return
@@ -305,6 +306,7 @@ def _discover_splits(
         seed: int,
         class_names: Sequence[str] | None,
         skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
 ) -> DatasetSplits:
     per_split = {name: _scan_class_folders(d, skipped) for name, d in split_dirs.items()}
     if 'train' in per_split:
@@ -332,7 +334,7 @@ def _discover_splits(
         vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
         samples['train'], samples['val'] = _stratified_split(samples['train'], names, vs, seed)
         source = f"{split_dirs['train']} split {1 - vs:g}/{vs:g} (seed {seed})"
-    _finish(names, samples, str(root), need_train='train' in split_dirs)
+    _finish(names, samples, str(root), need_train='train' in split_dirs, min_classes=min_classes)
     return DatasetSplits(names, samples['train'], samples['val'], samples['test'], source, 'splits', root, skipped)
 
 
@@ -342,6 +344,7 @@ def _discover_folders(
         seed: int,
         class_names: Sequence[str] | None,
         skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
 ) -> DatasetSplits:
     classes = _scan_class_folders(root, skipped, mask_trees=True)
     if not classes:
@@ -353,7 +356,7 @@ def _discover_folders(
     everything = [Sample(p, index[c]) for c in sorted(classes) for p in classes[c]]
     vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
     train, val = _stratified_split(everything, names, vs, seed)
-    _finish(names, {'train': train, 'val': val, 'test': []}, str(root))
+    _finish(names, {'train': train, 'val': val, 'test': []}, str(root), min_classes=min_classes)
     return DatasetSplits(
         names, train, val, [], f"class folders in {root} split {1 - vs:g}/{vs:g} (seed {seed})",
         'folders', root, skipped,
@@ -375,6 +378,7 @@ def _discover_csv(
         seed: int,
         class_names: Sequence[str] | None,
         skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
 ) -> DatasetSplits:
     if not csv_path.exists():
         raise InputError(f"Labels file {csv_path} does not exist; check --labels.")
@@ -469,7 +473,8 @@ def _discover_csv(
         vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
         samples['train'], samples['val'] = _stratified_split(samples['train'], names, vs, seed)
         source = f"{csv_path} split {1 - vs:g}/{vs:g} (seed {seed})"
-    _finish(names, samples, str(csv_path), need_train=bool(samples['train']) or not has_split)  # eval-only CSV
+    _finish(names, samples, str(csv_path), need_train=bool(samples['train']) or not has_split,  # eval-only CSV
+            min_classes=min_classes)
     return DatasetSplits(
         names, samples['train'], samples['val'], samples['test'], source, 'csv', data_dir or csv_path.parent, skipped
     )
@@ -490,6 +495,7 @@ def discover(
         seed: int = 0,
         strict: bool = False,
         class_names: Sequence[str] | None = None,
+        min_classes: int = 2,
 ) -> DatasetSplits:
     """Find the images and labels of a dataset and split them into train/val(/test).
 
@@ -504,6 +510,7 @@ def discover(
         strict: Empty files and broken links are an error instead of being skipped (listed in
             ``skipped``). Decoding every image is :func:`verify_samples`' job.
         class_names: A fixed class order (e.g. the model's); folders or labels outside it are an error.
+        min_classes: Fewer classes are an error (2 for training; 1 to evaluate on one class's images).
 
     A folder with a ``train``, ``val`` (``valid``, ``validation``) or ``test`` subfolder is read as split
     folders (other subfolders, e.g. ``masks``, are ignored); without ``train`` it is an evaluation set
@@ -524,7 +531,7 @@ def discover(
         if not root.is_dir():
             raise InputError(f"Dataset path {root} is a file; DATA_DIR must be a folder (a CSV goes to --labels).")
     if labels_csv is not None:
-        result = _discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped)
+        result = _discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped, min_classes=min_classes)
     elif root is None:
         raise UsageError("Give a dataset folder (DATA_DIR) or a labels CSV (--labels).")
     else:
@@ -537,9 +544,10 @@ def discover(
                     break
             if 'test' in subdirs:
                 split_dirs['test'] = subdirs['test']
-            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped)
+            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped,
+                                      min_classes=min_classes)
         else:
-            result = _discover_folders(root, val_split, seed, class_names, skipped)
+            result = _discover_folders(root, val_split, seed, class_names, skipped, min_classes=min_classes)
     _check_strict(result.skipped, strict)
     return result
 

@@ -165,7 +165,7 @@ def evaluation_samples(
     if split not in SPLIT_NAMES:
         raise UsageError(f"--split {split!r} is not one of {', '.join(SPLIT_NAMES)}.")
     root = Path(data_dir)
-    splits = discover(root)
+    splits = discover(root, min_classes=1)  # one class: its images still score (accuracy, explanations)
     if splits.layout == "splits":
         samples = splits.split(split)
         if not samples:
@@ -190,7 +190,9 @@ def evaluation_samples(
     return pairs, names, desc
 
 
-def _label_map(ds_names: Sequence[str], model_names: Sequence[str], notes: list[str]) -> tuple[list[int], list[str]]:
+def _label_map(
+    ds_names: Sequence[str], model_names: Sequence[str], notes: list[str], binary: bool = False
+) -> tuple[list[int], list[str]]:
     """Dataset label -> model class index, and the class names to report.
 
     Classes are matched by name (exactly, else ignoring case and surrounding spaces). Only when no name is
@@ -200,6 +202,11 @@ def _label_map(ds_names: Sequence[str], model_names: Sequence[str], notes: list[
     model = list(model_names)
     if set(ds_names) <= set(model):
         return [model.index(n) for n in ds_names], model
+    if (binary and len(ds_names) == 2 and model[1] in ds_names and model[0] in ("negative", f"not_{model[1]}")):
+        # a single-logit model named by its positive class (softcamify.binary): the other folder is the negative
+        other = next(d for d in ds_names if d != model[1])
+        notes.append(f"The model names only its positive class ({model[1]}); {other} is read as its negative class.")
+        return [0 if d == other else 1 for d in ds_names], [other, model[1]]
 
     def norm(name: str) -> str:
         return name.strip().casefold()
@@ -430,7 +437,7 @@ def evaluate(
         raise UsageError("--baselines and --original need a PyTorch model (.safetensors), not an .onnx file.")
     notes: list[str] = []
     pairs, ds_names, desc = evaluation_samples(root, split, mask_root)
-    to_model, report_names = _label_map(ds_names, mm.class_names, notes)
+    to_model, report_names = _label_map(ds_names, mm.class_names, notes, binary=mm.num_logits == 1)
     cfg = mm.data_config
     in_hw = (mm.input_size[1], mm.input_size[2])
     d_patch, d_stride = _default_patch(in_hw)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .binary import classes_phrase as _classes_phrase
 from .binary import names_fit
 from .errors import InputError, UsageError
 
@@ -314,7 +315,7 @@ class OnnxModel:
                 raise UsageError(f"{self.path} does not say how many classes it has; pass --class-names.")
             return [f"class_{i}" for i in range(k)]
         if k is not None and not names_fit(k, len(names)):
-            raise UsageError(f"{len(names)} class names were given but {self.path} has {k} classes.")
+            raise UsageError(f"{len(names)} class names were given but {self.path} has {_classes_phrase(k)}.")
         return names
 
     def _num_logits(self, logits_shape: Sequence[Any]) -> int:

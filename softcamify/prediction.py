@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .binary import decision_names, is_binary, names_fit, probabilities
+from .binary import classes_phrase, decision_names, is_binary, names_fit, probabilities
 from .errors import UsageError
 
 DEFAULT_TOP_K = 5
@@ -188,7 +188,8 @@ def load_predictor(
     backend = _TorchBackend(sc, device)
     if class_names is not None:
         if not names_fit(sc.meta.num_classes, len(class_names)):
-            raise UsageError(f"{len(class_names)} class names were given but the model has {sc.meta.num_classes} classes.")
+            raise UsageError(f"{len(class_names)} class names were given but the model has "
+                             f"{classes_phrase(sc.meta.num_classes)}.")
         backend.class_names = [str(c) for c in class_names]
     return backend, cfg, notes
 

@@ -849,7 +849,8 @@ class _Run:
             return sc, splits
         if k != len(found):
             raise InputError(
-                f"The model has {k} classes but the data has {len(found)} ({', '.join(found)}); pass --reset-head "
+                f"The model has {k} classes{' (one logit: binary)' if is_binary(sc.meta.num_classes) else ''} but the "
+                f"data has {len(found)} ({', '.join(found)}); pass --reset-head "
                 "to re-initialize the evidence conv for them."
             )
         if generic:

@@ -121,7 +121,8 @@ def test_convert_is_exact_and_keeps_one_evidence_map(binary_setup, tmp_path):
     assert maps.shape == (3, 1, 2, 2)
     r = run_cli("convert", "test_resnet", "--weights", binary_setup["weights"], "-o", tmp_path / "x.safetensors",
                 "--class-names", "a,b,c")
-    assert r.returncode == 2 and "3 names" in r.stderr and not (tmp_path / "x.safetensors").exists()
+    assert r.returncode == 2 and "3 names" in r.stderr and "one logit" in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_predict_torch_and_onnx_give_the_sigmoid(binary_setup, tmp_path):
@@ -249,3 +250,26 @@ def test_fidelity_reads_the_single_logit_as_a_decision(binary_setup):
     same, flipped = compare(module, sc, x), compare(Flipped(), sc, x)
     assert same["top1_agreement"] == 1.0 and same["kl_divergence"] < 1e-12
     assert flipped["top1_agreement"] == 0.0 and flipped["kl_divergence"] > 0  # argmax of one column would say 1.0
+
+
+def test_evaluate_a_model_named_by_its_positive_class_only(binary_setup, tmp_path):
+    """One name (the positive class): the data's other folder is the negative class, as in finetune; and a
+    folder of one class only still evaluates."""
+    from softcamify.evaluation import evaluate
+
+    loaded = softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48))
+    sc = softcamify.convert(loaded, class_names=["bright"], samples=2)
+    res = evaluate(sc, binary_setup["data"], split="test", steps=2, device="cpu", max_images=0)
+    assert res.classification["class_names"] == ["dark", "bright"]
+    assert any("dark is read as its negative class" in n for n in res.notes)
+    assert res.counts["images"] == 12
+    two = softcamify.convert(loaded, class_names=["dark", "bright"], samples=2)
+    ref = evaluate(two, binary_setup["data"], split="test", steps=2, device="cpu", max_images=0)
+    assert res.classification["accuracy"] == ref.classification["accuracy"]
+    assert res.classification["roc_auc"] == pytest.approx(ref.classification["roc_auc"])
+    only = tmp_path / "only"
+    (only / "bright").mkdir(parents=True)
+    for p in (binary_setup["data"] / "test" / "bright").glob("*.png"):
+        (only / "bright" / p.name).write_bytes(p.read_bytes())
+    one = evaluate(two, only, steps=2, device="cpu", max_images=0)
+    assert one.counts["images"] == 6

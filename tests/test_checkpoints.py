@@ -269,7 +269,7 @@ def test_timm_training_checkpoint_rebuilds_the_model_its_args_describe(tmp_path)
     model = timm.create_model("test_resnet", num_classes=3, global_pool="max").eval()
     args = argparse.Namespace(model="test_resnet", gp="max", num_classes=3, in_chans=None, model_kwargs={},
                               img_size=96, input_size=None, mean=[0.2, 0.2, 0.2], std=[0.3, 0.3, 0.3],
-                              crop_pct=0.9, interpolation="bicubic")
+                              crop_pct=0.9, interpolation="bicubic", bn_eps=None, bn_momentum=None)
     torch.save({"epoch": 5, "arch": "test_resnet", "state_dict": model.state_dict(), "args": args},
                tmp_path / "model_best.pth.tar")
     loaded = load_model(tmp_path / "model_best.pth.tar")
@@ -309,3 +309,22 @@ def test_weights_that_need_model_args_say_which(tmp_path):
     torch.save(googlenet.state_dict(), tmp_path / "googlenet.pth")
     with pytest.raises(InputError, match="--model-args aux_logits=True"):
         load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth")
+
+
+def test_timm_training_checkpoint_with_bn_eps(tmp_path):
+    """`train.py --bn-eps` changes every BatchNorm's eval output: it must reach the rebuilt model."""
+    import argparse
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=2, bn_eps=0.5).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.1, 2.0)
+    args = argparse.Namespace(model="test_efficientnet", num_classes=2, bn_eps=0.5, bn_momentum=None, gp=None,
+                              in_chans=None, model_kwargs={}, img_size=64)
+    torch.save({"arch": "test_efficientnet", "state_dict": model.state_dict(), "args": args}, tmp_path / "ck.pth.tar")
+    loaded = load_model(tmp_path / "ck.pth.tar")
+    assert loaded.source["model_args"] == {"bn_eps": 0.5}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), model(x))

@@ -160,6 +160,8 @@ def test_in_memory_models_save_a_file_that_rebuilds_the_same_network(tmp_path):
     path = softcamify.save(sc, tmp_path / "os16.safetensors")
     with pytest.raises(InputError, match=r"softcamify\.load\(path, module="):
         softcamify.load(path)
+    with pytest.raises(InputError, match="is not the network it was converted from"):
+        softcamify.load(path, module=timm.create_model("test_convnext", num_classes=3))
     back = softcamify.load(path, module=timm.create_model("test_resnet", num_classes=3, output_stride=16))
     with torch.no_grad():
         torch.testing.assert_close(back(x), sc(x))

@@ -170,7 +170,7 @@ def convert(
         t.add_column("value")
         exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
         t.add_row("strategy", f"{report['strategy']} ({exact})")
-        t.add_row("classes", _classes_text(report["num_classes"]))
+        t.add_row("classes", _classes_text(report["num_classes"], softcam.meta.class_names))
         t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
         t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
                   f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
