@@ -502,8 +502,11 @@ def build_cases(p: Paths) -> dict[str, Case]:
     # 4. datasets that cannot be used
     c["evaluate-dataset-without-classes"] = Case(["evaluate", M, str(D / "ds_empty")], EXIT_INPUT,
                                                  (str(D / "ds_empty"), "no class folders"))
-    c["evaluate-dataset-with-one-class"] = Case(["evaluate", M, str(D / "ds_one")], EXIT_INPUT,
-                                                (str(D / "ds_one"), "one class"))
+    # one class folder is a valid evaluation set, but this one is not among the model's classes
+    c["evaluate-dataset-with-one-unknown-class"] = Case(["evaluate", M, str(D / "ds_one")], EXIT_INPUT,
+                                                        ("only", "classes"))
+    c["finetune-dataset-with-one-class"] = Case(["finetune", M, str(D / "ds_one"), "-o", o("f1"), "-j", "0"],
+                                                EXIT_INPUT, (str(D / "ds_one"), "one class"), (o("f1"),))
     c["evaluate-dataset-missing"] = Case(["evaluate", M, str(D / "nowhere")], EXIT_INPUT, (str(D / "nowhere"),))
 
     # 5. options that would exhaust memory or divide by zero
