@@ -174,16 +174,20 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
         return False
     if rebuilt is None:
         rebuilt = build()
-    original, _ = _cpu_float_copy(model)
+    original, _ = _on_cpu_float32(model)
     rebuilt.load_state_dict(original.state_dict())
     rebuilt.eval()
     size = tuple(sources.data_config(original, source["kind"])["input_size"])
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    training = original.training
+    original.eval()  # compared in eval mode; the caller's model keeps its mode
     with torch.no_grad():
         try:
             a, b = original(x), rebuilt(x)
         except Exception:  # noqa: BLE001
             return False
+        finally:
+            original.train(training)
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
         torch.allclose(a, b, rtol=1e-5, atol=1e-6))
 
@@ -209,7 +213,7 @@ def inspect(
                              "maps → mean over h×w = logits")
         return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
                              loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
-    work, _ = _cpu_float_copy(module)
+    work = copy.deepcopy(module).to("cpu").float().eval()  # analysis on the CPU in float32; the model untouched
     plan, _, _ = analyze(
         work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
     )
@@ -321,7 +325,7 @@ def convert(
     data_config = dict(loaded.data_config)
     # analysis (float64 probes) and verification run on the CPU in float32, whatever the model's device and
     # dtype; the SoftCAM model is returned on the model's device
-    original, device = _cpu_float_copy(original)
+    original, device = _on_cpu_float32(original)
     work = copy.deepcopy(original).eval()
     size = tuple(data_config["input_size"])
     plan, _, evidence = analyze(work, size, features_layer=features_layer, classifier=classifier)
@@ -399,8 +403,8 @@ def convert(
     return softcam.to(device)
 
 
-def _cpu_float_copy(module: nn.Module) -> tuple[nn.Module, torch.device]:
-    """(``module`` in eval mode on the CPU in float32 — a copy when it is elsewhere —, its original device)."""
+def _on_cpu_float32(module: nn.Module) -> tuple[nn.Module, torch.device]:
+    """(``module`` on the CPU in float32 — itself when it already is, else a copy —, its original device)."""
     tensor = next(iter(module.parameters()), None)
     if tensor is None:
         tensor = next(iter(module.buffers()), None)
@@ -408,8 +412,8 @@ def _cpu_float_copy(module: nn.Module) -> tuple[nn.Module, torch.device]:
     on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
                       for t in [*module.parameters(), *module.buffers()])
     if on_cpu_fp32:
-        return copy.deepcopy(module).eval(), device
-    return copy.deepcopy(module).to("cpu").float().eval(), device
+        return module, device
+    return copy.deepcopy(module).to("cpu").float(), device
 
 
 def conversion_report(model: SoftCAM) -> ConversionReport:

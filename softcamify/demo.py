@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ._version import __version__
 from .errors import InputError, OutputError
+from .report import format_fixed as _fmt
 
 __all__ = [
     "ASSETS",
@@ -360,16 +361,6 @@ def _pick(items: list[dict[str, Any]], split: str, per_class: int, classes: list
             if j < len(by_class[c]):
                 out.append(by_class[c][j])
     return out
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v != v:
-            return "—"
-        return f"{v:.{digits}f}" if v == 0 or 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"
-    return str(v)
 
 
 def run_demo(

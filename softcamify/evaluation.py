@@ -299,8 +299,6 @@ def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any
 
     from .checkpoints import LoadedModel, load_model
 
-    if weights is not None and not isinstance(original, str | os.PathLike):
-        raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
     if isinstance(original, torch.nn.Module):
         module = original
     elif isinstance(original, LoadedModel):
@@ -464,7 +462,7 @@ def evaluate(
         "max_images": max_images,
     }
 
-    if original_weights is not None and original is None:
+    if original_weights is not None and not isinstance(original, str | os.PathLike):
         raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
     orig_module = _load_original(original, mm, trust_pickle, original_weights) if original is not None else None
 

@@ -92,6 +92,18 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_fixed(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals (scientific outside 1e-3 … 1e4), ``None``/``nan`` as an em dash:
+    the terminal summaries of ``finetune`` and ``demo``."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        if value != value:
+            return MISSING
+        return f"{value:.{digits}f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+    return str(value)
+
+
 def _is_number(value: Any) -> bool:
     return (
         isinstance(value, numbers.Real)

@@ -764,7 +764,7 @@ class _Run:
         if self.cfg.resume:
             self.state = load_state(self.last_path)
             self.merge_resumed_config(self.state)
-        elif self.cfg.epochs is None:
+        if self.cfg.epochs is None:  # not given, and not planned by a resumed run
             self.cfg.epochs = DEFAULT_EPOCHS
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
@@ -781,8 +781,6 @@ class _Run:
             if name in RESUME_KEEP_UNLESS_GIVEN and getattr(current, name) is None:
                 continue  # not given again: the run's own plan
             setattr(stored, name, getattr(current, name))
-        if stored.epochs is None:
-            stored.epochs = DEFAULT_EPOCHS
         if changed:
             self.note("Resuming with the run's stored settings; ignored the new "
                       + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + ".")

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..report import format_fixed as _fmt
 from . import app
 from ._common import (
     DEBUG_OPTION,
@@ -32,16 +33,6 @@ from ._common import (
 
 EXIT_FILE_ENV = "SOFTCAMIFY_EXIT_FILE"  # where rank 0 leaves its exit code for the --nproc launcher
 ARGV_ENV = "SOFTCAMIFY_LAUNCH_ARGV"  # the --nproc command line, for the resume hint printed by rank 0
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v != v:
-            return "—"
-        return f"{v:.{digits}f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
-    return str(v)
 
 
 class ConsoleReporter:
