@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ class ConversionReport:
     logit_spread: float = 0.0  # max over classes of the original's logit range across the inputs (0: constant)
     output: str | None = None
     notes: list[str] = field(default_factory=list)
+    # --output-stride: the stride asked for (None: the model as it is), the original's evidence grid, and
+    # max |Δlogit| of the SoftCAM model against the dilated classifier itself (its head conversion alone)
+    output_stride: int | None = None
+    original_grid: list[int] | None = None
+    dilated_max_abs_diff: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +72,7 @@ class InspectReport:
     plan: HeadPlan | None
     softcam: dict[str, Any] | None = None  # metadata of a softcamify checkpoint
     notes: list[str] = field(default_factory=list)
+    grids: dict[int, list[int]] = field(default_factory=dict)  # evidence grid by --output-stride (32: as is)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -82,6 +88,7 @@ class InspectReport:
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "notes": self.notes,
+            "grids": {str(k): list(v) for k, v in self.grids.items()},
         }
         if self.plan is not None:
             p = self.plan.to_dict()
@@ -111,9 +118,11 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         return model
     if not isinstance(model, nn.Module):
         raise UsageError(f"convert() takes an nn.Module or a LoadedModel, not {type(model).__name__}.")
-    if isinstance(model, SoftCAM):
-        return LoadedModel(model, dict(model.meta.source), sources.data_config(model, "module", input_size=input_size),
-                           None, None, [])
+    if isinstance(model, SoftCAM):  # its own preprocessing, not a guess from the module
+        cfg = dict(model.meta.data_config)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
     source = module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
@@ -192,6 +201,161 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
         torch.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
+# --- finer evidence grids (--output-stride) -----------------------------------------------------------
+def _feature_grid(model: nn.Module, size: tuple[int, ...], device: str,
+                  features_layer: str | None = None, classifier: str | None = None) -> list[int]:
+    """[h, w] of ``model``'s last feature map at ``size``, cut as convert cuts it (run on ``device``: "meta"
+    computes shapes only)."""
+    from .heads import split_model
+
+    x = torch.zeros(1, *size, device=device)
+    timm_like = all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head"))
+    with torch.no_grad():
+        if timm_like and not (features_layer or classifier):
+            f = model.forward_features(x)
+        else:
+            f = split_model(model, tuple(size), features_layer, classifier).features(x)
+    if not isinstance(f, torch.Tensor) or f.ndim != 4:
+        raise ValueError("the backbone does not return a feature map")
+    nf = getattr(model, "num_features", None)
+    nhwc = nf is not None and f.shape[-1] == nf and f.shape[1] != nf
+    return [int(f.shape[1]), int(f.shape[2])] if nhwc else [int(f.shape[2]), int(f.shape[3])]
+
+
+def _built_grid(
+    source: dict[str, Any], model_args: dict[str, Any] | None, size: tuple[int, ...],
+    features_layer: str | None, classifier: str | None,
+) -> tuple[list[int], dict[str, tuple[int, ...]]]:
+    """(grid, tensor shapes) of ``source``'s architecture built with ``model_args``: on the meta device (no
+    memory, no compute, even for large models), for real when a constructor or forward needs real tensors."""
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            return sources.build(source["kind"], source["name"], source.get("num_classes"), model_args).eval()
+
+    def measure(model, device):
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return _feature_grid(model, size, device, features_layer, classifier), shapes
+
+    try:
+        with torch.device("meta"):
+            return measure(build(), "meta")
+    except Exception:  # noqa: BLE001 - some constructors and ops need real tensors
+        return measure(build(), "cpu")
+
+
+def _stride_args_text(kind: str, args: dict[str, Any]) -> str:
+    key = "output_stride" if kind == "timm" else "replace_stride_with_dilation"
+    return f"{key}={args[key]}"
+
+
+def _why_not_rebuildable(loaded: LoadedModel) -> str:
+    source = loaded.source
+    if source.get("kind") == "module" and source.get("path"):
+        return (f"it comes from the pickled module {Path(source['path']).name}, whose architecture "
+                "softcamify cannot rebuild with other constructor arguments")
+    if source.get("kind") == "module":
+        return (f"a {source.get('class', 'module')} is not a timm or torchvision network softcamify can "
+                "rebuild by name")
+    return "softcamify rebuilds only timm and torchvision networks with a finer grid"
+
+
+def _error_text(e: BaseException) -> str:
+    e = e.__cause__ or e  # sources.build wraps the constructor's TypeError
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return (text[:117] + "…" if len(text) > 120 else text).rstrip(".")
+
+
+def output_grids(
+    loaded: LoadedModel,
+    grid: list[int] | None = None,
+    features_layer: str | None = None,
+    classifier: str | None = None,
+) -> tuple[dict[int, list[int]], dict[int, str]]:
+    """The evidence grids a classifier offers, by ``output_stride``, and why it does not offer the others.
+
+    32 is the model as it is (``grid``, its evidence grid, when known); 16 and 8 are offered when its
+    architecture builds with the stride traded for dilation (:func:`softcamify.sources.stride_args`), takes
+    the same weights and gives a finer grid. All of that is found by building the network on the meta
+    device, never from a table of names.
+    """
+    source = loaded.source
+    kind = source.get("kind")
+    size = tuple(loaded.data_config["input_size"])
+    if grid is None and kind in ("timm", "torchvision"):
+        try:
+            grid = _built_grid(source, source.get("model_args"), size, features_layer, classifier)[0]
+        except Exception:  # noqa: BLE001 - no grid to show; the finer ones are still measured
+            grid = None
+    grids: dict[int, list[int]] = {32: list(grid)} if grid is not None else {}
+    why: dict[int, str] = {}
+    own = {k: tuple(v.shape) for k, v in loaded.module.state_dict().items()}
+    for stride in sources.OUTPUT_STRIDES[1:]:
+        args = sources.stride_args(kind, source.get("model_args"), stride)
+        if args is None:
+            why[stride] = _why_not_rebuildable(loaded)
+            continue
+        shown = _stride_args_text(str(kind), args)
+        try:
+            finer, shapes = _built_grid(source, args, size, features_layer, classifier)
+        except Exception as e:  # noqa: BLE001 - an architecture that does not build with it does not offer it
+            why[stride] = f"it does not build with {shown}: {_error_text(e)}"
+            continue
+        if shapes != own:
+            why[stride] = f"its weights do not fit the network built with {shown}"
+        elif finer in grids.values():
+            why[stride] = f"{shown} leaves its grid at {'×'.join(map(str, finer))}"
+        else:
+            grids[stride] = finer
+    return grids, why
+
+
+def _dilate(
+    loaded: LoadedModel, output_stride: int | None, features_layer: str | None = None, classifier: str | None = None
+) -> tuple[LoadedModel, list[int] | None]:
+    """(the classifier rebuilt at ``output_stride`` with the same weights, the original's grid); the
+    classifier itself and None for None or 32."""
+    if output_stride is None:
+        return loaded, None
+    if isinstance(output_stride, bool) or output_stride not in sources.OUTPUT_STRIDES:
+        raise UsageError(f"--output-stride must be 32 (the model as it is), 16 or 8, not {output_stride!r}.")
+    if output_stride == 32:
+        return loaded, None
+    if isinstance(loaded.module, SoftCAM):
+        raise UsageError("--output-stride applies when converting a classifier; this is already a SoftCAM "
+                         "model, whose grid was fixed when it was converted.")
+    grids, why = output_grids(loaded, None, features_layer, classifier)
+    source = loaded.source
+    kind = source.get("kind")
+    arch = f"torchvision:{source.get('name')}" if kind == "torchvision" else loaded.architecture
+    if output_stride not in grids:
+        own = grids.get(32)
+        if len(grids) <= 1:
+            where = f"its own {'×'.join(map(str, own))} grid" if own else "its own grid"
+            offers = f"it offers only {where} (--output-stride 32)"
+        else:
+            offers = f"it offers --output-stride {', '.join(map(str, grids))}"
+        raise UsageError(f"--output-stride {output_stride}: {arch} cannot trade stride for dilation "
+                         f"({why.get(output_stride, 'not offered')}); {offers}.")
+    args = sources.stride_args(kind, source.get("model_args"), output_stride)
+    with torch.random.fork_rng(devices=[]):
+        model = sources.build(kind, source["name"], source.get("num_classes"), args)
+    original, _ = _on_cpu_float32(loaded.module)
+    model.load_state_dict(original.state_dict())
+    model.eval()
+    rebuilt = LoadedModel(model, {**source, "model_args": args}, dict(loaded.data_config), loaded.class_names,
+                          loaded.path, list(loaded.notes))
+    return rebuilt, grids.get(32)
+
+
+def dilated(loaded: LoadedModel | nn.Module, output_stride: int | None) -> LoadedModel:
+    """The classifier rebuilt with its stride traded for dilation (the same weights, a 2× (16) or 4× (8)
+    finer last feature map), recording the constructor argument in its source so that a converted model
+    rebuilds it; ``None`` or 32 return it as it is. Raises :class:`UsageError` (one sentence naming what
+    it offers) for a model that cannot."""
+    return _dilate(_as_loaded(loaded, None), output_stride)[0]
+
+
 def inspect(
     model: nn.Module | LoadedModel,
     input_size: tuple[int, int] | None = None,
@@ -211,8 +375,10 @@ def inspect(
         info["feature_shape"] = [int(f.shape[1]), int(f.shape[2]), int(f.shape[3])]
         info["head_text"] = (f"evidence head ({meta.strategy}, {int(f.shape[1])}→{meta.num_classes} per position) → "
                              "maps → mean over h×w = logits")
+        stride = (meta.conversion or {}).get("output_stride") or 32
         return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
-                             loaded.data_config, True, meta.num_classes, meta.class_names, None, info, loaded.notes)
+                             loaded.data_config, True, meta.num_classes, meta.class_names, None, info,
+                             loaded.notes, grids={int(stride): info["evidence_grid"]})
     work = copy.deepcopy(module).to("cpu").float().eval()  # analysis on the CPU in float32; the model untouched
     plan, _, _ = analyze(
         work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
@@ -220,8 +386,15 @@ def inspect(
     if plan.exact and (features_layer or classifier):
         _verify_named_cut(loaded, plan, features_layer, classifier)
     names = loaded.class_names
+    grids = {32: plan.evidence_grid}
+    if plan.convertible:
+        try:
+            grids = output_grids(loaded, plan.evidence_grid, features_layer, classifier)[0]
+        except Exception:  # noqa: BLE001 - the finer grids are extra information: never fail inspect for them
+            pass
     return InspectReport(loaded.architecture, dict(loaded.source), sources.count_parameters(module),
-                         loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes))
+                         loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes),
+                         grids)
 
 
 def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
@@ -310,9 +483,12 @@ def convert(
     seed: int = 0,
     features_layer: str | None = None,
     classifier: str | None = None,
+    output_stride: int | None = None,
 ) -> SoftCAM:
     """Replace pooling + classifier by an evidence conv initialized from the classifier, and verify it.
 
+    ``output_stride`` 16 or 8 converts the same weights in a dilated backbone (:func:`dilated`), for a 2×
+    or 4× finer evidence grid; verified against the original, undilated model, so it is approximate.
     The returned model's ``meta.conversion`` holds the :class:`ConversionReport`. Raises
     :class:`ConversionError` when no (exact, with ``strict``) strategy applies and
     :class:`ValidationError` when the converted logits differ from the original by more than ``atol``.
@@ -326,16 +502,32 @@ def convert(
     # analysis (float64 probes) and verification run on the CPU in float32, whatever the model's device and
     # dtype; the SoftCAM model is returned on the model's device
     original, device = _on_cpu_float32(original)
-    work = copy.deepcopy(original).eval()
+    arch = loaded.architecture
+    # the classifier whose head is converted: the original, or its weights in a dilated backbone
+    base = loaded if original is loaded.module else replace(loaded, module=original)
+    target, original_grid = _dilate(base, output_stride, features_layer, classifier)
+    stride = output_stride if target is not base else None
+    if stride is not None and strict:
+        raise ConversionError(
+            f"{arch} with --output-stride {stride} converts only approximately (the same weights in a "
+            "dilated backbone, verified against the original, undilated model); refused under --strict."
+        )
+    work = copy.deepcopy(target.module).eval()
     size = tuple(data_config["input_size"])
     plan, _, evidence = analyze(work, size, features_layer=features_layer, classifier=classifier)
-    arch = loaded.architecture
     if evidence is None or plan.strategy is None:
         raise ConversionError(f"{arch} has no SoftCAM conversion: {plan.reason} (head: {plan.head}).")
     if strict and not plan.exact:
         raise ConversionError(
             f"{arch} converts only approximately ({plan.strategy}: {plan.reason}); refused under --strict."
         )
+    head_exact = plan.exact
+    exact, reason = plan.exact, plan.reason
+    if stride is not None:
+        grids = (f"{'×'.join(map(str, plan.evidence_grid))} grid instead of "
+                 f"{'×'.join(map(str, original_grid or []))}")
+        dilation = f"--output-stride {stride}: the same weights in a dilated backbone, a {grids}"
+        exact, reason = False, dilation if head_exact else f"{reason}; {dilation}"
     features, _ = backbone_of(work, plan.split, size, features_layer, classifier)
     split = plan.split
     head = evidence.float()
@@ -344,14 +536,14 @@ def convert(
         class_names = loaded.class_names
     if class_names is not None and not names_fit(k, len(class_names)):
         raise UsageError(f"--class-names lists {len(class_names)} names but the model has {classes_phrase(k)}.")
-    source = dict(loaded.source)
+    source = dict(target.source)
     source["split"] = split
     if features_layer or classifier:
         source.update(features_layer=features_layer, classifier=classifier)
     meta = SoftCAMMeta(
         source=source,
         strategy=plan.strategy,
-        exact=plan.exact,
+        exact=exact,
         num_classes=k,
         class_names=list(class_names) if class_names else [f"class_{i}" for i in range(k)],
         data_config=data_config,
@@ -369,8 +561,18 @@ def convert(
         n_cal = cal.shape[0]
         inputs = torch.cat([inputs, cal], 0)
     stats = compare(original, softcam, inputs)
+    dilated_diff = None
+    if stride is not None and head_exact:  # the head itself must still be exact on the dilated network
+        own = compare(target.module, softcam, inputs)
+        dilated_diff = own["max_abs_diff"]
+        if dilated_diff > atol + rtol * own["logit_scale"]:
+            raise ValidationError(
+                f"The converted {arch} differs from its dilated network (--output-stride {stride}) by "
+                f"max |Δlogit| = {dilated_diff:.3g} > --atol {atol:g} + --rtol {rtol:g} × logit scale "
+                f"{own['logit_scale']:.3g}; nothing was written."
+            )
     report = ConversionReport(
-        exact=plan.exact,
+        exact=exact,
         strategy=plan.strategy,
         architecture=arch,
         num_classes=k,
@@ -381,7 +583,10 @@ def convert(
         atol=atol,
         rtol=rtol,
         # like numpy.allclose, relative to the logit scale: float32 round-off grows with the logits
-        passed=stats["max_abs_diff"] <= atol + rtol * stats["logit_scale"] if plan.exact else True,
+        passed=stats["max_abs_diff"] <= atol + rtol * stats["logit_scale"] if exact else True,
+        output_stride=output_stride,
+        original_grid=original_grid,
+        dilated_max_abs_diff=dilated_diff,
         **stats,
     )
     if inputs.shape[0] > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
@@ -389,9 +594,9 @@ def convert(
             "the original's logits do not change with the input (e.g. a zero-initialized head): this check "
             "cannot tell a right conversion from a wrong one; verify with --calibration on real images."
         )
-    if not plan.exact:
+    if not exact:
         report.notes.append(
-            f"approximate conversion ({plan.strategy}: {plan.reason}); fine-tune before use "
+            f"approximate conversion ({plan.strategy}: {reason}); fine-tune before use "
             f"(top-1 agreement {report.top1_agreement:.1%}, max |Δlogit| {report.max_abs_diff:.3g})."
         )
     meta.conversion = report.to_dict()
@@ -432,6 +637,7 @@ def as_softcam(
     trust_pickle: bool = False,
     strict: bool = False,
     atol: float = DEFAULT_ATOL,
+    output_stride: int | None = None,
 ) -> tuple[SoftCAM, LoadedModel]:
     """A SoftCAM model from anything ``convert`` accepts; softcamify checkpoints are loaded as they are.
 
@@ -449,7 +655,12 @@ def as_softcam(
         )
     if isinstance(loaded.module, SoftCAM):
         sc = loaded.module
+        converted_at = (sc.meta.conversion or {}).get("output_stride") or 32
+        if output_stride is not None and output_stride != converted_at:
+            raise UsageError(f"--output-stride {output_stride}: this is already a SoftCAM model, converted "
+                             f"at --output-stride {converted_at}; convert the original classifier again to "
+                             "change it.")
         if input_size is not None:
             sc.meta.data_config = dict(loaded.data_config)
         return sc, loaded
-    return convert(loaded, atol=atol, strict=strict), loaded
+    return convert(loaded, atol=atol, strict=strict, output_stride=output_stride), loaded

@@ -6,12 +6,15 @@ synthetic lesion dataset) through every step a user would take with their own ch
 
     1. data       generate a synthetic fundus-like lesion dataset with masks (the training distribution)
     2. inspect    find the black box's pooling + classifier and the conversion strategy
-    3. convert    pooling + classifier -> 1×1 evidence conv, verified against the black box (max |Δlogit|)
-    4. finetune   a few epochs with the ElasticNet (L1) penalty on the evidence maps
+    3. convert    pooling + classifier -> 1×1 evidence conv, verified against the black box (max |Δlogit|);
+                  again with ``output_stride=8`` (dilated last stages: a 4× finer evidence grid, approximate)
+    4. sweep      short fine-tunes over a few λ1 values of the normalized L1 penalty on the finer model, scored
+                  on the validation split; the λ1 ``softcamify sweep`` recommends is the fine-tuned model
     5. export     ONNX with `logits` and `evidence` outputs, validated in onnxruntime
     6. explain    evidence maps of every class for a few test images, from the ONNX file (no torch)
     7. evaluate   accuracy of the black box and of SoftCAM side by side; localization against the lesion
-                  masks for SoftCAM and for Grad-CAM on the black box and on SoftCAM
+                  masks for SoftCAM and for Grad-CAM on the black box and on SoftCAM, on one scale (share of the
+                  grid oracle, on the finest grid), with SoftCAM's difference to Grad-CAM stated plainly
     8. report     one HTML page (overlays, metric tables, the fine-tuning curve) in OUT_DIR/report.html
 
 Nothing is downloaded; a GPU is used when there is one (``device="auto"``). ``fast=True`` shrinks every
@@ -65,7 +68,7 @@ SUMMARY_NAME = "demo.json"
 POINTING_TOLERANCE = 15  # px, the pointing game's tolerance in the demo's evaluation (Zhang et al. 2018)
 MARKER_KEY = "softcamify_demo"  # in demo.json: the folder holds a demo's outputs (--force may replace them)
 #: What a demo writes into OUT_DIR (``--force`` removes exactly these before a new run).
-OUTPUTS = ("data", "models", "finetune", "explain", "evaluate", "figures", "model.onnx", REPORT_NAME, SUMMARY_NAME)
+OUTPUTS = ("data", "models", "sweep", "finetune", "explain", "evaluate", "figures", "model.onnx", REPORT_NAME, SUMMARY_NAME)
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,10 @@ class DemoSettings:
     """Sizes of one demo run (:data:`DEFAULT` or :data:`FAST`)."""
 
     images: int  # generated images (60/20/20 train/val/test, balanced)
-    epochs: int  # fine-tuning epochs
+    epochs: int  # fine-tuning epochs of each sweep run
     batch_size: int
     lr: float  # AdamW
-    l1: float  # λ1 of the ElasticNet penalty (per-sample sum over the K×h×w maps)
+    l1: tuple[float, ...]  # λ1 values the sweep tries (the normalized penalty of docs/method.md)
     l2: float
     explain_images: int  # test images explained (from the ONNX export)
     eval_steps: int  # deletion / insertion steps
@@ -84,11 +87,13 @@ class DemoSettings:
     panels: int  # lesion images in the report's image | SoftCAM | Grad-CAM figure
     workers: int | None  # DataLoader processes for fine-tuning (None: softcamify's default)
     exporter: str = "auto"  # ONNX exporter (auto: torch's dynamo exporter, TorchScript as fallback)
+    output_stride: int | None = 8  # the fine-tuned model's evidence grid (None or 32: the black box's own)
+    tolerance: float = 0.01  # the sweep's rule: accuracy a λ may cost against the converted model
 
 
-DEFAULT = DemoSettings(images=600, epochs=8, batch_size=16, lr=2e-4, l1=5e-3, l2=0.0, explain_images=6,
+DEFAULT = DemoSettings(images=600, epochs=4, batch_size=16, lr=2e-4, l1=(0.5, 2.0, 5.0), l2=0.0, explain_images=6,
                        eval_steps=20, eval_max_images=None, panels=4, workers=None)
-FAST = DemoSettings(images=30, epochs=1, batch_size=8, lr=2e-4, l1=5e-3, l2=0.0, explain_images=3,
+FAST = DemoSettings(images=30, epochs=1, batch_size=8, lr=2e-4, l1=(0.5, 2.0), l2=0.0, explain_images=3,
                     eval_steps=4, eval_max_images=4, panels=2, workers=0)
 
 
@@ -206,13 +211,13 @@ class DemoResult:
         })
 
 
-class _FinetuneProgress:
-    """Forwards fine-tuning progress (softcamify.training.Reporter protocol) to the demo reporter."""
+class _SweepProgress:
+    """Forwards the λ sweep's progress (softcamify.sweep.SweepReporter protocol) to the demo reporter."""
 
     def __init__(self, rep: DemoReporter):
         self.rep = rep
-        self.epoch = self.epochs = self.steps = 0
-        self.text = ""
+        self.index = self.total = 0
+        self.tag = ""
 
     def start(self, info: dict[str, Any]) -> None:
         pass
@@ -220,21 +225,28 @@ class _FinetuneProgress:
     def note(self, message: str) -> None:
         self.rep.note(message)
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epoch, self.epochs, self.steps = epoch, epochs, steps
-        self.rep.progress((epoch - 1) * steps + done, epochs * steps, f"epoch {epoch}/{epochs}{self.text}")
+    def reference(self, entry: dict[str, Any]) -> None:
+        pass
 
-    def step(self, step: int, steps: int, images: int, running: dict[str, float] | None) -> None:
-        if running is not None:
-            self.text = f" · loss {running['loss']:.3f} · acc {running['accuracy']:.2f}"
-        self.rep.progress((self.epoch - 1) * steps + step, self.epochs * steps, f"epoch {self.epoch}/{self.epochs}{self.text}")
+    def run_start(self, tag: str, device: str, index: int, total: int) -> None:
+        self.index, self.total, self.tag = index - 1, total, tag  # index counts from 1
+        self.rep.progress(index - 1, total, f"run {index}/{total}: {tag}")
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, tag: str, record: dict[str, Any]) -> None:
         v = record["val"]
-        self.text = f" · val acc {v.get('accuracy', float('nan')):.2f}"
+        self.rep.progress(self.index, self.total,
+                          f"run {self.index + 1}/{self.total}: {tag} · epoch {record['epoch']} · "
+                          f"val acc {v.get('accuracy', float('nan')):.2f}")
+
+    def run_end(self, run: Any) -> None:
+        self.rep.progress(self.index + 1, self.total, f"run {self.index + 1}/{self.total}: {run.tag} done")
 
     def end(self, result: Any) -> None:
         pass
+
+
+def _grid(g: Any) -> str:
+    return "×".join(str(int(v)) for v in g or [])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -383,13 +395,16 @@ def run_demo(
 
     Returns a :class:`DemoResult` (also written as ``OUT_DIR/demo.json``).
     """
-    from .checkpoints import save
+    import torch
+
+    from .checkpoints import load, save
     from .conversion import convert, inspect
     from .device import resolve_device
     from .evaluation import evaluate
     from .heatmaps import explain
     from .onnx_export import export_onnx
-    from .training import FinetuneConfig, finetune
+    from .sweep import sweep
+    from .training import FinetuneConfig
 
     t_all = time.perf_counter()
     rep = reporter or DemoReporter()
@@ -471,33 +486,68 @@ def run_demo(
             ("|mean(maps) − logits|", f"{c['maps_mean_diff']:.2g}"),
             ("verified on", f"{c['samples']} random + {c['calibration_images']} real images"),
         ]
+        finer = converted
+        if st.output_stride not in (None, 32):
+            with _quiet_warnings():
+                finer = convert(loaded, calibration=data_dir / "val", output_stride=st.output_stride)
+            finer_path = out / "models" / f"converted_os{st.output_stride}.safetensors"
+            save(finer, finer_path)
+            fc = finer.meta.conversion
+            figures["conversion_finer"] = {k: fc.get(k) for k in (
+                "output_stride", "evidence_grid", "original_grid", "max_abs_diff", "top1_agreement", "kl_divergence",
+                "dilated_max_abs_diff", "exact")}
+            s.details.append((f"output stride {st.output_stride}",
+                              f"{_grid(fc['evidence_grid'])} grid (from {_grid(fc['original_grid'])}), approximate: "
+                              f"top-1 agreement {fc['top1_agreement']:.1%}, max |Δlogit| {fc['max_abs_diff']:.2g} vs "
+                              f"the black box → models/{finer_path.name}"))
 
-    # 4. finetune --------------------------------------------------------------------------------------
-    with step("finetune", "Fine-tune with the ElasticNet penalty") as s:
-        cfg = FinetuneConfig(epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, l1=st.l1, l2=st.l2,
+    # 4. sweep + finetune -----------------------------------------------------------------------------
+    with step("finetune", "Sweep λ1 and fine-tune with the ElasticNet penalty") as s:
+        cfg = FinetuneConfig(epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, l2=st.l2,
                              device=str(dev), workers=st.workers, seed=0, monitor="val_loss", augment="light",
                              warmup_epochs=0.0 if st.epochs < 2 else 0.5)
         with _quiet_warnings():
-            ft = finetune(converted, data_dir, out / "finetune", cfg, reporter=_FinetuneProgress(rep))  # type: ignore[arg-type]
-        tuned = ft.model.to("cpu").float().eval()
-        for n in ft.notes:
+            sw = sweep(finer, data_dir, out / "sweep", l1=list(st.l1), l2=[st.l2], config=cfg,
+                       tolerance=st.tolerance, reporter=_SweepProgress(rep))
+        chosen = sw.recommended
+        if chosen is None:  # no λ kept the accuracy: the mildest one, said plainly
+            chosen = min(sw.runs, key=lambda r: (r.l1, r.l2))
+            note(f"No λ1 of {list(st.l1)} kept the validation accuracy within {st.tolerance:g} of the converted "
+                 f"model's; the demo goes on with the mildest, λ1 = {chosen.l1:g}.")
+        run_dir = Path(chosen.run_dir)
+        (out / "finetune").mkdir(exist_ok=True)
+        for name in ("best.safetensors", "metrics.jsonl", "summary.json"):
+            shutil.copyfile(run_dir / name, out / "finetune" / name)
+        tuned = load(out / "finetune" / "best.safetensors").float().eval()
+        for n in sw.notes:
             note(n)
-        hist = ft.history
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        hist = summary.get("history") or []
+        figures["sweep"] = {
+            "rule": sw.rule, "tolerance": sw.tolerance, "localization": sw.localization,
+            "reference": sw.reference, "recommended_l1": sw.recommended.l1 if sw.recommended else None,
+            "runs": [{k: r.get(k) for k in ("l1", "l2", "accuracy", "share_of_oracle", "activation_precision",
+                                             "pointing_game", "sparsity", "qualified", "recommended")} for r in sw.runs],
+        }
         figures["finetune"] = {
-            "epochs": ft.epochs_completed, "best_epoch": ft.best_epoch, "l1": st.l1, "l2": st.l2, "lr": st.lr,
-            "batch_size": st.batch_size, "train_images_per_s": ft.train_images_per_s, "device": ft.device,
+            "epochs": summary.get("epochs_completed"), "best_epoch": summary.get("best_epoch"), "l1": chosen.l1,
+            "l2": st.l2, "lr": st.lr, "batch_size": st.batch_size, "device": summary.get("device"),
+            "train_images_per_s": summary.get("train_images_per_s"), "logit_scale": summary.get("logit_scale"),
             "history": [{"epoch": h["epoch"], "train_loss": h["train"]["loss"], "train_ce": h["train"]["ce"],
                          "train_l1": h["train"]["l1"], "train_accuracy": h["train"]["accuracy"],
                          "val_loss": h["val"].get("loss"), "val_accuracy": h["val"].get("accuracy"),
                          "val_sparsity": h["val"].get("sparsity"), "val_map_l1": h["val"].get("map_l1")}
                         for h in hist],
         }
-        b = ft.best or {}
-        s.summary = (f"{ft.epochs_completed} epoch(s), λ1 {st.l1:g}, on {ft.device}: best epoch {ft.best_epoch}, "
-                     f"val accuracy {_fmt((b.get('val') or {}).get('accuracy'))} → finetune/best.safetensors")
-        s.details = [(f"epoch {h['epoch']}", f"train loss {_fmt(h['train']['loss'])} (CE {_fmt(h['train']['ce'])}, "
-                                             f"L1 {_fmt(h['train']['l1'])}) · val acc {_fmt(h['val'].get('accuracy'))}")
-                     for h in hist]
+        picked = "recommended" if sw.recommended is not None else "no λ1 qualified; the mildest"
+        s.summary = (f"{len(sw.runs)} runs of {st.epochs} epoch(s) (λ1 {', '.join(f'{v:g}' for v in st.l1)}) on "
+                     f"{summary.get('device')}: λ1 = {chosen.l1:g} {picked} (val accuracy {_fmt(chosen.accuracy)}, "
+                     f"share of oracle {_fmt(chosen.share_of_oracle)}) → finetune/best.safetensors")
+        s.details = [(f"λ1 = {r.l1:g}", f"val accuracy {_fmt(r.accuracy)}, share of oracle {_fmt(r.share_of_oracle)}, "
+                                        f"pointing {_fmt(r.pointing_game)}"
+                                        + (" · recommended" if r.recommended else "")
+                                        + ("" if r.qualified else " · below the accuracy floor"))
+                     for r in sw.runs]
 
     # 5. export ----------------------------------------------------------------------------------------
     with step("export", "Export to ONNX and validate in onnxruntime") as s:
@@ -533,9 +583,13 @@ def run_demo(
         if not baselines:
             note("pytorch-grad-cam is not installed, so there is no Grad-CAM comparison; "
                  "install it with pip install 'softcamify[baselines]' and rerun.")
-        # pointing game with Zhang et al.'s 15 px tolerance: about half a cell of the 5 × 5 evidence grid
+        # pointing game with Zhang et al.'s 15 px tolerance (about half a cell of the black box's 5 × 5 grid);
+        # share of oracle on ONE grid for every method: the fine-tuned model's (the finest)
+        with torch.no_grad():
+            grid = tuple(int(v) for v in tuned.forward_features(
+                torch.zeros(1, *tuned.meta.data_config["input_size"])).shape[2:])
         common = {"split": "test", "steps": st.eval_steps, "max_images": st.eval_max_images,
-                  "pointing_tolerance": POINTING_TOLERANCE, "batch_size": 16, "device": dev}
+                  "pointing_tolerance": POINTING_TOLERANCE, "batch_size": 16, "device": dev, "oracle_grid": grid}
         with _quiet_warnings():
             before = evaluate(converted, data_dir, original=loaded.module, examples=0,
                               progress=lambda stage, d, t: rep.progress(d, t, f"converted model: {stage}"), **common)
@@ -557,8 +611,9 @@ def run_demo(
             label: {"images": m["images"], **{k: v.get("mean") for k, v in m["metrics"].items()}}
             for label, m in loc_methods
         }
-        figures["evaluation_settings"] = {k: after.settings.get(k) for k in
-                                          ("input_size", "evidence_grid", "patch_size", "patch_stride", "topk", "steps")}
+        figures["evaluation_settings"] = {k: after.settings.get(k) for k in ("input_size", "evidence_grid", "oracle_grid",
+                                                                            "patch_size", "patch_stride", "topk", "steps")}
+        figures["comparison"] = _comparison(figures)
         cls = figures["classification"]
         s.summary = (f"accuracy on {cls['test_images']} test images: black box {_fmt(cls['black_box']['accuracy'])}, "
                      f"converted {_fmt(cls['converted']['accuracy'])}, fine-tuned {_fmt(cls['fine_tuned']['accuracy'])}"
@@ -567,7 +622,10 @@ def run_demo(
         for label in loc:
             s.details.append((label, f"activation precision {_fmt(loc[label].get('activation_precision'))}, "
                                      f"pointing game {_fmt(loc[label].get('pointing_game'))}, "
+                                     f"share of oracle {_fmt(loc[label].get('share_of_oracle'))}, "
                                      f"top-k precision {_fmt(loc[label].get('topk_precision'))}"))
+        if figures["comparison"]:
+            s.details.append(("SoftCAM vs Grad-CAM", figures["comparison"]["text"]))
 
     # 8. report ----------------------------------------------------------------------------------------
     with step("report", "Write the HTML report") as s:
@@ -589,6 +647,27 @@ def run_demo(
 
     write_text_atomic(out / SUMMARY_NAME, json.dumps(result.to_dict(), indent=2) + "\n", force=True)
     return result
+
+
+def _comparison(figures: dict[str, Any]) -> dict[str, Any] | None:
+    """The fine-tuned SoftCAM against Grad-CAM on the black box, in figures and one plain sentence."""
+    loc = figures.get("localization") or {}
+    soft, gc = loc.get("SoftCAM (fine-tuned)"), loc.get("Grad-CAM (black box)")
+    if not soft or not gc:
+        return None
+    cls = figures["classification"]
+    d = {key: (soft.get(key) or 0.0) - (gc.get(key) or 0.0) for key in ("share_of_oracle", "pointing_game",
+                                                                        "activation_precision")}
+    d_acc = (cls["fine_tuned"].get("accuracy") or 0.0) - (cls["black_box"].get("accuracy") or 0.0)
+    better = d["share_of_oracle"] > 0 and d["pointing_game"] >= 0
+    verdict = "localizes the lesions better than" if better else "does not localize the lesions better than"
+    text = (f"The fine-tuned SoftCAM {verdict} Grad-CAM on the black box: share of oracle "
+            f"{_fmt(soft.get('share_of_oracle'))} vs {_fmt(gc.get('share_of_oracle'))} ({d['share_of_oracle']:+.3f}), "
+            f"pointing game {_fmt(soft.get('pointing_game'))} vs {_fmt(gc.get('pointing_game'))} "
+            f"({d['pointing_game']:+.3f}), at a test accuracy {d_acc:+.3f} from the black box's.")
+    return {"share_of_oracle_diff": d["share_of_oracle"], "pointing_game_diff": d["pointing_game"],
+            "activation_precision_diff": d["activation_precision"], "accuracy_diff": d_acc, "better": better,
+            "text": text}
 
 
 def _localization_methods(before: Any, after: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -698,15 +777,21 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
             f"The black box is an ordinary timm {info['architecture']} classifier (global average pooling + linear "
             f"head) shipped with softcamify. Converted to SoftCAM it gives the same logits (max |Δlogit| "
             f"{conv['max_abs_diff']:.2g}) and, from the same forward pass, one signed evidence map per class. "
-            f"Fine-tuned for {f['finetune']['epochs']} epoch(s) with an L1 penalty on the maps (λ1 = "
-            f"{f['finetune']['l1']:g}){maps_text}, it was exported to ONNX, where logits and maps match PyTorch "
-            f"(max |Δ| evidence {exp['max_abs_diff_evidence']:.2g})."
+            + (f"Converted again with output stride {f['conversion_finer']['output_stride']} (dilated last stages), "
+               f"its evidence grid is {_grid(f['conversion_finer']['evidence_grid'])} instead of "
+               f"{_grid(f['conversion_finer']['original_grid'])} (approximate: top-1 agreement with the black box "
+               f"{f['conversion_finer']['top1_agreement']:.1%} before fine-tuning). " if f.get("conversion_finer") else "")
+            + f"A λ1 sweep picked λ1 = {f['finetune']['l1']:g} of the normalized L1 penalty "
+            f"({'recommended by softcamify sweep' if (f.get('sweep') or {}).get('recommended_l1') is not None else 'none qualified'}); "
+            f"fine-tuned for {f['finetune']['epochs']} epoch(s){maps_text}, it was exported to ONNX, where logits and "
+            f"maps match PyTorch (max |Δ| evidence {exp['max_abs_diff_evidence']:.2g})."
         ),
         R.table(["test split", "black box", "SoftCAM (converted)", "SoftCAM (fine-tuned)"], rows,
                 caption=f"Classification on {cls['test_images']} generated test images"),
     ]
     if loc_methods:
-        keys = [("topk_precision", "top-k patch precision ↑"), ("activation_precision", "activation precision ↑"),
+        keys = [("share_of_oracle", "share of oracle ↑"), ("topk_precision", "top-k patch precision ↑"),
+                ("activation_precision", "activation precision ↑"),
                 ("pointing_game", f"pointing game ({POINTING_TOLERANCE} px) ↑"), ("deletion_auc", "deletion AUC ↓"),
                 ("insertion_auc", "insertion AUC ↑")]
         loc = f["localization"]
@@ -714,6 +799,8 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
                                [[name, *[loc[label].get(key) for label, _ in loc_methods]] for key, name in keys],
                                caption="Localization of the true class against the lesion masks (means; section 7 "
                                        "has all metrics)"))
+    if f.get("comparison"):
+        summary.append(R.paragraph(f["comparison"]["text"]))
     if panel_rel:
         summary.append(R.figure(R.image_tag(panel_rel, "image, SoftCAM evidence and Grad-CAM for lesion images"),
                                 "Lesion test images: the fine-tuned SoftCAM's evidence for the true class beside "
@@ -763,14 +850,27 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
                 width=420, height=240), "Map sparsity (validation)"))
     ft_rows = [[h["epoch"], h["train_loss"], h["train_ce"], h["train_l1"], h["train_accuracy"], h["val_loss"],
                 h["val_accuracy"], h.get("val_map_l1"), h.get("val_sparsity")] for h in hist]
+    sw = f.get("sweep") or {}
+    sweep_rows = [[f"{r['l1']:g}", r.get("accuracy"), r.get("share_of_oracle"), r.get("activation_precision"),
+                   r.get("pointing_game"), r.get("sparsity"),
+                   "recommended" if r.get("recommended") else ("" if r.get("qualified") else "below the floor")]
+                  for r in sw.get("runs", [])]
+    ref = sw.get("reference") or {}
     parts.append(R.section(
-        "4. Fine-tune",
-        R.paragraph(f"CE + λ1·Σ|A| on the evidence maps (λ1 = {ftf['l1']:g}, λ2 = {ftf['l2']:g}), AdamW lr "
+        "4. Sweep λ1 and fine-tune",
+        R.paragraph(f"softcamify sweep fine-tuned the converted model once per λ1 and scored each run on the validation "
+                    f"split (sweep/index.html, sweep/pareto.png). Rule: {(sw.get('rule') or {}).get('text', '')} "
+                    f"The converted model's validation accuracy is {_fmt(ref.get('accuracy'))}, so the floor is "
+                    f"{_fmt((ref.get('accuracy') or 0.0) - sw.get('tolerance', 0.0))}."),
+        R.table(["λ1", "val accuracy", "share of oracle", "activation precision", "pointing game", "sparsity", ""],
+                sweep_rows, caption="The sweep's runs (validation split)"),
+        R.paragraph(f"CE + λ1·mean|A|/s on the evidence maps (λ1 = {ftf['l1']:g}, λ2 = {ftf['l2']:g}, s = "
+                    f"{_fmt(ftf.get('logit_scale'))} the converted model's logit scale; docs/method.md), AdamW lr "
                     f"{ftf['lr']:g}, batch {ftf['batch_size']}, {ftf['epochs']} epoch(s) on {ftf['device']} "
                     f"({_fmt(ftf['train_images_per_s'], 0)} images/s); the best epoch by validation loss (CE + penalty) "
                     f"(epoch {ftf['best_epoch']}) is kept in finetune/best.safetensors."),
         *charts,
-        R.table(["epoch", "train loss", "train CE", "train Σ|A| per image", "train acc", "val loss", "val acc",
+        R.table(["epoch", "train loss", "train CE", "train mean|A|/s", "train acc", "val loss", "val acc",
                  "val Σ|A| per map", "val sparsity"], ft_rows,
                 caption="Per epoch (finetune/metrics.jsonl); sparsity: share of map cells with |A| < 0.1"),
     ))
@@ -813,7 +913,8 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
         es = f["evaluation_settings"]
         ev_parts.append(R.paragraph(
             f"Maps compared at the {es['input_size'][1]}×{es['input_size'][2]} input (evidence grid "
-            f"{'×'.join(str(v) for v in es['evidence_grid'] or [])}); top-k: k = {es['topk']}, {es['patch_size']} px "
+            f"{'×'.join(str(v) for v in es['evidence_grid'] or [])}; share of oracle for every method on the "
+            f"{_grid(es.get('oracle_grid'))} grid); top-k: k = {es['topk']}, {es['patch_size']} px "
             f"patches; deletion/insertion in {es['steps']} steps. Grad-CAM (black box) is Grad-CAM on the original "
             "classifier's last feature map; SoftCAM (converted) is the converted model before fine-tuning (on a "
             "GAP + linear head its maps are the classic CAM). Definitions: docs/metrics.md.", note=True))
@@ -831,8 +932,10 @@ def _write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: lis
         "The same steps on your own data",
         "<pre>" + html.escape(
             f"softcamify inspect {arch} --weights my_model.safetensors\n"
-            f"softcamify convert {arch} --weights my_model.safetensors -o softcam.safetensors --calibration data/val\n"
-            "softcamify finetune softcam.safetensors data/ -o runs/l1 --l1 1e-3 --epochs 10\n"
+            f"softcamify convert {arch} --weights my_model.safetensors -o softcam.safetensors --calibration data/val "
+            "--output-stride 8\n"
+            "softcamify sweep softcam.safetensors data/ -o sweep/ --l1 0.05,0.5,2   # recommends a λ1\n"
+            "softcamify finetune softcam.safetensors data/ -o runs/l1 --l1 2 --epochs 10\n"
             "softcamify export runs/l1/best.safetensors -o model.onnx\n"
             "softcamify explain model.onnx scans/ -o heatmaps/ --classes all\n"
             f"softcamify evaluate runs/l1/best.safetensors data/ --masks data/masks --baselines gradcam "

@@ -8,8 +8,9 @@
    scored on the same images, side by side.
 2. **Explanations** of the *true* class on images whose mask has a foreground pixel (masks mirror the
    data folder; any nonzero pixel is foreground; lesion-free images have empty masks and count as
-   "no annotation"): activation precision and sensitivity, pointing game, energy pointing game, top-k
-   patch precision (pooled over images, as the paper), deletion and insertion AUC, sparsity and Gini.
+   "no annotation"): activation precision (also as a share of the grid oracle's, on one reference grid
+   common to every method) and sensitivity, pointing game, energy pointing game, top-k patch precision
+   (pooled over images, as the paper), deletion and insertion AUC (batched over images), sparsity and Gini.
    The same metrics are computed for post-hoc baselines through pytorch-grad-cam on the **same model**
    and, with ``original=``, on the original classifier's last feature map.
 
@@ -38,11 +39,13 @@ from . import metrics as M
 from .errors import InputError, UsageError
 from .heatmaps import MapModel, input_view, load_map_model, softmax
 
-__all__ = ["EvaluationResult", "MethodResult", "METRICS", "evaluate", "evaluation_samples", "write_report"]
+__all__ = ["EvaluationResult", "MethodResult", "METRICS", "REFERENCES", "evaluate", "evaluation_samples",
+           "write_report"]
 
 #: metric key -> (label, higher_is_better)
 METRICS: dict[str, tuple[str, bool]] = {
     "activation_precision": ("activation precision", True),
+    "share_of_oracle": ("share of oracle (activation precision)", True),
     "activation_sensitivity": ("activation sensitivity", True),
     "pointing_game": ("pointing game", True),
     "energy_pointing_game": ("energy pointing game", True),
@@ -51,6 +54,16 @@ METRICS: dict[str, tuple[str, bool]] = {
     "insertion_auc": ("insertion AUC", True),
     "sparsity": ("sparsity", True),
     "gini": ("Gini index", True),
+}
+
+_GPU_DELETION_BATCH_FACTOR = 4  # deletion/insertion inputs per forward on a GPU: this × batch_size
+
+#: reference values of each image, the same for every method: key -> label. ``chance`` is the mask's area
+#: share (what a constant map scores on activation precision), ``oracle_precision`` the activation precision
+#: of the mask average-pooled to the report's common reference grid (``settings["oracle_grid"]``).
+REFERENCES: dict[str, str] = {
+    "oracle_precision": "oracle precision (grid oracle)",
+    "chance": "chance (mask share)",
 }
 
 
@@ -68,11 +81,12 @@ class MethodResult:
     seconds: float = 0.0
 
     def summary(self, k: int) -> dict[str, Any]:
-        agg = M.aggregate({key: r.get(key) for key in METRICS if key != "topk_precision"} for r in self.records)
+        keys = [key for key in (*METRICS, *REFERENCES) if key != "topk_precision"]
+        agg = M.aggregate({key: r.get(key) for key in keys} for r in self.records)
         curve = M.pooled_topk_precision(self.topk, k) if self.topk else []
         picks = sum(min(k, t.picks) for t in self.topk)
         metrics: dict[str, Any] = {}
-        for key in METRICS:
+        for key in (*METRICS, *REFERENCES):
             if key == "topk_precision":
                 metrics[key] = {"mean": curve[-1] if curve else None, "std": None, "n": picks, "pooled": True}
             else:
@@ -131,7 +145,8 @@ class EvaluationResult:
                 "classification": self.classification,
                 "original_classification": self.original_classification,
                 "explanation": {"methods": self.method_summaries(), "metrics": {k: v[0] for k, v in METRICS.items()},
-                                "higher_is_better": {k: v[1] for k, v in METRICS.items()}},
+                                "higher_is_better": {k: v[1] for k, v in METRICS.items()},
+                                "references": dict(REFERENCES)},
                 "settings": self.settings,
                 "notes": self.notes,
                 "report": self.report,
@@ -245,14 +260,10 @@ def _align_mask(mask_path: Path, img: Image.Image, cfg: dict[str, Any]) -> np.nd
 # --------------------------------------------------------------------------------------------------------
 
 
-def _explanation_metrics(
-    saliency: np.ndarray,
-    mask: np.ndarray,
-    x: np.ndarray,
-    target: int,
-    predict: Callable[[np.ndarray], np.ndarray],
-    s: dict[str, Any],
-) -> tuple[dict[str, Any], M.TopKResult, np.ndarray, np.ndarray]:
+def _localisation_metrics(
+    saliency: np.ndarray, mask: np.ndarray, s: dict[str, Any]
+) -> tuple[dict[str, Any], M.TopKResult]:
+    """Mask-based and complexity metrics of one map (deletion/insertion: :func:`_faithfulness_metrics`)."""
     size = mask.shape
     up = M.upsample(saliency, size)
     norm = M.normalize_saliency(up)
@@ -268,17 +279,47 @@ def _explanation_metrics(
         saliency, mask, k=s["topk"], patch=s["patch_size"], stride=s["patch_stride"], threshold=s["topk_threshold"]
     )
     rec["topk_precision"] = topk.precision
-    d_auc, d_curve = M.deletion_insertion(
-        predict, x, saliency, target, steps=s["steps"], patch=s["deletion_patch"], baseline=0.0, mode="deletion",
-        batch_size=s["batch_size"],
+    return rec, topk
+
+
+def _reference(mask: np.ndarray, grid: Sequence[int]) -> dict[str, float]:
+    """An image's reference values: its mask share (chance) and the grid oracle's activation precision."""
+    return {"chance": float(mask.mean()), "oracle_precision": M.oracle_precision(mask, grid)}
+
+
+def _faithfulness_metrics(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    saliencies: Sequence[np.ndarray],
+    targets: Sequence[int],
+    s: dict[str, Any],
+    batched: bool = True,
+) -> list[tuple[float, np.ndarray, float, np.ndarray]]:
+    """``(deletion AUC, deletion curve, insertion AUC, insertion curve)`` of each image of ``x``.
+
+    Batched (default): the deletion and insertion inputs of every image stream through the model together
+    (:func:`softcamify.metrics.deletion_insertion_batch`), ``s["deletion_batch_size"]`` perturbed images per
+    forward, every forward full. ``batched=False`` is the per-image path (two
+    :func:`~softcamify.metrics.deletion_insertion` calls per image and method, ``batch_size`` inputs per
+    forward, the last one of each curve partial): the same values, kept for benchmarks/evaluate_speed.py.
+    """
+    common = {"steps": s["steps"], "patch": s["deletion_patch"]}
+    n = len(saliencies)
+    if not batched:
+        out = []
+        for j in range(n):
+            d_auc, d_curve = M.deletion_insertion(predict, x[j], saliencies[j], targets[j], baseline=0.0,
+                                                  mode="deletion", batch_size=s["batch_size"], **common)
+            i_auc, i_curve = M.deletion_insertion(predict, x[j], saliencies[j], targets[j], baseline="blur",
+                                                  mode="insertion", batch_size=s["batch_size"], **common)
+            out.append((d_auc, d_curve, i_auc, i_curve))
+        return out
+    res = M.deletion_insertion_batch(
+        predict, [*x[:n], *x[:n]], [*saliencies, *saliencies], [*targets, *targets],
+        baseline=[0.0] * n + ["blur"] * n, mode=["deletion"] * n + ["insertion"] * n,
+        batch_size=s["deletion_batch_size"], **common,
     )
-    i_auc, i_curve = M.deletion_insertion(
-        predict, x, saliency, target, steps=s["steps"], patch=s["deletion_patch"], baseline="blur", mode="insertion",
-        batch_size=s["batch_size"],
-    )
-    rec["deletion_auc"] = d_auc
-    rec["insertion_auc"] = i_auc
-    return rec, topk, d_curve, i_curve
+    return [(res[j][0], res[j][1], res[n + j][0], res[n + j][1]) for j in range(n)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -353,6 +394,7 @@ def evaluate(
     deletion_patch: int | None = None,
     sparsity_threshold: float = 0.01,
     pointing_tolerance: int = 0,
+    oracle_grid: tuple[int, int] | None = None,
     max_images: int | None = None,
     batch_size: int = 16,
     device: Any = "auto",
@@ -387,6 +429,9 @@ def evaluate(
         steps: deletion/insertion steps; ``deletion_patch`` their tile size (default ``patch_size``).
         pointing_tolerance: the pointing game counts a hit within this many pixels of the mask (Zhang et al.
             use 15 px at 224 px); 0 means the maximum must lie on the mask itself.
+        oracle_grid: the report's common reference grid ``(rows, columns)``: each mask average-pooled to it
+            is the grid oracle whose activation precision every method's ``share_of_oracle`` divides by
+            (default: the evaluated model's evidence grid, ``settings["evidence_grid"]``).
         max_images: explanation metrics on at most this many annotated images (classification uses all).
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
@@ -404,6 +449,8 @@ def evaluate(
         raise UsageError(f"--max-images must be 0 or more, got {max_images}.")
     if pointing_tolerance < 0:
         raise UsageError(f"--pointing-tolerance must be 0 or more pixels, got {pointing_tolerance}.")
+    if oracle_grid is not None:
+        oracle_grid = M._as_grid(oracle_grid, "oracle_grid")
     out = None
     if out_dir is not None:
         from .io import check_output_dir
@@ -443,10 +490,18 @@ def evaluate(
     stride = int(patch_stride or (d_stride if patch_size is None else max(1, round(patch * 8 / 33))))
     if patch > min(in_hw):
         raise UsageError(f"--patch-size {patch} is larger than the {in_hw[0]}×{in_hw[1]} input.")
+    if oracle_grid is not None and (oracle_grid[0] > in_hw[0] or oracle_grid[1] > in_hw[1]):
+        raise UsageError(f"oracle_grid {oracle_grid[0]}×{oracle_grid[1]} is finer than the "
+                         f"{in_hw[0]}×{in_hw[1]} input; give at most one cell per input pixel.")
+    # Perturbed inputs per forward in deletion/insertion: forward-only (no autograd), so a GPU takes 4× the
+    # batch (fewer, fuller launches); on a CPU larger batches only spill the caches (measured 1.5× slower per
+    # image at 4× on the demo model, benchmarks/evaluate_speed.py), so it keeps the batch size.
+    on_gpu = mm.kind == "torch" and getattr(getattr(mm, "device", None), "type", "cpu") == "cuda"
     settings: dict[str, Any] = {
         "split": split,
         "input_size": list(mm.input_size),
         "evidence_grid": None,
+        "oracle_grid": list(oracle_grid) if oracle_grid is not None else None,
         "patch_size": patch,
         "patch_stride": stride,
         "topk": int(topk),
@@ -458,6 +513,7 @@ def evaluate(
         "sparsity_threshold": float(sparsity_threshold),
         "pointing_tolerance": int(pointing_tolerance),
         "batch_size": int(batch_size),
+        "deletion_batch_size": int(batch_size) * (_GPU_DELETION_BATCH_FACTOR if on_gpu else 1),
         "baselines": methods,
         "max_images": max_images,
     }
@@ -500,6 +556,8 @@ def evaluate(
     orig_class = (
         M.classification_report(y_true, orig_probs, report_names, ordinal=ordinal) if orig_probs is not None else None
     )
+    if settings["oracle_grid"] is None:  # one reference grid for every method of the report
+        settings["oracle_grid"] = list(settings["evidence_grid"])
     annotated = [i for i, it in enumerate(items) if it.mask is not None]
     explained = annotated if max_images is None else annotated[:max_images]
     counts = {
@@ -551,10 +609,13 @@ def evaluate(
             t0 = time.perf_counter()
             post[res.key] = ex(x, labels)
             res.seconds += time.perf_counter() - t0
+        rows: list[dict[str, Any]] = []
+        refs: list[dict[str, float]] = []
         for j, it in enumerate(chunk):
             assert it.mask is not None
             i = idx[j]
-            row: dict[str, Any] = {
+            refs.append(_reference(it.mask, settings["oracle_grid"]))
+            rows.append({
                 "path": str(it.path),
                 "label": report_names[it.label],
                 "prediction": report_names[int(np.argmax(probs[i]))],
@@ -562,25 +623,36 @@ def evaluate(
                 "correct": bool(int(np.argmax(probs[i])) == it.label),
                 "mask": str(it.mask_path),
                 "mask_share": float(it.mask.mean()),
-            }
-            sal_by_method: dict[str, np.ndarray] = {"softcam": maps[j, it.label]}
-            sal_by_method.update({k: v[j] for k, v in post.items()})
-            for res in results:
-                predict = mm.predict_proba if res.model == "softcam" else orig_predict
-                assert predict is not None
-                rec, tk, dc, ic = _explanation_metrics(
-                    sal_by_method[res.key], it.mask, x[j], it.label, predict, settings
+                "oracle_precision": refs[-1]["oracle_precision"],
+            })
+        for res in results:
+            predict = mm.predict_proba if res.model == "softcam" else orig_predict
+            assert predict is not None
+            sals = [maps[j, it.label] if res.key == "softcam" else post[res.key][j]
+                    for j, it in enumerate(chunk)]
+            faith = _faithfulness_metrics(predict, x, sals, labels, settings)
+            for j, it in enumerate(chunk):
+                assert it.mask is not None
+                rec, tk = _localisation_metrics(sals[j], it.mask, settings)
+                d_auc, d_curve, i_auc, i_curve = faith[j]
+                rec["deletion_auc"] = d_auc
+                rec["insertion_auc"] = i_auc
+                rec["share_of_oracle"] = M.share_of_oracle(
+                    rec["activation_precision"], refs[j]["chance"], refs[j]["oracle_precision"]
                 )
+                rec.update(refs[j])
                 res.records.append(rec)
                 res.topk.append(tk)
-                res.deletion.append(dc)
-                res.insertion.append(ic)
-                row[res.key] = rec
+                res.deletion.append(d_curve)
+                res.insertion.append(i_curve)
+                rows[j][res.key] = rec
+        for j, row in enumerate(rows):
             per_image.append(M.json_safe(row))
             if len(example_data) < examples:
                 example_data.append(
-                    {"image": opened[j], "mask": it.mask, "label": it.label, "path": it.path, "maps": maps[j],
-                     "post": {k: v[j] for k, v in post.items()}, "row": row}
+                    {"image": opened[j], "mask": chunk[j].mask, "label": chunk[j].label,
+                     "path": chunk[j].path, "maps": maps[j], "post": {k: v[j] for k, v in post.items()},
+                     "row": row}
                 )
         if progress is not None:
             progress("explaining", min(start + batch_size, n_ex), n_ex)
@@ -643,6 +715,9 @@ def metric_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for key, (label, up) in METRICS.items():
         rows.append([f"{label} {'↑' if up else '↓'}", *[_fmt_metric(s["metrics"].get(key)) for s in summaries]])
+    for key, label in REFERENCES.items():  # reference values (per image, the same for every method)
+        if any(s["metrics"].get(key) for s in summaries):
+            rows.append([label, *[_fmt_metric(s["metrics"].get(key)) for s in summaries]])
     rows.append(["images", *[str(s["images"]) for s in summaries]])
     return rows
 
@@ -711,7 +786,10 @@ def write_report(
                     f"{s['patch_size']} px patches, stride {s['patch_stride']}, threshold {s['topk_threshold']}; "
                     f"deletion/insertion: {s['steps']} steps of {s['deletion_patch']} px tiles (deletion to the mean "
                     f"colour, insertion from a blurred image); pointing game: a hit within "
-                    f"{s.get('pointing_tolerance', 0)} px of the mask; sparsity and Gini on ReLU + min–max scaled maps.",
+                    f"{s.get('pointing_tolerance', 0)} px of the mask; sparsity and Gini on ReLU + min–max "
+                    "scaled maps; share of oracle = (activation precision − chance) / (oracle precision − "
+                    "chance), chance = the mask's area share, oracle = the mask average-pooled to the common "
+                    f"{'×'.join(str(v) for v in s.get('oracle_grid') or [])} grid.",
                     note=True,
                 ),
                 R.figure(R.line_chart_svg({m["label"]: m["topk_curve"] for m in summaries}, "k", "precision@k"),

@@ -41,16 +41,20 @@ __all__ = [
     "classification_report",
     "confusion_matrix",
     "deletion_insertion",
+    "deletion_insertion_batch",
     "energy_pointing_game",
     "gaussian_blur",
     "gini",
+    "grid_oracle",
     "json_safe",
     "normalize_saliency",
+    "oracle_precision",
     "pointing_game",
     "pooled_topk_precision",
     "quadratic_kappa",
     "roc_auc_ovr",
     "sensitivity_specificity",
+    "share_of_oracle",
     "sparsity",
     "topk_patch_precision",
     "upsample",
@@ -186,7 +190,9 @@ def upsample(map: Any, size: Sequence[int], mode: ResizeMode = "bilinear") -> np
     antialiasing): for output pixel ``i`` the source coordinate is ``(i + 0.5)·h/H − 0.5``; bilinear
     clamps it at 0 and blends the two neighbours, bicubic uses Keys' kernel (a = −0.75) on four clamped
     neighbours (so it can overshoot the input range, as torch does), nearest takes ``floor(i·h/H)``.
-    Works for any leading axes (e.g. K×h×w) and for shrinking too.
+    Works for any leading axes (e.g. K×h×w) and for shrinking too. Bilinear and nearest outputs are clipped
+    to each map's input range (they lie in it mathematically; the clip only removes floating-point rounding,
+    so a constant map stays exactly constant).
     """
     a = np.asarray(map, dtype=np.float64)
     if a.ndim < 2 or a.shape[-1] == 0 or a.shape[-2] == 0:
@@ -199,7 +205,12 @@ def upsample(map: Any, size: Sequence[int], mode: ResizeMode = "bilinear") -> np
         return a.copy()
     rh = _interp_matrix(h, out_h, mode)
     rw = _interp_matrix(w, out_w, mode)
-    return np.einsum("ij,...jk,lk->...il", rh, a, rw, optimize=True)
+    out = np.einsum("ij,...jk,lk->...il", rh, a, rw, optimize=True)
+    if mode != "bicubic":
+        # Bilinear and nearest outputs are convex combinations of the inputs: clip away the rounding of the
+        # weights (a constant map stays exactly constant, so its min–max normalization is all ones).
+        np.clip(out, a.min(axis=(-2, -1), keepdims=True), a.max(axis=(-2, -1), keepdims=True), out=out)
+    return out
 
 
 def normalize_saliency(s: Any) -> np.ndarray:
@@ -495,6 +506,81 @@ def energy_pointing_game(s: Any, m: Any, mode: ResizeMode = "bilinear") -> float
     return float(r[mask].sum() / total) if total > 0 else 0.0
 
 
+def _area_overlaps(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out × n_in) int64 overlaps, in units of ``1/n_out`` pixel, of cell i of n_out with pixel p of n_in.
+
+    Cell i spans ``[i·n_in/n_out, (i+1)·n_in/n_out)`` and pixel p spans ``[p, p+1)``; scaled by ``n_out``
+    both are integer intervals (``[i·n_in, (i+1)·n_in)`` and ``[p·n_out, (p+1)·n_out)``), so the overlaps
+    are exact integers: each row sums to ``n_in``, each column to ``n_out``.
+    """
+    cells = np.arange(n_out, dtype=np.int64)[:, None]
+    pix = np.arange(n_in, dtype=np.int64)[None, :]
+    lo = np.maximum(cells * n_in, pix * n_out)
+    hi = np.minimum((cells + 1) * n_in, (pix + 1) * n_out)
+    return np.maximum(hi - lo, 0)
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Area-weighted averaging matrix (n_out × n_in): row i gives cell i the mean of the pixels it covers."""
+    return _area_overlaps(n_in, n_out) / n_in
+
+
+def _as_grid(grid: Any, name: str = "grid") -> tuple[int, int]:
+    try:
+        gh, gw = (int(v) for v in grid)
+        ok = not isinstance(grid, str) and all(float(v) == int(v) for v in grid)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or gh < 1 or gw < 1:
+        raise UsageError(f"{name} must be two positive integers (rows, columns), got {grid!r}.")
+    return gh, gw
+
+
+def grid_oracle(mask: Any, grid: Sequence[int]) -> np.ndarray:
+    """The mask average-pooled to ``grid = (gh, gw)``: the best map a map on that grid can be.
+
+    Cell (i, j) holds the share of its area covered by the mask. When H or W is not a multiple of the grid
+    the cells cut through pixels and each pixel counts with the exact area it has in the cell (integer
+    interval overlaps, one rounding at the end; not a resize), so ``oracle.mean() == mask.mean()`` for every
+    grid. Returns a gh×gw float64 array in [0, 1]; a grid finer than the mask is allowed (each cell then
+    lies within one or two pixels).
+    """
+    m = _as_mask(mask).astype(np.int64)
+    gh, gw = _as_grid(grid)
+    height, width = m.shape
+    covered = _area_overlaps(height, gh) @ m @ _area_overlaps(width, gw).T  # exact integer areas
+    return covered / float(height * width)
+
+
+def oracle_precision(mask: Any, grid: Sequence[int], mode: ResizeMode = "bilinear") -> float:
+    """Activation precision of the grid oracle, upsampled to the mask: the ceiling for maps on ``grid``.
+
+    ``activation_precision(upsample(grid_oracle(mask, grid), mask size), mask)``: the oracle is upsampled
+    to the mask size exactly as :func:`activation_precision` upsamples any map (bilinear), so this is what
+    a map on ``grid`` scores when it equals the pooled mask — the ceiling that :func:`share_of_oracle`
+    divides by. Below 1 whenever the mask does not fill whole cells (a coarse
+    grid blurs the lesion's border). ``nan`` for an empty mask.
+    """
+    mk = _as_mask(mask)
+    oracle = grid_oracle(mk, grid)
+    return activation_precision(upsample(oracle, mk.shape, mode=mode), mk, mode)
+
+
+def share_of_oracle(precision: float, chance: float, oracle: float, eps: float = 1e-9) -> float:
+    """Activation precision on a chance-to-oracle scale: ``(precision − chance) / (oracle − chance)``.
+
+    ``chance`` is the mask's area share, what a constant positive map scores on
+    :func:`activation_precision`; ``oracle`` is :func:`oracle_precision` on the reference grid. 0 = no better
+    than a constant map, 1 = as good as the pooled mask; not clipped: negative is worse than chance (mass
+    outside the lesion) and above 1 is possible (a map sharper than the pooled mask). ``nan`` when an input
+    is ``nan`` or ``oracle ≤ chance + eps`` (a mask that fills the image: no map can beat chance).
+    """
+    p, c, o = float(precision), float(chance), float(oracle)
+    if not (math.isfinite(p) and math.isfinite(c) and math.isfinite(o)) or o <= c + eps:
+        return float("nan")
+    return (p - c) / (o - c)
+
+
 @dataclass(frozen=True)
 class TopKResult:
     """Outcome of :func:`topk_patch_precision` for one image.
@@ -691,6 +777,146 @@ def gaussian_blur(image: Any, sigma: float = 5.0) -> np.ndarray:
     return x
 
 
+Baseline = float | str | np.ndarray
+DeletionMode = Literal["deletion", "insertion"]
+
+
+@dataclass
+class _Curve:
+    """One deletion/insertion curve to compute: the image, its baseline and each pixel's tile rank."""
+
+    img: np.ndarray  # C×H×W float32
+    base: np.ndarray  # C×H×W float32, or a float32 scalar (0-d)
+    pixel_rank: np.ndarray  # H×W: position of each pixel's tile in the ranking
+    counts: np.ndarray  # tiles perturbed at each step (steps + 1 values)
+    fractions: np.ndarray  # fraction of pixels perturbed at each step
+    target: int
+    deletion: bool
+
+    def perturbed(self, c: int) -> np.ndarray:
+        sel = (self.pixel_rank < c)[None]
+        return np.where(sel, self.base, self.img) if self.deletion else np.where(sel, self.img, self.base)
+
+
+def _prepare_curve(
+    image: Any, saliency: Any, target: int, steps: int, patch: int, baseline: Baseline, mode: str,
+    patch_score: str, blur_sigma: float,
+) -> _Curve:
+    if mode not in ("deletion", "insertion"):
+        raise UsageError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3:
+        raise InputError(f"The image must be a C×H×W array, got shape {img.shape}.")
+    if not np.all(np.isfinite(img)):
+        raise InputError("The image contains NaN or infinite values.")
+    _, height, width = img.shape
+    sal = upsample(_as_map(saliency), (height, width))
+
+    base: np.ndarray
+    if isinstance(baseline, str):
+        if baseline != "blur":
+            raise UsageError(f"baseline must be a number, 'blur' or an array, got {baseline!r}.")
+        base = gaussian_blur(img, blur_sigma)
+    elif isinstance(baseline, numbers.Real):
+        base = np.asarray(float(baseline), dtype=np.float32)  # broadcast by np.where: no full-size copy
+    else:
+        base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), img.shape).copy()
+
+    # Tile ids and scores.
+    ny, nx = -(-height // patch), -(-width // patch)
+    tile_id = (np.arange(height)[:, None] // patch) * nx + (np.arange(width)[None, :] // patch)
+    n_tiles = ny * nx
+    if patch == 1:
+        tile_score = sal.ravel()
+    else:
+        pad_h, pad_w = ny * patch - height, nx * patch - width
+        fill = -np.inf if patch_score == "max" else np.nan
+        padded = np.pad(sal, ((0, pad_h), (0, pad_w)), constant_values=fill)
+        blocks = padded.reshape(ny, patch, nx, patch)
+        tile_score = (
+            blocks.max(axis=(1, 3)) if patch_score == "max" else np.nanmean(blocks, axis=(1, 3))
+        ).ravel()
+    order = np.argsort(-tile_score, kind="stable")
+    rank = np.empty(n_tiles, dtype=np.int64)
+    rank[order] = np.arange(n_tiles)
+    pixel_rank = rank[tile_id]
+
+    n_steps = min(steps, n_tiles)
+    counts = np.round(np.linspace(0, n_tiles, n_steps + 1)).astype(np.int64)
+    fractions = np.array([np.mean(pixel_rank < c) for c in counts], dtype=np.float64)
+    return _Curve(img, base, pixel_rank, counts, fractions, int(target), mode == "deletion")
+
+
+def deletion_insertion_batch(
+    predict_fn: Callable[[np.ndarray], Any],
+    images: Any,
+    saliencies: Sequence[Any],
+    targets: Sequence[int],
+    steps: int = 20,
+    patch: int = 16,
+    baseline: Baseline | Sequence[Baseline] = 0.0,
+    mode: DeletionMode | Sequence[DeletionMode] = "deletion",
+    batch_size: int = 128,
+    patch_score: Literal["max", "mean"] = "max",
+    blur_sigma: float = 5.0,
+) -> list[tuple[float, np.ndarray]]:
+    """:func:`deletion_insertion` for many images at once: the same ``(auc, curve)`` per image, in order.
+
+    Curve ``i`` perturbs ``images[i]`` (an N×C×H×W array or a sequence of C×H×W arrays of one shape) in the
+    order of ``saliencies[i]`` and reads the probability of ``targets[i]``. ``mode`` and ``baseline`` are
+    one value for every curve or a list/tuple with one value per image (a numpy array is one C×H×W
+    baseline shared by all); so the deletion and the insertion curves of a set of images go in one call
+    by listing each image twice. The perturbed inputs of all curves are streamed through ``predict_fn`` in
+    chunks of ``batch_size`` (images of different curves share a chunk), so the model sees few large
+    batches while at most ``batch_size`` perturbed inputs exist at a time. Each curve's values are those
+    of :func:`deletion_insertion` (up to the model's own batch-size-dependent rounding).
+    """
+    if patch_score not in ("max", "mean"):
+        raise UsageError(f"patch_score must be 'max' or 'mean', got {patch_score!r}.")
+    if steps < 1 or patch < 1 or batch_size < 1:
+        raise UsageError(f"steps, patch and batch_size must be positive, got {steps}, {patch}, {batch_size}.")
+    imgs = list(images)
+    sals = list(saliencies)
+    tgts = [int(t) for t in targets]
+    n = len(imgs)
+    if len(sals) != n or len(tgts) != n:
+        raise UsageError(f"images, saliencies and targets must have one entry per image, got {n}, "
+                         f"{len(sals)} and {len(tgts)}.")
+    modes = [mode] * n if isinstance(mode, str) else list(mode)
+    bases = list(baseline) if isinstance(baseline, (list, tuple)) else [baseline] * n
+    if len(modes) != n or len(bases) != n:
+        raise UsageError(f"mode and baseline must be one value or one per image ({n}), got {len(modes)} and "
+                         f"{len(bases)}.")
+    curves = [
+        _prepare_curve(imgs[i], sals[i], tgts[i], steps, patch, bases[i], modes[i], patch_score, blur_sigma)
+        for i in range(n)
+    ]
+    if len({c.img.shape for c in curves}) > 1:
+        raise InputError(f"The images must share one shape, got {sorted({c.img.shape for c in curves})}.")
+    jobs = [(i, int(c)) for i, cv in enumerate(curves) for c in cv.counts]
+    scores = [np.zeros(len(cv.counts), dtype=np.float64) for cv in curves]
+    filled = [0] * n
+    for start in range(0, len(jobs), batch_size):
+        part = jobs[start : start + batch_size]
+        batch = np.empty((len(part), *curves[0].img.shape), dtype=np.float32)
+        for b, (i, c) in enumerate(part):
+            batch[b] = curves[i].perturbed(c)
+        out = np.asarray(predict_fn(batch), dtype=np.float64)
+        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            raise InputError(f"predict_fn must return probabilities of shape (N, K); got {out.shape}.")
+        for b, (i, _) in enumerate(part):
+            t = curves[i].target
+            if not 0 <= t < out.shape[1]:
+                raise UsageError(f"target class {t} is out of range for {out.shape[1]} classes.")
+            scores[i][filled[i]] = out[b, t]
+            filled[i] += 1
+    results: list[tuple[float, np.ndarray]] = []
+    for cv, y in zip(curves, scores, strict=True):
+        auc = float(np.sum(np.diff(cv.fractions) * (y[1:] + y[:-1]) / 2.0))
+        results.append((auc, np.stack([cv.fractions, y], axis=1)))
+    return results
+
+
 def deletion_insertion(
     predict_fn: Callable[[np.ndarray], Any],
     image: Any,
@@ -720,72 +946,17 @@ def deletion_insertion(
 
     Returns ``(auc, curve)``: ``curve`` is a (steps + 1)×2 float64 array of (fraction of pixels
     perturbed, probability of ``target``), and ``auc`` the trapezoid area over that fraction in [0, 1].
-    Lower deletion AUC and higher insertion AUC mean a more faithful map.
+    Lower deletion AUC and higher insertion AUC mean a more faithful map. Many images (and both modes)
+    at once: :func:`deletion_insertion_batch`, which this calls with one image.
     """
     if mode not in ("deletion", "insertion"):
         raise UsageError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
-    if patch_score not in ("max", "mean"):
-        raise UsageError(f"patch_score must be 'max' or 'mean', got {patch_score!r}.")
-    if steps < 1 or patch < 1 or batch_size < 1:
-        raise UsageError(f"steps, patch and batch_size must be positive, got {steps}, {patch}, {batch_size}.")
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 3:
-        raise InputError(f"The image must be a C×H×W array, got shape {img.shape}.")
-    if not np.all(np.isfinite(img)):
-        raise InputError("The image contains NaN or infinite values.")
-    _, height, width = img.shape
-    sal = upsample(_as_map(saliency), (height, width))
-
-    if isinstance(baseline, str):
-        if baseline != "blur":
-            raise UsageError(f"baseline must be a number, 'blur' or an array, got {baseline!r}.")
-        base = gaussian_blur(img, blur_sigma)
-    elif isinstance(baseline, numbers.Real):
-        base = np.full_like(img, float(baseline))
-    else:
-        base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), img.shape).copy()
-
-    # Tile ids and scores.
-    ny, nx = -(-height // patch), -(-width // patch)
-    tile_id = (np.arange(height)[:, None] // patch) * nx + (np.arange(width)[None, :] // patch)
-    n_tiles = ny * nx
-    if patch == 1:
-        tile_score = sal.ravel()
-    else:
-        pad_h, pad_w = ny * patch - height, nx * patch - width
-        fill = -np.inf if patch_score == "max" else np.nan
-        padded = np.pad(sal, ((0, pad_h), (0, pad_w)), constant_values=fill)
-        blocks = padded.reshape(ny, patch, nx, patch)
-        tile_score = (
-            blocks.max(axis=(1, 3)) if patch_score == "max" else np.nanmean(blocks, axis=(1, 3))
-        ).ravel()
-    order = np.argsort(-tile_score, kind="stable")
-    rank = np.empty(n_tiles, dtype=np.int64)
-    rank[order] = np.arange(n_tiles)
-    pixel_rank = rank[tile_id]  # H×W: position of each pixel's tile in the ranking
-
-    steps = min(steps, n_tiles)
-    counts = np.round(np.linspace(0, n_tiles, steps + 1)).astype(np.int64)
-    fractions = np.array([np.mean(pixel_rank < c) for c in counts], dtype=np.float64)
-
-    def make(c: int) -> np.ndarray:
-        sel = (pixel_rank < c)[None]
-        if mode == "deletion":
-            return np.where(sel, base, img)
-        return np.where(sel, img, base)
-
-    scores: list[float] = []
-    for start in range(0, len(counts), batch_size):
-        batch = np.stack([make(int(c)) for c in counts[start : start + batch_size]]).astype(np.float32)
-        out = np.asarray(predict_fn(batch), dtype=np.float64)
-        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-            raise InputError(f"predict_fn must return probabilities of shape (N, K); got {out.shape}.")
-        if not 0 <= target < out.shape[1]:
-            raise UsageError(f"target class {target} is out of range for {out.shape[1]} classes.")
-        scores.extend(out[:, target].tolist())
-    y = np.asarray(scores, dtype=np.float64)
-    auc = float(np.sum(np.diff(fractions) * (y[1:] + y[:-1]) / 2.0))
-    return auc, np.stack([fractions, y], axis=1)
+    if isinstance(baseline, (list, tuple)):
+        baseline = np.asarray(baseline, dtype=np.float32)  # one array, not one baseline per image
+    return deletion_insertion_batch(
+        predict_fn, [image], [saliency], [target], steps=steps, patch=patch, baseline=baseline, mode=mode,
+        batch_size=batch_size, patch_score=patch_score, blur_sigma=blur_sigma,
+    )[0]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "apply_colormap",
     "colorbar",
     "colormap",
+    "font",
     "heatmap",
     "is_diverging",
     "overlay",
@@ -245,6 +246,17 @@ def colorbar(
             x = 0 if where == "l" else (width - tw) / 2 if where == "m" else width - tw
             draw.text((max(0, x), bar_h + 1), text, fill=(0, 0, 0), font=font)
     return img
+
+
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels, for text drawn into images (plots, demo panels).
+
+    Where ``load_default`` takes no size (Pillow before 10.1) it is the small fixed-size bitmap font.
+    """
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: no size argument, the small bitmap font
+        return ImageFont.load_default()
 
 
 def save_png(img: Any, path: str | os.PathLike, force: bool = False) -> Path:

@@ -29,6 +29,7 @@ __all__ = [
     "html_page",
     "image_tag",
     "line_chart_svg",
+    "nice_ticks",
     "paragraph",
     "section",
     "table",
@@ -207,8 +208,8 @@ def figure(content: str, caption: str | None = None) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round tick positions (1-2-5 steps) covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round tick positions (1-2-5 steps) covering [lo, hi] (``hi > lo``); one within rounding of 0 is 0."""
     span = hi - lo
     raw = span / max(target, 1)
     mag = 10.0 ** math.floor(math.log10(raw))
@@ -277,10 +278,10 @@ def line_chart_svg(
     if y_hi == y_lo:
         pad = abs(y_lo) * 0.1 or 1.0
         y_lo, y_hi = y_lo - pad, y_hi + pad
-    yt = _nice_ticks(y_lo, y_hi)
+    yt = nice_ticks(y_lo, y_hi)
     y_lo, y_hi = min(y_lo, yt[0]), max(y_hi, yt[-1])
     xt = (
-        _nice_ticks(x_lo, x_hi, target=min(8, max(2, int(x_hi - x_lo)))) if x_hi - x_lo >= 1 else [x_lo, x_hi]
+        nice_ticks(x_lo, x_hi, target=min(8, max(2, int(x_hi - x_lo)))) if x_hi - x_lo >= 1 else [x_lo, x_hi]
     )
 
     def sx(x: float) -> float:

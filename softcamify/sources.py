@@ -82,6 +82,29 @@ def build(kind: str, name: str, num_classes: int | None = None, model_args: dict
     raise InputError(f"unknown model source {kind!r}")
 
 
+OUTPUT_STRIDES = (32, 16, 8)  # --output-stride: 32 is the model as it is; 16 and 8 dilate its last stage(s)
+
+
+def stride_args(
+    kind: str | None, model_args: dict[str, Any] | None, output_stride: int
+) -> dict[str, Any] | None:
+    """Constructor arguments that rebuild a named network with a finer output stride, or None.
+
+    timm builders take ``output_stride`` (ResNet & co., RegNet, EfficientNet/MobileNet, ConvNeXt …);
+    torchvision's ResNet builders take ``replace_stride_with_dilation`` (16: the last stage dilated,
+    8: the last two). Whether a given architecture accepts them is found by building it, not by name.
+    Networks softcamify cannot rebuild by name (``kind == "module"``) have no such arguments.
+    """
+    args = dict(model_args or {})
+    if kind == "timm":
+        args["output_stride"] = int(output_stride)
+        return args
+    if kind == "torchvision":
+        args["replace_stride_with_dilation"] = [False, output_stride <= 8, output_stride <= 16]
+        return args
+    return None
+
+
 def classifier_keys(model: nn.Module) -> list[str]:
     """State-dict keys of the classifier weight(s): timm's pretrained_cfg, else the last Linear/1×1 conv."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}

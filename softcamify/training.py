@@ -9,10 +9,11 @@ The library behind ``softcamify finetune``; notebooks call it directly::
 
 Loss (docs/method.md, "Fine-tuning loss")::
 
-    loss = CE(logits, y) + l1 · mean_b Σ_{k,h,w} |A| + l2 · mean_b Σ_{k,h,w} A²
+    loss = CE(logits, y) + l1 · mean_{b,k,h,w} |A| / s + l2 · mean_{b,k,h,w} A² / s²
 
-The penalties are per-sample sums over every class map and position, averaged over the batch, so λ
-has the scale of the paper's per-sample sums; ``l1 = l2 = 0`` is plain cross-entropy.
+The penalties are means over every sample, class map and evidence cell, relative to ``s``, the logit
+scale of the starting model (:func:`logit_scale`, measured once before the first step), so a λ means
+the same on any grid, class count and logit scale; ``l1 = l2 = 0`` is plain cross-entropy.
 
 A run folder holds ``last.pt`` (everything needed to continue: model, optimizer, scaler, scheduler,
 epoch and step, RNG states, config; written atomically at every epoch end and on Ctrl-C; readable with
@@ -66,6 +67,8 @@ __all__ = [
     "Reporter",
     "finetune",
     "elasticnet_loss",
+    "logit_scale",
+    "lambda_from_paper",
     "cosine_with_warmup",
     "map_statistics",
     "load_state",
@@ -90,8 +93,11 @@ MONITORS = {"val_auc": ("auc", "max"), "val_acc": ("accuracy", "max"), "val_loss
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_WEIGHTS = ("none", "balanced")
 AMP_DTYPES = ("bf16", "fp16")
-# The paper's Lasso value for ResNet-50 on Kaggle fundus (per-sample sum scale; see docs/method.md).
-DEFAULT_L1 = 5e-5
+# λ1 of the normalized penalty (docs/method.md, "Fine-tuning loss"): sparse, localized maps on the demo's
+# lesion data within a point of accuracy (benchmarks/localization.py measures the trade-off).
+DEFAULT_L1 = 0.05
+# Images the starting model's logit scale is measured on (the first ones of the validation split).
+SCALE_IMAGES = 64
 # Evidence below this magnitude (in logit units, per map cell) counts as "near zero" for map sparsity.
 DEFAULT_SPARSITY_THRESHOLD = 0.1
 DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-3}
@@ -216,6 +222,7 @@ class FinetuneResult:
     world_size: int = 1
     device: str = "cpu"
     amp: str | None = None
+    logit_scale: float = 1.0  # s of the penalty (training.logit_scale of the starting model)
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = field(default=None, repr=False, compare=False)
@@ -279,25 +286,55 @@ def elasticnet_loss(
     l1: float = 0.0,
     l2: float = 0.0,
     class_weight: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, ce, l1_term, l2_term)`` with ``loss = ce + l1·l1_term + l2·l2_term``.
 
-    ``l1_term = mean_b Σ_{k,h,w} |A|`` and ``l2_term = mean_b Σ_{k,h,w} A²`` over the whole batch (every
-    sample, every class map; computed in float32). With ``l1 = l2 = 0`` the loss is exactly the
-    (optionally class-weighted) cross-entropy. The returned terms are detached (for logging).
+    ``l1_term = mean_{b,k,h,w} |A| / scale`` and ``l2_term = mean_{b,k,h,w} A² / scale²``: means over
+    every sample, class map and cell (any number of spatial axes), relative to ``scale`` (the starting
+    model's :func:`logit_scale`), so that λ does not depend on the grid size, the class count or the
+    logit scale. With ``l1 = l2 = 0`` the loss is exactly the (optionally class-weighted)
+    cross-entropy. The returned terms are detached (for logging); computed in float32.
     """
+    if not (math.isfinite(scale) and scale > 0):
+        raise UsageError(f"scale must be a positive number, got {scale}.")
     ce = F.cross_entropy(two_class(logits.float()), target, weight=class_weight)  # one logit: BCE, exactly
-    m = maps.float().flatten(1)
+    m = maps.float()
     with torch.set_grad_enabled(bool(l1) and torch.is_grad_enabled()):
-        l1_term = m.abs().sum(1).mean()
+        l1_term = m.abs().mean() / scale
     with torch.set_grad_enabled(bool(l2) and torch.is_grad_enabled()):
-        l2_term = m.square().sum(1).mean()
+        l2_term = m.square().mean() / (scale * scale)
     loss = ce
     if l1:
         loss = loss + l1 * l1_term
     if l2:
         loss = loss + l2 * l2_term
     return loss, ce.detach(), l1_term.detach(), l2_term.detach()
+
+
+@torch.no_grad()
+def logit_scale(logits: torch.Tensor) -> float:
+    """The scale λ is relative to: the RMS of the logits around each sample's mean over classes.
+
+    Softmax ignores a shift shared by all classes, so the shift is removed; a single-logit binary model
+    is read as its two-class view ``(−z/2, z/2)`` (:mod:`softcamify.binary`). Returns 1.0 when the
+    logits do not vary (a zero-initialized head), so that λ keeps its plain meaning.
+    """
+    z = two_class(logits.detach().double())
+    s = float((z - z.mean(1, keepdim=True)).square().mean().sqrt())
+    return s if math.isfinite(s) and s > 1e-6 else 1.0
+
+
+def lambda_from_paper(lam: float, num_classes: int, cells: int, scale: float, term: str = "l1") -> float:
+    """softcamify's λ for a λ of the paper (whose penalty is a per-sample sum over the K×h×w maps).
+
+    The paper penalizes ``λ_paper · Σ_{k,h,w} |A|``, softcamify ``λ · mean_{k,h,w} |A| / s``: the two agree
+    when ``λ1 = λ_paper · K · h·w · s`` (``term="l1"``) and, for the squared term, ``λ2 = λ_paper · K · h·w · s²``
+    (``term="l2"``). ``cells`` is h·w (d·h·w for volumes), ``scale`` the :func:`logit_scale`.
+    """
+    if term not in ("l1", "l2"):
+        raise UsageError(f"term must be 'l1' or 'l2', got {term!r}.")
+    return float(lam) * int(num_classes) * int(cells) * float(scale) ** (1 if term == "l1" else 2)
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -734,6 +771,7 @@ class _Run:
         self.notes: list[str] = []
         self.lock: RunLock | None = None
         self.state: dict[str, Any] | None = None
+        self.scale = 1.0  # the penalty's logit scale (penalty_scale), measured before the first step
         self.stop = _StopFlag()
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -956,6 +994,10 @@ class _Run:
         sc = sc.to(device)
         if channels_last:
             sc = sc.to(memory_format=torch.channels_last)
+        dc = sc.meta.data_config
+        # λ is relative to the starting model's logit scale (also when resuming: sc is still the start here)
+        scale = self.penalty_scale(sc, ImageDataset(splits.val or splits.train, build_transform(dc, train=False),
+                                                    channels), channels_last)
         if c.freeze_backbone:
             sc.features.requires_grad_(False)
         trainable = [p for p in sc.parameters() if p.requires_grad]
@@ -979,7 +1021,6 @@ class _Run:
             class_weight = torch.tensor(weights_list, dtype=torch.float32, device=device)
 
         # data
-        dc = sc.meta.data_config
         train_ds = _SeededDataset(ImageDataset(splits.train, build_transform(dc, train=True, augment=c.augment), channels),
                                   c.seed)
         val_ds = ImageDataset(splits.val, build_transform(dc, train=False), channels)
@@ -1069,6 +1110,7 @@ class _Run:
             "model": sc.meta.architecture, "strategy": sc.meta.strategy, "classes": class_names,
             "device": str(device), "world_size": ctx.world, "amp": amp_name, "channels_last": channels_last,
             "workers": workers, "steps_per_epoch": steps, "data": data_info, "config": c.to_dict(),
+            "logit_scale": scale,
             "run_dir": str(self.run_dir), "resumed_from": start_epoch if st is not None else None,
         }
         self.reporter.start(info)
@@ -1110,7 +1152,7 @@ class _Run:
                     y = y.to(device, non_blocking=True)
                     with autocast():
                         logits, maps = net(x)
-                    loss, ce, l1t, l2t = elasticnet_loss(logits, maps, y, c.l1, c.l2, class_weight)
+                    loss, ce, l1t, l2t = elasticnet_loss(logits, maps, y, c.l1, c.l2, class_weight, scale)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if c.grad_clip:
@@ -1201,7 +1243,8 @@ class _Run:
             stopped_early=stopped_early or already_stopped, resumed_from=start_epoch if st is not None else None,
             train_images_per_s=tput, elapsed_s=time.perf_counter() - t_start, best=best_record,
             last=history[-1] if history else None, data=data_info, config=c.to_dict(), world_size=ctx.world,
-            device=str(device), amp=amp_name, notes=list(self.notes), history=history, model=result_model,
+            device=str(device), amp=amp_name, logit_scale=self.scale, notes=list(self.notes), history=history,
+            model=result_model,
         )
         if ctx.is_main:
             from .io import write_text_atomic
@@ -1209,6 +1252,27 @@ class _Run:
             write_text_atomic(self.run_dir / SUMMARY_NAME, json.dumps(result.to_dict(), indent=2) + "\n", force=True)
         self.reporter.end(result)
         return result
+
+    @torch.no_grad()
+    def penalty_scale(self, sc, dataset, channels_last: bool) -> float:
+        """The starting model's :func:`logit_scale` on the first :data:`SCALE_IMAGES` validation images.
+
+        Deterministic (eval mode, eval transform, no random numbers drawn) and the same on every rank, so a
+        resumed run and every DDP process use the same scale.
+        """
+        was_training = sc.training
+        sc.eval()
+        n = min(SCALE_IMAGES, len(dataset))
+        bs = max(1, int(self.cfg.batch_size))
+        logits = []
+        for start in range(0, n, bs):
+            x = torch.stack([dataset[i][0] for i in range(start, min(n, start + bs))]).to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits.append(sc(x).float())
+        sc.train(was_training)
+        self.scale = logit_scale(torch.cat(logits)) if logits else 1.0
+        return self.scale
 
     @torch.no_grad()
     def evaluate(self, sc, loader, autocast, channels_last, class_weight, class_names) -> dict[str, Any]:
@@ -1230,8 +1294,9 @@ class _Run:
             logits, maps = two_class(logits.float()), maps.float()  # one logit: its two classes
             ce = F.cross_entropy(logits, y, reduction="none")
             w = class_weight[y] if class_weight is not None else torch.ones_like(ce)
-            flat = maps.flatten(1)
-            sums += torch.stack([(w * ce).sum(), w.sum(), flat.abs().sum(1).sum(), flat.square().sum(1).sum(),
+            flat = maps.flatten(1)  # the penalty's terms, as in elasticnet_loss
+            sums += torch.stack([(w * ce).sum(), w.sum(), flat.abs().mean(1).sum() / self.scale,
+                                 flat.square().mean(1).sum() / self.scale**2,
                                  torch.tensor(float(y.shape[0]), device=self.device)]).double()
             stats += map_statistics(maps, c.sparsity_threshold)
             probs.append(torch.softmax(logits, 1).cpu())
@@ -1328,7 +1393,8 @@ class _Run:
             "epochs_planned": int(c.epochs),
             "l1": c.l1,
             "l2": c.l2,
-            "loss": "ce + l1*mean_b sum|A| + l2*mean_b sum A^2",
+            "loss": "ce + l1*mean|A|/s + l2*mean(A^2)/s^2",
+            "logit_scale": self.scale,
             "optimizer": c.optimizer,
             "lr": c.lr,
             "weight_decay": c.weight_decay,

@@ -54,3 +54,18 @@ def test_gpu_check_failed_check_exits_1(gpu_check, monkeypatch, capsys):
     assert gpu_check.main([*TINY, "--skip", "b,c,d"]) == 1
     text = capsys.readouterr().out
     assert "FAILED 2 of 3 checks" in text and "(a) test_resnet bf16 autocast" in text
+
+
+def test_evaluate_speed_runs_both_paths_and_they_agree(capsys):
+    """benchmarks/evaluate_speed.py at a tiny size: per-image and batched deletion/insertion, same AUCs."""
+    spec = importlib.util.spec_from_file_location("evaluate_speed", REPO / "benchmarks" / "evaluate_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--images", "6", "--size", "48", "--steps", "2", "--batch", "2", "--rounds", "1", "--wide",
+            "--json"]
+    assert mod.main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["explained"] >= 1 and res["deletion_batch_size"] == 2
+    assert set(res["ratios"]) == {"evaluate", "deletion_insertion", "evaluate_4x", "deletion_insertion_4x"}
+    assert all(v > 0 for v in res["ratios"].values())
+    assert res["max_abs_auc_difference"] < 1e-5

@@ -41,6 +41,7 @@ def test_inspect_json(resnet_weights):
     assert data["num_classes"] == 5
     assert data["input_size"] == [3, 160, 160] and data["evidence_grid"] == [5, 5]
     assert data["feature_shape"] == [96, 5, 5]
+    assert data["grids"] == {"32": [5, 5], "16": [10, 10], "8": [20, 20]}  # by --output-stride
     assert data["pooling"] == "global avg pool" and data["classifier"] == "Linear(96→5)"
     assert len(data["mean"]) == 3 and data["parameters"] > 0
 
@@ -243,3 +244,39 @@ def test_inspect_json_of_a_softcamify_model_has_the_classifier_keys(tmp_path):
     assert set(plain) <= set(d)  # scripts read the same keys for a classifier and a SoftCAM model
     assert d["feature_shape"] == [96, 2, 2] and d["evidence_grid"] == [2, 2] and d["is_softcam"]
     assert "linear" in d["head"] and d["convertible"]
+
+
+def test_convert_with_output_stride(tmp_path, resnet_weights):
+    out = tmp_path / "x.safetensors"
+    r = run_cli("convert", "test_resnet", "--weights", resnet_weights, "--output-stride", "16", "-o", out,
+                "--json", "--input-size", "64", "--samples", "2")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["output_stride"] == 16 and data["evidence_grid"] == [4, 4] and data["original_grid"] == [2, 2]
+    assert data["exact"] is False and data["strategy"] == "linear"
+    for key in ("max_abs_diff", "mean_abs_diff", "top1_agreement", "kl_divergence"):
+        assert isinstance(data[key], float), key
+    assert any("fine-tune before use" in n for n in data["notes"])
+    d = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert d["is_softcam"] and d["evidence_grid"] == [4, 4] and d["grids"] == {"16": [4, 4]}
+    strict = tmp_path / "strict.safetensors"
+    _assert_fails(run_cli("convert", "test_resnet", "--output-stride", "8", "-o", strict, "--strict"),
+                  EXIT_CONVERSION, "--output-stride 8", "--strict", out=strict)
+
+
+def test_inspect_table_shows_the_grids_offered():
+    r = run_cli("inspect", "test_resnet", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "2×2 (--output-stride 32), 4×4 (16), 8×8 (8)" in r.stdout
+
+
+def test_output_stride_on_a_model_that_cannot(tmp_path):
+    out = tmp_path / "o.safetensors"
+    _assert_fails(
+        run_cli("convert", "torchvision:densenet121", "--input-size", "64", "--output-stride", "16",
+                "-o", out),
+        EXIT_USAGE, "--output-stride 16", "torchvision:densenet121", "offers only its own 2×2 grid", out=out,
+    )
+    assert list(tmp_path.iterdir()) == []
+    _assert_fails(run_cli("convert", "test_resnet", "--output-stride", "12", "-o", out), EXIT_USAGE,
+                  "--output-stride must be 32", out=out)

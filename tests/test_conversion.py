@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
 
 import softcamify
 from softcamify.checkpoints import load_model
-from softcamify.errors import ConversionError, InputError, ValidationError
+from softcamify.errors import ConversionError, InputError, UsageError, ValidationError
 
 # every timm test_* model with a spatial feature map and an exactly decomposable head
 TIMM_TEST_CNNS = [
@@ -210,3 +212,127 @@ def test_a_named_cut_that_skips_part_of_the_network_is_not_called_exact():
     # a right cut is still exact
     res = timm.create_model("test_resnet", num_classes=3).eval()
     assert inspect(res, input_size=(64, 64), features_layer="layer4", classifier="fc").plan.exact
+
+
+# --- finer evidence grids: --output-stride 16 / 8 ----------------------------------------------------
+def _dilated_reference(spec: str, original: torch.nn.Module, stride: int) -> torch.nn.Module:
+    """The original's weights in the network built with its stride traded for dilation, built here."""
+    import torchvision
+
+    if spec.startswith("torchvision:"):
+        dilate = [False, stride <= 8, True]
+        net = torchvision.models.resnet50(num_classes=3, replace_stride_with_dilation=dilate)
+    else:
+        net = timm.create_model(spec, num_classes=3, output_stride=stride)
+    net.load_state_dict(original.state_dict())
+    return net.eval()
+
+
+# torchvision's resnet18/34 refuse dilation (BasicBlock): its Bottleneck ResNets take it
+@pytest.mark.parametrize("spec", ["test_resnet", "torchvision:resnet50"])
+def test_output_stride_gives_a_finer_grid_from_the_same_weights(spec, tmp_path):
+    torch.manual_seed(0)
+    loaded = load_model(spec, num_classes=3, input_size=(64, 64))
+    before = dict(loaded.source)
+    base = softcamify.inspect(loaded)
+    g = base.plan.evidence_grid
+    assert base.to_dict()["grids"] == {"32": g, "16": [2 * g[0], 2 * g[1]], "8": [4 * g[0], 4 * g[1]]}
+    x = torch.randn(2, 3, 64, 64)
+    for stride, factor in ((16, 2), (8, 4)):
+        sc = softcamify.convert(loaded, output_stride=stride, samples=2)
+        r = sc.meta.conversion
+        assert r["evidence_grid"] == [factor * g[0], factor * g[1]] and r["original_grid"] == g
+        assert r["output_stride"] == stride and r["exact"] is False and sc.meta.exact is False
+        for key in ("max_abs_diff", "mean_abs_diff", "max_rel_diff", "top1_agreement", "kl_divergence"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), key
+        assert 0.0 <= r["top1_agreement"] <= 1.0 and r["kl_divergence"] >= 0.0
+        assert r["dilated_max_abs_diff"] <= 1e-4  # the head itself converts exactly; the rest is the dilation
+        assert any("fine-tune before use" in n and f"--output-stride {stride}" in n for n in r["notes"])
+        _check_maps(sc, (3, 64, 64))
+        with torch.no_grad():
+            logits, maps = sc.forward_maps(x)
+            assert maps.shape[-2:] == (factor * g[0], factor * g[1])
+            # the SoftCAM model is the dilated network with the original's weights
+            ref = _dilated_reference(spec.removeprefix("timm:"), loaded.module, stride)
+            torch.testing.assert_close(logits, ref(x), rtol=1e-4, atol=1e-4)
+        assert loaded.source == before  # the caller's model and source are left as they were
+        # the file records the constructor argument: load() rebuilds the dilated backbone without pickle
+        path = softcamify.save(sc, tmp_path / f"os{stride}.safetensors")
+        meta = softcamify.read_metadata(path)
+        assert meta["conversion"]["output_stride"] == stride
+        args = meta["source"]["model_args"]
+        if spec.startswith("torchvision:"):
+            assert args == {"replace_stride_with_dilation": [False, stride == 8, True]}
+        else:
+            assert args == {"output_stride": stride}
+        back = softcamify.load(path)
+        with torch.no_grad():
+            l2, m2 = back.forward_maps(x)
+        assert torch.equal(m2, maps) and torch.equal(l2, logits)
+        assert softcamify.inspect(back).to_dict()["grids"] == {str(stride): r["evidence_grid"]}
+        with pytest.raises(ConversionError, match=rf"--output-stride {stride}.*--strict"):
+            softcamify.convert(loaded, output_stride=stride, samples=1, strict=True)
+
+
+def test_output_stride_32_is_the_model_as_it_is():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3).eval()
+    sc = softcamify.convert(model, input_size=(64, 64), output_stride=32, samples=2)
+    report = sc.meta.conversion
+    assert sc.meta.exact and report["output_stride"] == 32 and report["evidence_grid"] == [2, 2]
+    assert sc.meta.source["model_args"] == {}
+    with pytest.raises(UsageError, match="--output-stride must be 32.*not 4"):
+        softcamify.convert(model, input_size=(64, 64), output_stride=4, samples=1)
+
+
+def test_output_stride_from_an_in_memory_model_and_on_the_fly():
+    from softcamify.conversion import as_softcam, dilated
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3).eval()
+    d = dilated(model, 16)
+    assert d.source["model_args"] == {"output_stride": 16} and d.module is not model
+    with torch.no_grad():
+        assert d.module.forward_features(torch.randn(1, 3, 64, 64)).shape[-2:] == (4, 4)
+    sc, loaded = as_softcam("test_resnet", num_classes=3, input_size=(64, 64), output_stride=8)
+    assert sc.meta.conversion["evidence_grid"] == [8, 8] and loaded.source["model_args"] == {}
+    with pytest.raises(UsageError, match="already a SoftCAM model"):
+        as_softcam(sc, output_stride=16)
+    with pytest.raises(UsageError, match="already a SoftCAM model"):
+        dilated(sc, 16)
+
+
+class _SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("case", ["torchvision:resnet18", "torchvision:densenet121", "mobilenetv3_small_050",
+                                  "custom", "pickled", "timm_os16_in_memory"])
+def test_models_without_a_finer_grid_say_so(case, tmp_path):
+    torch.manual_seed(0)
+    if case == "custom":
+        model, words = _SmallNet().eval(), ["_SmallNet is not a timm or torchvision network"]
+    elif case == "pickled":
+        torch.save(_SmallNet().eval(), tmp_path / "net.pt")
+        model, words = load_model(tmp_path / "net.pt", trust_pickle=True), ["pickled module net.pt"]
+    elif case == "timm_os16_in_memory":  # built with an argument softcamify cannot see: not rebuilt by name
+        model = timm.create_model("test_resnet", num_classes=3, output_stride=16).eval()
+        words = ["not a timm"]
+    else:
+        model = load_model(case, num_classes=3, input_size=(64, 64))
+        arg = "output_stride=16" if case == "mobilenetv3_small_050" else "replace_stride_with_dilation"
+        words = [f"does not build with {arg}", "offers only its own 2×2 grid (--output-stride 32)"]
+    with pytest.raises(UsageError, match=r"^--output-stride 16: .* cannot trade stride for dilation") as e:
+        softcamify.convert(model, input_size=(64, 64), output_stride=16, samples=1)
+    msg = str(e.value)
+    assert all(w in msg for w in words), msg
+    assert msg.count(". ") == 0 and msg.endswith(".")  # one sentence
+    if case == "torchvision:resnet18":
+        assert "BasicBlock" in msg
+        assert softcamify.inspect(model).to_dict()["grids"] == {"32": [2, 2]}

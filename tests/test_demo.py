@@ -105,15 +105,31 @@ def test_demo_fast_end_to_end(tmp_path, cli):
         assert cls["converted"][key] == cls["black_box"][key]
     assert cls["fine_tuned"]["accuracy"] is not None
     assert f["finetune"]["l1"] > 0 and len(f["finetune"]["history"]) == f["finetune"]["epochs"] >= 1
+    # the finer grid: converted again at output stride 8 (approximate), 4× the black box's grid
+    fine = f["conversion_finer"]
+    assert fine["output_stride"] == 8 and fine["exact"] is False
+    assert fine["evidence_grid"] == [4 * v for v in fine["original_grid"]]
+    # the sweep: one run per λ1, the fine-tuned model is the recommended run's (or the mildest, said in a note)
+    sw = f["sweep"]
+    assert [r["l1"] for r in sw["runs"]] == list(demo.FAST.l1)
+    assert f["finetune"]["l1"] == (sw["recommended_l1"] if sw["recommended_l1"] is not None else min(demo.FAST.l1))
+    assert f["evaluation_settings"]["oracle_grid"] == fine["evidence_grid"]
     assert f["export"]["max_abs_diff_evidence"] <= 1e-4
     # localization: SoftCAM beside Grad-CAM on the black box and on SoftCAM
     loc = f["localization"]
     assert {"SoftCAM (fine-tuned)", "SoftCAM (converted)", "Grad-CAM (black box)", "Grad-CAM (on SoftCAM)"} <= set(loc)
     for m in loc.values():
         assert m["images"] >= 1 and 0.0 <= m["activation_precision"] <= 1.0
+        assert m["share_of_oracle"] is not None
+    # the comparison with Grad-CAM, stated in figures and words, consistent with the table
+    comp = f["comparison"]
+    assert comp["share_of_oracle_diff"] == pytest.approx(
+        loc["SoftCAM (fine-tuned)"]["share_of_oracle"] - loc["Grad-CAM (black box)"]["share_of_oracle"])
+    assert ("does not localize" in comp["text"]) == (not comp["better"])
 
     # files
     for rel in ("report.html", "demo.json", "model.onnx", "models/converted.safetensors", "finetune/best.safetensors",
+                "models/converted_os8.safetensors", "sweep/sweep.json", "sweep/pareto.png",
                 "finetune/metrics.jsonl", "explain/index.html", "evaluate/index.html", "figures/panel.png",
                 "data/manifest.json"):
         assert (out / rel).is_file(), rel
@@ -121,11 +137,12 @@ def test_demo_fast_end_to_end(tmp_path, cli):
 
     # the report: one page with every section, both accuracies, both methods, the curve, the overlays
     page = (out / "report.html").read_text(encoding="utf-8")
-    for title in ("Summary", "1. Data", "2. Inspect", "3. Convert", "4. Fine-tune", "5. Export to ONNX", "6. Explain",
+    for title in ("Summary", "1. Data", "2. Inspect", "3. Convert", "4. Sweep λ1 and fine-tune", "5. Export to ONNX",
+                  "6. Explain",
                   "7. Evaluate", "The same steps on your own data"):
         assert f"<h2>{title}</h2>" in page
     for text in ("black box", "SoftCAM (converted)", "SoftCAM (fine-tuned)", "Grad-CAM (black box)", "Exactness report",
-                 "activation precision", "pointing game", "<svg", 'src="figures/panel.png"', 'src="explain/overlays/'):
+                 "activation precision", "share of oracle", "pointing game", "<svg", comp["text"].split(":")[0], 'src="figures/panel.png"', 'src="explain/overlays/'):
         assert text in page, text
     for src in set(__import__("re").findall(r'src="([^"]+)"', page)):
         assert (out / src).is_file(), src

@@ -307,3 +307,116 @@ def test_original_that_is_itself_a_softcam_model_is_split_at_its_backbone(lesion
     m = {s["key"]: s["metrics"]["activation_precision"]["mean"] for s in res.method_summaries()}
     assert m["original:gradcam"] == pytest.approx(m["gradcam"], abs=1e-6)
     assert m["original:layercam"] == pytest.approx(m["layercam"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Share of oracle on a common reference grid; batched deletion / insertion
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_records_carry_chance_oracle_and_share_on_a_common_grid(red_data):
+    data, masks = red_data
+    share = SQUARE * SQUARE / 32**2
+    res = evaluate(_red_model(), data, masks=masks, baselines="gradcam", steps=2, device="cpu")
+    assert res.settings["oracle_grid"] == res.settings["evidence_grid"] == [32, 32]  # default: evidence grid
+    for method in res.methods:  # the map equals the mask on its own grid: as good as the oracle
+        for rec in method.records:
+            assert rec["chance"] == pytest.approx(share)
+            assert rec["oracle_precision"] == pytest.approx(1.0, abs=1e-12)
+            assert rec["share_of_oracle"] == pytest.approx(1.0, abs=1e-9)
+    s = {m["key"]: m["metrics"] for m in res.method_summaries()}
+    for key in ("softcam", "gradcam"):
+        assert s[key]["share_of_oracle"]["mean"] == pytest.approx(1.0, abs=1e-9)
+        assert s[key]["share_of_oracle"]["n"] == 3
+        assert s[key]["chance"]["mean"] == pytest.approx(share)
+    row = res.per_image[0]
+    assert row["oracle_precision"] == pytest.approx(1.0)
+    assert row["softcam"]["share_of_oracle"] == pytest.approx(1.0)
+    data_json = res.to_dict()
+    assert data_json["explanation"]["higher_is_better"]["share_of_oracle"] is True
+    assert set(data_json["explanation"]["references"]) == {"oracle_precision", "chance"}
+
+    # a coarser common grid: its oracle blurs the lesion, so the exact 32×32 maps beat it (share > 1)
+    coarse = evaluate(_red_model(), data, masks=masks, baselines="gradcam", steps=2, device="cpu",
+                      oracle_grid=(4, 4))
+    assert coarse.settings["oracle_grid"] == [4, 4] and coarse.settings["evidence_grid"] == [32, 32]
+    for method in coarse.methods:
+        for rec in method.records:
+            assert share < rec["oracle_precision"] < 1.0
+            assert rec["share_of_oracle"] == pytest.approx((1.0 - share) / (rec["oracle_precision"] - share))
+            assert rec["share_of_oracle"] > 1.0
+    # every method is divided by the same per-image oracle
+    ref = [r["oracle_precision"] for r in coarse.methods[0].records]
+    assert [r["oracle_precision"] for r in coarse.methods[1].records] == ref
+
+    with pytest.raises(UsageError, match="oracle_grid must be two positive integers"):
+        evaluate(_red_model(), data, masks=masks, oracle_grid=(0, 4), device="cpu")
+    with pytest.raises(UsageError, match="oracle_grid 64×64 is finer than"):
+        evaluate(_red_model(), data, masks=masks, oracle_grid=(64, 64), device="cpu")
+
+
+def test_batched_deletion_insertion_equals_the_per_image_path(lesions, monkeypatch):
+    """evaluate's batched deletion/insertion gives the per-image values (a real timm model, random init)."""
+    import functools
+
+    import softcamify.evaluation as E
+
+    calls: list[int] = []
+    model = E.load_map_model(lesions["model"], device="cpu")
+    orig_predict = model.predict_proba
+
+    def counting(x):
+        calls.append(len(x))
+        return orig_predict(x)
+
+    monkeypatch.setattr(type(model), "predict_proba", lambda self, x: counting(x))
+    batched = evaluate(model, lesions["data"], split="train", steps=4, batch_size=3, device="cpu")
+    n_images = batched.counts["explained"]
+    assert n_images >= 3 and batched.settings["deletion_batch_size"] == 3  # on a CPU: the batch size
+    # per chunk of (up to) 3 images: 2 curves × 5 inputs per image, streamed in full forwards of 3
+    assert len(calls) == sum(-(-10 * min(3, n_images - i) // 3) for i in range(0, n_images, 3))
+    n_batched = len(calls)
+    calls.clear()
+    monkeypatch.setattr(E, "_faithfulness_metrics", functools.partial(E._faithfulness_metrics, batched=False))
+    single = evaluate(model, lesions["data"], split="train", steps=4, batch_size=3, device="cpu")
+    assert len(calls) == n_images * 2 * 2 > n_batched  # per curve: 5 inputs in forwards of 3 and 2
+    for a, b in zip(batched.methods[0].records, single.methods[0].records, strict=True):
+        for key in ("deletion_auc", "insertion_auc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6)
+        assert a["activation_precision"] == b["activation_precision"]
+    for kind in ("deletion", "insertion"):
+        for ca, cb in zip(getattr(batched.methods[0], kind), getattr(single.methods[0], kind), strict=True):
+            np.testing.assert_allclose(ca, cb, atol=1e-6)
+
+
+def test_cli_oracle_grid_in_table_json_and_report(lesions, tmp_path):
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+    from softcamify.errors import EXIT_USAGE
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--json", "--steps", "2",
+                            "--oracle-grid", "2x3", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["settings"]["oracle_grid"] == [2, 3]
+    m = data["explanation"]["methods"][0]["metrics"]
+    for key in ("share_of_oracle", "oracle_precision", "chance", "activation_precision"):
+        assert m[key]["n"] == 2, key
+    ap, ch, orc = (m[k]["mean"] for k in ("activation_precision", "chance", "oracle_precision"))
+    assert 0 < ch < orc <= 1 and isinstance(m["share_of_oracle"]["mean"], float)
+
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--steps", "2",
+                            "--oracle-grid", "4", "-o", str(out), "--examples", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "share of oracle" in r.stdout and "oracle precision" in r.stdout and "4×4" in r.stdout
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "share of oracle" in html and "oracle precision" in html
+    assert json.loads((out / "metrics.json").read_text())["settings"]["oracle_grid"] == [4, 4]
+    per_image = json.loads((out / "per_image.json").read_text())
+    assert all("share_of_oracle" in row["softcam"] and "oracle_precision" in row for row in per_image)
+
+    r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--oracle-grid", "0x3"])
+    assert r.exit_code == EXIT_USAGE and "--oracle-grid" in r.output

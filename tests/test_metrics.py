@@ -471,6 +471,176 @@ def test_aggregate_and_json_safe():
     }
 
 
+# ------------------------------------------------------------------------------- grid oracle, share of oracle
+
+
+def test_grid_oracle_divisible_sizes_is_the_cell_mean():
+    m = np.zeros((4, 6), bool)
+    m[0:2, 0:2] = True  # fills cell (0, 0)
+    m[2, 4] = True  # a quarter of cell (1, 2)
+    np.testing.assert_array_equal(M.grid_oracle(m, (2, 3)), [[1.0, 0.0, 0.0], [0.0, 0.0, 0.25]])
+    np.testing.assert_array_equal(M.grid_oracle(m, (4, 6)), m.astype(float))  # the mask's own grid
+    np.testing.assert_array_equal(M.grid_oracle(m, (1, 1)), [[m.mean()]])
+
+
+def test_grid_oracle_non_divisible_sizes_uses_exact_area_weights():
+    # 1×5 row [1 1 1 0 0] on 2 cells: cell 0 spans pixels [0, 2.5), cell 1 [2.5, 5); pixel 2 split in half
+    row = np.array([[1, 1, 1, 0, 0]], bool)
+    np.testing.assert_allclose(M.grid_oracle(row, (1, 2)), [[2.5 / 2.5, 0.5 / 2.5]], atol=1e-15)
+    # the centre pixel of 3×3 on 2×2: half of it in each cell row and column -> (1/2 · 1/1.5)² = 1/9 per cell
+    m = np.zeros((3, 3), bool)
+    m[1, 1] = True
+    np.testing.assert_allclose(M.grid_oracle(m, (2, 2)), np.full((2, 2), 1 / 9), atol=1e-15)
+    # a grid finer than the mask repeats pixels (each cell lies inside one pixel)
+    small = np.array([[1, 0], [0, 1]], bool)
+    np.testing.assert_array_equal(M.grid_oracle(small, (4, 4)), np.kron(small, np.ones((2, 2))))
+
+
+def test_area_weights_rows_average_and_columns_cover_each_pixel_once():
+    for n_in, n_out in ((7, 3), (160, 5), (10, 4), (3, 7), (224, 7)):
+        w = M._area_weights(n_in, n_out)
+        assert w.shape == (n_out, n_in) and w.min() >= 0
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)  # each cell: a mean of what it covers
+        np.testing.assert_allclose(w.sum(axis=0), n_out / n_in, atol=1e-12)  # each pixel: its full area once
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = rng.random(tuple(rng.integers(5, 40, 2))) < 0.3
+        grid = tuple(int(v) for v in rng.integers(1, 9, 2))
+        o = M.grid_oracle(m, grid)
+        assert o.shape == grid and 0 <= o.min() and o.max() <= 1
+        assert o.mean() == pytest.approx(m.mean(), abs=1e-12)  # area weights keep the mask's share
+
+
+def test_grid_oracle_rejects_bad_grids():
+    m = _mask()
+    for bad in ((0, 3), (2,), (2, 2, 2), "2x2", "22", (2.5, 2), None):
+        with pytest.raises(UsageError, match="grid must be two positive integers"):
+            M.grid_oracle(m, bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        M.grid_oracle(np.zeros(5), (2, 2))
+
+
+def test_constant_map_scores_exactly_the_area_share_after_any_upsampling():
+    """A constant map stays constant through bilinear upsampling (no rounding noise for min–max)."""
+    rng = np.random.default_rng(1)
+    cases = [((8, 9), (291, 219), 5.436249914654229)]  # gave noise of 2e-15 before the clip
+    cases += [(tuple(rng.integers(1, 15, 2)), tuple(rng.integers(2, 120, 2)), rng.random() * 10)
+              for _ in range(200)]
+    for grid, size, v in cases:
+        up = M.upsample(np.full(grid, v), size)
+        assert up.min() == up.max() == pytest.approx(v)
+        m = np.zeros(size, bool)
+        m[: size[0] // 2, : max(1, size[1] // 3)] = True
+        assert M.activation_precision(np.full(grid, v), m) == pytest.approx(m.mean(), abs=1e-12)
+
+
+def test_oracle_precision_is_activation_precision_of_the_upsampled_pooled_mask():
+    m = _mask(box=(2, 6, 3, 7))  # 4×4 lesion in an 8×8 mask
+    grid = (3, 3)
+    expected = M.activation_precision(M.upsample(M.grid_oracle(m, grid), m.shape), m)
+    assert M.oracle_precision(m, grid) == expected
+    assert M.oracle_precision(m, m.shape) == 1.0  # the mask's own grid: a perfect map
+    assert m.mean() < M.oracle_precision(m, (2, 2)) < 1.0  # a coarse grid blurs the border
+    assert math.isnan(M.oracle_precision(np.zeros((8, 8), bool), grid))
+
+
+def test_share_of_oracle_pooled_mask_is_one_constant_is_zero_shifted_between():
+    m = np.zeros((40, 40), bool)
+    m[8:20, 12:26] = True
+    grid = (5, 5)
+    chance = float(m.mean())
+    oracle = M.oracle_precision(m, grid)
+    pooled = M.grid_oracle(m, grid)
+
+    def share(s):
+        return M.share_of_oracle(M.activation_precision(s, m), chance, oracle)
+
+    assert share(pooled) == pytest.approx(1.0, abs=1e-9)
+    assert share(3.0 * pooled) == pytest.approx(1.0, abs=1e-9)  # scale-free, as activation precision
+    assert share(np.full(grid, 0.7)) == pytest.approx(0.0, abs=1e-12)
+    shifted = np.roll(pooled, 1, axis=1)  # one cell to the right: overlaps the lesion in part
+    assert 0.0 < share(shifted) < 1.0
+    far = np.zeros(grid)
+    far[4, 0] = 1.0  # all evidence in a corner away from the lesion: worse than chance
+    assert share(far) < 0.0
+    sharp = np.zeros((40, 40))
+    sharp[10:18, 14:24] = 1.0  # finer than the grid, inside the lesion: beats the grid oracle
+    assert share(sharp) > 1.0
+
+
+def test_share_of_oracle_undefined_cases():
+    assert M.share_of_oracle(0.5, 0.2, 0.6) == pytest.approx(0.75)
+    assert M.share_of_oracle(0.1, 0.2, 0.6) == pytest.approx(-0.25)  # not clipped
+    assert math.isnan(M.share_of_oracle(1.0, 1.0, 1.0))  # the mask fills the image
+    assert math.isnan(M.share_of_oracle(0.5, 0.3, 0.3 + 1e-12))  # oracle no better than chance
+    assert math.isnan(M.share_of_oracle(float("nan"), 0.2, 0.6))
+    assert math.isnan(M.share_of_oracle(0.5, 0.2, float("nan")))
+
+
+# --------------------------------------------------------------------------- batched deletion / insertion
+
+
+def test_deletion_insertion_batch_equals_per_image_exactly_and_streams_chunks():
+    predict = _linear_model()
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return predict(batch)
+
+    rng = np.random.default_rng(3)
+    imgs = rng.random((3, 2, 8, 8)).astype(np.float32)
+    sals = [rng.random((2, 2)) for _ in range(3)]
+    modes = ["deletion", "insertion", "insertion"]
+    bases = [0.0, "blur", 0.5]
+    got = M.deletion_insertion_batch(counting, imgs, sals, [1, 1, 0], steps=4, patch=4, baseline=bases,
+                                     mode=modes, batch_size=4)
+    assert calls == [4, 4, 4, 3]  # 3 curves × 5 inputs, chunks shared between images
+    for i in range(3):
+        auc, curve = M.deletion_insertion(predict, imgs[i], sals[i], [1, 1, 0][i], steps=4, patch=4,
+                                          baseline=bases[i], mode=modes[i])  # type: ignore[arg-type]
+        assert got[i][0] == auc
+        np.testing.assert_array_equal(got[i][1], curve)
+    with pytest.raises(UsageError, match="one entry per image"):
+        M.deletion_insertion_batch(predict, imgs, sals[:2], [1, 1, 0])
+    with pytest.raises(UsageError, match="one value or one per image"):
+        M.deletion_insertion_batch(predict, imgs, sals, [1, 1, 0], mode=["deletion"])
+    with pytest.raises(InputError, match="share one shape"):
+        M.deletion_insertion_batch(predict, [imgs[0], imgs[1][:, :4]], sals[:2], [1, 1])
+    with pytest.raises(UsageError, match="target class 5"):
+        M.deletion_insertion_batch(predict, imgs, sals, [1, 5, 0])
+    assert M.deletion_insertion_batch(predict, imgs[:0], [], []) == []
+
+
+def test_deletion_insertion_batch_matches_per_image_on_a_real_model():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(model(torch.from_numpy(batch)), dim=1).double().numpy()
+
+    rng = np.random.default_rng(0)
+    imgs = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    sals = [rng.standard_normal((4, 4)) for _ in range(3)]
+    targets = [0, 2, 1]
+    n = len(imgs)
+    got = M.deletion_insertion_batch(
+        predict, [*imgs, *imgs], sals * 2, targets * 2, steps=6, patch=8, baseline=[0.0] * n + ["blur"] * n,
+        mode=["deletion"] * n + ["insertion"] * n, batch_size=11,
+    )
+    for j in range(2 * n):
+        mode, base = ("deletion", 0.0) if j < n else ("insertion", "blur")
+        auc, curve = M.deletion_insertion(predict, imgs[j % n], sals[j % n], targets[j % n], steps=6, patch=8,
+                                          baseline=base, mode=mode, batch_size=4)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got[j][1][:, 0], curve[:, 0])
+        np.testing.assert_allclose(got[j][1][:, 1], curve[:, 1], rtol=0, atol=1e-6)  # batch rounding only
+        assert got[j][0] == pytest.approx(auc, abs=1e-6)
+        assert curve[0, 1] != curve[-1, 1]  # the perturbation changes the prediction
+
+
 # ------------------------------------------------------------------------------------------------ properties
 
 _maps = hnp.arrays(np.float64, (6, 6), elements=st.floats(-10, 10, allow_nan=False, width=32))

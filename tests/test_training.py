@@ -27,7 +27,9 @@ from softcamify.training import (
     cosine_with_warmup,
     elasticnet_loss,
     finetune,
+    lambda_from_paper,
     load_state,
+    logit_scale,
     map_statistics,
 )
 
@@ -130,15 +132,66 @@ def test_loss_is_ce_plus_batch_wide_penalties():
     y = torch.tensor([0, 1, 2, 1])
     loss, ce, l1, l2 = elasticnet_loss(logits, maps, y)
     assert torch.equal(loss, F.cross_entropy(logits, y))  # λ = 0: plain cross-entropy, bit for bit
-    assert torch.allclose(l1, maps.abs().sum((1, 2, 3)).mean())
-    assert torch.allclose(l2, maps.pow(2).sum((1, 2, 3)).mean())
-    loss, ce, l1, l2 = elasticnet_loss(logits, maps, y, l1=1e-2, l2=1e-3)
+    assert torch.allclose(l1, maps.abs().mean())
+    assert torch.allclose(l2, maps.pow(2).mean())
+    loss, ce, l1, l2 = elasticnet_loss(logits, maps, y, l1=1e-2, l2=1e-3, scale=2.0)
+    assert torch.allclose(l1, maps.abs().mean() / 2.0) and torch.allclose(l2, maps.pow(2).mean() / 4.0)
     assert torch.allclose(loss, ce + 1e-2 * l1 + 1e-3 * l2)
     loss.backward()
     # every sample is penalized (the reference code only penalizes the first one)
     assert all(maps.grad[b].abs().sum() > 0 for b in range(4))
     w = torch.tensor([1.0, 2.0, 0.5])
     assert torch.allclose(elasticnet_loss(logits, maps, y, class_weight=w)[1], F.cross_entropy(logits, y, weight=w))
+    with pytest.raises(UsageError, match="scale"):
+        elasticnet_loss(logits, maps, y, l1=1.0, scale=0.0)
+
+
+def test_penalty_is_normalized_across_grids_classes_and_logit_scales():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(2, 3, 4, 4, generator=g)
+    logits = maps.mean((2, 3))
+    y = torch.tensor([0, 2])
+
+    def terms(m, z, s=1.0):
+        return [float(t) for t in elasticnet_loss(z, m, y, 1.0, 1.0, scale=s)[2:]]
+
+    base = terms(maps, logits)
+    # the same maps on a 2× finer grid (every cell split in four): the same penalty
+    finer = maps.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    assert terms(finer, finer.mean((2, 3))) == pytest.approx(base, rel=1e-6)
+    # a 3-D grid of the same values: the same penalty
+    vol = maps.unsqueeze(2).expand(-1, -1, 3, -1, -1)
+    assert terms(vol, logits) == pytest.approx(base, rel=1e-6)
+    # classes of zeros: the documented scaling, K / (K + extra)
+    padded = torch.cat([maps, torch.zeros(2, 2, 4, 4)], 1)
+    assert terms(padded, padded.mean((2, 3))) == pytest.approx([b * 3 / 5 for b in base], rel=1e-6)
+    # maps and logits ×10 with the logit scale ×10: the same penalty
+    assert logit_scale(10 * logits) == pytest.approx(10 * logit_scale(logits), rel=1e-6)
+    s = logit_scale(logits)
+    assert terms(10 * maps, 10 * logits, 10 * s) == pytest.approx(terms(maps, logits, s), rel=1e-6)
+    # a shift shared by every class changes neither softmax nor the scale; constant logits read as 1
+    assert logit_scale(logits + 7.0) == pytest.approx(s, rel=1e-6)
+    assert logit_scale(torch.zeros(4, 3)) == 1.0
+    # one-logit binary models: the scale of their two-class view (−z/2, z/2)
+    z = torch.tensor([[2.0], [-4.0]])
+    assert logit_scale(z) == pytest.approx(float(torch.tensor([1.0, 2.0]).pow(2).mean().sqrt()))
+
+
+def test_lambda_from_paper_gives_the_papers_penalty():
+    g = torch.Generator().manual_seed(2)
+    maps = torch.randn(3, 2, 16, 16, generator=g)
+    logits = maps.mean((2, 3))
+    y = torch.tensor([0, 1, 1])
+    s = logit_scale(logits)
+    lam_paper = 5e-5
+    ours = lambda_from_paper(lam_paper, 2, 16 * 16, s)
+    _, _, l1, l2 = elasticnet_loss(logits, maps, y, ours, 0.0, scale=s)
+    paper = lam_paper * maps.abs().sum((1, 2, 3)).mean()  # per-sample sum over K×h×w, batch mean
+    assert float(ours * l1) == pytest.approx(float(paper), rel=1e-5)
+    ours2 = lambda_from_paper(lam_paper, 2, 16 * 16, s, term="l2")
+    assert float(ours2 * l2) == pytest.approx(float(lam_paper * maps.square().sum((1, 2, 3)).mean()), rel=1e-5)
+    with pytest.raises(UsageError, match="term"):
+        lambda_from_paper(1.0, 2, 4, 1.0, term="l3")
 
 
 def test_schedule_and_statistics():
@@ -185,7 +238,7 @@ def test_best_checkpoint_loads_and_maps_average_to_logits(plain_run):
 
 
 def test_l1_makes_maps_sparser(plain_run, data, tmp_path):
-    sparse = finetune("test_resnet", data, tmp_path / "l1", replace(BASE, epochs=4, l1=0.1))
+    sparse = finetune("test_resnet", data, tmp_path / "l1", replace(BASE, epochs=4, l1=5.0))
     dense, lasso = plain_run.history[-1]["val"], sparse.history[-1]["val"]
     assert lasso["map_l1"] < 0.6 * dense["map_l1"], (lasso["map_l1"], dense["map_l1"])
     assert lasso["sparsity"] > dense["sparsity"] + 0.1, (lasso["sparsity"], dense["sparsity"])

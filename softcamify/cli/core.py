@@ -107,6 +107,7 @@ def inspect(
             else:
                 t.add_row("strategy", f"[red]none[/]: {data['reason']}")
             t.add_row("evidence grid", f"{_fmt(data['evidence_grid'])} at {_fmt(data['input_size'][1:])} input")
+            t.add_row("grids offered", _grids_text(data["grids"]))
         console.print(t)
         for note in report.notes:
             console.print(f"[dim]note:[/] {escape(note)}")
@@ -133,6 +134,12 @@ def convert(
     ),
     strict: bool = typer.Option(False, "--strict", help="Refuse approximate conversions (only exact ones are written)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random verification inputs."),
+    output_stride: int = typer.Option(
+        None, "--output-stride", show_default=False,
+        help="Evidence grid: 32 (the model as it is), 16 or 8 for a 2× or 4× finer grid (the same "
+        "weights in a dilated backbone: approximate, fine-tune before use; `inspect` lists the grids a "
+        "model offers).",
+    ),
     force: bool = FORCE_OPTION,
     json_: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
@@ -156,7 +163,7 @@ def convert(
         loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
         softcam = convert_model(
             loaded, class_names=names, atol=atol, rtol=rtol, samples=samples, calibration=calibration, strict=strict, seed=seed,
-            features_layer=features_layer, classifier=classifier,
+            features_layer=features_layer, classifier=classifier, output_stride=output_stride,
         )
         save(softcam, output, force=force)
         report = dict(softcam.meta.conversion)
@@ -171,7 +178,11 @@ def convert(
         exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
         t.add_row("strategy", f"{report['strategy']} ({exact})")
         t.add_row("classes", _classes_text(report["num_classes"], softcam.meta.class_names))
-        t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
+        grid = f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input"
+        if report.get("original_grid"):
+            grid += (f" (--output-stride {report['output_stride']}; "
+                     f"the original's: {_fmt(report['original_grid'])})")
+        t.add_row("evidence grid", grid)
         t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
                   f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
         t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
@@ -182,6 +193,15 @@ def convert(
         console.print(t)
         for note in report["notes"]:
             console.print(f"[dim]note:[/] {escape(note)}")
+
+
+def _grids_text(grids: dict[str, list[int]]) -> str:
+    """'5×5 (--output-stride 32), 10×10 (16), 20×20 (8)': the evidence grids a classifier converts to."""
+    if not grids:
+        return "—"
+    parts = [f"{_fmt(g)} ({'--output-stride ' if i == 0 else ''}{s})"
+             for i, (s, g) in enumerate(grids.items())]
+    return ", ".join(parts) + ("" if len(grids) > 1 else ": no finer grid")
 
 
 def _classes_text(num_classes: int, class_names: list[str] | None = None) -> str:

@@ -128,12 +128,16 @@ def _summary(result) -> None:
     if loc:
         e = Table(title="localization of the true class vs lesion masks (mean over test images)", title_justify="left")
         e.add_column("method", style="bold")
-        for col in ("activation precision ↑", "pointing game ↑", "top-k precision ↑", "deletion AUC ↓", "images"):
+        for col in ("share of oracle ↑", "activation precision ↑", "pointing game ↑", "top-k precision ↑",
+                    "deletion AUC ↓", "images"):
             e.add_column(col, justify="right")
         for label, m in loc.items():
-            e.add_row(label, _cell(m.get("activation_precision")), _cell(m.get("pointing_game")),
-                      _cell(m.get("topk_precision")), _cell(m.get("deletion_auc")), str(m.get("images")))
+            e.add_row(label, _cell(m.get("share_of_oracle")), _cell(m.get("activation_precision")),
+                      _cell(m.get("pointing_game")), _cell(m.get("topk_precision")), _cell(m.get("deletion_auc")),
+                      str(m.get("images")))
         console.print(e)
+        if f.get("comparison"):
+            console.print(f["comparison"]["text"])
     s = Table(title="steps", title_justify="left")
     s.add_column("step", style="bold")
     s.add_column("result", overflow="fold")

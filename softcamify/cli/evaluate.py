@@ -28,6 +28,25 @@ from ._common import (
 from .explain import progress_bar
 
 
+def parse_grid(value: str | None) -> tuple[int, int] | None:
+    """'7' -> (7, 7); '7x5', '7 5', '7,5' -> (7, 5) (rows × columns), like --input-size."""
+    from ..errors import UsageError
+
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).lower().replace("x", " ").replace("×", " ").replace(",", " ")
+    parts = [p for p in text.split() if p]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--oracle-grid {value!r} is not 'N' or 'HxW' in grid cells.") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise UsageError(f"--oracle-grid {value!r} is not 'N' or 'HxW' with positive integers.")
+    return nums[0], nums[1]
+
+
 def _cell(v) -> str:
     if v is None:
         return "—"
@@ -75,6 +94,11 @@ def evaluate(
     pointing_tolerance: int = typer.Option(
         0, "--pointing-tolerance", min=0, help="Pointing game: a hit within this many pixels of the mask (Zhang et al.: 15)."
     ),
+    oracle_grid: str = typer.Option(
+        None, "--oracle-grid",
+        help="Common reference grid HxW (or N) for share of oracle: each mask average-pooled to it is "
+        "the best map on that grid (default: the model's evidence grid).",
+    ),
     max_images: int = typer.Option(
         None, "--max-images", min=0, help="Explanation metrics on at most N annotated images (classification uses all)."
     ),
@@ -102,7 +126,8 @@ def evaluate(
             result = run_evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-                steps=steps, pointing_tolerance=pointing_tolerance, max_images=max_images, batch_size=batch_size, device=device, examples=examples,
+                steps=steps, pointing_tolerance=pointing_tolerance, oracle_grid=parse_grid(oracle_grid),
+                max_images=max_images, batch_size=batch_size, device=device, examples=examples,
                 out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
                 input_size=parse_input_size(input_size), ema=ema, original_weights=original_weights,
                 progress=lambda stage, done, total: update(done, total),
@@ -138,6 +163,10 @@ def evaluate(
             for r in metric_rows(summaries):
                 e.add_row(*r)
             console.print(e)
+            grid = result.settings.get("oracle_grid") or []
+            console.print("[dim]share of oracle: (activation precision − chance) / (oracle precision − "
+                          f"chance) on the common {'×'.join(str(v) for v in grid)} reference grid; "
+                          "chance = mask share[/]")
         for note in result.notes:
             console.print(f"[dim]note:[/] {escape(note)}")
         if result.report:

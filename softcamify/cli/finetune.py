@@ -224,10 +224,11 @@ def finetune(
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     reset_head: bool = typer.Option(False, "--reset-head", help="Re-initialize the evidence conv for the data's "
                                     "classes (needed when they differ from the model's)."),
-    l1: float = typer.Option(5e-5, "--l1", min=0.0, help="λ1 on mean_b Σ|A| (sparse maps). Paper: 1e-6 … 9e-4 "
-                             "(ResNet-50 fundus 5e-5, OCT 9e-4; VGG-16 1e-6 … 3e-6)."),
-    l2: float = typer.Option(0.0, "--l2", min=0.0, help="λ2 on mean_b ΣA² (dense maps). Paper: 7e-5 (ResNet-50), "
-                             "2e-4 (VGG-16); it used an unsquared norm, see docs/method.md."),
+    # the default is softcamify.training.DEFAULT_L1 (written out: this module does not import torch)
+    l1: float = typer.Option(0.05, "--l1", min=0.0, help="λ1 on mean|A| / s, s the starting logit scale (sparse "
+                             "maps); the same λ means the same on any grid, class count and logit scale. "
+                             "The paper's λ is λ / (K·h·w·s): see docs/method.md, or try several with `sweep`."),
+    l2: float = typer.Option(0.0, "--l2", min=0.0, help="λ2 on mean A² / s² (dense maps); see docs/method.md."),
     class_weights: str = typer.Option("none", "--class-weights", help="none or balanced (n / (K·n_c) per class)."),
     epochs: int = typer.Option(
         None, "--epochs", min=1, help="Epochs (default 10; the paper: 70). With --resume: the run's own plan unless given."
