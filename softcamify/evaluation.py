@@ -45,7 +45,7 @@ __all__ = ["EvaluationResult", "MethodResult", "METRICS", "REFERENCES", "evaluat
 #: metric key -> (label, higher_is_better)
 METRICS: dict[str, tuple[str, bool]] = {
     "activation_precision": ("activation precision", True),
-    "share_of_oracle": ("share of oracle (activation precision)", True),
+    "share_of_oracle": ("share of oracle", True),
     "activation_sensitivity": ("activation sensitivity", True),
     "pointing_game": ("pointing game", True),
     "energy_pointing_game": ("energy pointing game", True),

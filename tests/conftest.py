@@ -46,3 +46,14 @@ def resnet_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "test_resnet_5.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -50,6 +50,7 @@ def make_dataset(root: Path, n: int = 16, size: int = 32, seed: int = 0, classes
     return root
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 BASE = FinetuneConfig(
     epochs=2, batch_size=8, num_classes=2, input_size=(64, 64), workers=0, lr=3e-3, warmup_epochs=0,
     augment="light", l1=0.0, val_split=0.25,
@@ -92,15 +93,6 @@ class SigintAt(Reporter):
     def epoch_end(self, record):
         if self.at == (record["epoch"], 0):
             os.kill(os.getpid(), signal.SIGINT)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -59,27 +59,36 @@ DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N
 MAX_INPUT_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: no image above it is ever decoded either
 
 
-def parse_input_size(value: str | None) -> tuple[int, int] | None:
-    """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192)."""
+def parse_pair(value: str | None, flag: str, unit: str) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224 192', '224x192', '224×192', '224,192' -> (224, 192); None or '' -> None."""
     from ..errors import UsageError
 
     if value is None or str(value).strip() == "":
         return None
-    parts = [p for p in str(value).replace("x", " ").replace(",", " ").split() if p]
+    text = str(value).lower().replace("x", " ").replace("×", " ").replace(",", " ")
+    parts = [p for p in text.split() if p]
     try:
         nums = [int(p) for p in parts]
     except ValueError:
-        raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' in pixels.") from None
+        raise UsageError(f"{flag} {value!r} is not 'N' or 'H W' in {unit}.") from None
     if len(nums) == 1:
         nums = nums * 2
     if len(nums) != 2 or min(nums) < 1:
-        raise UsageError(f"--input-size {value!r} is not 'H' or 'H W' with positive integers.")
-    if nums[0] * nums[1] > MAX_INPUT_PIXELS:  # larger inputs only exhaust memory (the OOM killer ends the run)
+        raise UsageError(f"{flag} {value!r} is not 'N' or 'H W' with positive integers.")
+    return nums[0], nums[1]
+
+
+def parse_input_size(value: str | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192)."""
+    from ..errors import UsageError
+
+    size = parse_pair(value, "--input-size", "pixels")
+    if size is not None and size[0] * size[1] > MAX_INPUT_PIXELS:  # larger inputs only exhaust memory (OOM)
         raise UsageError(
-            f"--input-size {value!r} has {nums[0] * nums[1]:,} pixels, more than the {MAX_INPUT_PIXELS:,} "
+            f"--input-size {value!r} has {size[0] * size[1]:,} pixels, more than the {MAX_INPUT_PIXELS:,} "
             "allowed (Pillow's decompression-bomb limit); give a smaller size."
         )
-    return nums[0], nums[1]
+    return size
 
 
 def parse_model_args(value: str | None) -> dict[str, Any] | None:

@@ -23,28 +23,10 @@ from ._common import (
     console,
     handle_errors,
     parse_input_size,
+    parse_pair,
     print_json,
 )
 from .explain import progress_bar
-
-
-def parse_grid(value: str | None) -> tuple[int, int] | None:
-    """'7' -> (7, 7); '7x5', '7 5', '7,5' -> (7, 5) (rows × columns), like --input-size."""
-    from ..errors import UsageError
-
-    if value is None or str(value).strip() == "":
-        return None
-    text = str(value).lower().replace("x", " ").replace("×", " ").replace(",", " ")
-    parts = [p for p in text.split() if p]
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"--oracle-grid {value!r} is not 'N' or 'HxW' in grid cells.") from None
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) < 1:
-        raise UsageError(f"--oracle-grid {value!r} is not 'N' or 'HxW' with positive integers.")
-    return nums[0], nums[1]
 
 
 def _cell(v) -> str:
@@ -126,7 +108,7 @@ def evaluate(
             result = run_evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-                steps=steps, pointing_tolerance=pointing_tolerance, oracle_grid=parse_grid(oracle_grid),
+                steps=steps, pointing_tolerance=pointing_tolerance, oracle_grid=parse_pair(oracle_grid, "--oracle-grid", "grid cells"),
                 max_images=max_images, batch_size=batch_size, device=device, examples=examples,
                 out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
                 input_size=parse_input_size(input_size), ema=ema, original_weights=original_weights,
