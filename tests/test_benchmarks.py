@@ -69,3 +69,23 @@ def test_evaluate_speed_runs_both_paths_and_they_agree(capsys):
     assert set(res["ratios"]) == {"evaluate", "deletion_insertion", "evaluate_4x", "deletion_insertion_4x"}
     assert all(v > 0 for v in res["ratios"].values())
     assert res["max_abs_auc_difference"] < 1e-5
+
+
+def test_localization_benchmark_scores_every_row_on_one_grid(tmp_path):
+    """benchmarks/localization.py at a tiny size: black-box baselines, CAM and SoftCAM rows on one oracle grid."""
+    spec = importlib.util.spec_from_file_location("localization", REPO / "benchmarks" / "localization.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.run(images=24, epochs=1, l1_values=[2.0], strides=[32, 16], baselines=["gradcam"], work=tmp_path)
+    methods = [r["method"] for r in res["rows"]]
+    assert methods == ["Grad-CAM (original)", "CAM (= converted SoftCAM)", "SoftCAM, stride 32",
+                       "converted SoftCAM, stride 16", "SoftCAM, stride 16"]
+    assert res["oracle_grid"] == [10, 10]  # the finest grid in the run: every row's share is on it
+    assert [r["grid"] for r in res["rows"]] == ["5×5", "5×5", "5×5", "10×10", "10×10"]
+    for r in res["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["activation_precision"] <= 1.0
+        assert r["share_of_oracle"] is not None and r["pointing_game"] is not None
+    # CAM is the converted model's map; Grad-CAM on the black box's last layer of a GAP + linear head is the
+    # same map up to a positive factor per image (the class weights' gradient), so they localize alike
+    assert res["rows"][1]["share_of_oracle"] == pytest.approx(res["rows"][0]["share_of_oracle"], abs=0.05)
+    assert "| method | grid |" in mod.table(res)
