@@ -4,7 +4,7 @@ The library behind ``softcamify sweep``; the accuracy/localization trade-off of 
 one call::
 
     from softcamify.sweep import sweep
-    result = sweep("model_softcam.safetensors", "data/", "sweeps/l1", l1=[0, 1e-3, 3e-3, 1e-2])
+    result = sweep("model_softcam.safetensors", "data/", "sweeps/l1", l1=[0, 0.05, 0.5, 2])
     result.recommended          # the chosen run (a SweepRun) or None
     result.recommended.best_path
 

@@ -114,7 +114,7 @@ def draw_pareto(d: Mapping[str, Any], width: int = 760, height: int = 520) -> An
     if floor is not None:
         ys.append(floor)
     img = Image.new("RGB", (width, height), (255, 255, 255))
-    left, right, top, bottom = 78, 24, 56, 64
+    left, right, top, bottom = 78, 24, 78, 64
     p = _Plot(
         ImageDraw.Draw(img),
         width,
@@ -172,7 +172,7 @@ def _draw_axes(p: _Plot, label: str) -> None:
     xlabel = f"localization: {label} (higher is better)"
     x = p.left + p.pw / 2 - draw.textlength(xlabel, font=p.font) / 2
     draw.text((x, p.height - 28), xlabel, fill=_INK, font=p.font)
-    draw.text((8, p.top - 22), "validation accuracy", fill=_INK, font=p.font)
+    draw.text((8, p.top - 44), "validation accuracy", fill=_INK, font=p.font)
 
 
 def _draw_floor(p: _Plot, floor: float) -> None:
@@ -211,7 +211,7 @@ def _draw_points(
         draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=_FRONT if r.get("pareto") else (150, 150, 150))
         text = str(r.get("tag", "")) + ("  (recommended)" if r.get("recommended") else "")
         tw = draw.textlength(text, font=p.small)
-        tx = x + 13 if x + 13 + tw < p.width - 4 else x - 13 - tw
+        tx = x + 13 if x + 13 + tw < p.left + p.pw - 4 else x - 13 - tw
         ty = y - 16
         while any(tx < b[2] and b[0] < tx + tw and ty < b[3] and b[1] < ty + 14 for b in placed):
             ty += 15
@@ -220,16 +220,21 @@ def _draw_points(
 
 
 def _draw_legend(p: _Plot) -> None:
+    """One row between the title and the plot, right-aligned: it never covers a point."""
     draw, small = p.draw, p.small
-    right, bottom = p.left + p.pw, p.top + p.ph
-    lx, ly = right - 200, bottom - 66
-    draw.rectangle([lx - 8, ly - 6, right - 6, bottom - 6], fill=(255, 255, 255), outline=_GRID)
-    draw.ellipse([lx, ly + 2, lx + 10, ly + 12], fill=_FRONT)
-    draw.text((lx + 16, ly), "Pareto front", fill=_INK, font=small)
-    draw.ellipse([lx - 2, ly + 18, lx + 12, ly + 32], outline=_RECOMMENDED, width=3)
-    draw.text((lx + 16, ly + 18), "recommended", fill=_INK, font=small)
-    draw.rectangle([lx, ly + 38, lx + 10, ly + 48], outline=_GREY, width=2)
-    draw.text((lx + 16, ly + 36), "reference (no fine-tuning)", fill=_INK, font=small)
+    entries = [("front", "Pareto front"), ("recommended", "recommended"), ("reference", "reference (no fine-tuning)")]
+    widths = [20 + draw.textlength(text, font=small) for _, text in entries]
+    x = p.left + p.pw - sum(widths) - 18 * (len(entries) - 1)
+    y = p.top - 22
+    for (kind, text), w in zip(entries, widths, strict=True):
+        if kind == "front":
+            draw.ellipse([x, y + 2, x + 10, y + 12], fill=_FRONT)
+        elif kind == "recommended":
+            draw.ellipse([x - 2, y, x + 12, y + 14], outline=_RECOMMENDED, width=3)
+        else:
+            draw.rectangle([x, y + 2, x + 10, y + 12], outline=_GREY, width=2)
+        draw.text((x + 16, y), text, fill=_INK, font=small)
+        x += w + 18
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def parse_values(option: str, text: str | None) -> list[float]:
 
     parts = [p.strip() for p in str(text or "").split(",")]
     if not any(parts):
-        raise UsageError(f"{option} needs at least one value, e.g. {option} 0,1e-3,3e-3.")
+        raise UsageError(f"{option} needs at least one value, e.g. {option} 0,0.5,2.")
     try:
         return [float(p) for p in parts if p]
     except ValueError:
@@ -152,7 +152,7 @@ def sweep(
     l1: str = typer.Option(
         ...,
         "--l1",
-        help="λ1 values, comma-separated, e.g. 0,1e-3,3e-3,1e-2 (finetune's --l1).",
+        help="λ1 values, comma-separated, e.g. 0.05,0.5,2,5 (finetune's --l1).",
         show_default=False,
     ),
     l2: str = typer.Option("0", "--l2", help="λ2 values, comma-separated; the grid is every l1 × l2 pair."),
