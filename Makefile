@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # torch/torchvision pinned to the releases this workplace keeps on disk; any torch>=2.4 works.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo lint install install-dev clean
+.PHONY: test demo lint typecheck install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ install-dev: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check softcamify tests benchmarks scripts
 
-test: lint
+# mypy on softcamify/ against a committed baseline that may only shrink (scripts/mypy-baseline.txt)
+typecheck: $(VENV)/.installed-dev
+	$(PY) scripts/typecheck.py
+
+test: lint typecheck
 	$(VENV)/bin/pytest
 
 $(VENV)/.installed-baselines: $(VENV)/.installed

@@ -1,7 +1,7 @@
 """Speed of ``softcamify evaluate``: batched deletion/insertion vs the per-image path, measured in one run.
 
 The shipped demo model (``softcamify.demo.load_demo_model()``, timm's test_resnet at 160 px) is converted to
-SoftCAM and evaluated on a generated lesion dataset (``softcamify.datasets.make_lesions``; every image in
+SoftCAM and evaluated on a generated lesion dataset (``softcamify.data.synth.make_lesions``; every image in
 the train split, so all lesion images are explained) twice per round, rounds interleaved so that load
 changes on a shared machine hit both paths alike:
 
@@ -13,7 +13,7 @@ changes on a shared machine hit both paths alike:
 * **batched 4×** (with ``--wide``): the same with ``4 × --batch`` inputs per forward whatever the device.
 
 Both runs compute every metric (the per-image path is selected by replacing
-``softcamify.evaluation._faithfulness_metrics`` with its ``batched=False`` form); the script checks that
+``softcamify.evaluation.run._faithfulness_metrics`` with its ``batched=False`` form); the script checks that
 they agree and reports seconds per ``evaluate`` call, the seconds spent in deletion/insertion, and the
 ratios (the best round by default, ``--stat median``). Usage::
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import softcamify
-    import softcamify.evaluation as E
-    from softcamify.datasets import make_lesions
+    import softcamify.evaluation.run as E
+    from softcamify.data.synth import make_lesions
     from softcamify.demo import load_demo_model
 
     if args.threads:

@@ -61,7 +61,7 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     import softcamify
-    from softcamify.baselines import original_target
+    from softcamify.evaluation.baselines import original_target
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ estimate from the work it does, since it has not run on one yet) and equally run
 machine, where it says that CUDA is absent and measures the CPU figures only, at small sizes and with
 one torch thread (about 20 s on 2 cores). Sizes are picked by device; the options below override them.
 Everything uses the library's own API (``softcamify.convert``, ``softcamify.conversion.compare``,
-``softcamify.datasets.make_lesions``, ``softcamify.training.finetune``,
+``softcamify.data.synth.make_lesions``, ``softcamify.training.finetune``,
 ``softcamify.onnx_runtime.providers_for``) on timm models with random weights (never downloads).
 
 Checks (PASS/FAIL; "info" rows are reported, not judged):
@@ -281,7 +281,7 @@ def check_finetune(device: torch.device, p: dict[str, Any], tmp: Path) -> list[C
     import timm
 
     import softcamify
-    from softcamify.datasets import make_lesions
+    from softcamify.data.synth import make_lesions
     from softcamify.training import FinetuneConfig, finetune
 
     cuda = device.type == "cuda"

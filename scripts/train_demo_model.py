@@ -9,7 +9,7 @@ the CPU in a few minutes:
     python scripts/train_demo_model.py        # writes softcamify/assets/demo_model.safetensors (+ .json)
     python scripts/train_demo_model.py --threads 1   # on a busy machine (OpenMP threads spin-wait otherwise)
 
-The data is the synthetic lesion dataset (`softcamify datasets synth`, softcamify.datasets.make_lesions)
+The data is the synthetic lesion dataset (`softcamify datasets synth`, softcamify.data.synth.make_lesions)
 with the generator settings below; `softcamify demo` generates its data with the same settings (read from
 demo_model.json) and another seed, so the demo's images come from the training distribution.
 """
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torchvision import transforms
 
 from softcamify.data import EvalTransform, discover
-from softcamify.datasets import DEFAULT_CLASSES, make_lesions
+from softcamify.data.synth import DEFAULT_CLASSES, make_lesions
 
 ASSETS = Path(__file__).resolve().parents[1] / "softcamify" / "assets"
 # timm's test_resnet: a 0.4 M-parameter ResNet (deep 3×3 stem, four BasicBlock stages, global average

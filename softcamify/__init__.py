@@ -41,7 +41,7 @@ _LAZY = {
     "SoftCAMMeta": "softcamify.model",
     "HeadPlan": "softcamify.heads",
     "as_softcam": "softcamify.conversion",
-    "make_lesions": "softcamify.datasets",
+    "make_lesions": "softcamify.data.synth",
     "discover": "softcamify.data",
     "DatasetSplits": "softcamify.data",
     "Sample": "softcamify.data",

@@ -123,82 +123,9 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
-    source = module_source(model)
+    source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
-
-
-def module_source(model: nn.Module) -> dict[str, Any]:
-    """How a saved SoftCAM model of ``model`` (an in-memory classifier) rebuilds its backbone.
-
-    A timm model by its architecture name, a torchvision model by the builder whose network it is; each is
-    rebuilt and checked (same tensors, same outputs), since constructor arguments softcamify cannot see
-    (``output_stride=16``, ``head_norm_first=True``…) would otherwise rebuild a different network. Anything
-    else is ``{"kind": "module"}``, which :func:`softcamify.save` refuses with a way out.
-    """
-    cls = f"{type(model).__module__}.{type(model).__qualname__}"
-    for candidate in _candidate_sources(model):
-        if _rebuilds(model, candidate):
-            return candidate
-    return {"kind": "module", "class": cls}
-
-
-def _candidate_sources(model: nn.Module):
-    k = getattr(model, "num_classes", None)
-    in_chans = sources.first_conv_channels(model)
-    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head"):  # timm
-        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
-        if isinstance(arch, str):
-            args = {"in_chans": in_chans} if in_chans and in_chans != 3 else {}
-            yield {"kind": "timm", "name": arch, "num_classes": k, "model_args": args}
-    module = type(model).__module__
-    if module.startswith("torchvision.models"):
-        import torchvision
-
-        keys = sources.classifier_keys(model)
-        k = int(dict(model.named_parameters())[keys[0]].shape[0]) if keys else None
-        for name in torchvision.models.list_models(module=torchvision.models):
-            if torchvision.models.get_model_builder(name).__module__ == module:
-                yield {"kind": "torchvision", "name": name, "num_classes": k, "model_args": {}}
-
-
-def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
-    """True when ``source`` builds a network with ``model``'s tensors that, given its weights, computes the same."""
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            return sources.build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
-
-    own = model.state_dict()
-    rebuilt = None
-    try:
-        with torch.device("meta"):  # tensors without storage: a candidate's shapes at no cost (even ViT-H)
-            new = build().state_dict()
-    except Exception:  # noqa: BLE001 - some constructors need real tensors: build it for real
-        try:
-            rebuilt = build()
-        except Exception:  # noqa: BLE001 - a candidate that does not build is simply not the model
-            return False
-        new = rebuilt.state_dict()
-    if own.keys() != new.keys() or any(own[k].shape != new[k].shape for k in own):
-        return False
-    if rebuilt is None:
-        rebuilt = build()
-    original, _ = _on_cpu_float32(model)
-    rebuilt.load_state_dict(original.state_dict())
-    rebuilt.eval()
-    size = tuple(sources.data_config(original, source["kind"])["input_size"])
-    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
-    training = original.training
-    original.eval()  # compared in eval mode; the caller's model keeps its mode
-    with torch.no_grad():
-        try:
-            a, b = original(x), rebuilt(x)
-        except Exception:  # noqa: BLE001
-            return False
-        finally:
-            original.train(training)
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
-        torch.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
 # --- finer evidence grids (--output-stride) -----------------------------------------------------------
@@ -340,7 +267,7 @@ def _dilate(
     args = sources.stride_args(kind, source.get("model_args"), output_stride)
     with torch.random.fork_rng(devices=[]):
         model = sources.build(kind, source["name"], source.get("num_classes"), args)
-    original, _ = _on_cpu_float32(loaded.module)
+    original, _ = sources.cpu_float32(loaded.module)
     model.load_state_dict(original.state_dict())
     model.eval()
     rebuilt = LoadedModel(model, {**source, "model_args": args}, dict(loaded.data_config), loaded.class_names,
@@ -398,13 +325,15 @@ def inspect(
 
 
 def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
+    from .data.collect import collect_image_files
     from .errors import InputError
-    from .images import is_image_file, preprocess_batch
+    from .images import preprocess_batch
 
     root = Path(calibration)
     if not root.is_dir():
         raise InputError(f"--calibration {root} is not a folder of images.")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    # sorted by path (not walk order) so the same `limit` images are used as before; broken links left out
+    paths = sorted(p for p in collect_image_files(root) if p.is_file())
     if not paths:
         raise InputError(f"--calibration {root} contains no images.")
     c, h, w = data_config["input_size"]
@@ -501,7 +430,7 @@ def convert(
     data_config = dict(loaded.data_config)
     # analysis (float64 probes) and verification run on the CPU in float32, whatever the model's device and
     # dtype; the SoftCAM model is returned on the model's device
-    original, device = _on_cpu_float32(original)
+    original, device = sources.cpu_float32(original)
     arch = loaded.architecture
     # the classifier whose head is converted: the original, or its weights in a dilated backbone
     base = loaded if original is loaded.module else replace(loaded, module=original)
@@ -606,19 +535,6 @@ def convert(
             f"> --atol {atol:g} + --rtol {rtol:g} × logit scale {report.logit_scale:.3g}; nothing was written."
         )
     return softcam.to(device)
-
-
-def _on_cpu_float32(module: nn.Module) -> tuple[nn.Module, torch.device]:
-    """(``module`` on the CPU in float32 — itself when it already is, else a copy —, its original device)."""
-    tensor = next(iter(module.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(module.buffers()), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
-    on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
-                      for t in [*module.parameters(), *module.buffers()])
-    if on_cpu_fp32:
-        return module, device
-    return copy.deepcopy(module).to("cpu").float(), device
 
 
 def conversion_report(model: SoftCAM) -> ConversionReport:

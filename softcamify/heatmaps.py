@@ -35,8 +35,9 @@ from PIL import Image
 
 from . import images as _images
 from .binary import decision_names, probabilities, two_class
+from .data.collect import collect_image_files
 from .errors import InputError, UsageError
-from .metrics import json_safe, upsample
+from .evaluation.metrics import json_safe, upsample
 
 __all__ = [
     "Explanation",
@@ -211,7 +212,9 @@ def load_map_model(
 
 
 def collect_images(inputs: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
-    """Expand files and folders (recursively, sorted, hidden entries and non-images skipped) into a list.
+    """Expand files and folders into a list: a folder's images as
+    :func:`softcamify.data.collect.collect_image_files` finds them (recursive, sorted, hidden entries and
+    non-images skipped, symlinked folders followed once, never up into a folder above).
 
     PIL images and uint8 arrays pass through. A missing path, a file that is not an image, or nothing
     found at all is an :class:`InputError`.
@@ -225,10 +228,7 @@ def collect_images(inputs: ImageSource | Iterable[ImageSource]) -> list[ImageSou
             continue
         p = Path(item)
         if p.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(Path(dirpath) / f for f in sorted(filenames) if _images.is_image_file(f))
+            found = collect_image_files(p)
             if not found:
                 exts = ", ".join(e[1:] for e in _images.IMAGE_EXTENSIONS)
                 raise InputError(f"Folder {p} contains no images ({exts}).")

@@ -22,6 +22,12 @@ from pathlib import Path
 
 from .errors import OutputError
 
+#: The one metadata key of every model file softcamify writes: the whole SoftCAMMeta as JSON, in the
+#: ``__metadata__`` of ``.safetensors`` files and in the ``metadata_props`` of ``.onnx`` exports (plus an
+#: ``export`` entry). Here, in the torch-free foundations, so both the checkpoint format and the ONNX
+#: runtime read the same name.
+META_KEY = "softcamify"
+
 
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     """Return ``path`` as a Path after checking it can be written (before any long work starts)."""

@@ -36,9 +36,9 @@ from torch import nn
 
 from ._version import __version__
 from .errors import ConversionError, InputError, UsageError, ValidationError
-from .io import atomic_output, check_output_path
+from .io import META_KEY, atomic_output, check_output_path
 from .model import SoftCAM
-from .onnx_runtime import EVIDENCE_NAME, INPUT_NAME, LOGITS_NAME, META_KEY
+from .onnx_runtime import EVIDENCE_NAME, INPUT_NAME, LOGITS_NAME
 
 DEFAULT_ATOL = 1e-4
 EXPORTERS = ("auto", "dynamo", "torchscript")

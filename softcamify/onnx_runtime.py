@@ -27,15 +27,15 @@ import numpy as np
 from .binary import classes_phrase as _classes_phrase
 from .binary import names_fit
 from .errors import InputError, UsageError
+from .io import META_KEY  # the whole SoftCAMMeta JSON (plus an "export" entry)
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 EVIDENCE_NAME = "evidence"
-META_KEY = "softcamify"  # the whole SoftCAMMeta JSON (plus an "export" entry), as in .safetensors files
 
 # metadata_props written by softcamify export (values are strings; lists are JSON).
 METADATA_KEYS = (
-    "softcamify",  # the whole softcamify metadata as JSON (source, strategy, data config, conversion, ...)
+    META_KEY,  # the whole softcamify metadata as JSON (source, strategy, data config, conversion, ...)
     "softcamify_version",
     "format_version",
     "architecture",

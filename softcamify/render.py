@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError, UsageError
+from .evaluation.metrics import upsample
 from .io import atomic_output
-from .metrics import upsample
 
 __all__ = [
     "COLORMAPS",
@@ -194,8 +194,8 @@ def overlay(
     ``image``: a PIL image or an H×W×3 uint8 array (H×W grey and float arrays in [0, 1] are accepted).
     ``map``: h×w, already scaled (see :func:`scale_maps`) to [−1, 1] for a diverging ``cmap`` or [0, 1]
     for a sequential one; it is upsampled bilinearly to the image size (``align_corners=False``, the same
-    code as :mod:`softcamify.metrics`). ``weighted=True`` multiplies α by ``|map|`` per pixel, so regions
-    without evidence keep the image unchanged. ``alpha=0`` returns the image itself (as RGB).
+    code as :mod:`softcamify.evaluation.metrics`). ``weighted=True`` multiplies α by ``|map|`` per pixel, so
+    regions without evidence keep the image unchanged. ``alpha=0`` returns the image itself (as RGB).
     """
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"alpha must be between 0 and 1, got {alpha}.")

@@ -6,6 +6,7 @@ come only from files the user names.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any
 
@@ -188,3 +189,92 @@ def all_finite(state_dict: dict[str, torch.Tensor]) -> str | None:
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
             return k
     return None
+
+
+# --- identifying an in-memory network, and a CPU float32 view of it -----------------------------------
+
+
+def module_source(model: nn.Module) -> dict[str, Any]:
+    """How a saved SoftCAM model of ``model`` (an in-memory classifier) rebuilds its backbone.
+
+    A timm model by its architecture name, a torchvision model by the builder whose network it is; each is
+    rebuilt and checked (same tensors, same outputs), since constructor arguments softcamify cannot see
+    (``output_stride=16``, ``head_norm_first=True``…) would otherwise rebuild a different network. Anything
+    else is ``{"kind": "module"}``, which :func:`softcamify.save` refuses with a way out.
+    """
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    for candidate in _candidate_sources(model):
+        if _rebuilds(model, candidate):
+            return candidate
+    return {"kind": "module", "class": cls}
+
+
+def _candidate_sources(model: nn.Module):
+    k = getattr(model, "num_classes", None)
+    in_chans = first_conv_channels(model)
+    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head"):  # timm
+        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
+        if isinstance(arch, str):
+            args = {"in_chans": in_chans} if in_chans and in_chans != 3 else {}
+            yield {"kind": "timm", "name": arch, "num_classes": k, "model_args": args}
+    module = type(model).__module__
+    if module.startswith("torchvision.models"):
+        import torchvision
+
+        keys = classifier_keys(model)
+        k = int(dict(model.named_parameters())[keys[0]].shape[0]) if keys else None
+        for name in torchvision.models.list_models(module=torchvision.models):
+            if torchvision.models.get_model_builder(name).__module__ == module:
+                yield {"kind": "torchvision", "name": name, "num_classes": k, "model_args": {}}
+
+
+def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
+    """True when ``source`` builds a network with ``model``'s tensors that, given its weights, computes the same."""
+    def rebuild():
+        with torch.random.fork_rng(devices=[]):
+            return build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
+
+    own = model.state_dict()
+    rebuilt = None
+    try:
+        with torch.device("meta"):  # tensors without storage: a candidate's shapes at no cost (even ViT-H)
+            new = rebuild().state_dict()
+    except Exception:  # noqa: BLE001 - some constructors need real tensors: build it for real
+        try:
+            rebuilt = rebuild()
+        except Exception:  # noqa: BLE001 - a candidate that does not build is simply not the model
+            return False
+        new = rebuilt.state_dict()
+    if own.keys() != new.keys() or any(own[k].shape != new[k].shape for k in own):
+        return False
+    if rebuilt is None:
+        rebuilt = rebuild()
+    original, _ = cpu_float32(model)
+    rebuilt.load_state_dict(original.state_dict())
+    rebuilt.eval()
+    size = tuple(data_config(original, source["kind"])["input_size"])
+    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    training = original.training
+    original.eval()  # compared in eval mode; the caller's model keeps its mode
+    with torch.no_grad():
+        try:
+            a, b = original(x), rebuilt(x)
+        except Exception:  # noqa: BLE001
+            return False
+        finally:
+            original.train(training)
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+        torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+def cpu_float32(module: nn.Module) -> tuple[nn.Module, torch.device]:
+    """(``module`` on the CPU in float32 — itself when it already is, else a copy —, its original device)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
+                      for t in [*module.parameters(), *module.buffers()])
+    if on_cpu_fp32:
+        return module, device
+    return copy.deepcopy(module).to("cpu").float(), device

@@ -1,4 +1,4 @@
-"""softcamify.datasets: the synthetic lesion dataset (determinism, exact masks, splits, CLI)."""
+"""softcamify.data.synth: the synthetic lesion dataset (determinism, exact masks, splits, CLI)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from softcamify._version import __version__
-from softcamify.datasets import ORDINAL_CLASSES, ORDINAL_RED_COUNTS, make_lesions
+from softcamify.data.synth import ORDINAL_CLASSES, ORDINAL_RED_COUNTS, make_lesions
 from softcamify.errors import OutputError, UsageError
 
 SIZE = 64

@@ -158,7 +158,7 @@ def lesions(tmp_path_factory):
     import timm
 
     import softcamify
-    from softcamify.datasets import make_lesions
+    from softcamify.data.synth import make_lesions
 
     root = tmp_path_factory.mktemp("lesions")
     make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
@@ -359,7 +359,7 @@ def test_batched_deletion_insertion_equals_the_per_image_path(lesions, monkeypat
     """evaluate's batched deletion/insertion gives the per-image values (a real timm model, random init)."""
     import functools
 
-    import softcamify.evaluation as E
+    import softcamify.evaluation.run as E
 
     calls: list[int] = []
     model = E.load_map_model(lesions["model"], device="cpu")

@@ -208,7 +208,7 @@ def test_decompression_bomb(tmp_path, monkeypatch):
 
 
 def test_images_module_does_not_import_torch():
-    code = 'import sys, softcamify.images, softcamify.datasets; print("torch" in sys.modules)'
+    code = 'import sys, softcamify.images, softcamify.data.synth; print("torch" in sys.modules)'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'False'
 

@@ -13,15 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from softcamify import metrics as M
 from softcamify.errors import InputError, UsageError
+from softcamify.evaluation import metrics as M
+from softcamify.evaluation.metrics import mapops
 
 # ----------------------------------------------------------------------------------------------- upsample
 
 
 def test_module_does_not_import_torch():
     code = (
-        "import sys, softcamify.metrics, softcamify.render, softcamify.report; print('torch' in sys.modules)"
+        "import sys, softcamify.evaluation.metrics, softcamify.render, softcamify.report; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -498,7 +499,7 @@ def test_grid_oracle_non_divisible_sizes_uses_exact_area_weights():
 
 def test_area_weights_rows_average_and_columns_cover_each_pixel_once():
     for n_in, n_out in ((7, 3), (160, 5), (10, 4), (3, 7), (224, 7)):
-        w = M._area_weights(n_in, n_out)
+        w = mapops._area_weights(n_in, n_out)
         assert w.shape == (n_out, n_in) and w.min() >= 0
         np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)  # each cell: a mean of what it covers
         np.testing.assert_allclose(w.sum(axis=0), n_out / n_in, atol=1e-12)  # each pixel: its full area once

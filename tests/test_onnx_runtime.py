@@ -116,7 +116,7 @@ def softcam_fixed(tmp_path_factory):
     import timm
 
     import softcamify
-    from softcamify.datasets import make_lesions
+    from softcamify.data.synth import make_lesions
     from softcamify.onnx_export import onnx_metadata
 
     root = tmp_path_factory.mktemp("softcam_fixed")

@@ -1,4 +1,4 @@
-"""softcamify.sweep: λ-grid fine-tunes, the recommendation rule, the Pareto plot and the CLI (CPU)."""
+"""softcamify.training.sweep: λ-grid fine-tunes, the recommendation rule, the Pareto plot and the CLI (CPU)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from PIL import Image
 
 import softcamify
 from softcamify.conversion import as_softcam
-from softcamify.datasets import make_lesions
+from softcamify.data.synth import make_lesions
 from softcamify.demo import load_demo_model
 from softcamify.errors import OutputError, UsageError
-from softcamify.sweep import (
+from softcamify.training import FinetuneConfig
+from softcamify.training.sweep import (
     SweepInterrupted,
     SweepReporter,
     check_grid,
@@ -33,7 +34,6 @@ from softcamify.sweep import (
     spearman,
     sweep,
 )
-from softcamify.training import FinetuneConfig
 
 CFG = FinetuneConfig(epochs=1, batch_size=8, workers=0, warmup_epochs=0, lr=3e-3)
 THREADS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

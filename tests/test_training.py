@@ -293,9 +293,9 @@ def test_resume_mid_epoch_other_workers_and_amp_on_cpu_is_exact(straight, data, 
 
 def test_cuda_amp_code_path_runs_on_cpu(data, tmp_path, monkeypatch):
     """The fp16 branch (autocast + GradScaler + unscale for clipping + scaler state in last.pt), forced on CPU."""
-    import softcamify.training as training
+    import softcamify.training.run as training_run
 
-    monkeypatch.setattr(training, "_amp_plan", lambda device, cfg: (torch.float16, None))
+    monkeypatch.setattr(training_run, "amp_plan", lambda device, cfg: (torch.float16, None))
     cfg = replace(BASE, amp=True, amp_dtype="fp16", grad_clip=1.0, l1=1e-3, l2=1e-4)
     run_dir = tmp_path / "amp"
     with pytest.raises(FinetuneInterrupted):

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import json
 import math
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -54,6 +58,107 @@ FEATURES_LAYER_OPTION = typer.Option(
 )
 CLASSIFIER_OPTION = typer.Option(None, "--classifier", help="The classifier module (when the head cannot be found).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one).")
+
+# Every option several commands share, declared once: parameter name -> (type, typer option).
+SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
+    "device": (str, DEVICE_OPTION),
+    "weights": (Path, WEIGHTS_OPTION),
+    "num_classes": (int, NUM_CLASSES_OPTION),
+    "input_size": (str, INPUT_SIZE_OPTION),
+    "ema": (bool, EMA_OPTION),
+    "trust_pickle": (bool, TRUST_PICKLE_OPTION),
+    "force": (bool, FORCE_OPTION),
+    "json_": (bool, JSON_OPTION),
+    "debug": (bool, DEBUG_OPTION),
+}
+MODEL = ("weights", "num_classes", "input_size", "ema", "trust_pickle")  # how a model file or name is loaded
+ENDING = ("force", "json_", "debug")  # the usual last options of a command that writes
+
+
+class Shared:
+    """A bundle of :data:`SHARED_OPTIONS` in a command's signature: ``o: Shared = Shared(*MODEL, "json_")``.
+
+    :func:`command` puts the bundle's options in its place (same order, so ``--help`` lists them there) and
+    hands the command their parsed values as one namespace: ``o.weights``, ``o.json_`` ...
+    """
+
+    def __init__(self, *names: str):
+        unknown = [n for n in names if n not in SHARED_OPTIONS]
+        if unknown:
+            raise ValueError(f"not shared options: {unknown}")
+        self.names = names
+
+
+def command(app: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@app.command(...)`` for a function whose signature holds :class:`Shared` bundles."""
+
+    def register(func: Callable[..., Any]) -> Any:
+        params, bundles = [], {}
+        for p in inspect.signature(func, eval_str=True).parameters.values():
+            if not isinstance(p.default, Shared):
+                params.append(p)
+                continue
+            bundles[p.name] = p.default.names
+            params += [p.replace(name=n, annotation=SHARED_OPTIONS[n][0], default=SHARED_OPTIONS[n][1])
+                       for n in p.default.names]
+
+        @functools.wraps(func)
+        def run(**values: Any) -> Any:
+            for name, names in bundles.items():
+                values[name] = SimpleNamespace(**{n: values.pop(n) for n in names})
+            return func(**values)
+
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what typer reads
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return app.command(*args, **kwargs)(run)
+
+    return register
+
+
+def model_kwargs(o: SimpleNamespace, **extra: Any) -> dict[str, Any]:
+    """The model options of a :class:`Shared` bundle (``--device`` included) as the library's keyword
+    arguments, ``--input-size`` parsed; ``extra`` joins them."""
+    kw = {k: getattr(o, k) for k in ("device", *MODEL) if hasattr(o, k)}
+    if "input_size" in kw:
+        kw["input_size"] = parse_input_size(kw["input_size"])
+    return {**kw, **extra}
+
+
+def print_notes(notes: Iterable[str]) -> None:
+    for note in notes:
+        console.print(f"[dim]note:[/] {escape(note)}")
+
+
+def emit(as_json: bool, data: Any, show: Callable[[], Any], notes: Iterable[str] = ()) -> None:
+    """The common ending of a command: with ``--json`` one JSON object (``data``) on stdout; otherwise
+    ``show()`` (a rich table it returns is printed) and then the notes."""
+    if as_json:
+        print_json(data)
+        return
+    shown = show()
+    if shown is not None:
+        console.print(shown)
+    print_notes(notes)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (stdout stays clean for --json); yields ``update(done, total)``."""
+    if not enabled or not err_console.is_terminal:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 MAX_INPUT_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: no image above it is ever decoded either

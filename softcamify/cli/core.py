@@ -11,21 +11,16 @@ from rich.table import Table
 from . import app
 from ._common import (
     CLASSIFIER_OPTION,
-    DEBUG_OPTION,
-    EMA_OPTION,
+    ENDING,
     FEATURES_LAYER_OPTION,
-    FORCE_OPTION,
-    INPUT_SIZE_OPTION,
-    JSON_OPTION,
+    MODEL,
     MODEL_ARGS_OPTION,
-    NUM_CLASSES_OPTION,
-    TRUST_PICKLE_OPTION,
-    WEIGHTS_OPTION,
-    console,
+    Shared,
+    command,
+    emit,
     handle_errors,
-    parse_input_size,
+    model_kwargs,
     parse_model_args,
-    print_json,
 )
 
 MODEL_ARG = typer.Argument(
@@ -44,84 +39,75 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, weights, num_classes, input_size, ema, trust_pickle, model_args=None):
+def load_for_cli(model: str, m, model_args: str | None = None):
+    """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle)."""
     from ..checkpoints import load_model
 
-    return load_model(
-        model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
-        input_size=parse_input_size(input_size), model_args=parse_model_args(model_args),
-    )
+    kwargs = model_kwargs(m)  # --input-size is checked before --model-args
+    return load_model(model, **kwargs, model_args=parse_model_args(model_args))
 
 
-@app.command()
+@command(app)
 def inspect(
     model: str = MODEL_ARG,
-    weights: Path = WEIGHTS_OPTION,
-    num_classes: int = NUM_CLASSES_OPTION,
-    input_size: str = INPUT_SIZE_OPTION,
-    ema: bool = EMA_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    m: Shared = Shared(*MODEL),
     model_args: str = MODEL_ARGS_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared("json_", "debug"),
 ) -> None:
     """Show a model's backbone, pooling and head, and whether an exact SoftCAM conversion exists."""
-    with handle_errors(debug):
+    with handle_errors(o.debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
+        loaded = load_for_cli(model, m, model_args)
         report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
-        if json_:
-            print_json(data)
-            return
-        t = Table(title=f"softcamify inspect: {report.architecture}", show_header=False, title_justify="left")
-        t.add_column("field", style="bold")
-        t.add_column("value", overflow="fold")
-        t.add_row("architecture", f"{report.architecture} ({report.source.get('kind')})")
-        t.add_row("parameters", f"{report.parameters:,}")
-        t.add_row("input size", _fmt(data["input_size"]))
-        t.add_row("mean / std", f"{_fmt(data['mean'])} / {_fmt(data['std'])}")
-        t.add_row("interpolation, crop", f"{data['interpolation']}, crop_pct {data['crop_pct']}")
-        t.add_row("classes", _classes_text(report.num_classes, report.class_names))
-        if report.is_softcam:
-            sc = report.softcam or {}
-            conv = sc.get("conversion") or {}
-            t.add_row("softcamify model", f"strategy {sc.get('strategy')}, exact {sc.get('exact')}")
-            t.add_row("evidence grid", _fmt(sc.get("evidence_grid")))
-            if conv:
-                t.add_row("conversion", f"max |Δlogit| {_fmt(conv.get('max_abs_diff'))}, top-1 agreement {_fmt(conv.get('top1_agreement'))}")
-            for h in sc.get("history") or []:
-                t.add_row("history", ", ".join(f"{k}={_fmt(v)}" for k, v in h.items() if not isinstance(v, (dict, list))))
+        emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
+
+
+def _inspect_table(report, data: dict) -> Table:
+    t = Table(title=f"softcamify inspect: {report.architecture}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("architecture", f"{report.architecture} ({report.source.get('kind')})")
+    t.add_row("parameters", f"{report.parameters:,}")
+    t.add_row("input size", _fmt(data["input_size"]))
+    t.add_row("mean / std", f"{_fmt(data['mean'])} / {_fmt(data['std'])}")
+    t.add_row("interpolation, crop", f"{data['interpolation']}, crop_pct {data['crop_pct']}")
+    t.add_row("classes", _classes_text(report.num_classes, report.class_names))
+    if report.is_softcam:
+        sc = report.softcam or {}
+        conv = sc.get("conversion") or {}
+        t.add_row("softcamify model", f"strategy {sc.get('strategy')}, exact {sc.get('exact')}")
+        t.add_row("evidence grid", _fmt(sc.get("evidence_grid")))
+        if conv:
+            t.add_row("conversion", f"max |Δlogit| {_fmt(conv.get('max_abs_diff'))}, "
+                      f"top-1 agreement {_fmt(conv.get('top1_agreement'))}")
+        for h in sc.get("history") or []:
+            fields = (f"{k}={_fmt(v)}" for k, v in h.items() if not isinstance(v, (dict, list)))
+            t.add_row("history", ", ".join(fields))
+    else:
+        t.add_row("feature map", f"{_fmt(data['feature_shape'])} ({data['layout']})")
+        t.add_row("head", data["head"])
+        t.add_row("pooling", _fmt(data["pooling"]))
+        t.add_row("between", ", ".join(data["between"]) or "nothing")
+        t.add_row("classifier", _fmt(data["classifier"]))
+        if data["strategy"]:
+            kind = "[green]exact[/]" if data["exact"] else "[yellow]approximate[/]"
+            t.add_row("strategy", f"{data['strategy']} ({kind})")
         else:
-            t.add_row("feature map", f"{_fmt(data['feature_shape'])} ({data['layout']})")
-            t.add_row("head", data["head"])
-            t.add_row("pooling", _fmt(data["pooling"]))
-            t.add_row("between", ", ".join(data["between"]) or "nothing")
-            t.add_row("classifier", _fmt(data["classifier"]))
-            if data["strategy"]:
-                kind = "[green]exact[/]" if data["exact"] else "[yellow]approximate[/]"
-                t.add_row("strategy", f"{data['strategy']} ({kind})")
-            else:
-                t.add_row("strategy", f"[red]none[/]: {data['reason']}")
-            t.add_row("evidence grid", f"{_fmt(data['evidence_grid'])} at {_fmt(data['input_size'][1:])} input")
-            t.add_row("grids offered", _grids_text(data["grids"]))
-        console.print(t)
-        for note in report.notes:
-            console.print(f"[dim]note:[/] {escape(note)}")
+            t.add_row("strategy", f"[red]none[/]: {data['reason']}")
+        t.add_row("evidence grid", f"{_fmt(data['evidence_grid'])} at {_fmt(data['input_size'][1:])} input")
+        t.add_row("grids offered", _grids_text(data["grids"]))
+    return t
 
 
-@app.command()
+@command(app)
 def convert(
     model: str = MODEL_ARG,
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
-    weights: Path = WEIGHTS_OPTION,
-    num_classes: int = NUM_CLASSES_OPTION,
-    input_size: str = INPUT_SIZE_OPTION,
-    ema: bool = EMA_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    m: Shared = Shared(*MODEL),
     model_args: str = MODEL_ARGS_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
@@ -140,12 +126,10 @@ def convert(
         "weights in a dilated backbone: approximate, fine-tune before use; `inspect` lists the grids a "
         "model offers).",
     ),
-    force: bool = FORCE_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared(*ENDING),
 ) -> None:
     """Replace pooling + classifier by an evidence conv initialized from the classifier; verify; save."""
-    with handle_errors(debug):
+    with handle_errors(o.debug):
         from ..checkpoints import save
         from ..conversion import convert as convert_model
         from ..errors import UsageError
@@ -153,46 +137,46 @@ def convert(
 
         if output.suffix != ".safetensors":
             raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
-        check_output_path(output, force=force)
+        check_output_path(output, force=o.force)
         names = [c.strip() for c in class_names.split(",")] if class_names else None
         if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
             raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        loaded = load_for_cli(model, weights, num_classes, input_size, ema, trust_pickle, model_args)
+        loaded = load_for_cli(model, m, model_args)
         softcam = convert_model(
-            loaded, class_names=names, atol=atol, rtol=rtol, samples=samples, calibration=calibration, strict=strict, seed=seed,
-            features_layer=features_layer, classifier=classifier, output_stride=output_stride,
+            loaded, class_names=names, atol=atol, rtol=rtol, samples=samples, calibration=calibration,
+            strict=strict, seed=seed, features_layer=features_layer, classifier=classifier,
+            output_stride=output_stride,
         )
-        save(softcam, output, force=force)
+        save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)
         report["notes"] = list(loaded.notes) + list(report.get("notes") or [])
-        if json_:
-            print_json(report)
-            return
-        t = Table(title=f"softcamify convert: {report['architecture']}", show_header=False, title_justify="left")
-        t.add_column("field", style="bold")
-        t.add_column("value")
-        exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
-        t.add_row("strategy", f"{report['strategy']} ({exact})")
-        t.add_row("classes", _classes_text(report["num_classes"], softcam.meta.class_names))
-        grid = f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input"
-        if report.get("original_grid"):
-            grid += (f" (--output-stride {report['output_stride']}; "
-                     f"the original's: {_fmt(report['original_grid'])})")
-        t.add_row("evidence grid", grid)
-        t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
-                  f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
-        t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
-        t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
-        n = report["samples"] + report["calibration_images"]
-        t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
-        t.add_row("output", escape(str(output)))
-        console.print(t)
-        for note in report["notes"]:
-            console.print(f"[dim]note:[/] {escape(note)}")
+        emit(o.json_, report, lambda: _convert_table(report, softcam, output), report["notes"])
+
+
+def _convert_table(report: dict, softcam, output: Path) -> Table:
+    t = Table(title=f"softcamify convert: {report['architecture']}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    exact = "[green]exact[/]" if report["exact"] else "[yellow]approximate: fine-tune before use[/]"
+    t.add_row("strategy", f"{report['strategy']} ({exact})")
+    t.add_row("classes", _classes_text(report["num_classes"], softcam.meta.class_names))
+    grid = f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input"
+    if report.get("original_grid"):
+        grid += (f" (--output-stride {report['output_stride']}; "
+                 f"the original's: {_fmt(report['original_grid'])})")
+    t.add_row("evidence grid", grid)
+    t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
+              f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
+    t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
+    t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
+    n = report["samples"] + report["calibration_images"]
+    t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
+    t.add_row("output", escape(str(output)))
+    return t
 
 
 def _grids_text(grids: dict[str, list[int]]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._common import DEBUG_OPTION, FORCE_OPTION, JSON_OPTION, console, handle_errors, print_json
+from ._common import ENDING, Shared, command, console, emit, handle_errors
 
 datasets_app = typer.Typer(
     help="Make datasets to try softcamify on (a synthetic lesion screening task with exact masks).",
@@ -17,7 +17,7 @@ datasets_app = typer.Typer(
 )
 
 
-@datasets_app.command("synth")
+@command(datasets_app, "synth")
 def synth(
     out_dir: Path = typer.Argument(..., help="Output folder (created; must be empty unless --force)."),
     n: int = typer.Option(600, "--n", min=1, help="Number of images (classes balanced)."),
@@ -36,9 +36,7 @@ def synth(
     ),
     contrast: float = typer.Option(1.0, "--contrast", help="Lesion contrast factor (below 1: a harder task)."),
     noise: float = typer.Option(1.0, "--noise", help="Texture and noise factor (0: clean images)."),
-    force: bool = FORCE_OPTION,
-    json_out: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared(*ENDING),
 ) -> None:
     """Write a synthetic fundus-like lesion dataset with exact lesion masks.
 
@@ -46,8 +44,8 @@ def synth(
     and OUT_DIR/manifest.json (lesion boxes, options, seed). Use OUT_DIR as DATA_DIR and OUT_DIR/masks
     as the mask folder.
     """
-    with handle_errors(debug):
-        from ..datasets import DEFAULT_CLASSES, make_lesions
+    with handle_errors(o.debug):
+        from ..data.synth import DEFAULT_CLASSES, make_lesions
 
         names = tuple(c.strip() for c in classes.split(",") if c.strip())
         if ordinal and names == tuple(DEFAULT_CLASSES):
@@ -66,7 +64,7 @@ def synth(
                 shortcut=shortcut,
                 contrast=contrast,
                 noise=noise,
-                force=force,
+                force=o.force,
             )
         seconds = time.perf_counter() - t0
         summary = {
@@ -82,10 +80,7 @@ def synth(
             "counts": manifest["counts"],
             "seconds": round(seconds, 3),
         }
-        if json_out:
-            print_json(summary)
-            return
-        _print_summary(summary)
+        emit(o.json_, summary, lambda: _print_summary(summary))
 
 
 def _print_summary(summary: dict) -> None:

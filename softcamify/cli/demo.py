@@ -9,16 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from ._common import (
-    DEBUG_OPTION,
-    DEVICE_OPTION,
-    FORCE_OPTION,
-    JSON_OPTION,
-    console,
-    err_console,
-    handle_errors,
-    print_json,
-)
+from ._common import ENDING, Shared, command, console, emit, err_console, handle_errors
 
 
 class ConsoleDemoReporter:
@@ -152,18 +143,15 @@ def _summary(result) -> None:
     console.print(f"\n[bold green]Report:[/] {report}\n[dim]open it in a browser: {report.as_uri()}[/]")
 
 
-@app.command()
+@command(app)
 def demo(
     output: Path = typer.Option(
         Path("softcamify-demo"), "--output", "-o", help="Output folder (new or empty unless --force)."
     ),
     fast: bool = typer.Option(False, "--fast", help="Tiny sizes (a few dozen images, one epoch): seconds, for tests."),
-    device: str = DEVICE_OPTION,
     update_docs: bool = typer.Option(False, "--update-docs", hidden=True,
                                      help="Copy the report's figure to docs/images/demo_overlay.png (developers)."),
-    force: bool = FORCE_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared("device", *ENDING),
 ) -> None:
     """Run the whole pipeline on a shipped black-box classifier and a generated lesion dataset; write a report.
 
@@ -172,22 +160,19 @@ def demo(
     few test images, evaluates SoftCAM against Grad-CAM (on the black box and on SoftCAM) and writes one HTML
     report: OUTPUT/report.html. Nothing is downloaded; a GPU is used when there is one.
     """
-    with handle_errors(debug):
+    with handle_errors(o.debug):
         from ..demo import run_demo, update_docs_figure
 
-        out = err_console if json_ else console
-        rep = ConsoleDemoReporter(out, bars=True, verbose=not json_ or out.is_terminal)
-        if not json_:
+        out = err_console if o.json_ else console
+        rep = ConsoleDemoReporter(out, bars=True, verbose=not o.json_ or out.is_terminal)
+        if not o.json_:
             console.print(f"[bold]softcamify demo[/]: an ordinary black-box classifier becomes self-explainable "
                           f"→ {output}/{'  (fast settings)' if fast else ''}")
         try:
-            result = run_demo(output, fast=fast, device=device, force=force, reporter=_adapter(rep))
+            result = run_demo(output, fast=fast, device=o.device, force=o.force, reporter=_adapter(rep))
         finally:
             rep.close()
         if update_docs:
             path = update_docs_figure(result)
             out.print(f"[dim]docs figure updated: {path}[/]")
-        if json_:
-            print_json(result.to_dict())
-            return
-        _summary(result)
+        emit(o.json_, result.to_dict(), lambda: _summary(result))

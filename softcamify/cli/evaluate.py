@@ -10,23 +10,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
+from . import explain as _explain  # noqa: F401  (registered first: --help lists explain before evaluate)
 from ._common import (
-    DEBUG_OPTION,
-    DEVICE_OPTION,
-    EMA_OPTION,
-    FORCE_OPTION,
-    INPUT_SIZE_OPTION,
-    JSON_OPTION,
-    NUM_CLASSES_OPTION,
-    TRUST_PICKLE_OPTION,
-    WEIGHTS_OPTION,
+    ENDING,
+    MODEL,
+    Shared,
+    command,
     console,
+    emit,
     handle_errors,
-    parse_input_size,
+    model_kwargs,
     parse_pair,
-    print_json,
+    print_notes,
+    progress_bar,
 )
-from .explain import progress_bar
 
 
 def _cell(v) -> str:
@@ -37,7 +34,7 @@ def _cell(v) -> str:
     return str(v)
 
 
-@app.command()
+@command(app)
 def evaluate(
     model: str = typer.Argument(
         ..., help="A softcamify .safetensors (or any convertible checkpoint), or an .onnx export (no baselines).",
@@ -86,19 +83,10 @@ def evaluate(
     ),
     examples: int = typer.Option(6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    device: str = DEVICE_OPTION,
-    weights: Path = WEIGHTS_OPTION,
-    num_classes: int = NUM_CLASSES_OPTION,
-    input_size: str = INPUT_SIZE_OPTION,
-    ema: bool = EMA_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
-    force: bool = FORCE_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared("device", *MODEL, *ENDING),
 ) -> None:
     """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
-    with handle_errors(debug):
-        from ..evaluation import classification_rows, metric_rows
+    with handle_errors(o.debug):
         from ..evaluation import evaluate as run_evaluate
         from ..io import cleanup_on_failure
 
@@ -108,48 +96,51 @@ def evaluate(
             result = run_evaluate(
                 model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
                 patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-                steps=steps, pointing_tolerance=pointing_tolerance, oracle_grid=parse_pair(oracle_grid, "--oracle-grid", "grid cells"),
-                max_images=max_images, batch_size=batch_size, device=device, examples=examples,
-                out_dir=output, force=force, trust_pickle=trust_pickle, weights=weights, num_classes=num_classes,
-                input_size=parse_input_size(input_size), ema=ema, original_weights=original_weights,
-                progress=lambda stage, done, total: update(done, total),
+                steps=steps, pointing_tolerance=pointing_tolerance,
+                oracle_grid=parse_pair(oracle_grid, "--oracle-grid", "grid cells"), max_images=max_images,
+                batch_size=batch_size, examples=examples, out_dir=output, force=o.force,
+                original_weights=original_weights, progress=lambda stage, done, total: update(done, total),
+                **model_kwargs(o),
             )
-        if json_:
-            print_json(result.to_dict())
-            return
-        c = result.classification
-        cnt = result.counts
-        console.print(
-            f"[bold]softcamify evaluate[/]: {escape(result.data['source'])}: {cnt['images']} images, "
-            f"{cnt['annotated']} annotated ({cnt['explained']} explained), {cnt['without_mask']} without a mask"
-        )
-        headers, rows = classification_rows(c, result.original_classification)
-        t = Table(title="classification", title_justify="left")
-        for h in headers:
-            t.add_column(h, justify="left" if h == "metric" else "right")
-        for r in rows:
-            t.add_row(*[_cell(v) for v in r])
-        console.print(t)
-        pc = Table(title="per class", title_justify="left")
-        for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
-            pc.add_column(h, justify="left" if h == "class" else "right")
-        for p in c["per_class"]:
-            pc.add_row(escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"]))
-        console.print(pc)
-        summaries = result.method_summaries()
-        if summaries and summaries[0]["images"]:
-            e = Table(title="explanations of the true class (mean ± std)", title_justify="left")
-            e.add_column("metric")
-            for s in summaries:
-                e.add_column(s["label"], justify="right")
-            for r in metric_rows(summaries):
-                e.add_row(*r)
-            console.print(e)
-            grid = result.settings.get("oracle_grid") or []
-            console.print("[dim]share of oracle: (activation precision − chance) / (oracle precision − "
-                          f"chance) on the common {'×'.join(str(v) for v in grid)} reference grid; "
-                          "chance = mask share[/]")
-        for note in result.notes:
-            console.print(f"[dim]note:[/] {escape(note)}")
-        if result.report:
-            console.print(f"report: {escape(str(result.report))}")
+        emit(o.json_, result.to_dict(), lambda: _show(result))
+
+
+def _show(result) -> None:
+    from ..evaluation import classification_rows, metric_rows
+
+    c = result.classification
+    cnt = result.counts
+    console.print(
+        f"[bold]softcamify evaluate[/]: {escape(result.data['source'])}: {cnt['images']} images, "
+        f"{cnt['annotated']} annotated ({cnt['explained']} explained), {cnt['without_mask']} without a mask"
+    )
+    headers, rows = classification_rows(c, result.original_classification)
+    t = Table(title="classification", title_justify="left")
+    for h in headers:
+        t.add_column(h, justify="left" if h == "metric" else "right")
+    for r in rows:
+        t.add_row(*[_cell(v) for v in r])
+    console.print(t)
+    pc = Table(title="per class", title_justify="left")
+    for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
+        pc.add_column(h, justify="left" if h == "class" else "right")
+    for p in c["per_class"]:
+        pc.add_row(escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]),
+                   _cell(p["roc_auc"]))
+    console.print(pc)
+    summaries = result.method_summaries()
+    if summaries and summaries[0]["images"]:
+        e = Table(title="explanations of the true class (mean ± std)", title_justify="left")
+        e.add_column("metric")
+        for s in summaries:
+            e.add_column(s["label"], justify="right")
+        for r in metric_rows(summaries):
+            e.add_row(*r)
+        console.print(e)
+        grid = result.settings.get("oracle_grid") or []
+        console.print("[dim]share of oracle: (activation precision − chance) / (oracle precision − "
+                      f"chance) on the common {'×'.join(str(v) for v in grid)} reference grid; "
+                      "chance = mask share[/]")
+    print_notes(result.notes)
+    if result.report:
+        console.print(f"report: {escape(str(result.report))}")

@@ -9,20 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import (
-    DEBUG_OPTION,
-    EMA_OPTION,
-    FORCE_OPTION,
-    INPUT_SIZE_OPTION,
-    JSON_OPTION,
-    NUM_CLASSES_OPTION,
-    TRUST_PICKLE_OPTION,
-    WEIGHTS_OPTION,
-    console,
-    handle_errors,
-    parse_input_size,
-    print_json,
-)
+from ._common import ENDING, MODEL, Shared, command, emit, handle_errors, model_kwargs
 
 
 def _dims(dims) -> str:
@@ -33,7 +20,7 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-@app.command()
+@command(app)
 def export(
     model: str = typer.Argument(
         ...,
@@ -52,19 +39,13 @@ def export(
     spatial: str = typer.Option(
         "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."
     ),
-    weights: Path = WEIGHTS_OPTION,
-    num_classes: int = NUM_CLASSES_OPTION,
-    input_size: str = INPUT_SIZE_OPTION,
-    ema: bool = EMA_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    m: Shared = Shared(*MODEL),
     strict: bool = typer.Option(False, "--strict", help="Refuse a model that converts only approximately."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
-    force: bool = FORCE_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared(*ENDING),
 ) -> None:
     """Export a SoftCAM model to ONNX (outputs logits and evidence, checked against PyTorch) or .safetensors."""
-    with handle_errors(debug):
+    with handle_errors(o.debug):
         from ..errors import UsageError
         from ..io import check_output_path
 
@@ -73,8 +54,8 @@ def export(
             raise UsageError(f"--output {output} must end in .onnx or .safetensors.")
         if suffix == ".safetensors" and (opset is not None or exporter != "auto" or spatial != "auto"):
             raise UsageError("--opset, --exporter and --spatial only apply to an .onnx output.")
-        check_output_path(output, force=force)
-        size = parse_input_size(input_size)
+        check_output_path(output, force=o.force)
+        load_kwargs = model_kwargs(m, strict=strict, atol=atol)
 
         import torch
 
@@ -82,38 +63,37 @@ def export(
         from ..onnx_export import load_softcam
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
-                                 trust_pickle=trust_pickle, strict=strict, atol=atol)
-        kwargs = dict(force=force, atol=atol, seed=seed, trust_pickle=trust_pickle)
+        sc, notes = load_softcam(model, **load_kwargs)
+        kwargs = dict(force=o.force, atol=atol, seed=seed, trust_pickle=m.trust_pickle)
         if suffix == ".onnx":
             kwargs.update(opset=opset, exporter=exporter, spatial=spatial)
         report = run_export(sc, output, **kwargs)
         report.notes = notes + report.notes
-        if json_:
-            print_json(report.to_dict())
-            return
-        t = Table(title=f"softcamify export: {report.architecture}", show_header=False, title_justify="left")
-        t.add_column("field", style="bold")
-        t.add_column("value", overflow="fold")
-        t.add_row("format", report.format)
-        if report.format == "onnx":
-            t.add_row("exporter", f"{report.exporter}, opset {report.opset}")
-            for name, dims in report.shapes.items():
-                t.add_row(name, _dims(dims))
-            t.add_row("dynamic", f"batch {'yes' if report.dynamic_batch else 'no'}, "
-                                 f"height/width {'yes' if report.dynamic_spatial else 'no'}")
-            if report.spatial_note and not report.dynamic_spatial:
-                t.add_row("static size", escape(report.spatial_note))
-            for ck in report.checks:
-                t.add_row(f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
-                          f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, max |Δevidence| {ck['max_abs_diff_evidence']:.2g}")
-        else:
-            t.add_row("reload check", f"max |Δlogits| {report.max_abs_diff_logits:.2g}, "
-                                      f"max |Δevidence| {report.max_abs_diff_evidence:.2g}")
-        t.add_row("atol", f"{report.atol:g} [green](passed)[/]")
-        t.add_row("strategy", f"{report.strategy} ({'exact' if report.exact else 'approximate'})")
-        t.add_row("classes, input", f"{report.num_classes}, {_dims(report.input_size)}")
-        t.add_row("output", f"{escape(report.output)} ({_size(report.file_size)})")
-        console.print(t)
-        for note in report.notes:
-            console.print(f"[dim]note:[/] {escape(note)}")
+        emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)
+
+
+def _table(report) -> Table:
+    t = Table(title=f"softcamify export: {report.architecture}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("format", report.format)
+    if report.format == "onnx":
+        t.add_row("exporter", f"{report.exporter}, opset {report.opset}")
+        for name, dims in report.shapes.items():
+            t.add_row(name, _dims(dims))
+        t.add_row("dynamic", f"batch {'yes' if report.dynamic_batch else 'no'}, "
+                             f"height/width {'yes' if report.dynamic_spatial else 'no'}")
+        if report.spatial_note and not report.dynamic_spatial:
+            t.add_row("static size", escape(report.spatial_note))
+        for ck in report.checks:
+            t.add_row(f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
+                      f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, "
+                      f"max |Δevidence| {ck['max_abs_diff_evidence']:.2g}")
+    else:
+        t.add_row("reload check", f"max |Δlogits| {report.max_abs_diff_logits:.2g}, "
+                                  f"max |Δevidence| {report.max_abs_diff_evidence:.2g}")
+    t.add_row("atol", f"{report.atol:g} [green](passed)[/]")
+    t.add_row("strategy", f"{report.strategy} ({'exact' if report.exact else 'approximate'})")
+    t.add_row("classes, input", f"{report.num_classes}, {_dims(report.input_size)}")
+    t.add_row("output", f"{escape(report.output)} ({_size(report.file_size)})")
+    return t

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import json
 import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -142,16 +147,23 @@ class ConsoleReporter:
         console.print(f"[dim]state {escape(str(result.last_path))} · metrics {escape(str(result.metrics_path))}[/]")
 
 
+def _flags(*names: str) -> set[str]:
+    """The option strings (``--force``, ``-f``) of finetune's parameters ``names``, from its signature."""
+    params = inspect.signature(finetune).parameters
+    return {flag for name in names for flag in params[name].default.param_decls}
+
+
 def _strip_nproc(argv: list[str]) -> list[str]:
+    flags = _flags("nproc")
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--nproc":
+        if a in flags:
             skip = True
             continue
-        if a.startswith("--nproc="):
+        if a.startswith(tuple(f"{f}=" for f in flags)):
             continue
         out.append(a)
     return out
@@ -273,6 +285,7 @@ def finetune(
     4 the model does not convert, 6 RUN_DIR exists (pass --resume or --force), is in use or cannot be
     written, 130 interrupted (state saved: rerun with --resume).
     """
+    options = dict(locals())  # every option by name: the signature above is their one declaration
     from ..distributed import env_rank, launched_by_torchrun
 
     rank = env_rank()
@@ -284,7 +297,7 @@ def finetune(
             return
         if rank != 0:  # other ranks: silent; rank 0 reports errors once
             try:
-                _run(**locals_for_run(locals()), reporter_on=False)
+                _run(options, reporter_on=False)
             except typer.Exit:
                 raise
             except BaseException as e:  # noqa: BLE001
@@ -292,7 +305,7 @@ def finetune(
 
                 raise typer.Exit(e.exit_code if isinstance(e, SoftcamifyError) else 1) from None
             return
-        _run(**locals_for_run(locals()), reporter_on=True)
+        _run(options, reporter_on=True)
     except typer.Exit as e:
         code = e.exit_code
         raise
@@ -302,59 +315,67 @@ def finetune(
             Path(exit_file).write_text(str(code))
 
 
-_RUN_ARGS = (
-    "model", "data_dir", "output", "labels", "val_split", "augment", "strict_data", "weights", "num_classes",
-    "input_size", "ema", "trust_pickle", "reset_head", "l1", "l2", "class_weights", "epochs", "batch_size",
-    "optimizer", "lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "freeze_backbone",
-    "device", "amp", "amp_dtype", "workers", "seed", "deterministic", "monitor", "patience", "ordinal",
-    "sparsity_threshold", "resume", "force", "quiet", "json_", "debug",
-)
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value is not None else None
 
 
-def locals_for_run(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: values[k] for k in _RUN_ARGS}
+# How a parsed option becomes the FinetuneConfig field of the same name (the others are taken as they are).
+_TO_CONFIG: dict[str, Callable[[Any], Any]] = {
+    "labels": _optional_str,
+    "weights": _optional_str,
+    "input_size": parse_input_size,
+    "augment": str.lower,
+    "class_weights": str.lower,
+    "optimizer": str.lower,
+    "amp_dtype": str.lower,
+    "monitor": str.lower,
+}
 
 
-def _run(*, model, data_dir, output, labels, val_split, augment, strict_data, weights, num_classes, input_size, ema,
-         trust_pickle, reset_head, l1, l2, class_weights, epochs, batch_size, optimizer, lr, min_lr, weight_decay,
-         momentum, warmup_epochs, grad_clip, freeze_backbone, device, amp, amp_dtype, workers, seed, deterministic,
-         monitor, patience, ordinal, sparsity_threshold, resume, force, quiet, json_, debug, reporter_on) -> None:
-    import contextlib
+def finetune_config(options: Mapping[str, Any], skip: Collection[str] = (), **overrides: Any):
+    """The ``FinetuneConfig`` of a command's parsed options, matched by name: every option that is a field
+    (but those in ``skip``) sets it; ``overrides`` set fields directly."""
+    from ..training import FinetuneConfig
 
+    kwargs = {
+        f.name: _TO_CONFIG.get(f.name, lambda v: v)(options[f.name])
+        for f in dataclasses.fields(FinetuneConfig)
+        if f.name in options and f.name not in skip
+    }
+    return FinetuneConfig(**{**kwargs, **overrides})
+
+
+def _run(options: dict[str, Any], reporter_on: bool) -> None:
     from ..errors import EXIT_INTERRUPTED
 
+    o = SimpleNamespace(**options)
     # Other ranks raise to the caller, which exits with the code silently; rank 0 prints the one line.
-    with handle_errors(debug) if reporter_on else contextlib.nullcontext():
-        from ..training import FinetuneConfig, FinetuneInterrupted, Reporter
+    with handle_errors(o.debug) if reporter_on else contextlib.nullcontext():
+        from ..training import FinetuneInterrupted, Reporter
         from ..training import finetune as run_finetune
 
-        config = FinetuneConfig(
-            labels=str(labels) if labels is not None else None, val_split=val_split, augment=augment.lower(),
-            strict_data=strict_data, weights=str(weights) if weights is not None else None, num_classes=num_classes,
-            input_size=parse_input_size(input_size), ema=ema, trust_pickle=trust_pickle, reset_head=reset_head,
-            l1=l1, l2=l2, class_weights=class_weights.lower(), epochs=epochs, batch_size=batch_size,
-            optimizer=optimizer.lower(), lr=lr, min_lr=min_lr, weight_decay=weight_decay, momentum=momentum,
-            warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze_backbone=freeze_backbone, device=device,
-            amp=amp, amp_dtype=amp_dtype.lower(), workers=workers, deterministic=deterministic, seed=seed,
-            monitor=monitor.lower(), patience=patience, ordinal=ordinal, sparsity_threshold=sparsity_threshold,
-            resume=resume, force=force,
-        )
+        config = finetune_config(options)
         reporter: Any = Reporter()
         if reporter_on:
-            show = not quiet and not json_
-            reporter = ConsoleReporter(bars=show and console.is_terminal, tables=show, notes_to_stderr=quiet or json_)
+            show = not o.quiet and not o.json_
+            reporter = ConsoleReporter(bars=show and console.is_terminal, tables=show,
+                                       notes_to_stderr=o.quiet or o.json_)
         try:
-            result = run_finetune(model, data_dir, output, config, reporter=reporter)
+            result = run_finetune(o.model, o.data_dir, o.output, config, reporter=reporter)
         except FinetuneInterrupted as e:
             if reporter_on:
                 if getattr(reporter, "progress", None) is not None:
                     reporter.progress.stop()
-                argv = json.loads(os.environ[ARGV_ENV]) if ARGV_ENV in os.environ else sys.argv[1:]
-                argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
-                argv = [a for a in argv if a not in ("--force", "-f", "--resume")]
-                command = shlex.join(["softcamify", *argv, "--resume"])
-                err_console.print(f"[yellow]interrupted:[/] {escape(str(e))}\n  {escape(command)}", highlight=False,
-                                  markup=True)
+                _print_resume_hint(e)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        if reporter_on and json_:
+        if reporter_on and o.json_:
             print_json(result.to_dict())
+
+
+def _print_resume_hint(e: BaseException) -> None:
+    argv = json.loads(os.environ[ARGV_ENV]) if ARGV_ENV in os.environ else sys.argv[1:]
+    argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
+    argv = [a for a in argv if a not in _flags("force", "resume")]
+    command = shlex.join(["softcamify", *argv, "--resume"])
+    err_console.print(f"[yellow]interrupted:[/] {escape(str(e))}\n  {escape(command)}", highlight=False,
+                      markup=True)

@@ -13,19 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import (
-    DEBUG_OPTION,
-    DEVICE_OPTION,
-    EMA_OPTION,
-    JSON_OPTION,
-    NUM_CLASSES_OPTION,
-    TRUST_PICKLE_OPTION,
-    WEIGHTS_OPTION,
-    console,
-    handle_errors,
-    parse_input_size,
-    print_json,
-)
+from ._common import Shared, command, emit, handle_errors, model_kwargs, parse_input_size
 
 
 def _floats(value: str | None, option: str) -> list[float] | None:
@@ -57,7 +45,7 @@ def _class_names(value: str | None) -> list[str] | None:
     return names
 
 
-@app.command()
+@command(app)
 def predict(
     model: str = typer.Argument(
         ..., help="An .onnx export (runs in onnxruntime, no torch) or a softcamify .safetensors / checkpoint.",
@@ -76,37 +64,30 @@ def predict(
     class_names: str = typer.Option(
         None, "--class-names", help="Comma-separated class names, or a text file with one per line (overrides the metadata)."
     ),
-    device: str = DEVICE_OPTION,
-    weights: Path = WEIGHTS_OPTION,
-    num_classes: int = NUM_CLASSES_OPTION,
-    ema: bool = EMA_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", "json_", "debug"),
 ) -> None:
     """Top-k classes with probabilities for each image (preprocessing from the model's metadata)."""
-    with handle_errors(debug):
+    with handle_errors(o.debug):
         from ..prediction import predict as run_predict
 
         size = parse_input_size(input_size)
         report = run_predict(
             model, images, top_k=top_k, batch_size=batch_size, mean=_floats(mean, "--mean"),
             std=_floats(std, "--std"), input_size=size, interpolation=interpolation, crop_pct=crop_pct,
-            class_names=_class_names(class_names), device=device, trust_pickle=trust_pickle, weights=weights,
-            num_classes=num_classes, ema=ema,
+            class_names=_class_names(class_names), **model_kwargs(o),
         )
-        if json_:
-            print_json(report.to_dict())
-            return
-        t = Table(title=f"softcamify predict: {report.architecture} ({report.backend})", title_justify="left")
-        t.add_column("image", overflow="fold")
-        t.add_column("#", justify="right")
-        t.add_column("class")
-        t.add_column("probability", justify="right")
-        for pred in report.predictions:
-            for entry in pred.top_k:
-                t.add_row(escape(pred.image) if entry["rank"] == 1 else "", str(entry["rank"]), escape(entry["class"]),
-                          f"{entry['probability']:.2%}", end_section=entry is pred.top_k[-1] and len(pred.top_k) > 1)
-        console.print(t)
-        for note in report.notes:
-            console.print(f"[dim]note:[/] {escape(note)}")
+        emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)
+
+
+def _table(report) -> Table:
+    t = Table(title=f"softcamify predict: {report.architecture} ({report.backend})", title_justify="left")
+    t.add_column("image", overflow="fold")
+    t.add_column("#", justify="right")
+    t.add_column("class")
+    t.add_column("probability", justify="right")
+    for pred in report.predictions:
+        for entry in pred.top_k:
+            last = entry is pred.top_k[-1] and len(pred.top_k) > 1
+            t.add_row(escape(pred.image) if entry["rank"] == 1 else "", str(entry["rank"]),
+                      escape(entry["class"]), f"{entry['probability']:.2%}", end_section=last)
+    return t

@@ -16,16 +16,9 @@ from rich.table import Table
 
 from ..report import format_fixed as _fmt
 from . import app
-from ._common import (
-    DEBUG_OPTION,
-    JSON_OPTION,
-    console,
-    err_console,
-    handle_errors,
-    parse_input_size,
-    print_json,
-)
+from ._common import Shared, command, console, emit, err_console, handle_errors
 from .finetune import finetune as _finetune_command
+from .finetune import finetune_config
 
 _FT: dict[str, Any] = {name: p.default for name, p in inspect.signature(_finetune_command).parameters.items()}
 
@@ -88,7 +81,7 @@ class _ConsoleReporter:
 
 
 def _print_table(result) -> None:
-    from ..sweep_scoring import SCORE_KEYS
+    from ..training.sweep_scoring import SCORE_KEYS
 
     d = result.to_dict()
     metric = d["localization"]
@@ -137,7 +130,7 @@ def _print_table(result) -> None:
 
 
 # Long only by its typer option declarations (finetune's options, reused); the body is ~60 lines.
-@app.command()
+@command(app)
 def sweep(
     model: str = _FT["model"],
     data_dir: Path = _FT["data_dir"],
@@ -215,8 +208,7 @@ def sweep(
         help="Write into a non-empty OUT_DIR (run folders and files of the same names are replaced).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines or table."),
-    json_: bool = JSON_OPTION,
-    debug: bool = DEBUG_OPTION,
+    o: Shared = Shared("json_", "debug"),
 ) -> None:
     """Fine-tune once per λ pair (short runs), score each on the validation split, plot accuracy against
     localization and recommend the λ that localizes best without losing accuracy.
@@ -227,62 +219,20 @@ def sweep(
     model, 4 the model does not convert, 6 OUT_DIR not empty (no --force) or not writable, 130 interrupted
     (completed runs are kept).
     """
-    with handle_errors(debug):
-        from ..sweep import check_grid, check_tolerance
-        from ..sweep import sweep as run_sweep
+    options = dict(locals())
+    with handle_errors(o.debug):
+        from ..training.sweep import check_grid, check_tolerance
+        from ..training.sweep import sweep as run_sweep
 
         # bad grid values fail here, before torch is imported or anything is written
         l1s, l2s = check_grid("l1", parse_values("--l1", l1)), check_grid("l2", parse_values("--l2", l2))
         check_tolerance(tolerance)
-        from ..training import FinetuneConfig
-
         devices = device if "," in device else None
-        config = FinetuneConfig(
-            labels=str(labels) if labels is not None else None,
-            val_split=val_split,
-            augment=augment.lower(),
-            strict_data=strict_data,
-            weights=str(weights) if weights is not None else None,
-            num_classes=num_classes,
-            input_size=parse_input_size(input_size),
-            ema=ema,
-            trust_pickle=trust_pickle,
-            class_weights=class_weights.lower(),
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer.lower(),
-            lr=lr,
-            min_lr=min_lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            warmup_epochs=warmup_epochs,
-            grad_clip=grad_clip,
-            freeze_backbone=freeze_backbone,
-            device="auto" if devices else device,
-            amp=amp,
-            amp_dtype=amp_dtype.lower(),
-            workers=workers,
-            deterministic=deterministic,
-            seed=seed,
-            monitor=monitor.lower(),
-            sparsity_threshold=sparsity_threshold,
-        )
-        reporter = _ConsoleReporter(show=not quiet, to_stderr=json_ or quiet)
+        # the grids (l1, l2) and --force (of OUT_DIR) are the sweep's own, not the runs' options
+        config = finetune_config(options, skip=("l1", "l2", "force"), device="auto" if devices else device)
+        reporter = _ConsoleReporter(show=not quiet, to_stderr=o.json_ or quiet)
         result = run_sweep(
-            model,
-            data_dir,
-            output,
-            l1s,
-            l2s,
-            config,
-            tolerance=tolerance,
-            masks=masks,
-            devices=devices,
-            force=force,
-            max_images=max_images,
-            reporter=reporter,
+            model, data_dir, output, l1s, l2s, config, tolerance=tolerance, masks=masks, devices=devices,
+            force=force, max_images=max_images, reporter=reporter,
         )
-        if json_:
-            print_json(result.to_dict())
-        elif not quiet:
-            _print_table(result)
+        emit(o.json_, result.to_dict(), lambda: None if quiet else _print_table(result))

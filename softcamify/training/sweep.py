@@ -3,7 +3,7 @@
 The library behind ``softcamify sweep``; the accuracy/localization trade-off of the SoftCAM paper as
 one call::
 
-    from softcamify.sweep import sweep
+    from softcamify.training.sweep import sweep
     result = sweep("model_softcam.safetensors", "data/", "sweeps/l1", l1=[0, 0.05, 0.5, 2])
     result.recommended          # the chosen run (a SweepRun) or None
     result.recommended.best_path
@@ -59,7 +59,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 from .sweep_report import (
     BEST_NAME,
     INDEX_HTML,
@@ -244,8 +244,8 @@ def sweep(
     Raises :class:`UsageError`, :class:`InputError`, :class:`OutputError` (one sentence, before
     ``out_dir`` is created), the errors of ``finetune``, and :class:`SweepInterrupted` after Ctrl-C.
     """
-    from .data import default_mask_root
-    from .io import check_output_dir, make_output_dir
+    from ..data import default_mask_root
+    from ..io import check_output_dir, make_output_dir
 
     t_start = time.perf_counter()
     rep = reporter or SweepReporter()
@@ -287,7 +287,7 @@ def sweep(
 
 def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: int | None) -> Any:
     """A checked copy of the sweep's FinetuneConfig (a :class:`UsageError` for what a sweep refuses)."""
-    from .training import FinetuneConfig, _check_config
+    from .config import FinetuneConfig, check_config
 
     if max_images is not None and int(max_images) < 1:
         raise UsageError(f"max_images must be at least 1; got {max_images}.")
@@ -306,7 +306,7 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
             "with --reset-head and sweep from its best.safetensors."
         )
     cfg.l1, cfg.l2 = l1s[0], l2s[0]
-    _check_config(cfg.resolved())
+    check_config(cfg.resolved())
     return cfg
 
 
@@ -319,7 +319,7 @@ def _check_folders(data_dir: Any, masks: Any) -> None:
 
 def _starting_model(model: Any, cfg: Any, notes: list[str]) -> Any:
     """The converted starting model (exactly as ``convert``), on the CPU, in eval mode."""
-    from .conversion import as_softcam
+    from ..conversion import as_softcam
 
     sc, loaded = as_softcam(
         model,

@@ -1,8 +1,8 @@
 """Scoring a model on a sweep's validation split: the images ``finetune`` validated on, read by ``evaluate``
 through a folder of links, plus the scores that need no masks (map sparsity, flip stability).
 
-Part of :mod:`softcamify.sweep` (which re-exports :func:`map_scores` and :func:`spearman`); the module
-docstring there says what each score means.
+Part of :mod:`softcamify.training.sweep` (which re-exports :func:`map_scores` and :func:`spearman`); the
+module docstring there says what each score means.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "SCORE_KEYS",
@@ -92,10 +92,11 @@ def map_scores(
     """
     import torch
 
-    from .binary import two_class
-    from .data import ImageDataset, build_transform
-    from .device import resolve_device
-    from .training import DEFAULT_SPARSITY_THRESHOLD, map_statistics
+    from ..binary import two_class
+    from ..data import ImageDataset, build_transform
+    from ..device import resolve_device
+    from .config import DEFAULT_SPARSITY_THRESHOLD
+    from .loss import map_statistics
 
     thr = DEFAULT_SPARSITY_THRESHOLD if threshold is None else float(threshold)
     dev = resolve_device(device)
@@ -160,7 +161,7 @@ def build_val_view(
 ) -> tuple[Path, Path | None, int]:
     """``root/val/<class>/<n>_<file>`` links to the validation images and ``root/masks/val/…`` to their
     masks, so :func:`evaluate` (``split="val"``) reads exactly these images, whatever the data layout."""
-    from .data import mask_path_for
+    from ..data import mask_path_for
 
     bad = next((n for n in class_names if not _safe_folder_name(str(n))), None)
     if bad is not None:
@@ -187,20 +188,19 @@ def build_val_view(
 
 
 def val_samples(model: Any, data_dir: Any, cfg: Any, notes: list[str]):
-    """The validation samples ``finetune`` uses (same discovery, same seed, unreadable images left out)."""
-    from .binary import decision_names
-    from .data import discover, verify_samples
+    """The validation samples ``finetune`` uses (same discovery, same seed, the model's class order,
+    unreadable images left out)."""
+    from ..binary import decision_names
+    from ..data import verify_samples
+    from .splits import class_order, discover_splits, generic_names, model_class_names
 
-    splits = discover(data_dir, cfg.labels, cfg.val_split, cfg.seed, False)
-    names = decision_names(list(model.meta.class_names), model.meta.num_classes)
+    splits = discover_splits(data_dir, cfg)
     found = list(splits.class_names)
-    if (
-        cfg.labels is not None
-        and all(n.isdigit() for n in found)
-        and len(names) >= len(found)
-        and not all(n == f"class_{i}" for i, n in enumerate(names))
-    ):
-        splits = discover(data_dir, cfg.labels, cfg.val_split, cfg.seed, False, class_names=names)
+    stored = model_class_names(model.meta.class_names, model.meta.num_classes, found)
+    names = decision_names(stored, model.meta.num_classes)
+    order = class_order(names, found, cfg.labels, generic_names(stored))
+    if order is not None:
+        splits = discover_splits(data_dir, cfg, class_names=order)
     channels = int(model.meta.data_config["input_size"][0])
     good, bad = verify_samples(splits.val, channels=channels, strict=bool(cfg.strict_data))
     if bad or splits.skipped:
@@ -243,7 +243,7 @@ def score_model(
 ) -> dict[str, Any]:
     """A model's validation scores: ``evaluate`` on the view (accuracy, localization with masks), plus
     :func:`map_scores` on ``samples`` (sparsity, map L1, flip stability)."""
-    from .evaluation import evaluate
+    from ..evaluation import evaluate
 
     ev = evaluate(
         model,

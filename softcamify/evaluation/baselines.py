@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .binary import two_class
-from .errors import ConversionError, UsageError
+from ..binary import two_class
+from ..errors import ConversionError, UsageError
 
 __all__ = [
     "METHODS",
@@ -131,8 +131,8 @@ def softcam_target(model: nn.Module, detach_features: bool = True) -> CamTarget:
 def original_target(model: nn.Module, input_size: Sequence[int], detach_features: bool = True) -> CamTarget:
     """The original classifier split at its last feature map (:func:`softcamify.heads.split_model`); a SoftCAM
     model as its backbone's feature map (not its evidence maps, which a generic split would find)."""
-    from .heads import split_model
-    from .model import SoftCAM
+    from ..heads import split_model
+    from ..model import SoftCAM
 
     if isinstance(model, SoftCAM):
         return softcam_target(model, detach_features)

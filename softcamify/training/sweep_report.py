@@ -1,6 +1,6 @@
 """The files a finished λ sweep writes: ``sweep.json``, ``pareto.png``, ``index.html``, ``best.safetensors``.
 
-Part of :mod:`softcamify.sweep` (which re-exports :func:`draw_pareto`). Everything here reads the
+Part of :mod:`softcamify.training.sweep` (which re-exports :func:`draw_pareto`). Everything here reads the
 ``sweep.json`` dict (``SweepResult.to_dict()``), so a saved ``sweep.json`` can be drawn again.
 """
 
@@ -50,7 +50,7 @@ def write_outputs(result: SweepResult, out: Path, force: bool) -> None:
     (``force``)."""
     import json
 
-    from .io import atomic_output, write_bytes_atomic, write_text_atomic
+    from ..io import atomic_output, write_bytes_atomic, write_text_atomic
 
     d = result.to_dict()
     png = io.BytesIO()
@@ -101,7 +101,7 @@ def draw_pareto(d: Mapping[str, Any], width: int = 760, height: int = 520) -> An
     """The Pareto plot of a ``sweep.json`` dict as a PIL image (accuracy on y, localization on x)."""
     from PIL import Image, ImageDraw
 
-    from .render import font
+    from ..render import font
 
     ref = d.get("reference") or {}
     runs = list(d.get("runs") or [])
@@ -155,7 +155,7 @@ def _set_range(p: _Plot, xs: list[float], ys: list[float]) -> None:
 
 
 def _draw_axes(p: _Plot, label: str) -> None:
-    from .report import nice_ticks
+    from ..report import nice_ticks
 
     draw, small = p.draw, p.small
     for t in nice_ticks(p.x_lo, p.x_hi):
@@ -222,7 +222,9 @@ def _draw_points(
 def _draw_legend(p: _Plot) -> None:
     """One row between the title and the plot, right-aligned: it never covers a point."""
     draw, small = p.draw, p.small
-    entries = [("front", "Pareto front"), ("recommended", "recommended"), ("reference", "reference (no fine-tuning)")]
+    entries = [
+        ("front", "Pareto front"), ("recommended", "recommended"), ("reference", "reference (no fine-tuning)")
+    ]
     widths = [20 + draw.textlength(text, font=small) for _, text in entries]
     x = p.left + p.pw - sum(widths) - 18 * (len(entries) - 1)
     y = p.top - 22
@@ -302,7 +304,7 @@ def render_html(d: Mapping[str, Any], png: bytes) -> str:
     """``index.html`` of a ``sweep.json`` dict: self-contained (the plot is embedded as base64)."""
     import html
 
-    from . import report as R
+    from .. import report as R
 
     rows = [_run_row("reference", d.get("reference") or {}, True)]
     rows += [_run_row(str(r["tag"]), r) for r in d.get("runs") or []]

@@ -1,7 +1,7 @@
 """What a λ sweep returns and reports: :class:`SweepRun`, :class:`SweepResult`, :class:`SweepReporter`,
 :class:`SweepInterrupted`.
 
-Part of :mod:`softcamify.sweep`, which re-exports all four.
+Part of :mod:`softcamify.training.sweep`, which re-exports all four.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import EXIT_INTERRUPTED, SoftcamifyError
-from .metrics import json_safe
+from ..errors import EXIT_INTERRUPTED, SoftcamifyError
+from ..evaluation.metrics import json_safe
 
 __all__ = ["SweepRun", "SweepResult", "SweepReporter", "SweepInterrupted"]
 

@@ -1,7 +1,7 @@
 """Running the fine-tunes of a λ sweep: the run folder names, the devices, one worker thread per device, and
 one finetune (then scoring) per λ pair.
 
-Part of :mod:`softcamify.sweep` (which re-exports :func:`run_tag`, :func:`resolve_devices` and
+Part of :mod:`softcamify.training.sweep` (which re-exports :func:`run_tag`, :func:`resolve_devices` and
 :func:`map_on_devices`). With several devices, one worker thread per device pulls the next item from a
 queue; CUDA kernels run without the GIL, so one λ per GPU runs in parallel.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .metrics import json_safe
+from ..errors import UsageError
+from ..evaluation.metrics import json_safe
 from .sweep_results import SweepInterrupted, SweepReporter, SweepRun
 from .sweep_scoring import SCORE_KEYS, rule_keys, score_model
 
@@ -51,7 +51,7 @@ def resolve_devices(devices: str | Sequence[str] | None, config_device: str = "a
     per GPU (``cuda:0``, ``cuda:1``, …), else that one device. A list (or comma-separated text) is used
     as given after checking each device; repeats run several λ at a time on one device.
     """
-    from .device import resolve_device
+    from ..device import resolve_device
 
     if devices is None:
         spec = str(config_device or "auto").strip().lower()
@@ -198,7 +198,7 @@ class Runner:
         return score_model(model, self.view, self.view_masks, self.val, device, self.cfg, self.max_images)
 
     def run_one(self, pair: tuple[float, float], device: str) -> SweepRun:
-        from .training import finetune
+        from .run import finetune
 
         a, b = pair
         tag = run_tag(a, b)
@@ -239,7 +239,7 @@ class Runner:
     def run_all(self, devices: list[str]) -> list[SweepRun]:
         """Every λ pair, on ``devices``; Ctrl-C (or finetune's own interruption) becomes
         :class:`SweepInterrupted`."""
-        from .training import FinetuneInterrupted
+        from .config import FinetuneInterrupted
 
         try:
             return map_on_devices(self.run_one, self.grid, devices, self.cancel)

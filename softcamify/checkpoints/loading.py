@@ -1,0 +1,317 @@
+"""Loading a classifier (or a softcamify model) from a name, a file or a folder: one :func:`load_model`.
+
+A timm name (+ weights file), ``timm:``/``torchvision:`` names, ``.safetensors``, ``.pth``/``.pt`` state
+dicts and training checkpoints, Hugging Face style folders (``config.json`` + ``model.safetensors``), a
+fine-tuning run folder, and — only with ``trust_pickle=True`` — pickled ``nn.Module`` files. Never
+downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import sources
+from ..errors import InputError, UsageError
+from ..io import META_KEY
+from .foreign import (
+    _looks_like_safetensors,
+    load_weights_into,
+    match_prefixes,
+    read_safetensors,
+    read_torch,
+    read_weights,
+    safetensors_metadata,
+    unwrap_checkpoint,
+)
+from .format import load, softcam_from_training_checkpoint
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".onnx", ".pkl")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inspection or conversion, with what is known about where it came from."""
+
+    module: nn.Module
+    source: dict[str, Any]  # how to rebuild the architecture (kind, name, num_classes, model_args, ...)
+    data_config: dict[str, Any]
+    class_names: list[str] | None = None
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_softcam(self) -> bool:
+        from ..model import SoftCAM
+
+        return isinstance(self.module, SoftCAM)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.source.get("name") or self.source.get("class") or "?")
+
+
+def _apply_train_data_config(cfg: dict[str, Any], train: dict[str, Any], input_size: Any) -> dict[str, Any]:
+    """The model's data config with what its training run recorded (``foreign._read_train_args``); an
+    ``--input-size`` given now still wins."""
+    cfg = dict(cfg)
+    channels = int(cfg["input_size"][0])
+    if input_size is None:
+        if "input_size" in train:
+            cfg["input_size"] = [channels, *train["input_size"][1:]]
+        elif "img_size" in train:
+            cfg["input_size"] = [channels, train["img_size"], train["img_size"]]
+    for key in ("mean", "std"):
+        v = train.get(key)
+        if v is not None:
+            cfg[key] = v if len(v) == channels else [sum(v) / len(v)] * channels
+    for key in ("crop_pct", "interpolation"):
+        if key in train:
+            cfg[key] = train[key]
+    return cfg
+
+
+def _looks_like_path(spec: str) -> bool:
+    if spec.startswith(sources._HUB_PREFIXES) or spec.startswith(("timm:", "torchvision:", "tv:")):
+        return False
+    return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
+
+
+def _build_named(
+    kind: str,
+    name: str,
+    sd: dict[str, torch.Tensor] | None,
+    weights_path: Path | None,
+    num_classes: int | None,
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, int]:
+    """Build an architecture by name, infer the class count from the weights, load them."""
+    model = sources.build(kind, name, None if sd is not None else num_classes, model_args)
+    if sd is not None:
+        if num_classes is None:
+            own_keys = set(model.state_dict())
+            matched = match_prefixes(sd, own_keys)
+            for key in sources.classifier_keys(model):
+                if key in matched and matched[key].ndim >= 1:
+                    num_classes = int(matched[key].shape[0])
+                    break
+        current = _num_outputs(model)
+        if num_classes is not None and num_classes != current:
+            model = sources.build(kind, name, num_classes, model_args)
+        load_weights_into(model, sd, weights_path or Path("?"), f"{kind}:{name}" if kind != "timm" else name)
+    model.eval()
+    return model, _num_outputs(model)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    keys = sources.classifier_keys(model)
+    if keys:
+        return int(dict(model.named_parameters())[keys[0]].shape[0])
+    return -1
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
+    trust_pickle: bool = False,
+    input_size: tuple[int, int] | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
+
+    ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
+    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``.
+    """
+    model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
+    spec_str = os.fspath(spec)
+    path = Path(spec_str)
+    if path.exists():
+        if weights is not None:
+            raise UsageError(
+                f"--weights is for an architecture given by name, but MODEL {path} is already a file or "
+                "folder."
+            )
+        read = _load_folder if path.is_dir() else _load_file
+        return read(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size,
+                    model_args=model_args)
+    if _looks_like_path(spec_str):
+        raise InputError(f"Model file {path} does not exist.")
+    kind, name = sources.parse_name(spec_str)
+    sd, wpath = None, None
+    info: dict[str, Any] = {"notes": []}
+    if weights is not None:
+        wpath = Path(weights)
+        sd, info = read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
+    elif ema:
+        raise UsageError("--ema needs a checkpoint: pass --weights FILE or a checkpoint file as MODEL.")
+    model, k = _build_named(kind, name, sd, wpath, num_classes, model_args)
+    notes = list(info.get("notes", []))
+    if sd is None:
+        notes.append(f"{name} has random weights (no --weights given).")
+    source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
+    return LoadedModel(
+        module=model,
+        source=source,
+        data_config=sources.data_config(model, kind, input_size=input_size),
+        class_names=info.get("class_names"),
+        path=str(wpath) if wpath else None,
+        notes=notes,
+    )
+
+
+def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_args=None) -> LoadedModel:
+    model_args = model_args or {}
+    arch: Any  # a name in the file's metadata or checkpoint dict
+    info: dict[str, Any]
+    if path.suffix.lower() == ".onnx":
+        raise InputError(
+            f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept "
+            ".onnx)."
+        )
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        meta = safetensors_metadata(path)
+        if META_KEY in meta:
+            return _softcam_loaded(load(path, trust_pickle=trust_pickle), path, input_size)
+        arch = meta.get("architecture") or meta.get("arch")
+        if not arch and (path.parent / "config.json").exists():
+            return _load_folder(path.parent, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
+                                input_size=input_size, weights_file=path, model_args=model_args)
+        if not arch:
+            raise _weights_only(path)
+        sd, info = read_safetensors(path), {"notes": []}
+    else:
+        obj = read_torch(path, trust_pickle)
+        if isinstance(obj, nn.Module):
+            return _from_module(obj, path, input_size)
+        trained = softcam_from_training_checkpoint(obj, path, ema=ema, trust_pickle=trust_pickle)
+        if trained is not None:
+            note = f"{path.name} is a softcamify fine-tuning state."
+            return _softcam_loaded(trained, path, input_size, [note])
+        sd, info = unwrap_checkpoint(obj, path, ema)
+        arch = info.get("arch")
+        if not arch:
+            raise _weights_only(path)
+    return _from_weights(path, str(arch), sd, info, num_classes, input_size, model_args)
+
+
+def _weights_only(path: Path) -> InputError:
+    return InputError(
+        f"{path} holds weights only; name the architecture, e.g. softcamify convert ARCH --weights {path}."
+    )
+
+
+def _softcam_loaded(model, path: Path, input_size, notes: list[str] | None = None) -> LoadedModel:
+    """A SoftCAM model read from ``path`` (its own metadata), with an ``input_size`` given now applied."""
+    if input_size is not None:
+        cfg = model.meta.data_config
+        model.meta.data_config = {**cfg, "input_size": [cfg["input_size"][0], *input_size]}
+    return LoadedModel(model, dict(model.meta.source), dict(model.meta.data_config), model.class_names,
+                       str(path), list(notes or []))
+
+
+def _from_weights(
+    path: Path, arch: str, sd: dict[str, torch.Tensor], info: dict[str, Any], num_classes, input_size,
+    model_args: dict[str, Any],
+) -> LoadedModel:
+    """The architecture a checkpoint names, built (with its training run's arguments) and loaded."""
+    kind, name = sources.parse_name(arch)
+    # the training run's constructor arguments (timm train.py's args), then the ones given now
+    model_args = {**info.get("model_args", {}), **(model_args or {})}
+    model, k = _build_named(kind, name, sd, path, num_classes, model_args)
+    data_config = sources.data_config(model, kind, input_size=input_size)
+    notes = list(info.get("notes", []))
+    if info.get("model_args") or info.get("data_config"):
+        data_config = _apply_train_data_config(data_config, info.get("data_config", {}), input_size)
+        used = ", ".join(f"{k2}={v!r}" for k2, v in info.get("model_args", {}).items())
+        notes.append(f"{path.name} records its training arguments: built with {used or 'the defaults'} and "
+                     "its recorded preprocessing.")
+    return LoadedModel(
+        module=model,
+        source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
+        data_config=data_config,
+        class_names=info.get("class_names"),
+        path=str(path),
+        notes=notes,
+    )
+
+
+def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
+    module.eval()
+    bad = sources.all_finite(dict(module.state_dict()))
+    if bad:
+        raise InputError(
+            f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken."
+        )
+    notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
+    kind = "timm" if type(module).__module__.startswith("timm.") else "module"
+    source = sources.module_source(module)  # a timm / torchvision network: rebuilt by name, no pickle later
+    if source["kind"] == "module":
+        source.update(path=str(path.resolve()), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                      num_classes=_num_outputs(module))
+    else:
+        notes.append(f"It is {source['kind']}'s {source['name']}: a converted model rebuilds it by name, "
+                     f"without {path.name}.")
+    data_config = sources.data_config(module, kind, input_size=input_size)
+    return LoadedModel(module, source, data_config, None, str(path), notes)
+
+
+def _load_folder(
+    path: Path, *, num_classes, ema, trust_pickle, input_size, weights_file: Path | None = None,
+    model_args=None,
+) -> LoadedModel:
+    for run_file in ("best.safetensors", "last.safetensors"):
+        candidate = path / run_file
+        if weights_file is None and candidate.exists() and META_KEY in safetensors_metadata(candidate):
+            return _load_file(candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
+                              input_size=input_size)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise InputError(f"Folder {path} has no config.json (Hugging Face style) and no best.safetensors "
+                         "(a fine-tuning run).")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{config_path} is not valid JSON.") from None
+    arch = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(arch, str):
+        raise InputError(f"{config_path} does not name an 'architecture' (a timm model name).")
+    if weights_file is None:
+        for name in ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt"):
+            if (path / name).exists():
+                weights_file = path / name
+                break
+    if weights_file is None:
+        raise InputError(f"Folder {path} has config.json but no model.safetensors or pytorch_model.bin.")
+    sd, info = read_weights(weights_file, ema=ema, trust_pickle=trust_pickle)
+    cfg_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
+    model_args = {k: v for k, v in {**cfg_args, **(model_args or {})}.items() if k != "num_classes"}
+    k_cfg = config.get("num_classes")
+    kind, name = sources.parse_name(arch)
+    model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args)
+    labels = config.get("label_names") or config.get("id2label")  # timm's save_for_hf, or transformers' style
+    if isinstance(labels, dict):
+        labels = [labels.get(str(i), labels.get(i, f"class_{i}")) for i in range(k)]
+    class_names = [str(c) for c in labels] if isinstance(labels, list) and len(labels) == k else None
+    pcfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else None
+    return LoadedModel(
+        module=model,
+        source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
+        data_config=sources.data_config(model, kind, pretrained_cfg=pcfg, input_size=input_size),
+        class_names=class_names,
+        path=str(path),
+        notes=list(info.get("notes", [])),
+    )
+

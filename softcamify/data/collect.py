@@ -1,0 +1,76 @@
+"""The one image collector: the image files under a folder, for every consumer.
+
+Dataset discovery (class folders), ``predict`` / ``explain`` inputs and ``convert --calibration`` all walk
+folders with :func:`collect_image_files`, so they agree on which files a folder holds. Torch-free
+(the ONNX path uses it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..images import is_image_file
+
+__all__ = ['collect_image_files']
+
+
+def _is_ancestor(candidate: str, real: str) -> bool:
+    """True when the real path ``candidate`` is ``real`` or a folder above it."""
+    return real == candidate or real.startswith(candidate.rstrip(os.sep) + os.sep)
+
+
+def collect_image_files(
+        folder: str | os.PathLike,
+        skipped: list[tuple[Path, str]] | None = None,
+) -> list[Path]:
+    """Image files under ``folder``: recursive, in walk order, one rule for hidden entries and symlinks.
+
+    The rule:
+
+    * Order: a folder's own image files (sorted by name) come first, then each subfolder's (sorted by
+      name), depth first. Paths are under ``folder`` as given (symlinks are not resolved).
+    * Hidden files and folders (names starting with ``.``) and files without an image extension
+      (:func:`softcamify.images.is_image_file`) are ignored.
+    * Symlinked files count like files. Symlinked folders are followed, each real folder once: a folder
+      whose real path was already visited is not entered again, and a link to the folder itself or a
+      folder above it (``up -> ..``, a loop) is not entered at all. So symlink loops end and a link up
+      to the dataset root never pulls a sibling class's images into a class.
+    * Unusable files (broken links, unreadable or empty files): with a ``skipped`` list they are left out
+      and appended to it as ``(path, reason)`` (dataset discovery reports them); without one (the default)
+      they are returned like the others, so the reader that opens them reports the file.
+
+    An unlistable or missing ``folder`` gives an empty list; the caller says what it expected.
+    """
+    found: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(os.fspath(folder), followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith('.') and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)
+        )
+        for name in sorted(filenames):
+            if not is_image_file(name):
+                continue
+            p = Path(dirpath) / name
+            if skipped is not None:
+                reason = _unusable(p)
+                if reason:
+                    skipped.append((p, reason))
+                    continue
+            found.append(p)
+    return found
+
+
+def _unusable(path: Path) -> str:
+    """Why ``path`` cannot be an image ('' when it may be one: decoding is the reader's job)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 'broken link or unreadable'
+    return 'empty file' if st.st_size == 0 else ''

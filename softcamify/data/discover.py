@@ -1,0 +1,317 @@
+"""Datasets on disk: find the images and labels of a dataset and split them into train/val/test.
+
+Three layouts are understood (see :func:`discover`):
+
+* ``DATA_DIR/train/<class>/...``, ``DATA_DIR/val/<class>/...`` and optionally ``DATA_DIR/test/<class>/...``
+* ``DATA_DIR/<class>/...``: one folder of class folders, split into train/val (stratified, seeded);
+  a ``DATA_DIR/masks/<class>/...`` mask tree beside them is not a class
+* a CSV with ``path,label`` columns and optionally ``split`` (:mod:`softcamify.data.labels_csv`)
+
+Images inside a class folder are collected by :func:`softcamify.data.collect.collect_image_files`, the
+package's one image collector. Also here: where a sample's mask is (:func:`mask_path_for`,
+:func:`default_mask_root`) and decoding every sample once (:func:`verify_samples`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..errors import InputError, UsageError
+from ..images import IMAGE_EXTENSIONS, is_image_file, open_image
+from .collect import collect_image_files
+from .labels_csv import discover_csv
+from .splits import (
+    DEFAULT_VAL_SPLIT,
+    SPLIT_NAMES,
+    DatasetSplits,
+    Sample,
+    check_classes,
+    check_val_split,
+    class_list,
+    stratified_split,
+)
+
+__all__ = ['discover', 'verify_samples', 'mask_path_for', 'default_mask_root', 'MASK_DIR_NAME']
+
+# The mask tree's folder name: ``DATA_DIR/masks`` mirrors DATA_DIR (``softcamify evaluate``'s default
+# --masks).
+MASK_DIR_NAME = 'masks'
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"Folder {folder} cannot be listed: {e.strerror or e}.") from e
+    return [Path(e.path) for e in entries if not e.name.startswith('.') and e.is_dir()]
+
+
+def _is_mask_tree(folder: Path, class_folders: Iterable[str]) -> bool:
+    """True when ``folder`` is a mask tree mirroring its sibling class folders rather than a class.
+
+    The convention of ``softcamify evaluate`` (default ``--masks`` is ``DATA_DIR/masks``) and of
+    :func:`mask_path_for` (a mask has its image's path relative to the mask root): in the flat layout
+    the masks of ``DATA_DIR/<class>/x.png`` sit at ``DATA_DIR/masks/<class>/x.png``. So a folder is a
+    mask tree when it is named ``masks`` (any case), holds no image files directly and has at least one
+    visible subfolder, each named like one of the sibling class folders (masks of some classes only are
+    fine). A class folder that happens to be called ``masks`` holds images directly (or in subfolders of
+    other names) and stays a class.
+    """
+    if folder.name.lower() != MASK_DIR_NAME:
+        return False
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False  # _scan_class_folders reports an unlistable folder
+    if any(is_image_file(e.name) for e in entries):
+        return False
+    subs = {e.name for e in entries if not e.name.startswith('.') and e.is_dir()}
+    return bool(subs) and subs <= set(class_folders) - {folder.name}
+
+
+def default_mask_root(root: str | os.PathLike) -> Path | None:
+    """``root/masks`` when it is a mask tree mirroring ``root``'s folders (:func:`_is_mask_tree`), else
+    None: the default ``--masks`` of ``softcamify evaluate``. A ``masks`` class folder holding images is
+    not one."""
+    folder = Path(root) / MASK_DIR_NAME
+    if not folder.is_dir():
+        return None
+    return folder if _is_mask_tree(folder, [d.name for d in _visible_subdirs(Path(root))]) else None
+
+
+def _scan_class_folders(
+        split_dir: Path,
+        skipped: list[tuple[Path, str]],
+        mask_trees: bool = False,
+) -> dict[str, list[Path]]:
+    """{class name: image files} for the class folders of one split folder.
+
+    With ``mask_trees`` (the flat layout, where the folder is the dataset root) a ``masks`` folder that
+    mirrors the class folders (:func:`_is_mask_tree`) is left out: it holds masks, not a class.
+    """
+    out: dict[str, list[Path]] = {}
+    subdirs = _visible_subdirs(split_dir)
+    if mask_trees:
+        names = [d.name for d in subdirs]
+        subdirs = [d for d in subdirs if not _is_mask_tree(d, names)]
+    for sub in subdirs:
+        files = collect_image_files(sub, skipped)
+        if not files:
+            raise InputError(
+                f"Class folder {sub} contains no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder."
+            )
+        out[sub.name] = files
+    return out
+
+
+def _check_strict(skipped: list[tuple[Path, str]], strict: bool) -> None:
+    if strict and skipped:
+        path, reason = skipped[0]
+        raise InputError(
+            f"Image {path} is unusable ({reason}); remove it or run without --strict to skip it."
+        )
+
+
+def _discover_splits(
+        root: Path,
+        split_dirs: dict[str, Path],
+        val_split: float | None,
+        seed: int,
+        class_names: Sequence[str] | None,
+        skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
+) -> DatasetSplits:
+    per_split = {name: _scan_class_folders(d, skipped) for name, d in split_dirs.items()}
+    if 'train' in per_split:
+        for name, classes in per_split.items():
+            extra = sorted(set(classes) - set(per_split['train']))
+            if extra:
+                raise InputError(
+                    f"Class folder {split_dirs[name] / extra[0]} has no counterpart in "
+                    f"{split_dirs['train']}; every class needs training images."
+                )
+        names = class_list(per_split['train'], class_names, str(split_dirs['train']))
+    else:  # an evaluation set (val/ and/or test/ only): the union of their class folders
+        found = {c for classes in per_split.values() for c in classes}
+        names = class_list(found, class_names, str(root))
+    index = {n: i for i, n in enumerate(names)}
+    samples = {
+        s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]]
+        for s in SPLIT_NAMES
+    }
+    present = '/'.join(s for s in SPLIT_NAMES if s in split_dirs)
+    if 'val' in split_dirs or 'train' not in split_dirs:
+        if val_split is not None:
+            raise UsageError(f"--val-split conflicts with the existing split folders in {root}; drop it.")
+        source = f"{present} folders in {root}"
+    else:
+        vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
+        samples['train'], samples['val'] = stratified_split(samples['train'], names, vs, seed)
+        source = f"{split_dirs['train']} split {1 - vs:g}/{vs:g} (seed {seed})"
+    check_classes(names, samples, str(root), need_train='train' in split_dirs, min_classes=min_classes)
+    return DatasetSplits(
+        names, samples['train'], samples['val'], samples['test'], source, 'splits', root, skipped
+    )
+
+
+def _discover_folders(
+        root: Path,
+        val_split: float | None,
+        seed: int,
+        class_names: Sequence[str] | None,
+        skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
+) -> DatasetSplits:
+    classes = _scan_class_folders(root, skipped, mask_trees=True)
+    if not classes:
+        loose = any(is_image_file(e.name) for e in os.scandir(root))
+        hint = ""
+        if loose:
+            hint = " (it holds images directly: put them in class folders or pass --labels a CSV)"
+        raise InputError(
+            f"{root} contains no class folders{hint}; expected {root}/<class>/<image files>."
+        )
+    names = class_list(classes, class_names, str(root))
+    index = {n: i for i, n in enumerate(names)}
+    everything = [Sample(p, index[c]) for c in sorted(classes) for p in classes[c]]
+    vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
+    train, val = stratified_split(everything, names, vs, seed)
+    check_classes(names, {'train': train, 'val': val, 'test': []}, str(root), min_classes=min_classes)
+    return DatasetSplits(
+        names, train, val, [], f"class folders in {root} split {1 - vs:g}/{vs:g} (seed {seed})",
+        'folders', root, skipped,
+    )
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """{'train'|'val'|'test': folder} for the split folders of ``root`` (val also as valid, validation)."""
+    subdirs = {d.name.lower(): d for d in _visible_subdirs(root)}
+    split_dirs = {'train': subdirs['train']} if 'train' in subdirs else {}
+    for alias in ('val', 'valid', 'validation'):
+        if alias in subdirs:
+            split_dirs['val'] = subdirs[alias]
+            break
+    if 'test' in subdirs:
+        split_dirs['test'] = subdirs['test']
+    return split_dirs
+
+
+def discover(
+        data_dir: str | os.PathLike | None,
+        labels_csv: str | os.PathLike | None = None,
+        val_split: float | None = None,
+        seed: int = 0,
+        strict: bool = False,
+        class_names: Sequence[str] | None = None,
+        min_classes: int = 2,
+) -> DatasetSplits:
+    """Find the images and labels of a dataset and split them into train/val(/test).
+
+    Args:
+        data_dir: Dataset folder (may be None with ``labels_csv``: paths are then relative to the CSV).
+        labels_csv: CSV with header ``path,label`` and optionally ``split`` (train/val/test). Paths are
+            relative to ``data_dir`` or, failing that, to the CSV's folder. Labels are class names
+            (sorted alphabetically into indices) or integers 0..K-1.
+        val_split: Fraction held out for validation when no val split exists (0.2 when None). Given
+            together with an existing val folder or split column it is a :class:`UsageError`.
+        seed: Seed of the stratified split (deterministic for a seed).
+        strict: Empty files and broken links are an error instead of being skipped (listed in
+            ``skipped``). Decoding every image is :func:`verify_samples`' job.
+        class_names: A fixed class order (e.g. the model's); folders or labels outside it are an error.
+        min_classes: Fewer classes are an error (2 for training; 1 to evaluate on one class's images).
+
+    A folder with a ``train``, ``val`` (``valid``, ``validation``) or ``test`` subfolder is read as split
+    folders (other subfolders, e.g. ``masks``, are ignored); without ``train`` it is an evaluation set
+    whose classes are the union of its splits' class folders. In a folder of class folders, a ``masks``
+    folder that mirrors them (``masks/<class>/...``, no images directly in it; the mask tree that
+    ``softcamify evaluate`` reads by default) is not a class; a ``masks`` folder holding images directly
+    is. Class folders are sorted alphabetically as torchvision's ``ImageFolder`` does; every split uses
+    the training split's class list. Images may sit in nested folders below a class folder; they are
+    collected by :func:`~softcamify.data.collect.collect_image_files` (hidden files and folders and
+    non-image files are ignored; symlinked folders are followed, each real folder once, never a link up
+    to a folder above, so no symlink loops).
+    """
+    check_val_split(val_split)
+    skipped: list[tuple[Path, str]] = []
+    root = Path(data_dir) if data_dir is not None else None
+    if root is not None:
+        if not root.exists():
+            raise InputError(f"Dataset folder {root} does not exist; check DATA_DIR.")
+        if not root.is_dir():
+            raise InputError(
+                f"Dataset path {root} is a file; DATA_DIR must be a folder (a CSV goes to --labels)."
+            )
+    if labels_csv is not None:
+        result = discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped,
+                              min_classes=min_classes)
+    elif root is None:
+        raise UsageError("Give a dataset folder (DATA_DIR) or a labels CSV (--labels).")
+    else:
+        split_dirs = _split_dirs(root)
+        if split_dirs:
+            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped,
+                                      min_classes=min_classes)
+        else:
+            result = _discover_folders(root, val_split, seed, class_names, skipped, min_classes=min_classes)
+    _check_strict(result.skipped, strict)
+    return result
+
+
+def verify_samples(
+        samples: Sequence[Sample],
+        channels: int = 3,
+        strict: bool = False,
+) -> tuple[list[Sample], list[tuple[Sample, str]]]:
+    """Decode every image once; return ``(good, bad)`` with the reason for each bad one.
+
+    Run it before building a DataLoader (a worker cannot skip a sample gracefully). The caller warns
+    with ``len(bad)``. With ``strict=True`` the first bad file raises :class:`InputError` instead.
+    """
+    good: list[Sample] = []
+    bad: list[tuple[Sample, str]] = []
+    for s in samples:
+        try:
+            open_image(s.path, channels=channels)
+        except InputError as e:
+            if strict:
+                raise InputError(
+                    f"{str(e).rstrip('.')}; run without --strict to skip unreadable images."
+                ) from e
+            bad.append((s, str(e)))
+            continue
+        good.append(s)
+    return good, bad
+
+
+def mask_path_for(
+        image_path: str | os.PathLike,
+        data_root: str | os.PathLike,
+        mask_root: str | os.PathLike,
+) -> Path | None:
+    """The mask of ``image_path``: same path relative to ``mask_root`` as the image to ``data_root``.
+
+    The mask may have another image extension (``a/b.jpg`` -> ``a/b.png``). None when the image is not
+    under ``data_root`` or no mask exists.
+    """
+    img = Path(os.path.abspath(image_path))
+    root = Path(os.path.abspath(data_root))
+    try:
+        rel = img.relative_to(root)
+    except ValueError:
+        try:
+            rel = Path(os.path.realpath(img)).relative_to(os.path.realpath(root))
+        except ValueError:
+            return None
+    base = Path(mask_root) / rel
+    if base.is_file():
+        return base
+    for ext in IMAGE_EXTENSIONS:
+        for e in (ext, ext.upper()):
+            cand = base.with_suffix(e)
+            if cand.is_file():
+                return cand
+    return None
+

@@ -1,0 +1,176 @@
+"""The labels-CSV layout of :func:`softcamify.data.discover`: a ``path,label[,split]`` file. Torch-free."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import InputError, UsageError
+from .splits import (
+    DEFAULT_VAL_SPLIT,
+    SPLIT_ALIASES,
+    SPLIT_NAMES,
+    DatasetSplits,
+    Sample,
+    check_classes,
+    class_list,
+    stratified_split,
+)
+
+__all__ = ['discover_csv']
+
+_PATH_COLUMNS = ('path', 'file', 'filename', 'image')
+_LABEL_COLUMNS = ('label', 'class', 'target')
+_SPLIT_COLUMNS = ('split', 'subset', 'fold')
+
+#: (CSV line number, path as written, label as written, split as written in lower case or '')
+_Row = tuple[int, str, str, str]
+
+
+def _pick_column(fieldnames: Sequence[str], choices: Sequence[str]) -> str | None:
+    lowered = {f.strip().lower(): f for f in fieldnames if f is not None}
+    for c in choices:
+        if c in lowered:
+            return lowered[c]
+    return None
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_rows(csv_path: Path) -> list[_Row]:
+    """The non-blank rows of the CSV, with the columns picked from its header."""
+    if not csv_path.exists():
+        raise InputError(f"Labels file {csv_path} does not exist; check --labels.")
+    if not csv_path.is_file():
+        raise InputError(f"Labels file {csv_path} is not a file; --labels takes a CSV file.")
+    try:
+        with open(csv_path, newline='', encoding='utf-8-sig') as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = list(reader.fieldnames or [])
+            path_col = _pick_column(fieldnames, _PATH_COLUMNS)
+            label_col = _pick_column(fieldnames, _LABEL_COLUMNS)
+            split_col = _pick_column(fieldnames, _SPLIT_COLUMNS)
+            if path_col is None or label_col is None:
+                raise InputError(
+                    f"Labels file {csv_path} has columns [{', '.join(fieldnames)}] but needs a header with "
+                    "'path' and 'label' (and optionally 'split')."
+                )
+            rows = [
+                (i + 2, (r.get(path_col) or '').strip(), (r.get(label_col) or '').strip(),
+                 (r.get(split_col) or '').strip().lower() if split_col else '')
+                for i, r in enumerate(reader)
+            ]
+    except UnicodeDecodeError as e:
+        raise InputError(f"Labels file {csv_path} is not UTF-8 text; save it as UTF-8 CSV.") from e
+    except csv.Error as e:
+        raise InputError(f"Labels file {csv_path} is not valid CSV ({e}).") from e
+    rows = [r for r in rows if r[1] or r[2]]  # blank lines
+    if not rows:
+        raise InputError(f"Labels file {csv_path} has no rows; add 'path,label' lines.")
+    return rows
+
+
+def _resolve_rows(
+        csv_path: Path, data_dir: Path | None, rows: list[_Row],
+) -> list[tuple[int, Path, str, str]]:
+    """Each row's file (relative to ``data_dir`` or else the CSV's folder) and canonical split name."""
+    bases: list[Path] = []
+    for b in (data_dir, csv_path.parent):  # DATA_DIR is often the CSV's own folder: search and name it once
+        if b is not None and not any(os.path.realpath(b) == os.path.realpath(seen) for seen in bases):
+            bases.append(b)
+    resolved: list[tuple[int, Path, str, str]] = []
+    missing: list[str] = []
+    for line, rel, label, split in rows:
+        if not rel:
+            raise InputError(
+                f"Labels file {csv_path} line {line} has no path; fill it in or delete the line."
+            )
+        if not label:
+            raise InputError(f"Labels file {csv_path} line {line} has no label for {rel}; fill it in.")
+        if split and split not in SPLIT_ALIASES:
+            raise InputError(
+                f"Labels file {csv_path} line {line} has split {split!r}; use train, val or test."
+            )
+        candidates = [Path(rel)] if os.path.isabs(rel) else [b / rel for b in bases]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            missing.append(rel)
+            continue
+        resolved.append((line, hit, label, SPLIT_ALIASES.get(split, '')))
+    if missing:
+        where = ' or '.join(str(b) for b in bases)
+        raise InputError(
+            f"Labels file {csv_path} names {len(missing)} file(s) that do not exist (first: {missing[0]}); "
+            f"paths are relative to {where}."
+        )
+    return resolved
+
+
+def _label_map(
+        csv_path: Path, labels: list[str], class_names: Sequence[str] | None,
+) -> tuple[list[str], dict[str, int]]:
+    """(class names, {label as written: index}): integer labels 0..K-1, or names sorted into indices."""
+    if not all(_is_int(lb) for lb in labels):
+        names = class_list(labels, class_names, f"Labels file {csv_path}")
+        index = {nm: i for i, nm in enumerate(names)}
+        return names, {lb: index[lb] for lb in labels}
+    ints = [int(lb) for lb in labels]
+    if min(ints) < 0:
+        raise InputError(
+            f"Labels file {csv_path} has negative label {min(ints)}; labels are 0..K-1 or names."
+        )
+    n = max(ints) + 1
+    if class_names is not None:
+        if n > len(class_names):
+            raise InputError(
+                f"Labels file {csv_path} has label {n - 1} but the model has {len(class_names)} classes."
+            )
+        names = list(class_names)
+    else:
+        names = [str(i) for i in range(n)]
+    return names, {lb: int(lb) for lb in labels}
+
+
+def discover_csv(
+        csv_path: Path,
+        data_dir: Path | None,
+        val_split: float | None,
+        seed: int,
+        class_names: Sequence[str] | None,
+        skipped: list[tuple[Path, str]],
+        min_classes: int = 2,
+) -> DatasetSplits:
+    """The splits of a labels CSV (see :func:`softcamify.data.discover`); empty files go to ``skipped``."""
+    resolved = _resolve_rows(csv_path, data_dir, _read_rows(csv_path))
+    names, label_of = _label_map(csv_path, [r[2] for r in resolved], class_names)
+    has_split = any(r[3] for r in resolved)
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLIT_NAMES}
+    for line, p, label, split in resolved:
+        if has_split and not split:
+            raise InputError(f"Labels file {csv_path} line {line} has no split while others do; fill it in.")
+        if p.stat().st_size == 0:
+            skipped.append((p, 'empty file'))
+            continue
+        samples[split or 'train'].append(Sample(p, label_of[label]))
+    if has_split:
+        if val_split is not None:
+            raise UsageError(f"--val-split conflicts with the split column of {csv_path}; drop one of them.")
+        source = f"{csv_path} (split column)"
+    else:
+        vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
+        samples['train'], samples['val'] = stratified_split(samples['train'], names, vs, seed)
+        source = f"{csv_path} split {1 - vs:g}/{vs:g} (seed {seed})"
+    need_train = bool(samples['train']) or not has_split  # a CSV with val/test rows only is an evaluation set
+    check_classes(names, samples, str(csv_path), need_train=need_train, min_classes=min_classes)
+    return DatasetSplits(
+        names, samples['train'], samples['val'], samples['test'], source, 'csv', data_dir or csv_path.parent,
+        skipped,
+    )

@@ -1,0 +1,166 @@
+"""The torch side of datasets: :class:`ImageDataset` over discovered samples and its transforms.
+
+The eval transform is :func:`softcamify.images.preprocess_image`, so a tensor seen during training or
+evaluation is bit-identical to the one the ONNX path computes for the same file. The only module of
+:mod:`softcamify.data` that imports torch (the package loads it on first use of these names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from .. import images
+from ..errors import UsageError
+from ..images import open_image
+from .splits import Sample
+
+__all__ = ['ImageDataset', 'EvalTransform', 'build_transform', 'AUGMENTATIONS', 'MEDICAL_ROTATION_DEGREES']
+
+AUGMENTATIONS = ('none', 'light', 'medical')
+# Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code
+# (github.com/kdjoumessi/SoftCAM, configs/default.yaml) rotates by up to +-180 degrees with p=0.5, as
+# here. Lower it for images with an up direction (chest X-rays: ~15-30 degrees).
+MEDICAL_ROTATION_DEGREES = 180.0
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A list of :class:`Sample` read with :func:`softcamify.images.open_image` and ``transform``.
+
+    ``__getitem__`` returns ``(tensor, label, index)``; the index lets callers map outputs back to files.
+    Run :func:`~softcamify.data.discover.verify_samples` first: an unreadable file raises
+    :class:`~softcamify.errors.InputError` here.
+    """
+
+    def __init__(
+            self,
+            samples: Sequence[Sample],
+            transform: Callable[[Image.Image], torch.Tensor] | None = None,
+            channels: int = 3,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform if transform is not None else transforms.ToTensor()
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        s = self.samples[index]
+        img = open_image(s.path, channels=self.channels)
+        return self.transform(img), s.label, index
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+
+class EvalTransform:
+    """The deterministic eval transform: :func:`softcamify.images.preprocess_image` as a tensor.
+
+    Identical (bit for bit) to ``timm.data.create_transform(**data_config, is_training=False)`` and to
+    the ONNX path's preprocessing. A plain class so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        cfg = _normalized_config(data_config)
+        self.channels = cfg['channels']
+        keys = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')
+        self.kwargs = {k: cfg[k] for k in keys}
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = images.to_channels(img, self.channels)  # a no-op for images from open_image
+        arr = images.preprocess_image(img, channels=self.channels, **self.kwargs)
+        return torch.from_numpy(arr)
+
+    def __repr__(self) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())
+        return f'{self.__class__.__name__}({args}, channels={self.channels})'
+
+
+def _normalized_config(data_config: dict[str, Any]) -> dict[str, Any]:
+    size = data_config.get('input_size', (3, 224, 224))
+    if isinstance(size, int):
+        size = (3, size, size)
+    size = tuple(int(x) for x in size)
+    if len(size) == 2:
+        size = (3, *size)
+    if len(size) != 3 or size[0] not in (1, 3):
+        raise UsageError(f"input_size {size} must be (C, H, W) with C = 1 or 3.")
+    channels = size[0]
+
+    def stats(name: str, default: Sequence[float]) -> tuple[float, ...]:
+        vals = [float(v) for v in np.atleast_1d(np.asarray(data_config.get(name, default), dtype=np.float64))]
+        if len(vals) == channels:
+            return tuple(vals)
+        if len(vals) == 1:
+            return tuple(vals * channels)
+        if len(vals) == 3 and channels == 1:
+            return (sum(vals) / 3.0,)
+        raise UsageError(f"data config {name} has {len(vals)} values for a {channels}-channel model.")
+
+    interpolation = data_config.get('interpolation', 'bicubic') or 'bicubic'
+    if interpolation == 'random':
+        interpolation = 'bilinear'  # what timm uses at eval time
+    return {
+        'input_size': size[1:],
+        'channels': channels,
+        'mean': stats('mean', images.IMAGENET_DEFAULT_MEAN),
+        'std': stats('std', images.IMAGENET_DEFAULT_STD),
+        'interpolation': interpolation,
+        'crop_pct': data_config.get('crop_pct') or images.DEFAULT_CROP_PCT,
+        'crop_mode': data_config.get('crop_mode') or 'center',
+    }
+
+
+def build_transform(
+        data_config: dict[str, Any],
+        train: bool = False,
+        augment: str = 'light',
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Transform from a timm data config (``timm.data.resolve_data_config`` keys) to a C x H x W tensor.
+
+    Eval (``train=False``) and ``augment='none'`` give :class:`EvalTransform`. Training augmentations:
+
+    * ``light``: RandomResizedCrop(scale 0.8-1) + horizontal flip.
+    * ``medical`` (after the SoftCAM fundus setup): horizontal and vertical flips, rotation by up to
+      :data:`MEDICAL_ROTATION_DEGREES` with p=0.5 (orientation-free images), colour jitter
+      (brightness/contrast/saturation 0.2, hue 0.05; applied with p=0.5; brightness/contrast only for
+      grayscale) and scale jitter by
+      RandomResizedCrop(scale 0.87-1).
+
+    Both end with ToTensor + Normalize with the data config's mean/std.
+    """
+    if augment not in AUGMENTATIONS:
+        raise UsageError(f"--augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
+    if not train or augment == 'none':
+        return EvalTransform(data_config)
+    cfg = _normalized_config(data_config)
+    size = tuple(cfg['input_size'])
+    interp = transforms.InterpolationMode(cfg['interpolation'])
+    tail = [transforms.ToTensor(), transforms.Normalize(mean=cfg['mean'], std=cfg['std'])]
+    if augment == 'light':
+        tfl = [
+            transforms.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
+            transforms.RandomHorizontalFlip(),
+        ]
+    else:
+        grey = cfg['channels'] == 1
+        jitter = transforms.ColorJitter(0.2, 0.2, 0.0 if grey else 0.2, 0.0 if grey else 0.05)
+        bilinear = transforms.InterpolationMode.BILINEAR
+        tfl = [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.RandomApply(
+                [transforms.RandomRotation(MEDICAL_ROTATION_DEGREES, interpolation=bilinear)],
+                p=0.5,
+            ),
+            transforms.RandomApply([jitter], p=0.5),
+            transforms.RandomResizedCrop(size, scale=(0.87, 1.0), interpolation=interp),
+        ]
+    return transforms.Compose(tfl + tail)

@@ -1,0 +1,50 @@
+"""Evaluation: how well a SoftCAM model classifies and how well its maps explain, against baselines.
+
+The modules, in the order of one run:
+
+* :mod:`.metrics` — the metrics on arrays, numpy only (classification, saliency, faithfulness, map ops);
+* :mod:`.samples` — the images of a split, their labels matched to the model's classes, aligned masks;
+* :mod:`.settings` — the explanation metrics' options, checked and resolved for the model's input;
+* :mod:`.baselines` — post-hoc CAM methods through pytorch-grad-cam (imports torch);
+* :mod:`.scoring` — the metrics of one chunk of maps; :mod:`.run` — :func:`evaluate`, its steps;
+* :mod:`.results` — what ``evaluate`` returns; :mod:`.report` — table rows and :func:`write_report`.
+
+``evaluate`` computes and returns an :class:`EvaluationResult`; ``write_report`` writes it (``evaluate``
+calls it when given ``out_dir``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import classification_rows, metric_rows, write_report
+    from .results import METRICS, REFERENCES, EvaluationResult, MethodResult
+    from .run import evaluate
+    from .samples import evaluation_samples
+    from .settings import ExplanationOptions
+
+__all__ = ["METRICS", "REFERENCES", "EvaluationResult", "ExplanationOptions", "MethodResult",
+           "classification_rows", "evaluate", "evaluation_samples", "metric_rows", "write_report"]
+
+# Loaded on first use, not here: :mod:`.metrics` sits low in the package (layer 1, tests/test_layering.py),
+# imported by softcamify.heatmaps and softcamify.render, and importing it runs this file first; an eager
+# ``from .run import evaluate`` would import heatmaps back while heatmaps is still loading (an import circle).
+_HOME = {
+    "METRICS": "results", "REFERENCES": "results", "EvaluationResult": "results", "MethodResult": "results",
+    "ExplanationOptions": "settings", "evaluate": "run", "evaluation_samples": "samples",
+    "classification_rows": "report", "metric_rows": "report", "write_report": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})

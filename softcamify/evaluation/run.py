@@ -1,0 +1,487 @@
+"""Evaluate a SoftCAM model on a labelled dataset: classification, and explanation quality against masks.
+
+``evaluate(model, data_dir)``, in named steps (arguments, setup, the two passes, the result):
+
+1. **Classification** on every image of the split: accuracy, balanced accuracy, macro ROC-AUC,
+   per-class sensitivity/specificity, confusion matrix, quadratic kappa with ``ordinal=True``
+   (:func:`softcamify.evaluation.metrics.classification_report`). With ``original=`` the original black box is
+   scored on the same images, side by side.
+2. **Explanations** of the *true* class on images whose mask has a foreground pixel (masks mirror the
+   data folder; any nonzero pixel is foreground; lesion-free images have empty masks and count as
+   "no annotation"): activation precision (also as a share of the grid oracle's, on one reference grid
+   common to every method) and sensitivity, pointing game, energy pointing game, top-k patch precision
+   (pooled over images, as the paper), deletion and insertion AUC (batched over images), sparsity and Gini.
+   The same metrics are computed for post-hoc baselines through pytorch-grad-cam on the **same model**
+   and, with ``original=``, on the original classifier's last feature map.
+
+All maps are compared at the model's input resolution: the mask gets the image's resize + crop
+(nearest), every map is upsampled bilinearly to the input size. Sparsity and Gini are computed on the
+positive evidence (ReLU, min–max scaled), the form every method shares (pytorch-grad-cam returns
+exactly that), so the numbers are comparable across methods. Deletion replaces the top-ranked
+``patch × patch`` tiles by 0 (the dataset mean colour after normalization); insertion starts from a
+blurred image and restores the top tiles; the curve reads the softmax probability of the true class.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import images as _images
+from ..errors import InputError, UsageError
+from ..heatmaps import MapModel, load_map_model, softmax
+from ..io import check_output_dir
+from . import metrics as M
+from .report import write_report
+from .results import EvaluationResult, MethodResult
+from .samples import Item, align_mask, evaluation_samples, match_labels
+from .scoring import faithfulness_metrics, localisation_metrics, reference_values
+from .settings import ExplanationOptions, check_options, resolve_settings
+
+__all__ = ["evaluate"]
+
+# The explanation pass calls the deletion/insertion step through this module-level name, so a benchmark or a
+# test can swap in its per-image form (benchmarks/evaluate_speed.py, tests/test_evaluation.py).
+_faithfulness_metrics = faithfulness_metrics
+
+Progress = Callable[[str, int, int], None]
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Run:
+    """What the steps of one evaluation share once the model, the data and the settings are known."""
+
+    mm: MapModel
+    root: Path
+    mask_root: Path | None
+    desc: str
+    ds_names: list[str]
+    report_names: list[str]
+    items: list[Item]
+    settings: dict[str, Any]
+    notes: list[str]
+    batch_size: int
+    progress: Progress | None
+    original: Any = None  # the original classifier (a torch module) with ``original=``
+    orig_predict: Predict | None = None
+
+
+def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any = None) -> Any:
+    """``original`` as a torch module in eval mode on the model's device, checked to return its logits."""
+    import torch
+
+    from ..checkpoints import LoadedModel, load_model
+
+    if isinstance(original, torch.nn.Module):
+        module = original
+    elif isinstance(original, LoadedModel):
+        module = original.module
+    else:
+        try:
+            module = load_model(original, weights=weights, trust_pickle=trust_pickle,
+                                input_size=tuple(mm.input_size[1:])).module
+        except InputError as e:
+            if "holds weights only" not in str(e):
+                raise
+            raise InputError(f"--original {original} holds weights only; name its architecture: "
+                             f"--original ARCH --original-weights {original}.") from None
+    module = module.to(mm.device).eval()
+    with torch.no_grad():
+        out = module(torch.zeros(1, *mm.input_size, device=mm.device))
+    # a single-logit black box reads as its two classes wherever its logits are used (softmax, baselines)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != mm.num_logits:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"The original model returns {shape}, not logits for the SoftCAM model's {mm.num_classes} "
+            "classes; --original must be the classifier this model was converted from."
+        )
+    return module
+
+
+def _torch_predict(module: Any, device: Any) -> Predict:
+    """Class probabilities (softmax) of a torch classifier for a numpy batch."""
+    import torch
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+        return softmax(out.float().cpu().numpy())
+
+    return predict
+
+
+def evaluate(
+    model: Any,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    masks: str | os.PathLike | None = None,
+    baselines: str | Sequence[str] | None = None,
+    original: Any = None,
+    ordinal: bool = False,
+    *,
+    patch_size: int | None = None,
+    patch_stride: int | None = None,
+    topk: int = 10,
+    topk_threshold: float | None = None,
+    steps: int = 20,
+    deletion_patch: int | None = None,
+    sparsity_threshold: float = 0.01,
+    pointing_tolerance: int = 0,
+    oracle_grid: tuple[int, int] | None = None,
+    max_images: int | None = None,
+    batch_size: int = 16,
+    device: Any = "auto",
+    examples: int = 6,
+    out_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    trust_pickle: bool = False,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    ema: bool = False,
+    original_weights: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EvaluationResult:
+    """Classification metrics on a dataset split and explanation metrics of the true class against masks.
+
+    Args:
+        model: a SoftCAM model, softcamify ``.safetensors``, convertible checkpoint, or an ``.onnx``
+            export (no baselines then: they need torch).
+        data_dir: a dataset root with ``train/val/test`` class folders, or one folder of class folders.
+        split: which split of a dataset root (a flat class-folder layout is used whole).
+        masks: mask root mirroring ``data_dir`` (default ``data_dir/masks`` when it exists).
+        baselines: pytorch-grad-cam methods, e.g. ``"gradcam,layercam,scorecam"`` (see
+            :data:`softcamify.evaluation.baselines.METHODS`); computed on the same model, and on ``original``.
+        original: the original classifier (checkpoint path, timm name, module or LoadedModel).
+        ordinal: add quadratic kappa (ordered grades).
+        patch_size, patch_stride: top-k patch grid (default: the paper's 33 px / stride 8 at 512 px,
+            scaled to the input size).
+        topk: k of the top-k patch precision (pooled over images).
+        topk_threshold: only grid values above it are picked (the paper uses 1 on raw logit maps);
+            default none, so maps of any scale (baselines are in [0, 1]) are treated alike.
+        steps: deletion/insertion steps; ``deletion_patch`` their tile size (default ``patch_size``).
+        pointing_tolerance: the pointing game counts a hit within this many pixels of the mask (Zhang et al.
+            use 15 px at 224 px); 0 means the maximum must lie on the mask itself.
+        oracle_grid: the report's common reference grid ``(rows, columns)``: each mask average-pooled to it
+            is the grid oracle whose activation precision every method's ``share_of_oracle`` divides by
+            (default: the evaluated model's evidence grid, ``settings["evidence_grid"]``).
+        max_images: explanation metrics on at most this many annotated images (classification uses all).
+        examples: annotated images shown with overlays in the HTML report.
+        out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
+            ``per_image.json`` there.
+        weights, num_classes, input_size, ema: as for :func:`softcamify.checkpoints.load_model` when
+            ``model`` is converted on the fly.
+        original_weights: weights for ``original`` given as an architecture name (a weights-only file).
+        progress: called as ``progress(stage, done, total)``.
+    """
+    # Longer than 80 lines only by its keyword API (one parameter per CLI option) and their documentation; the
+    # work is done by the steps below, in this order (the order in which invalid arguments are reported).
+    t_start = time.perf_counter()
+    opts = check_options(
+        ExplanationOptions(
+            patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
+            steps=steps, deletion_patch=deletion_patch, sparsity_threshold=sparsity_threshold,
+            pointing_tolerance=pointing_tolerance, oracle_grid=oracle_grid, max_images=max_images,
+        ),
+        batch_size,
+    )
+    out = check_output_dir(out_dir, force=force) if out_dir is not None else None
+    root, mask_root = _data_roots(data_dir, masks)
+    methods = _baseline_methods(baselines)
+    mm = load_map_model(model, device=device, trust_pickle=trust_pickle, weights=weights,
+                        num_classes=num_classes, input_size=input_size, ema=ema)
+    if (methods or original is not None) and mm.kind != "torch":
+        raise UsageError("--baselines and --original need a PyTorch model (.safetensors), not an .onnx file.")
+    run = _setup(mm, root, mask_root, split, opts, methods, batch_size, progress)
+    if original_weights is not None and not isinstance(original, str | os.PathLike):
+        raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
+    if original is not None:
+        run.original = _load_original(original, mm, trust_pickle, original_weights)
+        run.orig_predict = _torch_predict(run.original, mm.device)
+    result = _compute(run, model, methods, ordinal, examples, opts.max_images)
+    result.settings["seconds"] = time.perf_counter() - t_start
+    if out is not None:
+        write_report(result, out, result.examples, mm, force=force)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arguments and setup
+# --------------------------------------------------------------------------------------------------------
+
+
+def _data_roots(data_dir: str | os.PathLike, masks: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """The dataset folder and the mask folder (``masks``, else ``data_dir/masks`` when it mirrors it, else
+    none)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(f"Dataset folder {root} does not exist or is not a folder; check DATA_DIR.")
+    from ..data import default_mask_root
+
+    mask_root: Path | None
+    if masks is not None:
+        mask_root = Path(masks)
+        if not mask_root.is_dir():
+            raise InputError(f"Mask folder {mask_root} does not exist or is not a folder; check --masks.")
+    else:
+        mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
+    return root, mask_root
+
+
+def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
+    """The post-hoc methods asked for; pytorch-grad-cam must be installed when there are any."""
+    from .baselines import parse_methods
+
+    methods = parse_methods(baselines)
+    if methods:
+        from .baselines import require_gradcam
+
+        require_gradcam()
+    return methods
+
+
+def _setup(
+    mm: MapModel, root: Path, mask_root: Path | None, split: str, opts: ExplanationOptions,
+    methods: list[str], batch_size: int, progress: Progress | None,
+) -> _Run:
+    """The images to evaluate with their model labels, and the settings (patch grid, batch sizes)."""
+    notes: list[str] = []
+    pairs, ds_names, desc = evaluation_samples(root, split, mask_root)
+    to_model, report_names = match_labels(ds_names, mm.class_names, notes, binary=mm.num_logits == 1)
+    settings = resolve_settings(mm, split, opts, methods, batch_size)
+    items = [Item(p, to_model[y]) for p, y in pairs]
+    return _Run(mm, root, mask_root, desc, list(ds_names), report_names, items, settings, notes, batch_size,
+                progress)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The two passes and the result
+# --------------------------------------------------------------------------------------------------------
+
+
+def _compute(
+    run: _Run, model: Any, methods: list[str], ordinal: bool, examples: int, max_images: int | None
+) -> EvaluationResult:
+    """Classify every image, explain the annotated ones, and gather the result (nothing is written)."""
+    probs, orig_probs, with_mask = _classify(run)
+    y_true = np.array([it.label for it in run.items], dtype=np.int64)
+    classification = M.classification_report(y_true, probs, run.report_names, ordinal=ordinal)
+    orig_class = (
+        M.classification_report(y_true, orig_probs, run.report_names, ordinal=ordinal)
+        if orig_probs is not None else None
+    )
+    if run.settings["oracle_grid"] is None:  # one reference grid for every method of the report
+        run.settings["oracle_grid"] = list(run.settings["evidence_grid"])
+    annotated = [i for i, it in enumerate(run.items) if it.mask is not None]
+    explained = annotated if max_images is None else annotated[:max_images]
+    counts = _counts(run, with_mask, len(annotated), len(explained))
+    results, explainers = _methods(run, methods)
+    per_image, example_data = _explain(run, explained, probs, results, explainers, examples)
+    for _, ex, _ in explainers:
+        ex.close()
+    return EvaluationResult(
+        model=getattr(run.mm, "description", "") or str(model),
+        backend=run.mm.kind,
+        data={"data_dir": str(run.root), "source": run.desc,
+              "masks": str(run.mask_root) if run.mask_root else None,
+              "class_names": run.report_names, "dataset_class_names": list(run.ds_names)},
+        counts=counts,
+        classification=classification,
+        original_classification=orig_class,
+        methods=results,
+        settings=run.settings,
+        notes=run.notes,
+        per_image=per_image,
+        examples=example_data,
+    )
+
+
+def _classify(run: _Run) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Pass 1 on every image: ``(probabilities, the original's probabilities or None, images with a mask
+    file)``; each image's mask, aligned to the input, is kept on its item when it has foreground."""
+    mm, items, batch_size = run.mm, run.items, run.batch_size
+    n = len(items)
+    probs = np.zeros((n, mm.num_classes), dtype=np.float64)
+    orig_probs = np.zeros_like(probs) if run.orig_predict is not None else None
+    channels = mm.input_size[0]
+    with_mask = 0
+    for start in range(0, n, batch_size):
+        chunk = items[start : start + batch_size]
+        opened = [_images.open_image(it.path, channels=channels) for it in chunk]
+        x = np.stack([mm.preprocess(img) for img in opened]).astype(np.float32)
+        logits, maps = mm(x)
+        run.settings["evidence_grid"] = [int(maps.shape[-2]), int(maps.shape[-1])]
+        probs[start : start + len(chunk)] = softmax(logits)
+        if run.orig_predict is not None and orig_probs is not None:
+            orig_probs[start : start + len(chunk)] = run.orig_predict(x)
+        if run.mask_root is not None:
+            with_mask += _attach_masks(run, chunk, opened)
+        if run.progress is not None:
+            run.progress("classifying", min(start + batch_size, n), n)
+    return probs, orig_probs, with_mask
+
+
+def _attach_masks(run: _Run, chunk: Sequence[Item], opened: Sequence[Any]) -> int:
+    """Find each image's mask file and keep the aligned mask when it has foreground; returns the number of
+    mask files found."""
+    from ..data import mask_path_for
+
+    assert run.mask_root is not None
+    found = 0
+    for it, img in zip(chunk, opened, strict=True):
+        mp = mask_path_for(it.path, run.root, run.mask_root)
+        if mp is None:
+            continue
+        found += 1
+        it.mask_path = mp
+        m = align_mask(mp, img, run.mm.data_config)
+        if m.any():
+            it.mask = m
+    return found
+
+
+def _counts(run: _Run, with_mask: int, annotated: int, explained: int) -> dict[str, int]:
+    """The image counts of the result, with a note for what could not be explained."""
+    n = len(run.items)
+    counts = {
+        "images": n,
+        "with_mask": with_mask,
+        "annotated": annotated,
+        "empty_mask": with_mask - annotated,
+        "without_mask": n - with_mask,
+        "explained": explained,
+    }
+    if run.mask_root is None:
+        run.notes.append(
+            "No masks (no --masks and no masks/ folder in DATA_DIR): classification metrics only."
+        )
+    elif not annotated:
+        run.notes.append(
+            f"No image of this split has a mask with foreground under {run.mask_root}: classification only."
+        )
+    if counts["without_mask"] and run.mask_root is not None:
+        run.notes.append(
+            f"{counts['without_mask']} image(s) have no mask and were evaluated for classification only."
+        )
+    return counts
+
+
+def _methods(
+    run: _Run, methods: list[str]
+) -> tuple[list[MethodResult], list[tuple[MethodResult, Any, Predict]]]:
+    """SoftCAM's result first, then one per post-hoc method on the SoftCAM model and on the original."""
+    results = [MethodResult("softcam", "SoftCAM", "softcam")]
+    explainers: list[tuple[MethodResult, Any, Predict]] = []
+    if methods:
+        from .baselines import PostHocExplainer, original_target, softcam_target
+
+        mm = run.mm
+        for key in methods:
+            ex = PostHocExplainer(softcam_target(mm.module), key, batch_size=run.batch_size)
+            res = MethodResult(key, ex.label, "softcam")
+            explainers.append((res, ex, mm.predict_proba))
+            results.append(res)
+        if run.original is not None:
+            assert run.orig_predict is not None
+            for key in methods:
+                target = original_target(run.original, mm.input_size)
+                ex = PostHocExplainer(target, key, batch_size=run.batch_size)
+                res = MethodResult(f"original:{key}", f"{ex.label} (original)", "original")
+                explainers.append((res, ex, run.orig_predict))
+                results.append(res)
+    return results, explainers
+
+
+def _explain(
+    run: _Run, explained: Sequence[int], probs: np.ndarray, results: list[MethodResult],
+    explainers: Sequence[tuple[MethodResult, Any, Predict]], examples: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pass 2 on the annotated images: every method's metrics go to its records; returns the per-image rows
+    and the report's example data."""
+    mm, batch_size = run.mm, run.batch_size
+    per_image: list[dict[str, Any]] = []
+    example_data: list[dict[str, Any]] = []
+    n_ex = len(explained)
+    for start in range(0, n_ex, batch_size):
+        idx = explained[start : start + batch_size]
+        chunk = [run.items[i] for i in idx]
+        opened = [_images.open_image(it.path, channels=mm.input_size[0]) for it in chunk]
+        x = np.stack([mm.preprocess(img) for img in opened]).astype(np.float32)
+        labels = [it.label for it in chunk]
+        t0 = time.perf_counter()
+        _, maps = mm(x)
+        results[0].seconds += time.perf_counter() - t0
+        post: dict[str, np.ndarray] = {}
+        for res, ex, _ in explainers:
+            t0 = time.perf_counter()
+            post[res.key] = ex(x, labels)
+            res.seconds += time.perf_counter() - t0
+        refs = [reference_values(_mask(it), run.settings["oracle_grid"]) for it in chunk]
+        rows = [_image_row(it, probs[i], run.report_names, ref)
+                for it, i, ref in zip(chunk, idx, refs, strict=True)]
+        for res in results:
+            sals = [maps[j, it.label] if res.key == "softcam" else post[res.key][j]
+                    for j, it in enumerate(chunk)]
+            _score(run, res, x, sals, chunk, refs, rows)
+        for j, row in enumerate(rows):
+            per_image.append(M.json_safe(row))
+            if len(example_data) < examples:
+                example_data.append(
+                    {"image": opened[j], "mask": chunk[j].mask, "label": chunk[j].label,
+                     "path": chunk[j].path, "maps": maps[j], "post": {k: v[j] for k, v in post.items()},
+                     "row": row}
+                )
+        if run.progress is not None:
+            run.progress("explaining", min(start + batch_size, n_ex), n_ex)
+    return per_image, example_data
+
+
+def _mask(it: Item) -> np.ndarray:
+    assert it.mask is not None  # pass 2 sees annotated images only
+    return it.mask
+
+
+def _image_row(it: Item, p: np.ndarray, names: Sequence[str], ref: dict[str, float]) -> dict[str, Any]:
+    """An image's row of ``per_image.json`` before the methods' metrics are added."""
+    pred = int(np.argmax(p))
+    return {
+        "path": str(it.path),
+        "label": names[it.label],
+        "prediction": names[pred],
+        "probability": float(np.max(p)),
+        "correct": bool(pred == it.label),
+        "mask": str(it.mask_path),
+        "mask_share": float(_mask(it).mean()),
+        "oracle_precision": ref["oracle_precision"],
+    }
+
+
+def _score(
+    run: _Run, res: MethodResult, x: np.ndarray, sals: Sequence[np.ndarray], chunk: Sequence[Item],
+    refs: Sequence[dict[str, float]], rows: Sequence[dict[str, Any]],
+) -> None:
+    """One method's metrics on one chunk of images, added to its records and to each image's row."""
+    predict = run.mm.predict_proba if res.model == "softcam" else run.orig_predict
+    assert predict is not None
+    faith = _faithfulness_metrics(predict, x, sals, [it.label for it in chunk], run.settings)
+    for j, it in enumerate(chunk):
+        rec, tk = localisation_metrics(sals[j], _mask(it), run.settings)
+        d_auc, d_curve, i_auc, i_curve = faith[j]
+        rec["deletion_auc"] = d_auc
+        rec["insertion_auc"] = i_auc
+        rec["share_of_oracle"] = M.share_of_oracle(
+            rec["activation_precision"], refs[j]["chance"], refs[j]["oracle_precision"]
+        )
+        rec.update(refs[j])
+        res.records.append(rec)
+        res.topk.append(tk)
+        res.deletion.append(d_curve)
+        res.insertion.append(i_curve)
+        rows[j][res.key] = rec
