@@ -446,6 +446,23 @@ def convert(
     plan, _, evidence = analyze(work, size, features_layer=features_layer, classifier=classifier)
     if evidence is None or plan.strategy is None:
         raise ConversionError(f"{arch} has no SoftCAM conversion: {plan.reason} (head: {plan.head}).")
+    head_exact, exact, reason = _exactness(plan, arch, strict, stride, original_grid)
+    softcam, meta = _build_softcam(
+        loaded, target, work, plan, plan.strategy, evidence, class_names, data_config, exact, features_layer,
+        classifier,
+    )
+    _verify(
+        original, target, softcam, meta, plan, plan.strategy, arch,
+        samples=samples, seed=seed, calibration=calibration, atol=atol, rtol=rtol, exact=exact, reason=reason,
+        stride=stride if head_exact else None, output_stride=output_stride, original_grid=original_grid,
+    )
+    return softcam.to(device)
+
+
+def _exactness(
+    plan: HeadPlan, arch: str, strict: bool, stride: int | None, original_grid: list[int] | None
+) -> tuple[bool, bool, str | None]:
+    """:func:`convert`'s (head exact, conversion exact, reason); refuses an approximate head if ``strict``."""
     if strict and not plan.exact:
         raise ConversionError(
             f"{arch} converts only approximately ({plan.strategy}: {plan.reason}); refused under --strict."
@@ -457,6 +474,17 @@ def convert(
                  f"{'×'.join(map(str, original_grid or []))}")
         dilation = f"--output-stride {stride}: the same weights in a dilated backbone, a {grids}"
         exact, reason = False, dilation if head_exact else f"{reason}; {dilation}"
+    return head_exact, exact, reason
+
+
+def _build_softcam(
+    loaded: LoadedModel, target: LoadedModel, work: nn.Module, plan: HeadPlan, strategy: str,
+    evidence: nn.Module,
+    class_names: list[str] | None, data_config: dict, exact: bool,
+    features_layer: str | None, classifier: str | None,
+) -> tuple[SoftCAM, SoftCAMMeta]:
+    """The SoftCAM model (``work``'s backbone up to ``plan.split``, the evidence head) and its metadata."""
+    size = tuple(data_config["input_size"])
     features, _ = backbone_of(work, plan.split, size, features_layer, classifier)
     split = plan.split
     head = evidence.float()
@@ -471,7 +499,7 @@ def convert(
         source.update(features_layer=features_layer, classifier=classifier)
     meta = SoftCAMMeta(
         source=source,
-        strategy=plan.strategy,
+        strategy=strategy,
         exact=exact,
         num_classes=k,
         class_names=list(class_names) if class_names else [f"class_{i}" for i in range(k)],
@@ -480,8 +508,22 @@ def convert(
         layout=plan.layout,
         versions=current_versions(),
     )
-    softcam = SoftCAM(features, head, meta).eval()
+    return SoftCAM(features, head, meta).eval(), meta
 
+
+def _verify(
+    original: nn.Module, target: LoadedModel, softcam: SoftCAM, meta: SoftCAMMeta, plan: HeadPlan,
+    strategy: str, arch: str, *,
+    samples: int, seed: int, calibration: str | os.PathLike | None, atol: float, rtol: float,
+    exact: bool, reason: str | None, stride: int | None, output_stride: int | None,
+    original_grid: list[int] | None,
+) -> None:
+    """Compare ``softcam`` with ``original`` on random (and calibration) inputs; store the report in ``meta``.
+
+    ``stride``: set when the head is exact on a dilated backbone, which it must then match (``target``).
+    Raises :class:`ValidationError` when either comparison fails.
+    """
+    data_config = meta.data_config
     g = torch.Generator().manual_seed(seed)
     inputs = torch.randn(samples, *data_config["input_size"], generator=g)
     n_cal = 0
@@ -491,7 +533,7 @@ def convert(
         inputs = torch.cat([inputs, cal], 0)
     stats = compare(original, softcam, inputs)
     dilated_diff = None
-    if stride is not None and head_exact:  # the head itself must still be exact on the dilated network
+    if stride is not None:  # the head itself must still be exact on the dilated network
         own = compare(target.module, softcam, inputs)
         dilated_diff = own["max_abs_diff"]
         if dilated_diff > atol + rtol * own["logit_scale"]:
@@ -502,9 +544,9 @@ def convert(
             )
     report = ConversionReport(
         exact=exact,
-        strategy=plan.strategy,
+        strategy=strategy,
         architecture=arch,
-        num_classes=k,
+        num_classes=plan.num_classes,
         evidence_grid=plan.evidence_grid,
         input_size=list(data_config["input_size"]),
         samples=samples,
@@ -518,23 +560,29 @@ def convert(
         dilated_max_abs_diff=dilated_diff,
         **stats,
     )
-    if inputs.shape[0] > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
+    _add_notes(report, inputs.shape[0], stats, exact, strategy, reason)
+    meta.conversion = report.to_dict()
+    if not report.passed:
+        raise ValidationError(
+            f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
+            f"> --atol {atol:g} + --rtol {rtol:g} × logit scale {report.logit_scale:.3g}; "
+            "nothing was written."
+        )
+
+
+def _add_notes(report: ConversionReport, n_inputs: int, stats: dict, exact: bool, strategy: str,
+               reason: str | None) -> None:
+    """The report's notes: a check that cannot fail (constant logits), an approximate conversion."""
+    if n_inputs > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
         report.notes.append(
             "the original's logits do not change with the input (e.g. a zero-initialized head): this check "
             "cannot tell a right conversion from a wrong one; verify with --calibration on real images."
         )
     if not exact:
         report.notes.append(
-            f"approximate conversion ({plan.strategy}: {reason}); fine-tune before use "
+            f"approximate conversion ({strategy}: {reason}); fine-tune before use "
             f"(top-1 agreement {report.top1_agreement:.1%}, max |Δlogit| {report.max_abs_diff:.3g})."
         )
-    meta.conversion = report.to_dict()
-    if not report.passed:
-        raise ValidationError(
-            f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
-            f"> --atol {atol:g} + --rtol {rtol:g} × logit scale {report.logit_scale:.3g}; nothing was written."
-        )
-    return softcam.to(device)
 
 
 def conversion_report(model: SoftCAM) -> ConversionReport:

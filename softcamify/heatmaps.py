@@ -530,7 +530,7 @@ def explain(
 
     Returns one :class:`Explanation` per image, in input order.
     """
-    from .render import colorbar, is_diverging, overlay, save_png, scale_maps
+    from .render import is_diverging
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
@@ -557,64 +557,95 @@ def explain(
         for sub in ("maps", "images", "overlays"):
             make_output_dir(out / sub)
 
-    channels = mm.input_size[0]
     results: list[Explanation] = []
     total = len(sources)
     for start in range(0, total, batch_size):
-        chunk = sources[start : start + batch_size]
-        opened = [_open(src, channels) for src in chunk]
-        x = np.stack([mm.preprocess(img) for img in opened]).astype(np.float32)
-        logits, maps = mm(x)
-        if maps.ndim != 4 or maps.shape[:2] != logits.shape:
-            raise InputError(f"The model returned maps of shape {maps.shape} for logits {logits.shape}.")
-        probs = softmax(logits)
-        for j, src in enumerate(chunk):
-            i = start + j
-            p = probs[j]
-            pred = int(np.argmax(p))
-            sel = [pred] if selection == "pred" else list(range(mm.num_classes)) if selection == "all" else selection
-            scaled, vmin, vmax = scale_maps(maps[j], positive=positive)
-            ex = Explanation(
-                source=_describe(src, i),
-                name=names[i],
-                class_names=mm.class_names,
-                logits=logits[j].astype(np.float32),
-                probs=p,
-                maps=maps[j].astype(np.float32),
-                classes=sel,
-                positive=positive,
-                vmin=vmin,
-                vmax=vmax,
-                data_config=mm.data_config,
-                _image=None if isinstance(src, (str, os.PathLike)) else src,
-            )
+        batch = _explain_batch(mm, sources[start : start + batch_size], start, names, selection, positive)
+        for item in batch:
             if out is not None:
-                name = names[i]
-                files: dict[str, Any] = {"maps": f"maps/{name}.npy", "image": f"images/{name}.png"}
-                from .io import atomic_output
-
-                with atomic_output(out / files["maps"], force=force) as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, ex.maps)
-                view = input_view(opened[j], mm.data_config)
-                make_output_dir(out / "overlays" / name)
-                save_png(view, out / files["image"], force=force)
-                overlays = {}
-                for c in sel:
-                    rel = f"overlays/{name}/{c}_{_safe_name(mm.class_names[c], 40)}.png"
-                    save_png(overlay(view, scaled[c], alpha=alpha, cmap=cmap), out / rel, force=force)
-                    overlays[mm.class_names[c]] = rel
-                files["overlays"] = overlays
-                files["colorbar"] = f"overlays/{name}/scale.png"
-                save_png(colorbar(vmin, vmax, cmap), out / files["colorbar"], force=force)
-                ex.files = files
-            results.append(ex)
+                _write_explanation(out, item, mm, alpha, cmap, force)
+            results.append(item.explanation)
         if progress is not None:
             progress(min(start + batch_size, total), total)
 
     if out is not None:
         _write_index(out, results, mm, selection, positive, cmap, force, html, title)
     return results
+
+
+@dataclass
+class _Explained:
+    """One image's :class:`Explanation` and what writing it needs: the opened image and the scaled maps."""
+
+    explanation: Explanation
+    image: Any
+    scaled: np.ndarray
+
+
+def _explain_batch(
+    mm: MapModel, chunk: Sequence[Any], start: int, names: Sequence[str], selection: Any, positive: bool
+) -> list[_Explained]:
+    """One forward pass over ``chunk`` (the images from index ``start`` on): their explanations; no I/O
+    beyond reading the images."""
+    from .render import scale_maps
+
+    opened = [_open(src, mm.input_size[0]) for src in chunk]
+    x = np.stack([mm.preprocess(img) for img in opened]).astype(np.float32)
+    logits, maps = mm(x)
+    if maps.ndim != 4 or maps.shape[:2] != logits.shape:
+        raise InputError(f"The model returned maps of shape {maps.shape} for logits {logits.shape}.")
+    probs = softmax(logits)
+    batch = []
+    for j, src in enumerate(chunk):
+        i = start + j
+        p = probs[j]
+        pred = int(np.argmax(p))
+        sel = ([pred] if selection == "pred" else list(range(mm.num_classes)) if selection == "all"
+               else selection)
+        scaled, vmin, vmax = scale_maps(maps[j], positive=positive)
+        ex = Explanation(
+            source=_describe(src, i),
+            name=names[i],
+            class_names=mm.class_names,
+            logits=logits[j].astype(np.float32),
+            probs=p,
+            maps=maps[j].astype(np.float32),
+            classes=sel,
+            positive=positive,
+            vmin=vmin,
+            vmax=vmax,
+            data_config=mm.data_config,
+            _image=None if isinstance(src, (str, os.PathLike)) else src,
+        )
+        batch.append(_Explained(ex, opened[j], scaled))
+    return batch
+
+
+def _write_explanation(
+    out: Path, item: _Explained, mm: MapModel, alpha: float, cmap: str, force: bool
+) -> None:
+    """Write one explanation's maps, input view, overlays and colour scale under ``out``; sets ``files``."""
+    from .io import atomic_output, make_output_dir
+    from .render import colorbar, overlay, save_png
+
+    ex = item.explanation
+    name = ex.name
+    files: dict[str, Any] = {"maps": f"maps/{name}.npy", "image": f"images/{name}.png"}
+    with atomic_output(out / files["maps"], force=force) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, ex.maps)
+    view = input_view(item.image, mm.data_config)
+    make_output_dir(out / "overlays" / name)
+    save_png(view, out / files["image"], force=force)
+    overlays = {}
+    for c in ex.classes:
+        rel = f"overlays/{name}/{c}_{_safe_name(mm.class_names[c], 40)}.png"
+        save_png(overlay(view, item.scaled[c], alpha=alpha, cmap=cmap), out / rel, force=force)
+        overlays[mm.class_names[c]] = rel
+    files["overlays"] = overlays
+    files["colorbar"] = f"overlays/{name}/scale.png"
+    save_png(colorbar(ex.vmin, ex.vmax, cmap), out / files["colorbar"], force=force)
+    ex.files = files
 
 
 def _manifest(results: Sequence[Explanation], mm: MapModel, selection: Any, positive: bool, cmap: str) -> dict:

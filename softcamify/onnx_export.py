@@ -461,59 +461,17 @@ def export_onnx(
     sc, load_notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
     notes = load_notes + notes
     sc = _cpu_fp32(sc)
-    n_bytes = sum(p.numel() * p.element_size() for p in sc.parameters()) + sum(
-        b.numel() * b.element_size() for b in sc.buffers())
-    if n_bytes > _MAX_PROTO_BYTES * 0.95:
-        raise ExportError(f"{sc.meta.architecture} has {n_bytes / 1e9:.1f} GB of weights; ONNX files above 2 GB need "
-                          "external data, which softcamify export does not write yet.")
+    _check_weight_size(sc)
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     module = _MapsModule(sc).eval()
     example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))  # batch 2: never specialized
     attempts: list[dict[str, Any]] = []
-    failures: list[_AttemptFailed] = []
-    spatial_note = None
 
     with atomic_output(out, force=force) as tmp:
-        for name, dynamic_spatial in plan:
-            attempt: dict[str, Any] = {"exporter": name, "spatial": "dynamic" if dynamic_spatial else "static"}
-            attempts.append(attempt)
-            ta = time.perf_counter()
-            log = io.StringIO()
-            try:
-                try:
-                    with _quiet(log), torch.no_grad():
-                        fn = _export_dynamo if name == "dynamo" else _export_torchscript
-                        proto = fn(module, example, opset, dynamic_spatial)
-                except Exception as e:
-                    raise _AttemptFailed("export", f"the {name} exporter failed: {_first_line(e)}") from None
-                got = _opset(proto)
-                if opset is not None and got != opset:
-                    raise _AttemptFailed("export", f"the {name} exporter wrote opset {got}, not the requested {opset}")
-                del proto.metadata_props[:]
-                for key, value in onnx_metadata(sc, exporter=name, opset=got, dynamic_spatial=dynamic_spatial).items():
-                    entry = proto.metadata_props.add()
-                    entry.key, entry.value = key, value
-                proto.doc_string = (f"SoftCAM {sc.meta.architecture} exported by softcamify {__version__}: "
-                                    "input -> logits, evidence (mean over h, w of evidence = logits).")
-                data = proto.SerializeToString()
-                if len(data) > _MAX_PROTO_BYTES:
-                    raise _AttemptFailed("export", "the graph is larger than protobuf's 2 GB limit")
-                tmp.write_bytes(data)
-                checks = _validate(tmp, sc, atol, dynamic_spatial, seed, None)
-            except _AttemptFailed as e:
-                attempt.update(outcome=e.stage, error=str(e), seconds=round(time.perf_counter() - ta, 2))
-                if e.figures.get("checks"):
-                    attempt["checks"] = e.figures["checks"]
-                failures.append(e)
-                continue
-            attempt.update(outcome="ok", seconds=round(time.perf_counter() - ta, 2))
-            break
-        else:
-            raise _final_error(sc.meta.architecture, attempts, failures, atol)
-        if not dynamic_spatial:
-            dyn = [a for a in attempts if a["spatial"] == "dynamic"]
-            spatial_note = ("height and width are static (--spatial static)." if not dyn else
-                            f"height and width are static: the dynamic-size export failed ({dyn[-1]['error'].rstrip('.')}).")
+        name, dynamic_spatial, proto, checks = _first_valid_export(
+            tmp, plan, module, example, sc, opset, atol, seed, attempts
+        )
+        spatial_note = _spatial_note(attempts, dynamic_spatial)
         shapes = _shapes(proto)
         final_opset = _opset(proto)
 
@@ -541,6 +499,84 @@ def export_onnx(
         seconds=round(time.perf_counter() - t0, 2),
         notes=notes,
     )
+
+
+def _first_valid_export(
+    tmp: Path, plan: list[tuple[str, bool]], module: nn.Module, example: torch.Tensor, sc: SoftCAM,
+    opset: int | None, atol: float, seed: int, attempts: list[dict[str, Any]],
+) -> tuple[str, bool, Any, list[dict[str, Any]]]:
+    """Try ``plan``'s (exporter, dynamic spatial) pairs in order until one exports and validates.
+
+    Records each try in ``attempts``; returns the exporter, whether spatial sizes are dynamic, the proto and
+    the validation checks of the one written to ``tmp``. Raises :func:`_final_error`'s error when none does.
+    """
+    failures: list[_AttemptFailed] = []
+    for name, dynamic_spatial in plan:
+        attempt: dict[str, Any] = {"exporter": name, "spatial": "dynamic" if dynamic_spatial else "static"}
+        attempts.append(attempt)
+        ta = time.perf_counter()
+        try:
+            proto = _export_attempt(tmp, module, example, sc, name, dynamic_spatial, opset)
+            checks = _validate(tmp, sc, atol, dynamic_spatial, seed, None)
+        except _AttemptFailed as e:
+            attempt.update(outcome=e.stage, error=str(e), seconds=round(time.perf_counter() - ta, 2))
+            if e.figures.get("checks"):
+                attempt["checks"] = e.figures["checks"]
+            failures.append(e)
+            continue
+        attempt.update(outcome="ok", seconds=round(time.perf_counter() - ta, 2))
+        return name, dynamic_spatial, proto, checks
+    raise _final_error(sc.meta.architecture, attempts, failures, atol)
+
+
+def _check_weight_size(sc: SoftCAM) -> None:
+    """Refuse models whose weights alone would exceed protobuf's 2 GB limit (no external-data export yet)."""
+    n_bytes = sum(p.numel() * p.element_size() for p in sc.parameters()) + sum(
+        b.numel() * b.element_size() for b in sc.buffers())
+    if n_bytes > _MAX_PROTO_BYTES * 0.95:
+        raise ExportError(f"{sc.meta.architecture} has {n_bytes / 1e9:.1f} GB of weights; ONNX files above "
+                          "2 GB need external data, which softcamify export does not write yet.")
+
+
+def _export_attempt(
+    tmp: Path, module: nn.Module, example: torch.Tensor, sc: SoftCAM, name: str, dynamic_spatial: bool,
+    opset: int | None,
+) -> Any:
+    """Export with one exporter, stamp softcamify's metadata, write the graph to ``tmp``; return the proto.
+
+    Raises :class:`_AttemptFailed` (stage ``export``) when the exporter fails, writes another opset than the
+    requested one, or the graph exceeds protobuf's 2 GB limit.
+    """
+    log = io.StringIO()
+    try:
+        with _quiet(log), torch.no_grad():
+            fn = _export_dynamo if name == "dynamo" else _export_torchscript
+            proto = fn(module, example, opset, dynamic_spatial)
+    except Exception as e:
+        raise _AttemptFailed("export", f"the {name} exporter failed: {_first_line(e)}") from None
+    got = _opset(proto)
+    if opset is not None and got != opset:
+        raise _AttemptFailed("export", f"the {name} exporter wrote opset {got}, not the requested {opset}")
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(sc, exporter=name, opset=got, dynamic_spatial=dynamic_spatial).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"SoftCAM {sc.meta.architecture} exported by softcamify {__version__}: "
+                        "input -> logits, evidence (mean over h, w of evidence = logits).")
+    data = proto.SerializeToString()
+    if len(data) > _MAX_PROTO_BYTES:
+        raise _AttemptFailed("export", "the graph is larger than protobuf's 2 GB limit")
+    tmp.write_bytes(data)
+    return proto
+
+
+def _spatial_note(attempts: list[dict[str, Any]], dynamic_spatial: bool) -> str | None:
+    """Why the exported graph has static height and width, if it does."""
+    if dynamic_spatial:
+        return None
+    dyn = [a for a in attempts if a["spatial"] == "dynamic"]
+    return ("height and width are static (--spatial static)." if not dyn else
+            f"height and width are static: the dynamic-size export failed ({dyn[-1]['error'].rstrip('.')}).")
 
 
 def _final_error(arch: str, attempts: list[dict[str, Any]], failures: list[_AttemptFailed], atol: float) -> Exception:

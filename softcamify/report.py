@@ -16,6 +16,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -247,16 +248,7 @@ def line_chart_svg(
     left, right, top, bottom = 62, 14, 30 if series else 14, 44
     pw, ph = width - left - right, height - top - bottom
 
-    pts: dict[str, list[tuple[float, float] | None]] = {}
-    for name, ys in series.items():
-        xs = list(x_values) if x_values is not None else list(range(1, len(ys) + 1))
-        if len(xs) < len(ys):
-            raise UsageError(f"Series {name!r} has {len(ys)} values but only {len(xs)} x values were given.")
-        row: list[tuple[float, float] | None] = []
-        for x, y in zip(xs, ys, strict=False):  # extra x values are ignored
-            ok = y is not None and math.isfinite(float(y)) and math.isfinite(float(x))
-            row.append((float(x), float(y)) if ok else None)  # type: ignore[arg-type]
-        pts[name] = row
+    pts = _chart_points(series, x_values)
     finite = [p for row in pts.values() for p in row if p is not None]
 
     out = [
@@ -271,6 +263,54 @@ def line_chart_svg(
         out.append("</svg>")
         return "\n".join(out)
 
+    frame, xt, yt = _chart_frame(finite, left, top, pw, ph)
+    out.extend(_chart_axes(frame, xt, yt, x_label, y_label, height))
+    out.extend(_chart_series(frame, pts))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _chart_points(
+    series: Mapping[str, Sequence[float | None]], x_values: Sequence[float] | None
+) -> dict[str, list[tuple[float, float] | None]]:
+    """:func:`line_chart_svg`'s (x, y) points per series; ``None`` where a value is missing or not finite."""
+    pts: dict[str, list[tuple[float, float] | None]] = {}
+    for name, ys in series.items():
+        xs = list(x_values) if x_values is not None else list(range(1, len(ys) + 1))
+        if len(xs) < len(ys):
+            raise UsageError(f"Series {name!r} has {len(ys)} values but only {len(xs)} x values were given.")
+        row: list[tuple[float, float] | None] = []
+        for x, y in zip(xs, ys, strict=False):  # extra x values are ignored
+            ok = y is not None and math.isfinite(float(y)) and math.isfinite(float(x))
+            row.append((float(x), float(y)) if ok else None)  # type: ignore[arg-type]
+        pts[name] = row
+    return pts
+
+
+@dataclass(frozen=True)
+class _ChartFrame:
+    """A chart's plot area (pixels) and the data ranges it shows."""
+
+    left: int
+    top: int
+    pw: int
+    ph: int
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    def sx(self, x: float) -> float:
+        return self.left + (x - self.x_lo) / (self.x_hi - self.x_lo) * self.pw
+
+    def sy(self, y: float) -> float:
+        return self.top + (1.0 - (y - self.y_lo) / (self.y_hi - self.y_lo)) * self.ph
+
+
+def _chart_frame(
+    finite: list[tuple[float, float]], left: int, top: int, pw: int, ph: int
+) -> tuple[_ChartFrame, list[float], list[float]]:
+    """The data ranges (padded when flat, widened to the ticks) and the x and y ticks."""
     x_lo, x_hi = min(p[0] for p in finite), max(p[0] for p in finite)
     y_lo, y_hi = min(p[1] for p in finite), max(p[1] for p in finite)
     if x_hi == x_lo:
@@ -283,23 +323,24 @@ def line_chart_svg(
     xt = (
         nice_ticks(x_lo, x_hi, target=min(8, max(2, int(x_hi - x_lo)))) if x_hi - x_lo >= 1 else [x_lo, x_hi]
     )
+    return _ChartFrame(left, top, pw, ph, x_lo, x_hi, y_lo, y_hi), xt, yt
 
-    def sx(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * pw
 
-    def sy(y: float) -> float:
-        return top + (1.0 - (y - y_lo) / (y_hi - y_lo)) * ph
-
-    # Grid, axes, ticks.
+def _chart_axes(
+    f: _ChartFrame, xt: Sequence[float], yt: Sequence[float], x_label: str, y_label: str, height: int
+) -> list[str]:
+    """Grid, axes, ticks and axis labels."""
+    left, top, pw, ph = f.left, f.top, f.pw, f.ph
+    out = []
     for t in yt:
-        y = sy(t)
+        y = f.sy(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
         out.append(
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#333">{_esc(format_value(t))}</text>'
         )
     for t in xt:
-        if x_lo - 1e-9 <= t <= x_hi + 1e-9:
-            x = sx(t)
+        if f.x_lo - 1e-9 <= t <= f.x_hi + 1e-9:
+            x = f.sx(t)
             out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#333"/>')
             out.append(
                 f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#333">'
@@ -316,9 +357,13 @@ def line_chart_svg(
         f'<text x="14" y="{cy:.1f}" text-anchor="middle" fill="#111" '
         f'transform="rotate(-90 14 {cy:.1f})">{_esc(y_label)}</text>'
     )
+    return out
 
-    # Series (gaps at missing values) and legend.
-    lx = left
+
+def _chart_series(f: _ChartFrame, pts: Mapping[str, list[tuple[float, float] | None]]) -> list[str]:
+    """Each series as polylines (gaps at missing values; a lone point as a dot), and the legend."""
+    out = []
+    lx = f.left
     for i, (name, row) in enumerate(pts.items()):
         colour = _PALETTE[i % len(_PALETTE)]
         segments: list[list[tuple[float, float]]] = [[]]
@@ -331,17 +376,15 @@ def line_chart_svg(
         for seg in segments:
             if len(seg) == 1:
                 x, y = seg[0]
-                out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>')
+                out.append(f'<circle cx="{f.sx(x):.1f}" cy="{f.sy(y):.1f}" r="2.5" fill="{colour}"/>')
             elif seg:
-                coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in seg)
+                coords = " ".join(f"{f.sx(x):.1f},{f.sy(y):.1f}" for x, y in seg)
                 out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
-        out.append(
-            f'<line x1="{lx}" y1="{top - 14}" x2="{lx + 18}" y2="{top - 14}" stroke="{colour}" stroke-width="3"/>'
-        )
-        out.append(f'<text x="{lx + 22}" y="{top - 10}" fill="#111">{_esc(name)}</text>')
+        ly = f.top - 14
+        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 18}" y2="{ly}" stroke="{colour}" stroke-width="3"/>')
+        out.append(f'<text x="{lx + 22}" y="{f.top - 10}" fill="#111">{_esc(name)}</text>')
         lx += 30 + 7 * len(str(name))
-    out.append("</svg>")
-    return "\n".join(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------

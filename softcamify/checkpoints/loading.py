@@ -21,16 +21,7 @@ from torch import nn
 from .. import sources
 from ..errors import InputError, UsageError
 from ..io import META_KEY
-from .foreign import (
-    _looks_like_safetensors,
-    load_weights_into,
-    match_prefixes,
-    read_safetensors,
-    read_torch,
-    read_weights,
-    safetensors_metadata,
-    unwrap_checkpoint,
-)
+from . import foreign
 from .format import load, softcam_from_training_checkpoint
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".onnx", ".pkl")
@@ -97,7 +88,7 @@ def _build_named(
     if sd is not None:
         if num_classes is None:
             own_keys = set(model.state_dict())
-            matched = match_prefixes(sd, own_keys)
+            matched = foreign.match_prefixes(sd, own_keys)
             for key in sources.classifier_keys(model):
                 if key in matched and matched[key].ndim >= 1:
                     num_classes = int(matched[key].shape[0])
@@ -105,7 +96,8 @@ def _build_named(
         current = _num_outputs(model)
         if num_classes is not None and num_classes != current:
             model = sources.build(kind, name, num_classes, model_args)
-        load_weights_into(model, sd, weights_path or Path("?"), f"{kind}:{name}" if kind != "timm" else name)
+        arch = f"{kind}:{name}" if kind != "timm" else name
+        foreign.load_weights_into(model, sd, weights_path or Path("?"), arch)
     model.eval()
     return model, _num_outputs(model)
 
@@ -154,7 +146,7 @@ def load_model(
     info: dict[str, Any] = {"notes": []}
     if weights is not None:
         wpath = Path(weights)
-        sd, info = read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
+        sd, info = foreign.read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
     elif ema:
         raise UsageError("--ema needs a checkpoint: pass --weights FILE or a checkpoint file as MODEL.")
     model, k = _build_named(kind, name, sd, wpath, num_classes, model_args)
@@ -181,8 +173,8 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
             f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept "
             ".onnx)."
         )
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
-        meta = safetensors_metadata(path)
+    if path.suffix == ".safetensors" or foreign._looks_like_safetensors(path):
+        meta = foreign.safetensors_metadata(path)
         if META_KEY in meta:
             return _softcam_loaded(load(path, trust_pickle=trust_pickle), path, input_size)
         arch = meta.get("architecture") or meta.get("arch")
@@ -191,16 +183,16 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
                                 input_size=input_size, weights_file=path, model_args=model_args)
         if not arch:
             raise _weights_only(path)
-        sd, info = read_safetensors(path), {"notes": []}
+        sd, info = foreign.read_safetensors(path), {"notes": []}
     else:
-        obj = read_torch(path, trust_pickle)
+        obj = foreign.read_torch(path, trust_pickle)
         if isinstance(obj, nn.Module):
             return _from_module(obj, path, input_size)
         trained = softcam_from_training_checkpoint(obj, path, ema=ema, trust_pickle=trust_pickle)
         if trained is not None:
             note = f"{path.name} is a softcamify fine-tuning state."
             return _softcam_loaded(trained, path, input_size, [note])
-        sd, info = unwrap_checkpoint(obj, path, ema)
+        sd, info = foreign.unwrap_checkpoint(obj, path, ema)
         arch = info.get("arch")
         if not arch:
             raise _weights_only(path)
@@ -274,7 +266,7 @@ def _load_folder(
 ) -> LoadedModel:
     for run_file in ("best.safetensors", "last.safetensors"):
         candidate = path / run_file
-        if weights_file is None and candidate.exists() and META_KEY in safetensors_metadata(candidate):
+        if weights_file is None and candidate.exists() and META_KEY in foreign.safetensors_metadata(candidate):
             return _load_file(candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
                               input_size=input_size)
     config_path = path / "config.json"
@@ -295,7 +287,7 @@ def _load_folder(
                 break
     if weights_file is None:
         raise InputError(f"Folder {path} has config.json but no model.safetensors or pytorch_model.bin.")
-    sd, info = read_weights(weights_file, ema=ema, trust_pickle=trust_pickle)
+    sd, info = foreign.read_weights(weights_file, ema=ema, trust_pickle=trust_pickle)
     cfg_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
     model_args = {k: v for k, v in {**cfg_args, **(model_args or {})}.items() if k != "num_classes"}
     k_cfg = config.get("num_classes")

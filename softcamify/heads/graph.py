@@ -152,108 +152,124 @@ def _spatial_dims(dims: Any) -> bool:
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     """Give a traced node its role in the head."""
     if node.op == "call_module":
-        m = modules[node.target]
-        name = type(m).__name__
-        target = str(node.target)
-        if name == "SelectAdaptivePool2d" or name.startswith("FastAdaptive") or name in (
-            "AdaptiveAvgMaxPool2d",
-            "AdaptiveCatAvgMaxPool2d",
-        ):
-            kind = _pool_detail_from_select(m) if name == "SelectAdaptivePool2d" else (
-                "catavgmax" if "Cat" in name else "avgmax" if "AvgMax" in name else "max" if "Max" in name else "avg"
-            )
-            if kind == "none":
-                return Step(PASS, "no pooling", target)
-            return Step(POOL, f"global {kind} pool", target, {"kind": kind})
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            if _is_global(m.output_size):
-                return Step(POOL, "global avg pool", target, {"kind": "avg"})
-            return Step(POOL, f"adaptive avg pool to {m.output_size}", target, {"kind": "grid", "size": m.output_size})
-        if isinstance(m, nn.AdaptiveMaxPool2d):
-            return Step(POOL, "global max pool" if _is_global(m.output_size) else "adaptive max pool", target,
-                        {"kind": "max" if _is_global(m.output_size) else "grid"})
-        if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-            return Step(POOL, f"{name}(kernel={m.kernel_size})", target, {"kind": "fixed", "kernel": m.kernel_size})
-        kind = norm_kind(m)
-        if kind is not None:
-            return Step(NORM, f"{name}({kind})", target, {"kind": kind})
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return Step(AFFINE, f"{name}", target)
-        if isinstance(m, nn.Linear):
-            return Step(LINEAR, f"Linear({m.in_features}→{m.out_features})", target,
-                        {"in": m.in_features, "out": m.out_features})
-        if isinstance(m, nn.Conv2d):
-            k = tuple(m.kernel_size)
-            if k == (1, 1) and m.groups == 1:
-                return Step(LINEAR, f"Conv2d 1×1({m.in_channels}→{m.out_channels})", target,
-                            {"in": m.in_channels, "out": m.out_channels})
-            return Step(CONV, f"Conv2d {k[0]}×{k[1]}({m.in_channels}→{m.out_channels})", target,
-                        {"in": m.in_channels, "out": m.out_channels, "kernel": list(k)})
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten,
-                          nn.Unflatten)):
-            return Step(PASS, name, target)
-        if isinstance(m, _ACT_MODULES) or name in ("GELUTanh", "QuickGELU", "HardSwish", "HardSigmoid", "Swish"):
-            return Step(ACT, name, target)
-        if name.lower().startswith("dropout") or name in ("DropPath",):
-            return Step(PASS, name, target)
-        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and tuple(c.kernel_size) != (1, 1)]
-        if convs:  # an untraceable block with a spatial conv, e.g. timm's ConvMlp (VGG fc6 as 7×7 conv)
-            k = tuple(convs[0].kernel_size)
-            return Step(CONV, f"{name}(Conv2d {k[0]}×{k[1]})", target, {"kernel": list(k)})
-        return Step(OTHER, name, target)
-
+        return _classify_module(node, modules)
     if node.op == "call_function":
-        fn = node.target
-        fname = getattr(fn, "__name__", str(fn))
-        if fn in (F.adaptive_avg_pool2d,):
-            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-            if _is_global(size):
-                return Step(POOL, "global avg pool", fname, {"kind": "avg"})
-            return Step(POOL, f"adaptive avg pool to {size}", fname, {"kind": "grid"})
-        if fn in (F.adaptive_max_pool2d,):
-            return Step(POOL, "global max pool", fname, {"kind": "max"})
-        if fn in (torch.mean, torch.amax, torch.max, torch.sum, torch.logsumexp):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            if _spatial_dims(dims):
-                kind = {torch.mean: "avg", torch.sum: "sum"}.get(fn, "max")
-                return Step(POOL, f"global {kind} pool (torch.{fname})", fname, {"kind": kind})
-            return Step(OTHER, f"torch.{fname}", fname)
-        if fn in _ACT_FUNCS:
-            return Step(ACT, fname, fname)
-        if fn in _PASS_FUNCS:
-            return Step(PASS, fname, fname)
-        if fn is F.linear:
-            return Step(LINEAR, "linear", fname)
-        if fn in (torch.cat, torch.stack):
-            return Step(COMBINE, fname, fname)
-        if fn in _SCALAR_OPS:
-            tensors = [a for a in node.args if isinstance(a, fx.Node)]
-            if len(tensors) >= 2:
-                return Step(COMBINE, fname, fname)
-            return Step(AFFINE, f"scalar {fname}", fname)
-        if fn is F.layer_norm:
-            return Step(NORM, "layer_norm", fname, {"kind": "layernorm"})
-        return Step(OTHER, fname, fname)
-
+        return _classify_function(node)
     if node.op == "call_method":
-        meth = str(node.target)
-        if meth in ("mean", "amax", "max", "sum"):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            if _spatial_dims(dims):
-                kind = {"mean": "avg", "sum": "sum"}.get(meth, "max")
-                return Step(POOL, f"global {kind} pool (.{meth})", meth, {"kind": kind})
-            return Step(OTHER, f".{meth}", meth)
-        if meth in _ACT_METHODS:
-            return Step(ACT, meth, meth)
-        if meth in _PASS_METHODS:
-            return Step(PASS, meth, meth)
-        if meth in ("add", "mul", "div", "sub", "add_", "mul_", "div_"):
-            tensors = [a for a in node.args[1:] if isinstance(a, fx.Node)]
-            return Step(COMBINE if tensors else AFFINE, meth, meth)
-        if meth == "permute":
-            return Step(PASS, "permute", meth)
-        return Step(OTHER, f".{meth}", meth)
+        return _classify_method(node)
     return Step(PASS, node.op, str(node.target))
+
+
+def _classify_module(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
+    """:func:`classify` for a ``call_module`` node."""
+    m = modules[node.target]
+    name = type(m).__name__
+    target = str(node.target)
+    if name == "SelectAdaptivePool2d" or name.startswith("FastAdaptive") or name in (
+        "AdaptiveAvgMaxPool2d",
+        "AdaptiveCatAvgMaxPool2d",
+    ):
+        kind = _pool_detail_from_select(m) if name == "SelectAdaptivePool2d" else (
+            "catavgmax" if "Cat" in name else "avgmax" if "AvgMax" in name
+            else "max" if "Max" in name else "avg"
+        )
+        if kind == "none":
+            return Step(PASS, "no pooling", target)
+        return Step(POOL, f"global {kind} pool", target, {"kind": kind})
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        if _is_global(m.output_size):
+            return Step(POOL, "global avg pool", target, {"kind": "avg"})
+        return Step(POOL, f"adaptive avg pool to {m.output_size}", target,
+                    {"kind": "grid", "size": m.output_size})
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        return Step(POOL, "global max pool" if _is_global(m.output_size) else "adaptive max pool", target,
+                    {"kind": "max" if _is_global(m.output_size) else "grid"})
+    if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+        return Step(POOL, f"{name}(kernel={m.kernel_size})", target,
+                    {"kind": "fixed", "kernel": m.kernel_size})
+    kind = norm_kind(m)
+    if kind is not None:
+        return Step(NORM, f"{name}({kind})", target, {"kind": kind})
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return Step(AFFINE, f"{name}", target)
+    if isinstance(m, nn.Linear):
+        return Step(LINEAR, f"Linear({m.in_features}→{m.out_features})", target,
+                    {"in": m.in_features, "out": m.out_features})
+    if isinstance(m, nn.Conv2d):
+        k = tuple(m.kernel_size)
+        if k == (1, 1) and m.groups == 1:
+            return Step(LINEAR, f"Conv2d 1×1({m.in_channels}→{m.out_channels})", target,
+                        {"in": m.in_channels, "out": m.out_channels})
+        return Step(CONV, f"Conv2d {k[0]}×{k[1]}({m.in_channels}→{m.out_channels})", target,
+                    {"in": m.in_channels, "out": m.out_channels, "kernel": list(k)})
+    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten,
+                      nn.Unflatten)):
+        return Step(PASS, name, target)
+    if isinstance(m, _ACT_MODULES) or name in ("GELUTanh", "QuickGELU", "HardSwish", "HardSigmoid", "Swish"):
+        return Step(ACT, name, target)
+    if name.lower().startswith("dropout") or name in ("DropPath",):
+        return Step(PASS, name, target)
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and tuple(c.kernel_size) != (1, 1)]
+    if convs:  # an untraceable block with a spatial conv, e.g. timm's ConvMlp (VGG fc6 as 7×7 conv)
+        k = tuple(convs[0].kernel_size)
+        return Step(CONV, f"{name}(Conv2d {k[0]}×{k[1]})", target, {"kernel": list(k)})
+    return Step(OTHER, name, target)
+
+
+def _classify_function(node: fx.Node) -> Step:
+    """:func:`classify` for a ``call_function`` node."""
+    fn = node.target
+    fname = getattr(fn, "__name__", str(fn))
+    if fn in (F.adaptive_avg_pool2d,):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        if _is_global(size):
+            return Step(POOL, "global avg pool", fname, {"kind": "avg"})
+        return Step(POOL, f"adaptive avg pool to {size}", fname, {"kind": "grid"})
+    if fn in (F.adaptive_max_pool2d,):
+        return Step(POOL, "global max pool", fname, {"kind": "max"})
+    if fn in (torch.mean, torch.amax, torch.max, torch.sum, torch.logsumexp):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if _spatial_dims(dims):
+            kind = {torch.mean: "avg", torch.sum: "sum"}.get(fn, "max")
+            return Step(POOL, f"global {kind} pool (torch.{fname})", fname, {"kind": kind})
+        return Step(OTHER, f"torch.{fname}", fname)
+    if fn in _ACT_FUNCS:
+        return Step(ACT, fname, fname)
+    if fn in _PASS_FUNCS:
+        return Step(PASS, fname, fname)
+    if fn is F.linear:
+        return Step(LINEAR, "linear", fname)
+    if fn in (torch.cat, torch.stack):
+        return Step(COMBINE, fname, fname)
+    if fn in _SCALAR_OPS:
+        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        if len(tensors) >= 2:
+            return Step(COMBINE, fname, fname)
+        return Step(AFFINE, f"scalar {fname}", fname)
+    if fn is F.layer_norm:
+        return Step(NORM, "layer_norm", fname, {"kind": "layernorm"})
+    return Step(OTHER, fname, fname)
+
+
+def _classify_method(node: fx.Node) -> Step:
+    """:func:`classify` for a ``call_method`` node."""
+    meth = str(node.target)
+    if meth in ("mean", "amax", "max", "sum"):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if _spatial_dims(dims):
+            kind = {"mean": "avg", "sum": "sum"}.get(meth, "max")
+            return Step(POOL, f"global {kind} pool (.{meth})", meth, {"kind": kind})
+        return Step(OTHER, f".{meth}", meth)
+    if meth in _ACT_METHODS:
+        return Step(ACT, meth, meth)
+    if meth in _PASS_METHODS:
+        return Step(PASS, meth, meth)
+    if meth in ("add", "mul", "div", "sub", "add_", "mul_", "div_"):
+        tensors = [a for a in node.args[1:] if isinstance(a, fx.Node)]
+        return Step(COMBINE if tensors else AFFINE, meth, meth)
+    if meth == "permute":
+        return Step(PASS, "permute", meth)
+    return Step(OTHER, f".{meth}", meth)
 
 
 def compute_nodes(gm: fx.GraphModule) -> list[fx.Node]:
