@@ -210,7 +210,7 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
 
 
 # Long only by its typer option declarations, the single place finetune's options are written (sweep reuses
-# them); the body is about 20 lines.
+# them); the body, docstring included, is about 30 lines.
 @app.command()
 def finetune(
     model: str = typer.Argument(
