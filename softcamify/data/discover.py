@@ -23,14 +23,13 @@ from ..images import IMAGE_EXTENSIONS, is_image_file, open_image
 from .collect import collect_image_files
 from .labels_csv import discover_csv
 from .splits import (
-    DEFAULT_VAL_SPLIT,
     SPLIT_NAMES,
     DatasetSplits,
     Sample,
     check_classes,
     check_val_split,
     class_list,
-    stratified_split,
+    split_off_val,
 )
 
 __all__ = ['discover', 'verify_samples', 'mask_path_for', 'default_mask_root', 'MASK_DIR_NAME']
@@ -148,9 +147,8 @@ def _discover_splits(
             raise UsageError(f"--val-split conflicts with the existing split folders in {root}; drop it.")
         source = f"{present} folders in {root}"
     else:
-        vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
-        samples['train'], samples['val'] = stratified_split(samples['train'], names, vs, seed)
-        source = f"{split_dirs['train']} split {1 - vs:g}/{vs:g} (seed {seed})"
+        samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)
+        source = f"{split_dirs['train']} {how}"
     check_classes(names, samples, str(root), need_train='train' in split_dirs, min_classes=min_classes)
     return DatasetSplits(
         names, samples['train'], samples['val'], samples['test'], source, 'splits', root, skipped
@@ -177,13 +175,9 @@ def _discover_folders(
     names = class_list(classes, class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
     everything = [Sample(p, index[c]) for c in sorted(classes) for p in classes[c]]
-    vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
-    train, val = stratified_split(everything, names, vs, seed)
+    train, val, how = split_off_val(everything, names, val_split, seed)
     check_classes(names, {'train': train, 'val': val, 'test': []}, str(root), min_classes=min_classes)
-    return DatasetSplits(
-        names, train, val, [], f"class folders in {root} split {1 - vs:g}/{vs:g} (seed {seed})",
-        'folders', root, skipped,
-    )
+    return DatasetSplits(names, train, val, [], f"class folders in {root} {how}", 'folders', root, skipped)
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from ..errors import InputError, UsageError
 from .splits import (
-    DEFAULT_VAL_SPLIT,
     SPLIT_ALIASES,
     SPLIT_NAMES,
     DatasetSplits,
     Sample,
     check_classes,
     class_list,
-    stratified_split,
+    split_off_val,
 )
 
 __all__ = ['discover_csv']
@@ -165,9 +164,8 @@ def discover_csv(
             raise UsageError(f"--val-split conflicts with the split column of {csv_path}; drop one of them.")
         source = f"{csv_path} (split column)"
     else:
-        vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
-        samples['train'], samples['val'] = stratified_split(samples['train'], names, vs, seed)
-        source = f"{csv_path} split {1 - vs:g}/{vs:g} (seed {seed})"
+        samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)
+        source = f"{csv_path} {how}"
     need_train = bool(samples['train']) or not has_split  # a CSV with val/test rows only is an evaluation set
     check_classes(names, samples, str(csv_path), need_train=need_train, min_classes=min_classes)
     return DatasetSplits(

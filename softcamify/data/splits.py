@@ -96,6 +96,19 @@ def class_list(found: Iterable[str], class_names: Sequence[str] | None, where: s
     return known
 
 
+def split_off_val(
+        samples: list[Sample],
+        class_names: Sequence[str],
+        val_split: float | None,
+        seed: int,
+) -> tuple[list[Sample], list[Sample], str]:
+    """``(train, val, "split 0.8/0.2 (seed 0)")``: :func:`stratified_split` with the default share when
+    ``val_split`` is None, and the words every dataset description uses for it."""
+    vs = DEFAULT_VAL_SPLIT if val_split is None else float(val_split)
+    train, val = stratified_split(samples, class_names, vs, seed)
+    return train, val, f"split {1 - vs:g}/{vs:g} (seed {seed})"
+
+
 def stratified_split(
         samples: list[Sample],
         class_names: Sequence[str],
