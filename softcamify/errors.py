@@ -6,6 +6,9 @@ exit code the CLI returns for it. The codes are documented in docs/cli.md and ne
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping, Sequence
+
 # Exit codes (docs/cli.md, "Exit codes").
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error: a bug; rerun with --debug and report it
@@ -19,9 +22,41 @@ EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT)
 
 
 class SoftcamifyError(Exception):
-    """Base class: a problem the user can act on. ``str(err)`` is one sentence."""
+    """Base class: a problem the user can act on. ``str(err)`` is one sentence.
+
+    A message about an argument names it as the Python caller wrote it (``batch_size must be at least 1``)
+    and lists it in ``param``; a front end that calls the argument something else renders the message
+    in its own words with :meth:`render` (the CLI: ``--batch-size must be at least 1``). Only the listed
+    names are replaced, as whole words, so the rest of the sentence is never touched.
+    """
 
     exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str = "", *, param: str | Sequence[str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.params: tuple[str, ...] = (param,) if isinstance(param, str) else tuple(param or ())
+
+    def __reduce__(self) -> tuple:  # keep ``params`` across processes (DataLoader workers, torchrun)
+        return (_rebuild, (type(self), self.message, self.params))
+
+    @property
+    def param(self) -> str | None:
+        """The (first) Python parameter the message is about, or ``None``."""
+        return self.params[0] if self.params else None
+
+    def render(self, name_of: Mapping[str, str] | Callable[[str], str | None]) -> str:
+        """The message with each parameter in ``params`` named as ``name_of`` names it (names it
+        does not know stay as they are)."""
+        if not self.params:
+            return self.message
+        lookup = name_of.get if isinstance(name_of, Mapping) else name_of
+        words = "|".join(re.escape(p) for p in sorted(self.params, key=len, reverse=True))
+
+        def swap(m: re.Match[str]) -> str:
+            return lookup(m.group(0)) or m.group(0)
+
+        return re.sub(rf"(?<![\w\-./]){'('}{words}{')'}(?![\w\-])", swap, self.message)
 
 
 class UsageError(SoftcamifyError):
@@ -58,3 +93,9 @@ class UnsafeCheckpointError(InputError):
     """The checkpoint needs pickle to load; that would run code from the file."""
 
     exit_code = EXIT_UNSAFE
+
+
+def _rebuild(cls: type[SoftcamifyError], message: str, params: tuple[str, ...]) -> SoftcamifyError:
+    err = cls.__new__(cls)
+    SoftcamifyError.__init__(err, message, param=params)
+    return err

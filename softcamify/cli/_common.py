@@ -254,6 +254,23 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def option_name(param: str) -> str | None:
+    """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
+    argument -> its metavar (``MODEL``); ``None`` when the command has no such option, so a message never
+    names an option the command lacks."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    for p in ctx.command.params:
+        if p.name == param or p.name == f"{param}_":
+            if isinstance(p, click.Argument):
+                return p.human_readable_name
+            return max(p.opts, key=len)
+    return None
+
+
 def fail(message: str, code: int) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # paths may hold [/]
     raise typer.Exit(code)
@@ -269,7 +286,7 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
     except SoftcamifyError as e:
         if debug:
             traceback.print_exc()
-        fail(str(e), e.exit_code)
+        fail(e.render(option_name), e.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

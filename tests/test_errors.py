@@ -1,0 +1,55 @@
+"""Errors name the Python parameter; the CLI renders the same error with its own flag names."""
+
+from __future__ import annotations
+
+import pickle
+
+import click
+import pytest
+
+from softcamify.cli._common import handle_errors, option_name
+from softcamify.errors import EXIT_USAGE, InputError, UsageError
+
+
+def test_message_names_the_python_parameter_and_render_swaps_whole_words_only():
+    e = UsageError("batch_size must be at least 1, not 0 (batch_sizes and cfg.batch_size stay).", param="batch_size")
+    assert str(e) == "batch_size must be at least 1, not 0 (batch_sizes and cfg.batch_size stay)."
+    assert e.param == "batch_size" and e.params == ("batch_size",)
+    assert e.render({"batch_size": "--batch-size"}) == (
+        "--batch-size must be at least 1, not 0 (batch_sizes and cfg.batch_size stay)."
+    )
+    assert e.render({}) == str(e)  # a front end without that name keeps the Python one
+
+
+def test_several_parameters_and_no_parameter():
+    e = InputError("weights and num_classes do not apply to an .onnx model.", param=("weights", "num_classes"))
+    assert e.render(lambda p: {"weights": "--weights", "num_classes": "--num-classes"}.get(p)) == (
+        "--weights and --num-classes do not apply to an .onnx model."
+    )
+    plain = UsageError("Nothing to rename here: batch_size.")
+    assert plain.param is None and plain.render({"batch_size": "--x"}) == str(plain)
+
+
+def test_params_survive_pickling_like_in_a_worker_process():
+    e = pickle.loads(pickle.dumps(UsageError("top_k must be at least 1.", param="top_k")))
+    assert isinstance(e, UsageError) and e.params == ("top_k",) and e.exit_code == EXIT_USAGE
+
+
+def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
+    @click.command()
+    @click.argument("model")
+    @click.option("--batch-size", "-b", type=int)
+    @click.option("--json", "json_", is_flag=True)
+    def cmd(model, batch_size, json_):
+        assert option_name("batch_size") == "--batch-size"
+        assert option_name("json") == "--json"
+        assert option_name("model") == "MODEL"
+        assert option_name("mean") is None
+        with handle_errors():
+            raise UsageError("batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean"))
+
+    with pytest.raises(click.exceptions.Exit) as exit_info:
+        cmd.main(["m.onnx", "-b", "0"], standalone_mode=False)
+    assert exit_info.value.exit_code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(err.split())
