@@ -6,6 +6,7 @@ import pickle
 
 import click
 import pytest
+import typer
 
 from softcamify.cli._common import handle_errors, option_name
 from softcamify.errors import EXIT_USAGE, InputError, UsageError
@@ -48,7 +49,7 @@ def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
         with handle_errors():
             raise UsageError("batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean"))
 
-    with pytest.raises(click.exceptions.Exit) as exit_info:
+    with pytest.raises(typer.Exit) as exit_info:
         cmd.main(["m.onnx", "-b", "0"], standalone_mode=False)
     assert exit_info.value.exit_code == EXIT_USAGE
     err = capsys.readouterr().err
