@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "lesions"
         make_lesions(data, n=args.images, size=args.size, seed=0, splits=(1.0, 0.0, 0.0), workers=1)
         model = softcamify.convert(load_demo_model(), samples=2)
-        mm = E.load_map_model(model, device=args.device)
+        mm = E.load(model, device=args.device)
 
         def run(path: str) -> tuple[float, float, E.EvaluationResult]:
             E._faithfulness_metrics = functools.partial(timed_faithfulness, path)  # type: ignore[assignment]

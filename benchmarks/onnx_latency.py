@@ -30,7 +30,8 @@ import torch
 
 from softcamify.checkpoints import load_model
 from softcamify.conversion import convert
-from softcamify.onnx_export import _quiet, export_onnx
+from softcamify.exporters import export_onnx
+from softcamify.exporters.onnx import _quiet
 
 
 def export_original(module: torch.nn.Module, path: Path, exporter: str, dynamic_spatial: bool, size: int) -> None:

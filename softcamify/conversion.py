@@ -17,9 +17,8 @@ from .checkpoints import LoadedModel
 from .errors import ConversionError, UsageError, ValidationError
 from .heads import HeadPlan, analyze, backbone_of
 from .model import SoftCAM, SoftCAMMeta, current_versions
+from .tolerance import DEFAULT_ATOL, DEFAULT_RTOL, allowed
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-5
 DEFAULT_SAMPLES = 8
 
 
@@ -245,12 +244,13 @@ def _dilate(
     if output_stride is None:
         return loaded, None
     if isinstance(output_stride, bool) or output_stride not in sources.OUTPUT_STRIDES:
-        raise UsageError(f"--output-stride must be 32 (the model as it is), 16 or 8, not {output_stride!r}.")
+        raise UsageError(f"output_stride must be 32 (the model as it is), 16 or 8, not {output_stride!r}.",
+                         param="output_stride")
     if output_stride == 32:
         return loaded, None
     if isinstance(loaded.module, SoftCAM):
-        raise UsageError("--output-stride applies when converting a classifier; this is already a SoftCAM "
-                         "model, whose grid was fixed when it was converted.")
+        raise UsageError("output_stride applies when converting a classifier; this is already a SoftCAM "
+                         "model, whose grid was fixed when it was converted.", param="output_stride")
     grids, why = output_grids(loaded, None, features_layer, classifier)
     source = loaded.source
     kind = source.get("kind")
@@ -259,11 +259,11 @@ def _dilate(
         own = grids.get(32)
         if len(grids) <= 1:
             where = f"its own {'×'.join(map(str, own))} grid" if own else "its own grid"
-            offers = f"it offers only {where} (--output-stride 32)"
+            offers = f"it offers only {where} (output_stride 32)"
         else:
-            offers = f"it offers --output-stride {', '.join(map(str, grids))}"
-        raise UsageError(f"--output-stride {output_stride}: {arch} cannot trade stride for dilation "
-                         f"({why.get(output_stride, 'not offered')}); {offers}.")
+            offers = f"it offers output_stride {', '.join(map(str, grids))}"
+        raise UsageError(f"output_stride {output_stride}: {arch} cannot trade stride for dilation "
+                         f"({why.get(output_stride, 'not offered')}); {offers}.", param="output_stride")
     args = sources.stride_args(kind, source.get("model_args"), output_stride)
     with torch.random.fork_rng(devices=[]):
         model = sources.build(kind, source["name"], source.get("num_classes"), args)
@@ -331,11 +331,11 @@ def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, A
 
     root = Path(calibration)
     if not root.is_dir():
-        raise InputError(f"--calibration {root} is not a folder of images.")
+        raise InputError(f"calibration {root} is not a folder of images.", param="calibration")
     # sorted by path (not walk order) so the same `limit` images are used as before; broken links left out
     paths = sorted(p for p in collect_image_files(root) if p.is_file())
     if not paths:
-        raise InputError(f"--calibration {root} contains no images.")
+        raise InputError(f"calibration {root} contains no images.", param="calibration")
     c, h, w = data_config["input_size"]
     arr = preprocess_batch(
         paths[:limit], input_size=(h, w), mean=data_config["mean"], std=data_config["std"],
@@ -438,8 +438,9 @@ def convert(
     stride = output_stride if target is not base else None
     if stride is not None and strict:
         raise ConversionError(
-            f"{arch} with --output-stride {stride} converts only approximately (the same weights in a "
-            "dilated backbone, verified against the original, undilated model); refused under --strict."
+            f"{arch} with output_stride {stride} converts only approximately (the same weights in a "
+            "dilated backbone, verified against the original, undilated model); refused under strict.",
+            param=("output_stride", "strict"),
         )
     work = copy.deepcopy(target.module).eval()
     size = tuple(data_config["input_size"])
@@ -465,14 +466,15 @@ def _exactness(
     """:func:`convert`'s (head exact, conversion exact, reason); refuses an approximate head if ``strict``."""
     if strict and not plan.exact:
         raise ConversionError(
-            f"{arch} converts only approximately ({plan.strategy}: {plan.reason}); refused under --strict."
+            f"{arch} converts only approximately ({plan.strategy}: {plan.reason}); refused under strict.",
+            param="strict",
         )
     head_exact = plan.exact
     exact, reason = plan.exact, plan.reason
     if stride is not None:
         grids = (f"{'×'.join(map(str, plan.evidence_grid))} grid instead of "
                  f"{'×'.join(map(str, original_grid or []))}")
-        dilation = f"--output-stride {stride}: the same weights in a dilated backbone, a {grids}"
+        dilation = f"output stride {stride}: the same weights in a dilated backbone, a {grids}"
         exact, reason = False, dilation if head_exact else f"{reason}; {dilation}"
     return head_exact, exact, reason
 
@@ -492,7 +494,8 @@ def _build_softcam(
     if class_names is None:
         class_names = loaded.class_names
     if class_names is not None and not names_fit(k, len(class_names)):
-        raise UsageError(f"--class-names lists {len(class_names)} names but the model has {classes_phrase(k)}.")
+        raise UsageError(f"class_names lists {len(class_names)} names but the model has {classes_phrase(k)}.",
+                         param="class_names")
     source = dict(target.source)
     source["split"] = split
     if features_layer or classifier:
@@ -536,11 +539,12 @@ def _verify(
     if stride is not None:  # the head itself must still be exact on the dilated network
         own = compare(target.module, softcam, inputs)
         dilated_diff = own["max_abs_diff"]
-        if dilated_diff > atol + rtol * own["logit_scale"]:
+        if dilated_diff > allowed(own["logit_scale"], atol, rtol):
             raise ValidationError(
-                f"The converted {arch} differs from its dilated network (--output-stride {stride}) by "
-                f"max |Δlogit| = {dilated_diff:.3g} > --atol {atol:g} + --rtol {rtol:g} × logit scale "
-                f"{own['logit_scale']:.3g}; nothing was written."
+                f"The converted {arch} differs from its dilated network (output_stride {stride}) by "
+                f"max |Δlogit| = {dilated_diff:.3g} > atol {atol:g} + rtol {rtol:g} × logit scale "
+                f"{own['logit_scale']:.3g}; nothing was written.",
+                param=("output_stride", "atol", "rtol"),
             )
     report = ConversionReport(
         exact=exact,
@@ -554,7 +558,7 @@ def _verify(
         atol=atol,
         rtol=rtol,
         # like numpy.allclose, relative to the logit scale: float32 round-off grows with the logits
-        passed=stats["max_abs_diff"] <= atol + rtol * stats["logit_scale"] if exact else True,
+        passed=stats["max_abs_diff"] <= allowed(stats["logit_scale"], atol, rtol) if exact else True,
         output_stride=output_stride,
         original_grid=original_grid,
         dilated_max_abs_diff=dilated_diff,
@@ -565,8 +569,8 @@ def _verify(
     if not report.passed:
         raise ValidationError(
             f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
-            f"> --atol {atol:g} + --rtol {rtol:g} × logit scale {report.logit_scale:.3g}; "
-            "nothing was written."
+            f"> atol {atol:g} + rtol {rtol:g} × logit scale {report.logit_scale:.3g}; "
+            "nothing was written.", param=("atol", "rtol"),
         )
 
 
@@ -576,7 +580,7 @@ def _add_notes(report: ConversionReport, n_inputs: int, stats: dict, exact: bool
     if n_inputs > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
         report.notes.append(
             "the original's logits do not change with the input (e.g. a zero-initialized head): this check "
-            "cannot tell a right conversion from a wrong one; verify with --calibration on real images."
+            "cannot tell a right conversion from a wrong one; verify with calibration images (--calibration)."
         )
     if not exact:
         report.notes.append(
@@ -621,9 +625,9 @@ def as_softcam(
         sc = loaded.module
         converted_at = (sc.meta.conversion or {}).get("output_stride") or 32
         if output_stride is not None and output_stride != converted_at:
-            raise UsageError(f"--output-stride {output_stride}: this is already a SoftCAM model, converted "
-                             f"at --output-stride {converted_at}; convert the original classifier again to "
-                             "change it.")
+            raise UsageError(f"output_stride {output_stride}: this is already a SoftCAM model, converted "
+                             f"at output_stride {converted_at}; convert the original classifier again to "
+                             "change it.", param="output_stride")
         if input_size is not None:
             sc.meta.data_config = dict(loaded.data_config)
         return sc, loaded

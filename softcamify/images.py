@@ -383,7 +383,7 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None) -> np.ndarray
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"Mask {p} does not exist or is not a file; check --masks.")
+        raise InputError(f"Mask {p} does not exist or is not a file; check masks.", param="masks")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)

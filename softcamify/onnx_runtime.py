@@ -16,7 +16,6 @@ size (no dynamic batch axis) is run on groups of that many images, so any number
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from .binary import classes_phrase as _classes_phrase
 from .binary import names_fit
+from .config import DATA_KEYS, resolve_data_config
 from .errors import InputError, UsageError
 from .io import META_KEY  # the whole SoftCAMMeta JSON (plus an "export" entry)
 
@@ -55,8 +55,6 @@ METADATA_KEYS = (
     "outputs",
 )
 
-_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit: larger inputs only exhaust memory
-_DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -87,10 +85,11 @@ def providers_for(device: str | None) -> list[str]:
     if value.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
             raise UsageError(
-                f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu."
+                f"device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use device cpu.",
+                param="device",
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise UsageError(f"--device {device!r} is not supported for an .onnx model; use auto, cpu or cuda.")
+    raise UsageError(f"device {device!r} is not supported for an .onnx model; use auto, cpu or cuda.", param="device")
 
 
 class OnnxModel:
@@ -166,7 +165,8 @@ class OnnxModel:
             # metadata_props edited by hand or by another tool: wrong types, wrong lengths
             raise InputError(
                 f"{self.path} has malformed preprocessing metadata ({type(e).__name__}: {str(e)[:120]}); "
-                "re-export it with softcamify export or pass --mean, --std and --input-size."
+                "re-export it with softcamify export or give mean, std and input_size.",
+                param=("mean", "std", "input_size"),
             ) from None
 
     # --- what the file says ----------------------------------------------------------------------
@@ -230,74 +230,45 @@ class OnnxModel:
             )
 
     def _data_config(self, mean, std, input_size, interpolation, crop_pct, crop_mode) -> dict[str, Any]:
+        """The file's preprocessing (softcamify metadata, then plain metadata_props, then a static input
+        shape), the given overrides on top, checked by :func:`softcamify.config.resolve_data_config`."""
         cfg: dict[str, Any] = {}
         if self.metadata is not None:
-            cfg.update({k: v for k, v in (self.metadata.get("data_config") or {}).items() if k in _DATA_KEYS})
-        for key in _DATA_KEYS:  # metadata_props written by other tools (or by hand) fill the gaps
+            cfg.update({k: v for k, v in (self.metadata.get("data_config") or {}).items() if k in DATA_KEYS})
+        for key in DATA_KEYS:  # metadata_props written by other tools (or by hand) fill the gaps
             if cfg.get(key) is None and self.properties.get(key) is not None:
                 cfg[key] = _json_or_none(self.properties[key])
         shape = list(self.input.shape)
         graph_c = shape[1] if isinstance(shape[1], int) else None
         graph_hw = shape[2:] if all(isinstance(d, int) for d in shape[2:]) else None
-        if input_size is not None:
-            size = [int(v) for v in input_size]
-            if len(size) == 2:
-                size = [graph_c or int((cfg.get("input_size") or [3])[0]), *size]
-            if len(size) != 3:
-                raise UsageError(f"input_size {list(input_size)} is not (H, W) or (C, H, W).")
-            cfg["input_size"] = size
-        elif cfg.get("input_size") is None and graph_hw is not None:
+        if input_size is None and cfg.get("input_size") is None and graph_hw is not None:
             cfg["input_size"] = [graph_c or 3, *graph_hw]
-        for key, value in (("mean", mean), ("std", std), ("interpolation", interpolation),
-                           ("crop_pct", crop_pct), ("crop_mode", crop_mode)):
-            if value is not None:
-                cfg[key] = list(value) if key in ("mean", "std") else value
-        missing = [k for k in ("mean", "std", "input_size") if cfg.get(k) is None]
+        overrides = {"mean": mean, "std": std, "input_size": input_size, "interpolation": interpolation,
+                     "crop_pct": crop_pct, "crop_mode": crop_mode}
+        given = {k for k, v in overrides.items() if v is not None}
+        missing = [k for k in ("mean", "std", "input_size") if cfg.get(k) is None and k not in given]
         if missing:
-            options = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
             raise UsageError(
-                f"{self.path} has no softcamify metadata, so its preprocessing is unknown; pass {options} "
-                "(or export the model with softcamify export)."
+                f"{self.path} has no softcamify metadata, so its preprocessing is unknown; give "
+                f"{', '.join(missing)} (or export the model with softcamify export).", param=tuple(missing)
             )
-        c, h, w = (int(v) for v in cfg["input_size"])
+        if input_size is not None and len(list(input_size)) == 2:
+            overrides["input_size"] = [graph_c or int((cfg.get("input_size") or [3])[0]), *input_size]
+        try:
+            config = resolve_data_config(cfg, **overrides)
+        except UsageError as e:
+            if e.param in given:  # the user's own value
+                raise
+            raise InputError(f"{self.path}: its preprocessing metadata is wrong ({e}).") from None
+        c, h, w = config.input_size
         if graph_c is not None and c != graph_c:
-            raise UsageError(f"{self.path} takes {graph_c}-channel input, not {c} channels.")
+            raise UsageError(f"{self.path} takes {graph_c}-channel input, not {c} channels.", param="input_size")
         if graph_hw is not None and [h, w] != list(graph_hw):
             raise UsageError(
-                f"{self.path} has a fixed input size {graph_hw[0]}×{graph_hw[1]}; input size {h}×{w} does not fit it."
+                f"{self.path} has a fixed input size {graph_hw[0]}×{graph_hw[1]}; input_size {h}×{w} does not fit it.",
+                param="input_size",
             )
-        for key in ("mean", "std"):
-            vals = cfg[key]
-            vals = [float(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])]
-            if len(vals) == 1:
-                vals = vals * c
-            if len(vals) != c:
-                raise UsageError(f"{key} has {len(vals)} values but the model takes {c} channels.")
-            if key == "std" and any(v <= 0 for v in vals):
-                raise UsageError("std values must be positive.")
-            cfg[key] = vals
-        cfg.setdefault("interpolation", "bicubic")
-        cfg.setdefault("crop_pct", None)
-        cfg.setdefault("crop_mode", "center")
-        if cfg["interpolation"] is None:
-            cfg["interpolation"] = "bicubic"
-        if cfg["crop_mode"] is None:
-            cfg["crop_mode"] = "center"
-        if min(c, h, w) < 1 or h * w > _MAX_PIXELS:
-            raise InputError(f"{self.path}: input size {c}×{h}×{w} is not a usable image size.")
-        if not all(math.isfinite(v) for v in cfg["mean"] + cfg["std"]):
-            raise InputError(f"{self.path}: mean and std must be finite numbers.")
-        if cfg["crop_pct"] is not None:
-            cfg["crop_pct"] = float(cfg["crop_pct"])
-            if not 0 < cfg["crop_pct"] <= 1:
-                raise InputError(f"{self.path}: crop_pct {cfg['crop_pct']} is not in (0, 1].")
-            if h * w / cfg["crop_pct"] ** 2 > _MAX_PIXELS:  # the resize before the crop
-                raise InputError(f"{self.path}: input size {h}×{w} with crop_pct {cfg['crop_pct']} is too large.")
-        for key in ("interpolation", "crop_mode"):
-            if not isinstance(cfg[key], str):
-                raise InputError(f"{self.path}: {key} {cfg[key]!r} is not a name like bicubic or center.")
-        cfg["input_size"] = [c, h, w]
-        return {k: cfg[k] for k in _DATA_KEYS}
+        return config.to_dict()
 
     def _class_names(self, override: Sequence[str] | None, logits_shape: Sequence[Any]) -> list[str]:
         k = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else None
@@ -312,10 +283,12 @@ class OnnxModel:
                 names = [str(c) for c in parsed]
         if names is None:
             if k is None:
-                raise UsageError(f"{self.path} does not say how many classes it has; pass --class-names.")
+                raise UsageError(f"{self.path} does not say how many classes it has; give class_names.",
+                                 param="class_names")
             return [f"class_{i}" for i in range(k)]
         if k is not None and not names_fit(k, len(names)):
-            raise UsageError(f"{len(names)} class names were given but {self.path} has {_classes_phrase(k)}.")
+            raise UsageError(f"{len(names)} class names were given but {self.path} has {_classes_phrase(k)}.",
+                                 param="class_names")
         return names
 
     def _num_logits(self, logits_shape: Sequence[Any]) -> int:

@@ -9,7 +9,6 @@ Importing this module, and predicting with an ``.onnx`` model, never imports tor
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .binary import classes_phrase, decision_names, is_binary, names_fit, probabilities
+from .binary import decision_names, is_binary, probabilities
 from .errors import UsageError
 
 DEFAULT_TOP_K = 5
@@ -87,111 +86,11 @@ def rank_classes(logits: np.ndarray, class_names: Sequence[str], k: int = DEFAUL
 
 def collect_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Image files from files and folders (folders: recursive, sorted, hidden entries skipped)."""
-    from .heatmaps import collect_images as _collect
+    from .explanations.inputs import collect_images as _collect
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     return [Path(p) for p in _collect([Path(p) for p in inputs])]
-
-
-class _TorchBackend:
-    """A PyTorch SoftCAM model behind the numpy interface predict uses."""
-
-    name = "torch"
-
-    def __init__(self, module: Any, device: str | None):
-        import torch
-
-        from .device import resolve_device
-
-        self._torch = torch
-        self.device = resolve_device(device or "auto")
-        self.module = module.to(self.device).eval()
-        self.class_names = list(module.meta.class_names)
-        self.num_logits = int(module.meta.num_classes)
-        self.architecture = module.meta.architecture
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            logits = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
-        return logits.float().cpu().numpy()
-
-
-class _OnnxBackend:
-    name = "onnxruntime"
-
-    def __init__(self, model: Any):
-        self.model = model
-        self.class_names = list(model.class_names)
-        self.num_logits = int(model.num_logits)
-        self.architecture = model.architecture
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.model.run(x)[0]
-
-
-def _is_onnx(model: Any) -> bool:
-    return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
-
-
-def load_predictor(
-    model: Any,
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    input_size: Sequence[int] | None = None,
-    interpolation: str | None = None,
-    crop_pct: float | None = None,
-    crop_mode: str | None = None,
-    class_names: Sequence[str] | None = None,
-    device: str | None = "cpu",
-    trust_pickle: bool = False,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    ema: bool = False,
-) -> tuple[Any, dict[str, Any], list[str]]:
-    """(backend, data config, notes) for ``model``: an ``.onnx`` path or :class:`OnnxModel`
-    (onnxruntime, no torch), or anything :func:`softcamify.onnx_export.load_softcam` loads (torch;
-    ``weights``, ``num_classes`` and ``ema`` are passed to it)."""
-    from .onnx_runtime import OnnxModel
-
-    notes: list[str] = []
-    if isinstance(model, OnnxModel) or _is_onnx(model):
-        if weights is not None or num_classes is not None or ema:
-            raise UsageError("--weights, --num-classes and --ema do not apply to an .onnx model; they build a "
-                             "PyTorch model from a checkpoint.")
-        if isinstance(model, OnnxModel):
-            if any(v is not None for v in (mean, std, input_size, interpolation, crop_pct, crop_mode, class_names)):
-                raise UsageError("Preprocessing overrides need an .onnx path, not an already opened OnnxModel.")
-            om = model
-        else:
-            om = OnnxModel(model, mean=mean, std=std, input_size=input_size, interpolation=interpolation,
-                           crop_pct=crop_pct, crop_mode=crop_mode, class_names=class_names, device=device)
-        if om.metadata is None:
-            notes.append(f"{om.path.name} has no softcamify metadata; the preprocessing given on the command line is used.")
-        if om.fixed_batch is not None and om.fixed_batch > 1:
-            notes.append(f"{om.path.name} takes exactly {om.fixed_batch} images per run (a fixed batch axis); "
-                         "images are run in groups of that size.")
-        return _OnnxBackend(om), dict(om.data_config), notes
-
-    from .onnx_export import load_softcam
-
-    size = tuple(int(v) for v in input_size)[-2:] if input_size is not None else None
-    sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
-                             trust_pickle=trust_pickle)
-    cfg = dict(sc.meta.data_config)
-    for key, value in (("mean", mean), ("std", std), ("interpolation", interpolation), ("crop_pct", crop_pct),
-                       ("crop_mode", crop_mode)):
-        if value is not None:
-            cfg[key] = list(value) if key in ("mean", "std") else value
-    backend = _TorchBackend(sc, device)
-    if class_names is not None:
-        if not names_fit(sc.meta.num_classes, len(class_names)):
-            raise UsageError(f"{len(class_names)} class names were given but the model has "
-                             f"{classes_phrase(sc.meta.num_classes)}.")
-        backend.class_names = [str(c) for c in class_names]
-    return backend, cfg, notes
 
 
 def predict(
@@ -222,45 +121,30 @@ def predict(
     (the EMA weights of a training checkpoint) build a PyTorch model as ``convert`` does; they do not
     apply to an ``.onnx`` file.
     """
-    from .images import preprocess
+    from .runtime import load
 
     if top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, not {top_k}.")
+        raise UsageError(f"top_k must be at least 1, not {top_k}.", param="top_k")
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
-    for name, values in (("--mean", mean), ("--std", std)):  # std 0 would divide by zero: NaN probabilities
-        if values is not None and not all(math.isfinite(float(v)) and (name == "--mean" or v > 0) for v in values):
-            raise UsageError(f"{name} {list(values)} must be finite numbers{' above 0' if name == '--std' else ''}.")
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}.", param="batch_size")
     paths = collect_images(images)
-    backend, cfg, notes = load_predictor(
+    rt = load(
         model, mean=mean, std=std, input_size=input_size, interpolation=interpolation, crop_pct=crop_pct,
         crop_mode=crop_mode, class_names=class_names, device=device, trust_pickle=trust_pickle,
-        weights=weights, num_classes=num_classes, ema=ema,
+        weights=weights, num_classes=num_classes, ema=ema, require_evidence=False,
     )
-    from .images import DEFAULT_CROP_PCT
-
-    # the preprocessing actually applied (defaults filled in), as reported
-    cfg = {**cfg, "interpolation": cfg.get("interpolation") or "bicubic",
-           "crop_pct": cfg.get("crop_pct") or DEFAULT_CROP_PCT, "crop_mode": cfg.get("crop_mode") or "center"}
-    c, h, w = (int(v) for v in cfg["input_size"])
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        x = np.stack([
-            preprocess(p, input_size=(h, w), mean=cfg["mean"], std=cfg["std"],
-                       interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"],
-                       channels=c)
-            for p in chunk
-        ])
-        logits = backend.run(x)
-        for p, ranked in zip(chunk, rank_classes(logits, backend.class_names, top_k), strict=True):
+        logits = rt.run(np.stack([rt.preprocess(p) for p in chunk]))[0]
+        for p, ranked in zip(chunk, rank_classes(logits, rt.class_names, top_k), strict=True):
             predictions.append(Prediction(image=str(p), top_k=ranked))
     return PredictionReport(
         model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else str(getattr(model, "path", type(model).__name__)),
-        backend=backend.name,
-        architecture=backend.architecture,
-        num_classes=len(decision_names(backend.class_names, backend.num_logits)),
-        preprocessing=cfg,
+        backend=rt.backend,
+        architecture=rt.architecture,
+        num_classes=rt.num_classes,
+        preprocessing=rt.config.applied(),  # what was applied, defaults filled in
         predictions=predictions,
-        notes=notes,
+        notes=rt.notes,
     )

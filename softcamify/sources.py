@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import resolve_data_config
 from .errors import InputError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -147,10 +148,10 @@ def data_config(
     """Preprocessing the model expects (timm's data config; ImageNet defaults elsewhere), JSON-friendly."""
     cfg: dict[str, Any]
     if kind == "timm" or pretrained_cfg:
-        from timm.data import resolve_data_config
+        from timm.data import resolve_data_config as timm_data_config
 
         try:
-            cfg = dict(resolve_data_config(pretrained_cfg=pretrained_cfg, model=None if pretrained_cfg else model))
+            cfg = dict(timm_data_config(pretrained_cfg=pretrained_cfg, model=None if pretrained_cfg else model))
         except Exception:
             cfg = {}
     else:
@@ -169,14 +170,14 @@ def data_config(
     h, w = (int(cfg["input_size"][1]), int(cfg["input_size"][2])) if input_size is None else input_size
     if input_size is not None:
         cfg["crop_pct"] = float(cfg.get("crop_pct") or 1.0)
-    return {
+    return resolve_data_config({
         "input_size": [channels, h, w],
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
+        "mean": mean,
+        "std": std,
         "interpolation": str(cfg.get("interpolation") or "bilinear"),
         "crop_pct": float(cfg.get("crop_pct") or 1.0),
         "crop_mode": str(cfg.get("crop_mode") or "center"),
-    }
+    }).to_dict()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -206,7 +206,7 @@ def test_evaluate_with_gradcam_on_a_single_logit_black_box(binary_setup, tmp_pat
 
 
 def test_explain_gives_opposite_maps_for_the_two_classes(binary_setup, tmp_path):
-    from softcamify.heatmaps import load_map_model
+    from softcamify.runtime import load as load_map_model
 
     sc = softcamify.convert(softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
                             class_names=["dark", "bright"], samples=2)

@@ -247,7 +247,7 @@ def test_output_stride_gives_a_finer_grid_from_the_same_weights(spec, tmp_path):
             assert isinstance(r[key], float) and math.isfinite(r[key]), key
         assert 0.0 <= r["top1_agreement"] <= 1.0 and r["kl_divergence"] >= 0.0
         assert r["dilated_max_abs_diff"] <= 1e-4  # the head itself converts exactly; the rest is the dilation
-        assert any("fine-tune before use" in n and f"--output-stride {stride}" in n for n in r["notes"])
+        assert any("fine-tune before use" in n and f"output stride {stride}" in n for n in r["notes"])
         _check_maps(sc, (3, 64, 64))
         with torch.no_grad():
             logits, maps = sc.forward_maps(x)
@@ -270,7 +270,7 @@ def test_output_stride_gives_a_finer_grid_from_the_same_weights(spec, tmp_path):
             l2, m2 = back.forward_maps(x)
         assert torch.equal(m2, maps) and torch.equal(l2, logits)
         assert softcamify.inspect(back).to_dict()["grids"] == {str(stride): r["evidence_grid"]}
-        with pytest.raises(ConversionError, match=rf"--output-stride {stride}.*--strict"):
+        with pytest.raises(ConversionError, match=rf"output_stride {stride}.*refused under strict"):
             softcamify.convert(loaded, output_stride=stride, samples=1, strict=True)
 
 
@@ -281,7 +281,7 @@ def test_output_stride_32_is_the_model_as_it_is():
     report = sc.meta.conversion
     assert sc.meta.exact and report["output_stride"] == 32 and report["evidence_grid"] == [2, 2]
     assert sc.meta.source["model_args"] == {}
-    with pytest.raises(UsageError, match="--output-stride must be 32.*not 4"):
+    with pytest.raises(UsageError, match="output_stride must be 32.*not 4"):
         softcamify.convert(model, input_size=(64, 64), output_stride=4, samples=1)
 
 
@@ -327,8 +327,8 @@ def test_models_without_a_finer_grid_say_so(case, tmp_path):
     else:
         model = load_model(case, num_classes=3, input_size=(64, 64))
         arg = "output_stride=16" if case == "mobilenetv3_small_050" else "replace_stride_with_dilation"
-        words = [f"does not build with {arg}", "offers only its own 2×2 grid (--output-stride 32)"]
-    with pytest.raises(UsageError, match=r"^--output-stride 16: .* cannot trade stride for dilation") as e:
+        words = [f"does not build with {arg}", "offers only its own 2×2 grid (output_stride 32)"]
+    with pytest.raises(UsageError, match=r"^output_stride 16: .* cannot trade stride for dilation") as e:
         softcamify.convert(model, input_size=(64, 64), output_stride=16, samples=1)
     msg = str(e.value)
     assert all(w in msg for w in words), msg

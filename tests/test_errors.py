@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pickle
 
-import click
-import pytest
 import typer
+from typer.testing import CliRunner
 
 from softcamify.cli._common import handle_errors, option_name
 from softcamify.errors import EXIT_USAGE, InputError, UsageError
@@ -36,21 +35,24 @@ def test_params_survive_pickling_like_in_a_worker_process():
     assert isinstance(e, UsageError) and e.params == ("top_k",) and e.exit_code == EXIT_USAGE
 
 
-def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
-    @click.command()
-    @click.argument("model")
-    @click.option("--batch-size", "-b", type=int)
-    @click.option("--json", "json_", is_flag=True)
-    def cmd(model, batch_size, json_):
-        assert option_name("batch_size") == "--batch-size"
-        assert option_name("json") == "--json"
-        assert option_name("model") == "MODEL"
-        assert option_name("mean") is None
-        with handle_errors():
-            raise UsageError("batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean"))
+def test_cli_names_its_own_options_and_never_one_it_lacks():
+    seen = {}
+    app = typer.Typer()
 
-    with pytest.raises(typer.Exit) as exit_info:
-        cmd.main(["m.onnx", "-b", "0"], standalone_mode=False)
-    assert exit_info.value.exit_code == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(err.split())
+    @app.command()
+    def cmd(model: str, batch_size: int = typer.Option(1, "--batch-size", "-b"),
+            json_: bool = typer.Option(False, "--json")) -> None:
+        seen.update(batch_size=option_name("batch_size"), json=option_name("json"), model=option_name("model"),
+                    mean=option_name("mean"))
+        with handle_errors():
+            raise UsageError("batch_size 0 is too small for model; set mean and std.",
+                             param=("batch_size", "model", "mean"))
+
+    @app.command()
+    def other() -> None:  # a second command, so typer keeps subcommands
+        pass
+
+    result = CliRunner().invoke(app, ["cmd", "m.onnx", "-b", "0"])
+    assert seen == {"batch_size": "--batch-size", "json": "--json", "model": "MODEL", "mean": None}
+    assert result.exit_code == EXIT_USAGE
+    assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(result.output.split())

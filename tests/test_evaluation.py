@@ -291,7 +291,7 @@ def test_original_by_architecture_and_weights_file(lesions, tmp_path):
     data = json.loads(r.stdout)
     # the converted model is exact: the black box scores the same
     assert data["original_classification"]["accuracy"] == data["classification"]["accuracy"]
-    with pytest.raises(UsageError, match="--original-weights needs --original"):
+    with pytest.raises(UsageError, match="original_weights needs original"):
         evaluate(lesions["model"], lesions["data"], original_weights=weights, device="cpu")
 
 

@@ -22,15 +22,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "softcamify"
 LAYERS: list[tuple[str, ...]] = [
     # 0 foundations: errors, files, devices, the one-logit view
     ("softcamify._version", "softcamify.errors", "softcamify.io", "softcamify.device", "softcamify.binary",
-     "softcamify.distributed"),
-    # 1 images and data: decoding, preprocessing, datasets, drawing, metrics on arrays, HTML
-    ("softcamify.images", "softcamify.render", "softcamify.report", "softcamify.evaluation.metrics",
+     "softcamify.distributed", "softcamify.tolerance"),
+    # 1 images and data: decoding, preprocessing (its one config), datasets, drawing, metrics on arrays, HTML
+    ("softcamify.images", "softcamify.config", "softcamify.render", "softcamify.report", "softcamify.evaluation.metrics",
      "softcamify.data"),
     # 2 models: where originals come from, reading files, the SoftCAM module, heads, conversion
     ("softcamify.sources", "softcamify.checkpoints", "softcamify.model", "softcamify.heads",
      "softcamify.conversion"),
-    # 3 runtime: ONNX export and the torch / onnxruntime backends that predict and explain run on
-    ("softcamify.onnx_runtime", "softcamify.onnx_export", "softcamify.heatmaps", "softcamify.prediction"),
+    # 3 running models: the one loader and its torch / onnxruntime backends, export, predict and explain
+    ("softcamify.onnx_runtime", "softcamify.runtime", "softcamify.exporters", "softcamify.explanations",
+     "softcamify.prediction"),
     # 4 training (and the λ sweep beside it), evaluation (run, report, …) and its post-hoc baselines
     ("softcamify.training", "softcamify.evaluation.baselines", "softcamify.evaluation"),
     # 5 the demo; 6 the command line and the package's front door
@@ -41,10 +42,13 @@ LAYERS: list[tuple[str, ...]] = [
 #: The torch-free layer: imported by the ONNX path, so none may import torch, timm or torchvision at module
 #: level, nor a module outside this set (torch-only code paths import torch inside functions).
 TORCH_FREE = ("softcamify._version", "softcamify.errors", "softcamify.io", "softcamify.binary",
+              "softcamify.tolerance", "softcamify.config", "softcamify.runtime", "softcamify.explanations",
+              "softcamify.explanations.compute", "softcamify.explanations.inputs", "softcamify.explanations.view",
+              "softcamify.explanations.write", "softcamify.explanations.run",
               "softcamify.images", "softcamify.render", "softcamify.report", "softcamify.evaluation.metrics",
               "softcamify.data.collect", "softcamify.data.discover", "softcamify.data.labels_csv",
               "softcamify.data.splits", "softcamify.data.synth", "softcamify.data.synth_draw",
-              "softcamify.onnx_runtime", "softcamify.prediction", "softcamify.heatmaps",
+              "softcamify.onnx_runtime", "softcamify.prediction",
               "softcamify.evaluation.run", "softcamify.evaluation.results", "softcamify.evaluation.samples",
               "softcamify.evaluation.scoring", "softcamify.evaluation.settings",
               "softcamify.evaluation.report", "softcamify.cli")

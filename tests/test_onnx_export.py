@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from softcamify import onnx_export as E
+from softcamify import exporters as E
 from softcamify.conversion import as_softcam
 from softcamify.errors import ValidationError
+from softcamify.exporters import onnx as E_onnx
 from softcamify.heads.evidence import EvidenceHead
 from softcamify.model import SoftCAM, SoftCAMMeta
 from softcamify.onnx_runtime import OnnxModel
@@ -94,7 +95,7 @@ def test_metadata_round_trips(resnet_onnx):
     checks = E.validate_onnx(path, sc)  # the public validator on an existing file
     assert [ck["batch"] for ck in checks] == [1, 3, 2] and checks[2]["size"] == [SIZE + 32, SIZE + 64]
     with pytest.raises(ValidationError):
-        E.validate_onnx(path, sc, atol=0.0)
+        E.validate_onnx(path, sc, atol=0.0, rtol=0.0)
 
 
 # --- fallbacks, on a tiny hand-built SoftCAM model (fast to export) ------------------------------------
@@ -210,7 +211,7 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated torch.export failure")
 
-    monkeypatch.setattr(E, "_export_dynamo", broken)
+    monkeypatch.setattr(E_onnx, "_export_dynamo", broken)
     model = _tiny()
     report = E.export_onnx(model, tmp_path / "m.onnx")
     assert report.exporter == "torchscript" and report.dynamic_spatial
@@ -220,7 +221,7 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
 
 
 def test_dynamo_wrong_numerics_falls_back_to_torchscript(tmp_path, monkeypatch):
-    real = E._export_dynamo
+    real = E_onnx._export_dynamo
 
     def wrong(*args, **kwargs):  # like pytorch #169178: a graph that runs but computes something else
         proto = real(*args, **kwargs)
@@ -230,7 +231,7 @@ def test_dynamo_wrong_numerics_falls_back_to_torchscript(tmp_path, monkeypatch):
         init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
         return proto
 
-    monkeypatch.setattr(E, "_export_dynamo", wrong)
+    monkeypatch.setattr(E_onnx, "_export_dynamo", wrong)
     model = _tiny()
     report = E.export_onnx(model, tmp_path / "m.onnx")
     assert report.exporter == "torchscript" and report.attempts[0]["outcome"] == "mismatch"
@@ -246,8 +247,8 @@ def test_opset_below_18_uses_torchscript(tmp_path):
 
 def test_mismatch_above_atol_raises_and_writes_nothing(tmp_path):
     out = tmp_path / "m.onnx"
-    with pytest.raises(ValidationError, match="does not match PyTorch within --atol 0"):
-        E.export_onnx(_tiny(), out, atol=0.0, exporter="torchscript", spatial="static")
+    with pytest.raises(ValidationError, match="does not match PyTorch within atol 0"):
+        E.export_onnx(_tiny(), out, atol=0.0, rtol=0.0, exporter="torchscript", spatial="static")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -309,10 +310,36 @@ def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):
     sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(SIZE, SIZE))
     save(sc, tmp_path / "m.safetensors")
     r = cli("export", tmp_path / "m.safetensors", "-o", tmp_path / "m.onnx", "--atol", "0",
-            "--exporter", "torchscript", "--spatial", "static")
+            "--rtol", "0", "--exporter", "torchscript", "--spatial", "static")
     assert r.returncode == 5, r.stderr
     assert "does not match PyTorch" in r.stderr and "nothing was written" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     r = cli("export", tmp_path / "m.safetensors", "-o", tmp_path / "m.txt")
     assert r.returncode == 2 and "must end in .onnx or .safetensors" in r.stderr
+
+
+def test_scale_aware_validation_accepts_large_evidence_and_refuses_a_wrong_graph(tmp_path):
+    """Evidence values in the thousands carry float32 round-off far above an absolute 1e-4; the rule
+    atol + rtol × max |evidence| accepts them, and still refuses a graph that computes something else."""
+    model = _tiny()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(1000.0)
+    out = tmp_path / "big.onnx"
+    report = E.export_onnx(model, out, exporter="torchscript", spatial="static")
+    for ck in report.checks:
+        assert ck["scale_evidence"] > 100 and ck["scale_logits"] > 10
+        assert ck["allowed_evidence"] == pytest.approx(ATOL + 1e-5 * ck["scale_evidence"])
+        assert ck["max_abs_diff_evidence"] <= ck["allowed_evidence"]
+    assert report.rtol == 1e-5 and report.to_dict()["rtol"] == 1e-5
+    # the same file perturbed by 1% in one weight: far outside the tolerance, refused
+    proto = onnx.load(str(out))
+    init = max(proto.graph.initializer, key=lambda t: np.abs(onnx.numpy_helper.to_array(t)).max())
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr.ravel()[np.abs(arr).argmax()] *= 1.01
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ValidationError, match="evidence"):
+        E.validate_onnx(bad, model)

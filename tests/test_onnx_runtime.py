@@ -117,7 +117,7 @@ def softcam_fixed(tmp_path_factory):
 
     import softcamify
     from softcamify.data.synth import make_lesions
-    from softcamify.onnx_export import onnx_metadata
+    from softcamify.exporters import onnx_metadata
 
     root = tmp_path_factory.mktemp("softcam_fixed")
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def softcam_fixed(tmp_path_factory):
 
 
 def test_explain_with_a_fixed_batch_export_matches_pytorch(softcam_fixed, tmp_path):
-    from softcamify.heatmaps import explain
+    from softcamify.explanations import explain
 
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate([(80, 100), (64, 64), (120, 90)]):  # 3 images: a padded last group of 2

@@ -24,7 +24,7 @@ def models(tmp_path_factory):
 
     from softcamify.checkpoints import save
     from softcamify.conversion import as_softcam
-    from softcamify.onnx_export import export_onnx
+    from softcamify.exporters import export_onnx
 
     torch.manual_seed(1)
     sc, _ = as_softcam("test_resnet", num_classes=4, input_size=(SIZE, SIZE))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import sources
+from ..config import resolve_data_config
 from ..errors import InputError, UsageError
 from ..io import META_KEY
 from . import foreign
@@ -50,23 +51,22 @@ class LoadedModel:
 
 
 def _apply_train_data_config(cfg: dict[str, Any], train: dict[str, Any], input_size: Any) -> dict[str, Any]:
-    """The model's data config with what its training run recorded (``foreign._read_train_args``); an
-    ``--input-size`` given now still wins."""
-    cfg = dict(cfg)
+    """The model's data config with what its training run recorded (``foreign._read_train_args``),
+    checked by :func:`softcamify.config.resolve_data_config`; an ``input_size`` given now still wins."""
     channels = int(cfg["input_size"][0])
+    size = None
     if input_size is None:
         if "input_size" in train:
-            cfg["input_size"] = [channels, *train["input_size"][1:]]
+            size = [channels, *train["input_size"][1:]]
         elif "img_size" in train:
-            cfg["input_size"] = [channels, train["img_size"], train["img_size"]]
-    for key in ("mean", "std"):
+            size = [channels, train["img_size"], train["img_size"]]
+    stats = {}
+    for key in ("mean", "std"):  # a run's RGB statistics on a model of other channels: their average
         v = train.get(key)
         if v is not None:
-            cfg[key] = v if len(v) == channels else [sum(v) / len(v)] * channels
-    for key in ("crop_pct", "interpolation"):
-        if key in train:
-            cfg[key] = train[key]
-    return cfg
+            stats[key] = v if len(v) == channels else [sum(v) / len(v)] * channels
+    return resolve_data_config(cfg, channels=channels, input_size=size, crop_pct=train.get("crop_pct"),
+                               interpolation=train.get("interpolation"), **stats).to_dict()
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -254,20 +254,36 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def _current_context() -> Any:
+    """The running command's click context: typer's own copy of click (typer >= 0.17) or click's."""
+    getters = []
+    with contextlib.suppress(ImportError):
+        from typer._click.globals import get_current_context
+
+        getters.append(get_current_context)
+    with contextlib.suppress(ImportError):
+        import click
+
+        getters.append(click.get_current_context)
+    for get in getters:
+        ctx = get(silent=True)
+        if ctx is not None:
+            return ctx
+    return None
+
+
 def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
     argument -> its metavar (``MODEL``); ``None`` when the command has no such option, so a message never
     names an option the command lacks."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     if ctx is None:
         return None
     for p in ctx.command.params:
         if p.name == param or p.name == f"{param}_":
-            if isinstance(p, click.Argument):
-                return p.human_readable_name
-            return max(p.opts, key=len)
+            if getattr(p, "param_type_name", "") == "argument":
+                return str(getattr(p, "metavar", None) or p.name).upper()
+            return str(max(p.opts, key=len))
     return None
 
 

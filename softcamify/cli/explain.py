@@ -37,13 +37,14 @@ def explain(
 ) -> None:
     """Evidence maps of every class from one forward pass: overlays, raw .npy maps, index.html, manifest.json."""
     with handle_errors(o.debug):
-        from ..heatmaps import collect_images, load_map_model, parse_classes
-        from ..heatmaps import explain as run_explain
+        from ..explanations import collect_images, parse_classes
+        from ..explanations import explain as run_explain
         from ..io import check_output_dir, cleanup_on_failure
+        from ..runtime import load
 
         check_output_dir(output, force=o.force)
         sources = collect_images(images)
-        mm = load_map_model(model, **model_kwargs(o))
+        mm = load(model, **model_kwargs(o))
         parse_classes(classes, mm.class_names)  # fail on unknown names before any work
         # an image that fails to decode, a full disk or Ctrl-C midway leaves no partial gallery
         with cleanup_on_failure(output), progress_bar(f"explaining {len(sources)} image(s)") as update:

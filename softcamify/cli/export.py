@@ -31,8 +31,10 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="OUT.onnx (validated in onnxruntime) or OUT.safetensors."),
     opset: int = typer.Option(None, "--opset", help="ONNX opset (default: torch's; below 18 uses the TorchScript exporter)."),
     atol: float = typer.Option(
-        1e-4, "--atol", min=0.0, help="Largest accepted max |Δ| of logits and evidence against PyTorch."
+        1e-4, "--atol", min=0.0, help="Absolute part of the tolerance: each output (logits, evidence) must be within "
+        "atol + rtol × its largest magnitude of PyTorch's."
     ),
+    rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="Relative part of the tolerance (float32 round-off)."),
     exporter: str = typer.Option(
         "auto", "--exporter", help="auto (dynamo, then TorchScript when it fails or does not validate), dynamo, torchscript."
     ),
@@ -59,12 +61,12 @@ def export(
 
         import torch
 
-        from ..onnx_export import export as run_export  # imports torch: only after the options are checked
-        from ..onnx_export import load_softcam
+        from ..exporters import export as run_export  # imports torch: only after the options are checked
+        from ..runtime import load_softcam
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
         sc, notes = load_softcam(model, **load_kwargs)
-        kwargs = dict(force=o.force, atol=atol, seed=seed, trust_pickle=m.trust_pickle)
+        kwargs = dict(force=o.force, atol=atol, rtol=rtol, seed=seed, trust_pickle=m.trust_pickle)
         if suffix == ".onnx":
             kwargs.update(opset=opset, exporter=exporter, spatial=spatial)
         report = run_export(sc, output, **kwargs)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from .. import images
+from ..config import resolve_data_config
 from ..errors import UsageError
 from ..images import open_image
 from .splits import Sample
@@ -84,37 +84,21 @@ class EvalTransform:
 
 
 def _normalized_config(data_config: dict[str, Any]) -> dict[str, Any]:
-    size = data_config.get('input_size', (3, 224, 224))
-    if isinstance(size, int):
-        size = (3, size, size)
-    size = tuple(int(x) for x in size)
-    if len(size) == 2:
-        size = (3, *size)
-    if len(size) != 3 or size[0] not in (1, 3):
-        raise UsageError(f"input_size {size} must be (C, H, W) with C = 1 or 3.")
-    channels = size[0]
-
-    def stats(name: str, default: Sequence[float]) -> tuple[float, ...]:
-        vals = [float(v) for v in np.atleast_1d(np.asarray(data_config.get(name, default), dtype=np.float64))]
-        if len(vals) == channels:
-            return tuple(vals)
-        if len(vals) == 1:
-            return tuple(vals * channels)
-        if len(vals) == 3 and channels == 1:
-            return (sum(vals) / 3.0,)
-        raise UsageError(f"data config {name} has {len(vals)} values for a {channels}-channel model.")
-
-    interpolation = data_config.get('interpolation', 'bicubic') or 'bicubic'
-    if interpolation == 'random':
-        interpolation = 'bilinear'  # what timm uses at eval time
+    """The keyword arguments of :func:`softcamify.images.preprocess_image` (and ``channels``) for a timm
+    data config, checked by :func:`softcamify.config.resolve_data_config` (224 px ImageNet defaults for
+    what it lacks)."""
+    defaults = {'input_size': (3, 224, 224), 'mean': images.IMAGENET_DEFAULT_MEAN, 'std': images.IMAGENET_DEFAULT_STD}
+    cfg = resolve_data_config({**defaults, **{k: v for k, v in data_config.items() if v is not None}})
+    if cfg.channels not in (1, 3):
+        raise UsageError(f"input_size {list(cfg.input_size)} must be (C, H, W) with C = 1 or 3.", param="input_size")
     return {
-        'input_size': size[1:],
-        'channels': channels,
-        'mean': stats('mean', images.IMAGENET_DEFAULT_MEAN),
-        'std': stats('std', images.IMAGENET_DEFAULT_STD),
-        'interpolation': interpolation,
-        'crop_pct': data_config.get('crop_pct') or images.DEFAULT_CROP_PCT,
-        'crop_mode': data_config.get('crop_mode') or 'center',
+        'input_size': cfg.size,
+        'channels': cfg.channels,
+        'mean': cfg.mean,
+        'std': cfg.std,
+        'interpolation': cfg.interpolation,
+        'crop_pct': cfg.crop_pct or images.DEFAULT_CROP_PCT,
+        'crop_mode': cfg.crop_mode,
     }
 
 

@@ -93,7 +93,7 @@ def panel_rows(picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: P
                baselines: list[str]) -> list[Image.Image]:
     """One row per picked lesion image: image | SoftCAM evidence for the true class | Grad-CAM (black box)."""
     from ..evaluation.report import with_outline as _with_outline
-    from ..heatmaps import input_view
+    from ..explanations import input_view
     from ..render import overlay, scale_maps
 
     cfg = tuned.meta.data_config

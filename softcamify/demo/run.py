@@ -287,7 +287,7 @@ def _step_finetune(r: _Run, finer: Any) -> Any:
 
 def _step_export(r: _Run, tuned: Any) -> Any:
     """5. ONNX export, validated in onnxruntime; returns the fine-tuned model back on the CPU."""
-    from ..onnx_export import export_onnx
+    from ..exporters import export_onnx
 
     with r.step("export", "Export to ONNX and validate in onnxruntime") as s:
         r.rep.progress(0, None, "exporting and validating")
@@ -311,7 +311,7 @@ def _step_export(r: _Run, tuned: Any) -> Any:
 
 def _step_explain(r: _Run, manifest: dict[str, Any]) -> list[Any]:
     """6. Evidence maps of every class for a few test images, from model.onnx (onnxruntime, no torch)."""
-    from ..heatmaps import explain
+    from ..explanations import explain
 
     with r.step("explain", "Explain test images with the ONNX model") as s:
         per_class = max(1, -(-r.st.explain_images // len(r.classes)))

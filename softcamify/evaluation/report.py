@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image
 
 from .. import report as R
-from ..heatmaps import MapModel, input_view
+from ..explanations.view import input_view
 from ..io import make_output_dir, write_text_atomic
 from ..render import overlay, save_png, scale_maps
+from ..runtime import Runtime
 from .results import METRICS, REFERENCES, EvaluationResult
 
 __all__ = ["classification_rows", "metric_rows", "with_outline", "write_report"]
@@ -76,7 +77,7 @@ def classification_rows(c: dict[str, Any], o: dict[str, Any] | None) -> tuple[li
 
 
 def write_report(
-    result: EvaluationResult, out: Path, example_data: Sequence[dict[str, Any]], mm: MapModel,
+    result: EvaluationResult, out: Path, example_data: Sequence[dict[str, Any]], mm: Runtime,
     force: bool = False,
 ) -> Path:
     """``index.html`` (metric tables, curves, example overlays), ``metrics.json`` and ``per_image.json``."""
@@ -167,7 +168,7 @@ def _explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any])
 
 
 def _examples_section(
-    result: EvaluationResult, out: Path, example_data: Sequence[dict[str, Any]], mm: MapModel, force: bool
+    result: EvaluationResult, out: Path, example_data: Sequence[dict[str, Any]], mm: Runtime, force: bool
 ) -> str:
     """The example overlays (written under ``out/examples``) and the gallery that shows them."""
     make_output_dir(out / "examples")

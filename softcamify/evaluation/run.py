@@ -35,8 +35,8 @@ import numpy as np
 
 from .. import images as _images
 from ..errors import InputError, UsageError
-from ..heatmaps import MapModel, load_map_model, softmax
 from ..io import check_output_dir
+from ..runtime import Runtime, load, softmax
 from . import metrics as M
 from .report import write_report
 from .results import EvaluationResult, MethodResult
@@ -58,7 +58,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 class _Run:
     """What the steps of one evaluation share once the model, the data and the settings are known."""
 
-    mm: MapModel
+    mm: Runtime
     root: Path
     mask_root: Path | None
     desc: str
@@ -73,7 +73,7 @@ class _Run:
     orig_predict: Predict | None = None
 
 
-def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any = None) -> Any:
+def _load_original(original: Any, mm: Runtime, trust_pickle: bool, weights: Any = None) -> Any:
     """``original`` as a torch module in eval mode on the model's device, checked to return its logits."""
     import torch
 
@@ -90,8 +90,8 @@ def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any
         except InputError as e:
             if "holds weights only" not in str(e):
                 raise
-            raise InputError(f"--original {original} holds weights only; name its architecture: "
-                             f"--original ARCH --original-weights {original}.") from None
+            raise InputError(f"original {original} holds weights only; name its architecture as original and "
+                             f"give this file as original_weights.", param=("original", "original_weights")) from None
     module = module.to(mm.device).eval()
     with torch.no_grad():
         out = module(torch.zeros(1, *mm.input_size, device=mm.device))
@@ -100,7 +100,8 @@ def _load_original(original: Any, mm: MapModel, trust_pickle: bool, weights: Any
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
             f"The original model returns {shape}, not logits for the SoftCAM model's {mm.num_classes} "
-            "classes; --original must be the classifier this model was converted from."
+            "classes; original must be the classifier this model was converted from.",
+            param="original",
         )
     return module
 
@@ -195,13 +196,15 @@ def evaluate(
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
     root, mask_root = _data_roots(data_dir, masks)
     methods = _baseline_methods(baselines)
-    mm = load_map_model(model, device=device, trust_pickle=trust_pickle, weights=weights,
+    mm = load(model, device=device, trust_pickle=trust_pickle, weights=weights,
                         num_classes=num_classes, input_size=input_size, ema=ema)
     if (methods or original is not None) and mm.kind != "torch":
-        raise UsageError("--baselines and --original need a PyTorch model (.safetensors), not an .onnx file.")
+        raise UsageError("baselines and original need a PyTorch model (.safetensors), not an .onnx file.",
+                         param=("baselines", "original"))
     run = _setup(mm, root, mask_root, split, opts, methods, batch_size, progress)
     if original_weights is not None and not isinstance(original, str | os.PathLike):
-        raise UsageError("--original-weights needs --original to name the architecture (e.g. resnet50).")
+        raise UsageError("original_weights needs original to name the architecture (e.g. resnet50).",
+                         param=("original_weights", "original"))
     if original is not None:
         run.original = _load_original(original, mm, trust_pickle, original_weights)
         run.orig_predict = _torch_predict(run.original, mm.device)
@@ -229,7 +232,7 @@ def _data_roots(data_dir: str | os.PathLike, masks: str | os.PathLike | None) ->
     if masks is not None:
         mask_root = Path(masks)
         if not mask_root.is_dir():
-            raise InputError(f"Mask folder {mask_root} does not exist or is not a folder; check --masks.")
+            raise InputError(f"Mask folder {mask_root} does not exist or is not a folder; check masks.", param="masks")
     else:
         mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
     return root, mask_root
@@ -248,7 +251,7 @@ def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
 
 
 def _setup(
-    mm: MapModel, root: Path, mask_root: Path | None, split: str, opts: ExplanationOptions,
+    mm: Runtime, root: Path, mask_root: Path | None, split: str, opts: ExplanationOptions,
     methods: list[str], batch_size: int, progress: Progress | None,
 ) -> _Run:
     """The images to evaluate with their model labels, and the settings (patch grid, batch sizes)."""
@@ -360,7 +363,7 @@ def _counts(run: _Run, with_mask: int, annotated: int, explained: int) -> dict[s
     }
     if run.mask_root is None:
         run.notes.append(
-            "No masks (no --masks and no masks/ folder in DATA_DIR): classification metrics only."
+            "No masks (none given and no masks/ folder in DATA_DIR): classification metrics only."
         )
     elif not annotated:
         run.notes.append(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import UsageError
-from ..heatmaps import MapModel
+from ..runtime import Runtime
 from . import metrics as M
 
 __all__ = ["ExplanationOptions", "check_options", "default_patch", "resolve_settings"]
@@ -55,7 +55,7 @@ def check_options(opts: ExplanationOptions, batch_size: int) -> ExplanationOptio
 
 
 def resolve_settings(
-    mm: MapModel, split: str, opts: ExplanationOptions, methods: list[str], batch_size: int
+    mm: Runtime, split: str, opts: ExplanationOptions, methods: list[str], batch_size: int
 ) -> dict[str, Any]:
     """``result.settings``: every option with its default resolved for this model's input."""
     in_hw = (mm.input_size[1], mm.input_size[2])

@@ -17,7 +17,7 @@ from conftest import run_cli
 from PIL import Image
 
 from softcamify.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, InputError, UsageError
-from softcamify.heatmaps import collect_images, explain, input_view, parse_classes
+from softcamify.explanations import collect_images, explain, input_view, parse_classes
 
 CLASSES = ["benign", "malignant", "other"]
 
@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     import torch
 
     import softcamify
-    from softcamify.onnx_export import export_onnx
+    from softcamify.exporters import export_onnx
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
@@ -105,7 +105,7 @@ def test_safetensors_and_onnx_write_the_same_maps_and_files(models, image_dir, t
 def test_onnx_explain_does_not_import_torch(models, image_dir, tmp_path):
     code = (
         "import sys\n"
-        "from softcamify.heatmaps import explain\n"
+        "from softcamify.explanations import explain\n"
         f"r = explain({str(models['onnx'])!r}, {str(image_dir / 'a.png')!r}, {str(tmp_path / 'o')!r})\n"
         "assert len(r) == 1 and r[0].maps.shape == (3, 2, 2)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision'))\n"

@@ -1,0 +1,29 @@
+"""Explanations: evidence maps computed (:mod:`.compute`), shown on the region the model sees
+(:mod:`.view`), written as files (:mod:`.write`); ``explain`` (:mod:`.run`) joins them and :mod:`.inputs`
+reads what it is given. No torch import."""
+
+from .compute import (
+    DEFAULT_BATCH_SIZE,
+    DIVERGING_CMAP,
+    POSITIVE_CMAP,
+    Explanation,
+    iter_explanations,
+)
+from .inputs import ImageSource, collect_images, parse_classes
+from .run import explain
+from .view import input_view
+from .write import ExplanationWriter
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DIVERGING_CMAP",
+    "POSITIVE_CMAP",
+    "Explanation",
+    "ExplanationWriter",
+    "ImageSource",
+    "collect_images",
+    "explain",
+    "input_view",
+    "iter_explanations",
+    "parse_classes",
+]

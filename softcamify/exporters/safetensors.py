@@ -1,0 +1,67 @@
+"""Export a SoftCAM model in softcamify's ``.safetensors`` format, reloaded and checked before it is kept."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError, ValidationError
+from ..io import atomic_output, check_output_path
+from ..runtime import load_softcam
+from ..sources import cpu_float32
+from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
+from .report import ExportReport
+
+__all__ = ["export_safetensors"]
+
+
+def export_safetensors(
+    model: Any,
+    output: str | os.PathLike,
+    *,
+    input_size: tuple[int, int] | None = None,
+    force: bool = False,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    trust_pickle: bool = False,
+    strict: bool = False,
+) -> ExportReport:
+    """Write the softcamify ``.safetensors`` format (as ``convert`` does), reloaded and checked before
+    it is renamed into place: the reloaded model must reproduce logits and evidence within
+    ``atol + rtol × scale`` (:mod:`softcamify.tolerance`)."""
+    from ..checkpoints import load, serialize
+
+    t0 = time.perf_counter()
+    out = Path(output)
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"output {out} must end in .safetensors for the softcamify format.", param="output")
+    check_output_path(out, force=force)
+    sc, notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
+    sc = cpu_float32(sc)[0].eval()
+    c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
+    with atomic_output(out, force=force) as tmp:
+        tmp.write_bytes(serialize(sc))  # not save(): its own temporary file would be named in errors
+        reloaded = load(tmp, trust_pickle=trust_pickle)
+        with torch.no_grad():
+            ref_l, ref_m = sc.forward_maps(x)
+            got_l, got_m = reloaded.forward_maps(x)
+        on_logits, on_evidence = agreement(got_l, ref_l, atol, rtol), agreement(got_m, ref_m, atol, rtol)
+        if not (on_logits.passed and on_evidence.passed):
+            raise ValidationError(f"The reloaded {out.name} differs from the model ({on_logits.phrase('logits')}, "
+                                  f"{on_evidence.phrase('evidence')}); nothing was written.", param=("atol", "rtol"))
+        dl, dm = on_logits.max_abs_diff, on_evidence.max_abs_diff
+    return ExportReport(
+        format="safetensors", output=str(out), architecture=sc.meta.architecture, strategy=sc.meta.strategy,
+        exact=bool(sc.meta.exact), num_classes=int(sc.meta.num_classes), input_size=[c, h, w], atol=atol,
+        rtol=rtol, passed=True, max_abs_diff_logits=dl, max_abs_diff_evidence=dm,
+        checks=[{"batch": 2, "size": [h, w], "max_abs_diff_logits": dl, "max_abs_diff_evidence": dm,
+                 "scale_logits": on_logits.scale, "scale_evidence": on_evidence.scale,
+                 "allowed_logits": on_logits.allowed, "allowed_evidence": on_evidence.allowed}],
+        file_size=out.stat().st_size, seconds=round(time.perf_counter() - t0, 2), notes=notes,
+    )
