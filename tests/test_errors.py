@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import click
 import pytest
@@ -54,3 +55,30 @@ def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
     assert exit_info.value.exit_code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(err.split())
+
+
+def test_quoted_values_and_paths_are_never_taken_for_parameters():
+    e = UsageError("classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
+                   "masks/a.png stay, masks and weights do not.", param=("classifier", "weights", "masks"))
+    assert e.render(lambda p: "--" + p) == (
+        "--classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
+        "masks/a.png stay, --masks and --weights do not."
+    )
+
+
+def test_a_typer_command_names_its_options_and_the_aliased_ones(capsys):
+    """typer commands run on typer's own copy of click (recent typer): their context is found too, and a
+    library name the command spells otherwise (run_dir) is named by its option (--output)."""
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+
+    @app.command()
+    def run(output: Path = typer.Option(..., "--output", "-o"), batch_size: int = typer.Option(1, "--batch-size")):
+        with handle_errors():
+            raise UsageError("run_dir is a file and batch_size 0 is too small; see data_dir.",
+                             param=("run_dir", "batch_size", "data_dir"))
+
+    r = CliRunner().invoke(app, ["-o", "x"])
+    assert r.exit_code == EXIT_USAGE
+    assert "--output is a file and --batch-size 0 is too small; see data_dir." in " ".join(r.output.split())

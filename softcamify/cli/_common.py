@@ -254,20 +254,47 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+# Library parameters that a command's option carries under another name: library name -> the command
+# function's parameter (click's name for the option). Consulted only when the running command has no
+# parameter of the library's own name (``datasets synth`` has its own OUT_DIR argument, for example).
+PARAM_ALIASES: dict[str, str] = {
+    "run_dir": "output",  # training.finetune(model, data_dir, run_dir): finetune -o/--output
+    "out_dir": "output",  # sweep(...), evaluate(...), run_demo(out_dir): -o/--output
+    "labels_csv": "labels",  # data.discover(labels_csv=...): finetune/sweep --labels
+    "devices": "device",  # sweep(devices=...): sweep --device cuda:0,cuda:1
+}
+
+
 def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
-    argument -> its metavar (``MODEL``); ``None`` when the command has no such option, so a message never
-    names an option the command lacks."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
+    argument -> its metavar (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option (``run_dir`` ->
+    ``--output``); ``None`` when the command has no such option, so a message never names an option the
+    command lacks."""
+    ctx = _current_context()
     if ctx is None:
         return None
-    for p in ctx.command.params:
-        if p.name == param or p.name == f"{param}_":
-            if isinstance(p, click.Argument):
-                return p.human_readable_name
-            return max(p.opts, key=len)
+    by_name = {p.name: p for p in ctx.command.params}
+    p = by_name.get(param) or by_name.get(f"{param}_") or by_name.get(PARAM_ALIASES.get(param, ""))
+    if p is None:
+        return None
+    if p.param_type_name == "argument":
+        return p.human_readable_name
+    return max(p.opts, key=len)
+
+
+def _current_context() -> Any:
+    """The click context of the running command, or None. Recent typer runs its commands on its own copy of
+    click (``typer._click``), older typer and plain click commands on click itself: both are asked."""
+    import importlib
+
+    for name in ("typer._click.globals", "click.globals"):
+        try:
+            current = importlib.import_module(name).get_current_context
+        except (ImportError, AttributeError):
+            continue
+        ctx = current(silent=True)
+        if ctx is not None:
+            return ctx
     return None
 
 
