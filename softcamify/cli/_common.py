@@ -267,19 +267,23 @@ PARAM_ALIASES: dict[str, str] = {
 
 def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
-    argument -> its metavar (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option (``run_dir`` ->
-    ``--output``); ``None`` when the command has no such option, so a message never names an option the
-    command lacks."""
-    ctx = _current_context()
-    if ctx is None:
+    argument -> its name in the usage line (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option
+    (``run_dir`` -> ``--output``); ``None`` when the command has no such option (or there is no command), so
+    a message never names an option the command lacks."""
+    try:
+        ctx = _current_context()
+        if ctx is None:
+            return None
+        by_name = {p.name: p for p in ctx.command.params}
+        p = by_name.get(param) or by_name.get(f"{param}_") or by_name.get(PARAM_ALIASES.get(param, ""))
+        if p is None:
+            return None
+        if p.param_type_name == "argument":  # as the usage line shows it: MODEL (click), model (recent typer)
+            shown = getattr(p, "human_readable_name", None) or getattr(p, "display_name_raw", None)
+            return str(shown or p.name)
+        return str(max(p.opts, key=len))
+    except Exception:  # noqa: BLE001 - a click/typer without these internals: the message keeps the Python name
         return None
-    by_name = {p.name: p for p in ctx.command.params}
-    p = by_name.get(param) or by_name.get(f"{param}_") or by_name.get(PARAM_ALIASES.get(param, ""))
-    if p is None:
-        return None
-    if p.param_type_name == "argument":
-        return p.human_readable_name
-    return max(p.opts, key=len)
 
 
 def _current_context() -> Any:
