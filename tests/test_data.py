@@ -216,21 +216,24 @@ def test_csv_missing_file_names_each_folder_once(tmp_path, monkeypatch):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(InputError, match='does not exist') as e:
+    with pytest.raises(InputError, match='does not exist; check data_dir') as e:
         discover(tmp_path / 'nope')
-    assert 'nope' in str(e.value)
+    assert 'nope' in str(e.value) and e.value.param == 'data_dir'
     f = tmp_path / 'file.txt'
     f.write_text('x')
-    with pytest.raises(InputError, match='is a file'):
+    with pytest.raises(InputError, match=r'is a file; data_dir must be a folder \(a CSV goes to labels_csv\)') as e:
         discover(f)
+    assert e.value.params == ('data_dir', 'labels_csv')  # finetune's CLI: DATA_DIR, --labels
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(InputError, match='no class folders'):
         discover(empty)
     loose = tmp_path / 'loose'
     _img(loose / 'a.png')
-    with pytest.raises(InputError, match='holds images directly'):
+    with pytest.raises(InputError, match='holds images directly: put them in class folders or pass a CSV as '
+                                         'labels_csv') as e:
         discover(loose)
+    assert e.value.param == 'labels_csv'
     one = tmp_path / 'one'
     _tree(one, {'only': 3})
     with pytest.raises(InputError, match=r'only one class \(only\)'):

@@ -74,11 +74,12 @@ def test_a_typer_command_names_its_options_and_the_aliased_ones(capsys):
     app = typer.Typer()
 
     @app.command()
-    def run(output: Path = typer.Option(..., "--output", "-o"), batch_size: int = typer.Option(1, "--batch-size")):
+    def run(data_dir: Path = typer.Argument(...), output: Path = typer.Option(..., "--output", "-o"),
+            batch_size: int = typer.Option(1, "--batch-size")):
         with handle_errors():
-            raise UsageError("run_dir is a file and batch_size 0 is too small; see data_dir.",
-                             param=("run_dir", "batch_size", "data_dir"))
+            raise UsageError("run_dir is a file and batch_size 0 is too small; see data_dir, not mean.",
+                             param=("run_dir", "batch_size", "data_dir", "mean"))
 
-    r = CliRunner().invoke(app, ["-o", "x"])
+    r = CliRunner().invoke(app, ["d", "-o", "x"])
     assert r.exit_code == EXIT_USAGE
-    assert "--output is a file and --batch-size 0 is too small; see data_dir." in " ".join(r.output.split())
+    assert "--output is a file and --batch-size 0 is too small; see DATA_DIR, not mean." in " ".join(r.output.split())

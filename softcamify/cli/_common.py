@@ -267,7 +267,7 @@ PARAM_ALIASES: dict[str, str] = {
 
 def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
-    argument -> its name in the usage line (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option
+    argument -> its metavar (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option
     (``run_dir`` -> ``--output``); ``None`` when the command has no such option (or there is no command), so
     a message never names an option the command lacks."""
     try:
@@ -278,9 +278,8 @@ def option_name(param: str) -> str | None:
         p = by_name.get(param) or by_name.get(f"{param}_") or by_name.get(PARAM_ALIASES.get(param, ""))
         if p is None:
             return None
-        if p.param_type_name == "argument":  # as the usage line shows it: MODEL (click), model (recent typer)
-            shown = getattr(p, "human_readable_name", None) or getattr(p, "display_name_raw", None)
-            return str(shown or p.name)
+        if p.param_type_name == "argument":  # click's name for it, as --help and docs/cli.md write it: DATA_DIR
+            return str(getattr(p, "human_readable_name", None) or p.metavar or p.name.upper())
         return str(max(p.opts, key=len))
     except Exception:  # noqa: BLE001 - a click/typer without these internals: the message keeps the Python name
         return None
