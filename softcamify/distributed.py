@@ -72,7 +72,8 @@ def setup(device: torch.device, timeout_s: float = 1800.0) -> tuple[DistContext,
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if device.index is not None:
-            raise UsageError(f"--device {device} names one GPU, but torchrun started {world} processes; use --device cuda.")
+            raise UsageError(f"device {device} names one GPU, but torchrun started {world} processes; set device "
+                             "to cuda.", param="device")
         if local_rank >= torch.cuda.device_count():
             raise UsageError(
                 f"torchrun started local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "

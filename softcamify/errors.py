@@ -27,7 +27,9 @@ class SoftcamifyError(Exception):
     A message about an argument names it as the Python caller wrote it (``batch_size must be at least 1``)
     and lists it in ``param``; a front end that calls the argument something else renders the message
     in its own words with :meth:`render` (the CLI: ``--batch-size must be at least 1``). Only the listed
-    names are replaced, as whole words, so the rest of the sentence is never touched.
+    names are replaced, as whole words that are no part of a quoted value or a path (``classifier 'classifier'
+    is not a module``, ``weights.pth``, ``masks/a.png`` stay as they are), so the rest of the sentence is
+    never touched.
     """
 
     exit_code = EXIT_FAILURE
@@ -56,7 +58,8 @@ class SoftcamifyError(Exception):
         def swap(m: re.Match[str]) -> str:
             return lookup(m.group(0)) or m.group(0)
 
-        return re.sub(rf"(?<![\w\-./]){'('}{words}{')'}(?![\w\-])", swap, self.message)
+        # not after a word character, - . / or a quote; not before one of those (a full stop ends the sentence)
+        return re.sub(rf"(?<![\w\-./'\"]){'('}{words}{')'}(?![\w\-/'\"]|\.\w)", swap, self.message)
 
 
 class UsageError(SoftcamifyError):

@@ -35,14 +35,14 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     if out.exists() and out.is_dir():
         raise OutputError(f"Output {out} is a folder; give a file name instead.")
     if out.exists() and not force:
-        raise OutputError(f"Output {out} already exists; pass --force to overwrite it.")
+        raise OutputError(f"Output {out} already exists; pass force to overwrite it.", param="force")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"Output folder {parent} does not exist; create it first.")
     if not parent.is_dir():
         raise OutputError(f"Output folder {parent} is not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Output folder {parent} is not writable; choose another -o path.")
+        raise OutputError(f"Output folder {parent} is not writable; choose another output path.")
     return out
 
 
@@ -52,7 +52,7 @@ def check_output_dir(path: str | os.PathLike, force: bool = False, allow_existin
     if out.exists() and not out.is_dir():
         raise OutputError(f"Output {out} is a file; give a folder name instead.")
     if out.exists() and any(out.iterdir()) and not (force or allow_existing):
-        raise OutputError(f"Output folder {out} is not empty; pass --force to write into it.")
+        raise OutputError(f"Output folder {out} is not empty; pass force to write into it.", param="force")
     parent = out if out.exists() else out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -141,7 +141,8 @@ def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb"
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if out.exists() and not force:  # appeared while we were working
-            raise OutputError(f"Output {out} already exists; pass --force to overwrite it.")
+            raise OutputError(f"Output {out} already exists; pass force to overwrite it.",
+                              param="force")
         os.replace(tmp, out)
     except OSError as e:
         raise OutputError(f"Cannot write {out}: {_describe_os_error(e)}.") from e

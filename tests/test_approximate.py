@@ -103,12 +103,14 @@ class Untraceable(nn.Module):
 
 def test_untraceable_module_needs_named_layers():
     model = Untraceable().eval()
-    with pytest.raises(ConversionError, match="--features-layer blocks --classifier fc"):
+    with pytest.raises(ConversionError, match="name the cut with features_layer='blocks' and classifier='fc'") as e:
         softcamify.convert(model, input_size=(32, 32), samples=1)
+    assert e.value.params == ("features_layer", "classifier")
     converted = softcamify.convert(model, input_size=(32, 32), samples=2, features_layer="blocks", classifier="fc")
     assert converted.meta.conversion["exact"] and converted.meta.conversion["evidence_grid"] == [16, 16]
-    with pytest.raises(UsageError, match="--classifier"):
+    with pytest.raises(UsageError, match=r"^classifier 'head' is not a module of Untraceable\.$") as e:
         softcamify.convert(model, input_size=(32, 32), features_layer="blocks", classifier="head")
+    assert e.value.param == "classifier"
 
 
 def test_onnx_export_of_an_approximate_conversion_validates(tmp_path):

@@ -119,9 +119,9 @@ CASES = {
     "val_one_class": (_val_one_class, 3, "validation split has only one class"),
     "truncated_strict": (_truncated_strict, 3, "truncated or corrupt"),
     "csv_missing_files": (_csv_missing_files, 3, "do not exist"),
-    "run_exists": (_run_exists, 6, "pass --resume to continue it or --force"),
+    "run_exists": (_run_exists, 6, "pass --resume to continue it or --force to start over"),
     "locked": (_locked, 6, "in use by another finetune run"),
-    "bad_option": (_bad_option, 2, "--monitor"),
+    "bad_option": (_bad_option, 2, "--monitor 'val_f1' is not one of val_auc, val_acc, val_loss."),
 }
 
 
@@ -192,7 +192,8 @@ def test_ctrl_c_saves_state_and_exits_130(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     message = " ".join(err.split())
-    assert "Interrupted" in message and "--resume" in message and "softcamify finetune test_resnet" in message
+    assert "Interrupted" in message and "rerun it with --resume to continue" in message
+    assert "softcamify finetune test_resnet" in message
     state = load_state(run_dir / "last.pt")
     assert state["epoch"] >= 1 and not list(run_dir.glob(".*.tmp")) and not (run_dir / ".lock").exists()
     # it continues from there (the library call is what the CLI runs)
@@ -215,3 +216,43 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert first["train"]["images"] == summary["data"]["train_images"]  # reduced over both ranks
     assert first["val"]["n"] == summary["data"]["val_images"]  # gathered from both ranks
     assert softcamify.load(run_dir / "best.safetensors").meta.history[-1]["batch_size"] == 8
+
+
+# --- the same error in the CLI's words and in the library's -------------------------------------------
+
+def _run_file(tmp: Path) -> Path:
+    (tmp / "run").write_text("not a folder")
+    return tmp / "run"
+
+
+# (CLI arguments, the FinetuneConfig fields, the message as the CLI prints it, as the library raises it)
+WORDING = {
+    "lr": (["--lr", "-1"], {"lr": -1.0}, "--lr -1.0 must be positive.", "lr -1.0 must be positive."),
+    "val_split": (["--val-split", "1.5"], {"val_split": 1.5}, "--val-split 1.5 must be at least 0 and below 1.",
+                  "val_split 1.5 must be at least 0 and below 1."),
+    "resume_force": (["--resume", "--force"], {"resume": True, "force": True},
+                     "--resume and --force contradict each other; pass one of them.",
+                     "resume and force contradict each other; pass one of them."),
+    "run_dir": ([], {}, "is a file; --output must be a folder.", "is a file; run_dir must be a folder."),
+}
+
+
+@pytest.mark.parametrize("case", list(WORDING))
+def test_cli_names_its_flags_where_the_library_names_python_parameters(tmp_path, case):
+    """One error, two wordings: the CLI's one line names ``--val-split`` (``--output`` for the library's
+    ``run_dir``), ``softcamify.finetune`` raises it with ``val_split`` and ``err.param`` to match."""
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+    from softcamify.errors import EXIT_OUTPUT, EXIT_USAGE, SoftcamifyError
+
+    args, fields, cli_text, api_text = WORDING[case]
+    run_dir = _run_file(tmp_path) if case == "run_dir" else tmp_path / "run"
+    r = CliRunner().invoke(app, ["finetune", "test_resnet", str(tmp_path), "-o", str(run_dir), *FAST, *args])
+    assert r.exit_code == (EXIT_OUTPUT if case == "run_dir" else EXIT_USAGE), r.output
+    line = " ".join(r.output.split())
+    assert cli_text in line, line
+    with pytest.raises(SoftcamifyError) as e:
+        softcamify.finetune("test_resnet", tmp_path, run_dir, FinetuneConfig(**fields))
+    assert api_text in str(e.value) and "--" not in str(e.value)
+    assert e.value.params == (tuple(fields) or ("run_dir",))

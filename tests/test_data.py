@@ -68,8 +68,9 @@ def test_layout_train_only_is_split(tmp_path):
     ds = discover(tmp_path, val_split=0.2)
     assert class_counts(ds.val, 2) == [2, 1] and class_counts(ds.train, 2) == [8, 4]
     _tree(tmp_path / 'val', {'x': 1, 'y': 1})
-    with pytest.raises(UsageError, match='--val-split'):
+    with pytest.raises(UsageError, match='^val_split conflicts with the existing split folders in') as e:
         discover(tmp_path, val_split=0.3)
+    assert e.value.param == 'val_split'
 
 
 def test_layout_evaluation_set_without_train(tmp_path):
@@ -97,8 +98,9 @@ def test_layout_class_folders_stratified_and_seeded(tmp_path):
     d = discover(tmp_path, val_split=0.5)
     assert class_counts(d.val, 3) == [10, 5, 2]
     assert len(discover(tmp_path, val_split=0.0).val) == 0
-    with pytest.raises(UsageError, match='--val-split'):
+    with pytest.raises(UsageError, match=r'^val_split 1\.0 must be at least 0 and below 1\.$') as e:
         discover(tmp_path, val_split=1.0)
+    assert e.value.param == 'val_split'
 
 
 def test_split_of_one_class_is_stable_when_another_is_added(tmp_path):
@@ -155,8 +157,9 @@ def test_csv_layout(tmp_path):
     assert ds2.class_names == ['0', '1', '2']
     assert [s.label for s in ds2.train] == [0, 1, 2]
     assert len(ds2.val) == 2 and len(ds2.test) == 1
-    with pytest.raises(UsageError, match='--val-split'):
+    with pytest.raises(UsageError, match='^val_split conflicts with the split column of') as e:
         discover(root, labels_csv=csv2, val_split=0.2)
+    assert e.value.param == 'val_split'
 
 
 def test_csv_errors(tmp_path):
@@ -213,21 +216,24 @@ def test_csv_missing_file_names_each_folder_once(tmp_path, monkeypatch):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(InputError, match='does not exist') as e:
+    with pytest.raises(InputError, match='does not exist; check data_dir') as e:
         discover(tmp_path / 'nope')
-    assert 'nope' in str(e.value)
+    assert 'nope' in str(e.value) and e.value.param == 'data_dir'
     f = tmp_path / 'file.txt'
     f.write_text('x')
-    with pytest.raises(InputError, match='is a file'):
+    with pytest.raises(InputError, match=r'is a file; data_dir must be a folder \(a CSV goes to labels_csv\)') as e:
         discover(f)
+    assert e.value.params == ('data_dir', 'labels_csv')  # finetune's CLI: DATA_DIR, --labels
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(InputError, match='no class folders'):
         discover(empty)
     loose = tmp_path / 'loose'
     _img(loose / 'a.png')
-    with pytest.raises(InputError, match='holds images directly'):
+    with pytest.raises(InputError, match='holds images directly: put them in class folders or pass a CSV as '
+                                         'labels_csv') as e:
         discover(loose)
+    assert e.value.param == 'labels_csv'
     one = tmp_path / 'one'
     _tree(one, {'only': 3})
     with pytest.raises(InputError, match=r'only one class \(only\)'):
@@ -317,8 +323,9 @@ def test_eval_transform_equals_preprocess_and_timm(tmp_path, cfg):
 
 
 def test_transform_errors_and_grayscale_stats():
-    with pytest.raises(UsageError, match='--augment'):
+    with pytest.raises(UsageError, match="^augment 'heavy' is not one of none, light, medical") as e:
         build_transform(CONFIGS[0], train=True, augment='heavy')
+    assert e.value.param == 'augment'
     # an RGB mean/std on a 1-channel model is averaged; a single value is broadcast
     tf = build_transform({'input_size': (1, 8, 8), 'mean': (0.4, 0.5, 0.6), 'std': (0.2,)}, train=False)
     x = tf(Image.new('L', (8, 8), 128))

@@ -174,7 +174,13 @@ def test_force_never_clears_a_folder_no_demo_wrote(tmp_path, cli):
     (out / "data" / "precious.png").write_bytes(b"x")
     r = cli("demo", "--fast", "-o", out, "--force", env=ENV, timeout=120)
     assert r.returncode == 6, r.stderr
-    assert "demo.json" in r.stderr
+    assert "demo.json" in r.stderr and "choose another --output." in " ".join(r.stderr.split())
+    assert (out / "data" / "precious.png").read_bytes() == b"x"
+    from softcamify.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"no demo\.json\); choose another out_dir\.$") as e:  # run_demo's name
+        demo.run_demo(out, fast=True, force=True)
+    assert e.value.param == "out_dir"
     assert (out / "data" / "precious.png").read_bytes() == b"x"
 
 

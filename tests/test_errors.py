@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
+import click
+import pytest
 import typer
-from typer.testing import CliRunner
 
 from softcamify.cli._common import handle_errors, option_name
 from softcamify.errors import EXIT_USAGE, InputError, UsageError
@@ -35,24 +37,49 @@ def test_params_survive_pickling_like_in_a_worker_process():
     assert isinstance(e, UsageError) and e.params == ("top_k",) and e.exit_code == EXIT_USAGE
 
 
-def test_cli_names_its_own_options_and_never_one_it_lacks():
-    seen = {}
+def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
+    @click.command()
+    @click.argument("model")
+    @click.option("--batch-size", "-b", type=int)
+    @click.option("--json", "json_", is_flag=True)
+    def cmd(model, batch_size, json_):
+        assert option_name("batch_size") == "--batch-size"
+        assert option_name("json") == "--json"
+        assert option_name("model") == "MODEL"
+        assert option_name("mean") is None
+        with handle_errors():
+            raise UsageError("batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean"))
+
+    with pytest.raises(typer.Exit) as exit_info:
+        cmd.main(["m.onnx", "-b", "0"], standalone_mode=False)
+    assert exit_info.value.exit_code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(err.split())
+
+
+def test_quoted_values_and_paths_are_never_taken_for_parameters():
+    e = UsageError("classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
+                   "masks/a.png stay, masks and weights do not.", param=("classifier", "weights", "masks"))
+    assert e.render(lambda p: "--" + p) == (
+        "--classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
+        "masks/a.png stay, --masks and --weights do not."
+    )
+
+
+def test_a_typer_command_names_its_options_and_the_aliased_ones(capsys):
+    """typer commands run on typer's own copy of click (recent typer): their context is found too, and a
+    library name the command spells otherwise (run_dir) is named by its option (--output)."""
+    from typer.testing import CliRunner
+
     app = typer.Typer()
 
     @app.command()
-    def cmd(model: str, batch_size: int = typer.Option(1, "--batch-size", "-b"),
-            json_: bool = typer.Option(False, "--json")) -> None:
-        seen.update(batch_size=option_name("batch_size"), json=option_name("json"), model=option_name("model"),
-                    mean=option_name("mean"))
+    def run(data_dir: Path = typer.Argument(...), output: Path = typer.Option(..., "--output", "-o"),
+            batch_size: int = typer.Option(1, "--batch-size")):
         with handle_errors():
-            raise UsageError("batch_size 0 is too small for model; set mean and std.",
-                             param=("batch_size", "model", "mean"))
+            raise UsageError("run_dir is a file and batch_size 0 is too small; see data_dir, not mean.",
+                             param=("run_dir", "batch_size", "data_dir", "mean"))
 
-    @app.command()
-    def other() -> None:  # a second command, so typer keeps subcommands
-        pass
-
-    result = CliRunner().invoke(app, ["cmd", "m.onnx", "-b", "0"])
-    assert seen == {"batch_size": "--batch-size", "json": "--json", "model": "MODEL", "mean": None}
-    assert result.exit_code == EXIT_USAGE
-    assert "--batch-size 0 is too small for MODEL; set mean and std." in " ".join(result.output.split())
+    r = CliRunner().invoke(app, ["d", "-o", "x"])
+    assert r.exit_code == EXIT_USAGE
+    assert "--output is a file and --batch-size 0 is too small; see DATA_DIR, not mean." in " ".join(r.output.split())

@@ -13,7 +13,7 @@ from conftest import run_cli
 from PIL import Image
 from torch import nn
 
-from softcamify.errors import EXIT_INPUT, InputError, UsageError
+from softcamify.errors import EXIT_INPUT, InputError, OutputError, UsageError
 from softcamify.evaluation import evaluate
 
 # --------------------------------------------------------------------------------------------------------
@@ -120,8 +120,9 @@ def test_pointing_tolerance_counts_near_misses(tmp_path):
         assert res.settings["pointing_tolerance"] == tol
         hits[tol] = res.method_summaries()[0]["metrics"]["pointing_game"]["mean"]
     assert hits == {0: 0.0, 3: 0.0, 5: 1.0}
-    with pytest.raises(UsageError, match="--pointing-tolerance"):
+    with pytest.raises(UsageError, match=r"^pointing_tolerance must be 0 or more pixels, got -1\.$") as e:
         evaluate(_red_model(), data, masks=masks, pointing_tolerance=-1)
+    assert e.value.param == "pointing_tolerance"
 
 
 def test_errors_are_one_sentence(red_data, tmp_path, monkeypatch):
@@ -132,10 +133,12 @@ def test_errors_are_one_sentence(red_data, tmp_path, monkeypatch):
         evaluate(model, tmp_path / "empty")
     with pytest.raises(InputError, match="does not exist"):
         evaluate(model, data, masks=tmp_path / "nope")
-    with pytest.raises(UsageError, match="unknown method 'gradcan'"):
+    with pytest.raises(UsageError, match="^baselines: unknown method 'gradcan'") as e:
         evaluate(model, data, baselines="gradcan")
-    with pytest.raises(UsageError, match="--split"):
+    assert e.value.param == "baselines"
+    with pytest.raises(UsageError, match=r"^split 'holdout' is not one of train, val, test\.$") as e:
         evaluate(model, data, split="holdout")
+    assert e.value.param == "split"
     bad = tmp_path / "bad" / "lesion"
     bad.mkdir(parents=True)
     (bad / "x.png").write_bytes(b"not a png at all")
@@ -420,3 +423,23 @@ def test_cli_oracle_grid_in_table_json_and_report(lesions, tmp_path):
 
     r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--oracle-grid", "0x3"])
     assert r.exit_code == EXIT_USAGE and "--oracle-grid" in r.output
+
+
+def test_cli_names_the_flags_of_the_parameters_the_library_names(red_data, tmp_path):
+    """`evaluate … --split holdout` says --split (evaluate(split=…) says split); the library's out_dir is
+    evaluate's --output, and an existing report folder asks for --force."""
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+    from softcamify.errors import EXIT_OUTPUT, EXIT_USAGE
+
+    data, _ = red_data
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "test_resnet", str(data), "--baselines", "gradcan"])
+    assert r.exit_code == EXIT_USAGE and "--baselines: unknown method 'gradcan'" in " ".join(r.output.split())
+    (tmp_path / "report" / "old").mkdir(parents=True)
+    r = runner.invoke(app, ["evaluate", "test_resnet", str(data), "-o", str(tmp_path / "report")])
+    assert r.exit_code == EXIT_OUTPUT and "is not empty; pass --force to write into it." in " ".join(r.output.split())
+    with pytest.raises(OutputError, match="is not empty; pass force to write into it") as e:
+        evaluate("test_resnet", data, out_dir=tmp_path / "report")
+    assert e.value.param == "force"

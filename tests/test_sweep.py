@@ -178,8 +178,9 @@ def test_pareto_front():
     ],
 )
 def test_grid_values_are_checked_and_errors_name_the_parameter(values, fragment):
-    with pytest.raises(UsageError, match=fragment):
+    with pytest.raises(UsageError, match=fragment) as e:
         check_grid("l1", values)
+    assert e.value.param == "l1"  # sweep --l1 in the CLI
 
 
 def test_grid_and_tags():
@@ -232,8 +233,9 @@ def test_resolve_devices():
     assert resolve_devices("cpu,cpu") == ["cpu", "cpu"]
     if torch.cuda.device_count() < 2:
         assert resolve_devices(None, "auto") == [str(softcamify.device.resolve_device("auto"))]
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="^device 'tpu:0' is not understood; use auto, cpu, cuda or cuda:N") as e:
         resolve_devices(["tpu:0"])
+    assert e.value.param == "device"
 
 
 def test_spearman():
@@ -250,12 +252,13 @@ def test_spearman():
 def test_refusals_before_anything_is_written(tmp_path, lesions, start_model):
     out = tmp_path / "out"
     for cfg, fragment in (
-        (FinetuneConfig(resume=True), "resume"),
-        (FinetuneConfig(reset_head=True), "reset_head"),
-        (FinetuneConfig(optimizer="adam"), "--optimizer"),
+        (FinetuneConfig(resume=True), "resume is not supported"),
+        (FinetuneConfig(reset_head=True), "so reset_head does not apply; fine-tune once with reset_head and"),
+        (FinetuneConfig(optimizer="adam"), "^optimizer 'adam' is not one of adamw, sgd"),
     ):
-        with pytest.raises(UsageError, match=fragment):
+        with pytest.raises(UsageError, match=fragment) as e:
             sweep(start_model[0], lesions, out, l1=[0.0], config=cfg)
+        assert e.value.param in ("resume", "reset_head", "optimizer")
     with pytest.raises(UsageError, match="tolerance"):
         sweep(start_model[0], lesions, out, l1=[0.0], tolerance=-0.1)
     assert not out.exists()
@@ -377,3 +380,29 @@ def test_cli_bad_grid_one_sentence_exit_2_nothing_written(tmp_path, args, fragme
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in r.stderr
     assert not out.exists()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("args", "cli_text", "param"), [
+    (["--l1", "0,-1"], "--l1 must hold values of 0 or more; got -1.", "l1"),
+    (["--l1", "0", "--tolerance", "-1"], "--tolerance must be a finite number of 0 or more; got -1.0.", "tolerance"),
+    (["--l1", "0", "--device", "cpu,tpu"], "--device 'tpu' is not understood", "device"),
+    (["--l1", "0", "--optimizer", "adam"], "--optimizer 'adam' is not one of adamw, sgd.", "optimizer"),
+])
+def test_cli_names_its_flags_for_the_sweeps_parameters(tmp_path, args, cli_text, param):
+    """The sweep's library errors name l1, tolerance, devices' device, config.optimizer; the CLI prints its
+    flags (nothing is loaded or written before these checks)."""
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+    from softcamify.errors import EXIT_USAGE
+
+    r = CliRunner().invoke(app, ["sweep", "test_resnet", str(tmp_path), "-o", str(tmp_path / "out"), *args])
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert cli_text in " ".join(r.output.split())
+    kwargs = {"l1": [0.0, -1.0]} if param == "l1" else {"l1": [0.0]}
+    kwargs.update({"tolerance": {"tolerance": -1.0}, "device": {"devices": "cpu,tpu"},
+                   "optimizer": {"config": FinetuneConfig(optimizer="adam")}}.get(param, {}))
+    with pytest.raises(UsageError, match="^" + param) as e:
+        sweep("test_resnet", tmp_path, tmp_path / "out", **kwargs)
+    assert e.value.param == param and "--" not in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -246,7 +246,8 @@ def test_resume_after_epoch_1_equals_uninterrupted_run(straight, data, tmp_path)
     rep = SigintAt(epoch=1)
     with pytest.raises(FinetuneInterrupted) as exc:
         finetune("test_resnet", data, run_dir, BASE, reporter=rep)
-    assert exc.value.exit_code == 130 and "--resume" in str(exc.value)
+    assert exc.value.exit_code == 130 and str(exc.value).endswith(": rerun it with resume to continue.")
+    assert exc.value.param == "resume"  # the CLI says --resume
     assert load_state(run_dir / "last.pt")["epoch"] == 1
     assert not (run_dir / ".lock").exists()
     resumed = finetune("test_resnet", data, run_dir, replace(BASE, resume=True))
@@ -328,8 +329,9 @@ def test_freeze_backbone_sgd_balanced_weights_and_early_stop(data, tmp_path):
 
 
 def test_class_mismatch_needs_reset_head(data, tmp_path):
-    with pytest.raises(InputError, match="--reset-head"):
+    with pytest.raises(InputError, match="pass reset_head to re-initialize the evidence conv") as e:
         finetune("test_resnet", data, tmp_path / "a", replace(BASE, num_classes=None))
+    assert e.value.param == "reset_head"
     assert not (tmp_path / "a").exists()  # nothing written before the inputs are checked
     cfg = replace(BASE, num_classes=None, reset_head=True, epochs=1, channels_last=True)
     r = finetune("test_resnet", data, tmp_path / "b", cfg)
@@ -347,24 +349,27 @@ def test_finetune_a_softcamify_model_again(plain_run, data, tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"monitor": "val_f1"}, "--monitor"),
-    ({"optimizer": "adam"}, "--optimizer"),
-    ({"epochs": 0}, "--epochs"),
-    ({"val_split": 1.5}, "--val-split"),
-    ({"l1": -1.0}, "--l1"),
-    ({"resume": True, "force": True}, "contradict"),
+    ({"monitor": "val_f1"}, r"^monitor 'val_f1' is not one of val_auc, val_acc, val_loss\.$"),
+    ({"optimizer": "adam"}, r"^optimizer 'adam' is not one of adamw, sgd\.$"),
+    ({"epochs": 0}, r"^epochs 0 must be at least 1\.$"),
+    ({"val_split": 1.5}, r"^val_split 1\.5 must be at least 0 and below 1\.$"),
+    ({"l1": -1.0}, r"^l1 -1\.0 must be 0 or more\.$"),
+    ({"resume": True, "force": True}, r"^resume and force contradict each other"),
 ])
 def test_bad_options(data, tmp_path, change, match):
-    with pytest.raises(UsageError, match=match):
+    """Named as the Python caller wrote them (the CLI renders its flags: test_cli_finetune)."""
+    with pytest.raises(UsageError, match=match) as e:
         finetune("test_resnet", data, tmp_path / "run", replace(BASE, **change))
+    assert e.value.params == tuple(change)
     assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_folder_and_lock(plain_run, data, tmp_path):
-    with pytest.raises(OutputError, match="--resume to continue it or --force"):
+    with pytest.raises(OutputError, match="pass resume to continue it or force to start over") as e:
         finetune("test_resnet", data, plain_run.run_dir, BASE)
+    assert e.value.params == ("resume", "force")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no last.pt to resume from"):
+    with pytest.raises(InputError, match="no last.pt to continue from; start a new run without resume"):
         finetune("test_resnet", data, tmp_path / "empty", replace(BASE, resume=True))
     run_dir = tmp_path / "locked"
     run_dir.mkdir()

@@ -121,7 +121,7 @@ def read_torch(path: Path, trust_pickle: bool = False) -> Any:
         if "Unsupported global" in msg or "GLOBAL " in msg:
             raise UnsafeCheckpointError(
                 f"{path} contains pickled Python objects that would run code when loaded; "
-                "pass --trust-pickle only if you trust where the file comes from."
+                "pass trust_pickle only if you trust where the file comes from.", param="trust_pickle"
             ) from None
         raise InputError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or not a checkpoint)."
@@ -149,7 +149,7 @@ def unwrap_checkpoint(
         raise InputError(f"{path} holds a {type(obj).__name__}, not a state dict or training checkpoint.")
     if _is_state_dict(obj):
         if ema:
-            raise UsageError(f"--ema: {path} is a plain state dict with no EMA weights; drop --ema.")
+            raise UsageError(f"ema: {path} is a plain state dict with no EMA weights; drop ema.", param="ema")
         return obj, info
     for key in ("arch", "architecture", "model_name"):
         if isinstance(obj.get(key), str):
@@ -163,7 +163,7 @@ def unwrap_checkpoint(
     main_key = next((k for k in _STATE_KEYS if _is_state_dict(obj.get(k))), None)
     if ema:
         if ema_key is None:
-            raise UsageError(f"--ema: {path} has no EMA weights (no state_dict_ema); drop --ema.")
+            raise UsageError(f"ema: {path} has no EMA weights (no state_dict_ema); drop ema.", param="ema")
         return obj[ema_key], info
     if main_key is not None:
         return obj[main_key], info
@@ -224,9 +224,11 @@ def read_weights(path: str | os.PathLike, ema: bool = False, trust_pickle: bool 
     if p.suffix == ".safetensors" or _looks_like_safetensors(p):
         meta = safetensors_metadata(p)
         if META_KEY in meta:
-            raise UsageError(f"{p} is already a softcamify model; pass it as MODEL, not as --weights.")
+            raise UsageError(f"{p} is already a softcamify model; pass it as the model, not as weights.",
+                             param="weights")
         if ema:
-            raise UsageError(f"--ema: {p} is a safetensors state dict with no EMA weights; drop --ema.")
+            raise UsageError(f"ema: {p} is a safetensors state dict with no EMA weights; drop ema.",
+                             param="ema")
         return read_safetensors(p), {"notes": []}
     obj = read_torch(p, trust_pickle)
     if isinstance(obj, nn.Module):
@@ -298,20 +300,26 @@ def _misfit(
         return InputError(
             f"Weights {path} have their own classifier head ({replaced}), not {arch}'s: build the model in "
             "Python and pass it to softcamify.convert(), or save the whole module (torch.save(model)) and "
-            "convert that file with --trust-pickle."
+            "convert that file with trust_pickle.", param="trust_pickle"
         )
-    hint = " or --num-classes" if mismatched and not missing and not unexpected else ""
+    hint, param = "", None
+    if mismatched and not missing and not unexpected:
+        hint, param = " or num_classes", "num_classes"
     if unexpected and not missing and all(k.lower().startswith(("aux", "auxlogits")) for k in unexpected):
-        hint = " or --model-args aux_logits=True (the weights include auxiliary classifiers)"
+        hint = " or pass aux_logits=True in model_args (the weights include auxiliary classifiers)"
+        param = "model_args"
     first = next((k for k in own if own[k].ndim == 4), None)  # the stem convolution's weight
     if first in mismatched and sd[first].shape[0] == own[first].shape[0]:
         channels = int(sd[first].shape[1])  # same filters, other input channels
         if channels != own[first].shape[1]:
             takes = f" (the weights take {channels}-channel images)"
-            by_name = not arch.startswith("torchvision:")
-            hint = f" or --model-args in_chans={channels}{takes}" if by_name else takes
+            if arch.startswith("torchvision:"):
+                hint, param = takes, None
+            else:
+                hint, param = f" or pass in_chans={channels} in model_args{takes}", "model_args"
     return InputError(
-        f"Weights {path} do not fit {arch}: {'; '.join(parts)}; check the architecture name{hint}."
+        f"Weights {path} do not fit {arch}: {'; '.join(parts)}; check the architecture name{hint}.",
+        param=param,
     )
 
 

@@ -132,7 +132,7 @@ def features_from_source(
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"This model was converted from the pickled module {p}; rebuilding it runs code from that "
-                "file, so pass --trust-pickle."
+                "file, so pass trust_pickle.", param="trust_pickle"
             )
         if not p.exists():
             raise InputError(f"This model needs its original pickled module {p}, which no longer exists.")

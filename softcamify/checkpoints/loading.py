@@ -133,8 +133,8 @@ def load_model(
     if path.exists():
         if weights is not None:
             raise UsageError(
-                f"--weights is for an architecture given by name, but MODEL {path} is already a file or "
-                "folder."
+                f"weights is for an architecture given by name, but {path} is already a file or folder.",
+                param="weights",
             )
         read = _load_folder if path.is_dir() else _load_file
         return read(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size,
@@ -148,7 +148,8 @@ def load_model(
         wpath = Path(weights)
         sd, info = foreign.read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
     elif ema:
-        raise UsageError("--ema needs a checkpoint: pass --weights FILE or a checkpoint file as MODEL.")
+        raise UsageError("ema needs a checkpoint: pass weights or a checkpoint file as the model.",
+                         param=("ema", "weights"))
     model, k = _build_named(kind, name, sd, wpath, num_classes, model_args)
     notes = list(info.get("notes", []))
     if sd is None:

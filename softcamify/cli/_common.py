@@ -254,36 +254,50 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _current_context() -> Any:
-    """The running command's click context: typer's own copy of click (typer >= 0.17) or click's."""
-    getters = []
-    with contextlib.suppress(ImportError):
-        from typer._click.globals import get_current_context
-
-        getters.append(get_current_context)
-    with contextlib.suppress(ImportError):
-        import click
-
-        getters.append(click.get_current_context)
-    for get in getters:
-        ctx = get(silent=True)
-        if ctx is not None:
-            return ctx
-    return None
+# Library parameters that a command's option carries under another name: library name -> the command
+# function's parameter (click's name for the option). Consulted only when the running command has no
+# parameter of the library's own name (``datasets synth`` has its own OUT_DIR argument, for example).
+PARAM_ALIASES: dict[str, str] = {
+    "run_dir": "output",  # training.finetune(model, data_dir, run_dir): finetune -o/--output
+    "out_dir": "output",  # sweep(...), evaluate(...), run_demo(out_dir): -o/--output
+    "labels_csv": "labels",  # data.discover(labels_csv=...): finetune/sweep --labels
+    "devices": "device",  # sweep(devices=...): sweep --device cuda:0,cuda:1
+}
 
 
 def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
-    argument -> its metavar (``MODEL``); ``None`` when the command has no such option, so a message never
-    names an option the command lacks."""
-    ctx = _current_context()
-    if ctx is None:
+    argument -> its metavar (``MODEL``), a name of :data:`PARAM_ALIASES` -> its option
+    (``run_dir`` -> ``--output``); ``None`` when the command has no such option (or there is no command), so
+    a message never names an option the command lacks."""
+    try:
+        ctx = _current_context()
+        if ctx is None:
+            return None
+        by_name = {p.name: p for p in ctx.command.params}
+        p = by_name.get(param) or by_name.get(f"{param}_") or by_name.get(PARAM_ALIASES.get(param, ""))
+        if p is None:
+            return None
+        if p.param_type_name == "argument":  # click's name for it, as --help and docs/cli.md write it: DATA_DIR
+            return str(getattr(p, "human_readable_name", None) or p.metavar or p.name.upper())
+        return str(max(p.opts, key=len))
+    except Exception:  # noqa: BLE001 - a click/typer without these internals: the message keeps the Python name
         return None
-    for p in ctx.command.params:
-        if p.name == param or p.name == f"{param}_":
-            if getattr(p, "param_type_name", "") == "argument":
-                return str(getattr(p, "metavar", None) or p.name).upper()
-            return str(max(p.opts, key=len))
+
+
+def _current_context() -> Any:
+    """The click context of the running command, or None. Recent typer runs its commands on its own copy of
+    click (``typer._click``), older typer and plain click commands on click itself: both are asked."""
+    import importlib
+
+    for name in ("typer._click.globals", "click.globals"):
+        try:
+            current = importlib.import_module(name).get_current_context
+        except (ImportError, AttributeError):
+            continue
+        ctx = current(silent=True)
+        if ctx is not None:
+            return ctx
     return None
 
 

@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import SoftcamifyError
 from ..report import format_fixed as _fmt
 from . import app
 from ._common import (
@@ -32,6 +33,7 @@ from ._common import (
     console,
     err_console,
     handle_errors,
+    option_name,
     parse_input_size,
     print_json,
 )
@@ -303,8 +305,6 @@ def finetune(
             except typer.Exit:
                 raise
             except BaseException as e:  # noqa: BLE001
-                from ..errors import SoftcamifyError
-
                 raise typer.Exit(e.exit_code if isinstance(e, SoftcamifyError) else 1) from None
             return
         _run(options, reporter_on=True)
@@ -379,5 +379,6 @@ def _print_resume_hint(e: BaseException) -> None:
     argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
     argv = [a for a in argv if a not in _flags("force", "resume")]
     command = shlex.join(["softcamify", *argv, "--resume"])
-    err_console.print(f"[yellow]interrupted:[/] {escape(str(e))}\n  {escape(command)}", highlight=False,
+    message = e.render(option_name) if isinstance(e, SoftcamifyError) else str(e)  # --resume, not resume
+    err_console.print(f"[yellow]interrupted:[/] {escape(message)}\n  {escape(command)}", highlight=False,
                       markup=True)

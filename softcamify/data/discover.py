@@ -110,7 +110,8 @@ def _check_strict(skipped: list[tuple[Path, str]], strict: bool) -> None:
     if strict and skipped:
         path, reason = skipped[0]
         raise InputError(
-            f"Image {path} is unusable ({reason}); remove it or run without --strict to skip it."
+            f"Image {path} is unusable ({reason}); remove it or run without strict to skip it.",
+            param="strict",
         )
 
 
@@ -144,7 +145,8 @@ def _discover_splits(
     present = '/'.join(s for s in SPLIT_NAMES if s in split_dirs)
     if 'val' in split_dirs or 'train' not in split_dirs:
         if val_split is not None:
-            raise UsageError(f"--val-split conflicts with the existing split folders in {root}; drop it.")
+            raise UsageError(f"val_split conflicts with the existing split folders in {root}; drop it.",
+                             param="val_split")
         source = f"{present} folders in {root}"
     else:
         samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)
@@ -168,9 +170,10 @@ def _discover_folders(
         loose = any(is_image_file(e.name) for e in os.scandir(root))
         hint = ""
         if loose:
-            hint = " (it holds images directly: put them in class folders or pass --labels a CSV)"
+            hint = " (it holds images directly: put them in class folders or pass a CSV as labels_csv)"
         raise InputError(
-            f"{root} contains no class folders{hint}; expected {root}/<class>/<image files>."
+            f"{root} contains no class folders{hint}; expected {root}/<class>/<image files>.",
+            param="labels_csv" if loose else None,
         )
     names = class_list(classes, class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
@@ -233,16 +236,18 @@ def discover(
     root = Path(data_dir) if data_dir is not None else None
     if root is not None:
         if not root.exists():
-            raise InputError(f"Dataset folder {root} does not exist; check DATA_DIR.")
+            raise InputError(f"Dataset folder {root} does not exist; check data_dir.", param="data_dir")
         if not root.is_dir():
             raise InputError(
-                f"Dataset path {root} is a file; DATA_DIR must be a folder (a CSV goes to --labels)."
+                f"Dataset path {root} is a file; data_dir must be a folder (a CSV goes to labels_csv).",
+                param=("data_dir", "labels_csv"),
             )
     if labels_csv is not None:
         result = discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped,
                               min_classes=min_classes)
     elif root is None:
-        raise UsageError("Give a dataset folder (DATA_DIR) or a labels CSV (--labels).")
+        raise UsageError("Give a dataset folder (data_dir) or a labels CSV (labels_csv).",
+                         param=("data_dir", "labels_csv"))
     else:
         split_dirs = _split_dirs(root)
         if split_dirs:
@@ -272,7 +277,7 @@ def verify_samples(
         except InputError as e:
             if strict:
                 raise InputError(
-                    f"{str(e).rstrip('.')}; run without --strict to skip unreadable images."
+                    f"{str(e).rstrip('.')}; run without strict to skip unreadable images.", param="strict"
                 ) from e
             bad.append((s, str(e)))
             continue

@@ -47,9 +47,10 @@ def _is_int(s: str) -> bool:
 def _read_rows(csv_path: Path) -> list[_Row]:
     """The non-blank rows of the CSV, with the columns picked from its header."""
     if not csv_path.exists():
-        raise InputError(f"Labels file {csv_path} does not exist; check --labels.")
+        raise InputError(f"Labels file {csv_path} does not exist; check labels_csv.", param="labels_csv")
     if not csv_path.is_file():
-        raise InputError(f"Labels file {csv_path} is not a file; --labels takes a CSV file.")
+        raise InputError(f"Labels file {csv_path} is not a file; labels_csv takes a CSV file.",
+                         param="labels_csv")
     try:
         with open(csv_path, newline='', encoding='utf-8-sig') as fh:
             reader = csv.DictReader(fh)
@@ -161,7 +162,8 @@ def discover_csv(
         samples[split or 'train'].append(Sample(p, label_of[label]))
     if has_split:
         if val_split is not None:
-            raise UsageError(f"--val-split conflicts with the split column of {csv_path}; drop one of them.")
+            raise UsageError(f"val_split conflicts with the split column of {csv_path}; drop one of them.",
+                             param="val_split")
         source = f"{csv_path} (split column)"
     else:
         samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)

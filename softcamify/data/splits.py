@@ -138,7 +138,7 @@ def stratified_split(
 
 def check_val_split(val_split: float | None) -> None:
     if val_split is not None and not (0.0 <= float(val_split) < 1.0):
-        raise UsageError(f"--val-split {val_split} must be at least 0 and below 1.")
+        raise UsageError(f"val_split {val_split} must be at least 0 and below 1.", param="val_split")
 
 
 def check_classes(

@@ -68,28 +68,32 @@ def _check_options(
     if ordinal:
         if tuple(classes) not in (tuple(DEFAULT_CLASSES), tuple(ORDINAL_CLASSES)):
             raise UsageError(
-                "--classes cannot be combined with --ordinal (its classes are grade_0..grade_3)."
+                "classes cannot be combined with ordinal (which names the grades grade_0..grade_3).",
+                param=("classes", "ordinal"),
             )
         names = list(ORDINAL_CLASSES)
     else:
         names = [c.strip() for c in classes if c.strip()]
         unknown = [c for c in names if c not in LESION_KINDS]
         if unknown:
-            raise UsageError(f"--classes {unknown[0]!r} is not one of {', '.join(LESION_KINDS)}.")
+            raise UsageError(f"classes {unknown[0]!r} is not one of {', '.join(LESION_KINDS)}.",
+                             param="classes")
         if len(set(names)) != len(names) or len(names) < 2:
             got = ', '.join(names) or 'none'
-            raise UsageError(f"--classes needs at least two different classes, got {got}.")
+            raise UsageError(f"classes must list at least two different names, got {got}.", param="classes")
     if size < 32:
-        raise UsageError(f"--size {size} is too small; use at least 32 pixels.")
+        raise UsageError(f"size {size} is too small; use at least 32 pixels.", param="size")
     if n < len(names):
-        raise UsageError(f"--n {n} is below the number of classes ({len(names)}); ask for more images.")
+        raise UsageError(f"n {n} is below the number of classes ({len(names)}); ask for more images.",
+                         param="n")
     if not contrast > 0:
-        raise UsageError(f"--contrast {contrast} must be positive (1.0 is the default lesion contrast).")
+        raise UsageError(f"contrast {contrast} must be positive (1.0 is the default).", param="contrast")
     if not noise >= 0:
-        raise UsageError(f"--noise {noise} must be zero or positive (1.0 is the default).")
+        raise UsageError(f"noise {noise} must be zero or positive (1.0 is the default).", param="noise")
     if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1.0) > 1e-6:
         raise UsageError(
-            f"splits {tuple(splits)} must be three non-negative fractions (train > 0) summing to 1."
+            f"splits {tuple(splits)} must be three non-negative fractions (train > 0) summing to 1.",
+            param="splits",
         )
     return names
 
@@ -104,7 +108,7 @@ def _split_of(j: int, n_class: int, splits: Sequence[float]) -> str:
 
 
 def _remove_previous(out: Path) -> None:
-    """With --force: delete the files a previous run listed in its manifest (nothing else)."""
+    """With ``force``: delete the files a previous run listed in its manifest (nothing else)."""
     manifest = out / 'manifest.json'
     try:
         old = json.loads(manifest.read_text(encoding='utf-8'))

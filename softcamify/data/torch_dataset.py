@@ -121,7 +121,7 @@ def build_transform(
     Both end with ToTensor + Normalize with the data config's mean/std.
     """
     if augment not in AUGMENTATIONS:
-        raise UsageError(f"--augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
+        raise UsageError(f"augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.", param="augment")
     if not train or augment == 'none':
         return EvalTransform(data_config)
     cfg = _normalized_config(data_config)

@@ -293,8 +293,8 @@ def update_docs_figure(result: DemoResult, dest: str | os.PathLike | None = None
     if dest is None:
         docs = Path(__file__).resolve().parents[2] / "docs"  # softcamify/demo/report.py -> the checkout
         if not docs.is_dir():
-            raise UsageError("--update-docs needs a source checkout of softcamify "
-                             "(docs/ next to the package).")
+            raise UsageError("Updating the docs figure needs a source checkout of softcamify (docs/ next to "
+                             "the package) or a dest to copy it to.", param="dest")
         dest = docs / "images" / "demo_overlay.png"
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

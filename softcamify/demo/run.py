@@ -79,7 +79,7 @@ def _prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
         present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
         if present and not _is_demo_dir(out):
             raise OutputError(f"{out} holds {present[0]}, which no earlier demo wrote there (no demo.json); "
-                              "choose another --output folder.")
+                              "choose another out_dir.", param="out_dir")
         for name in present:
             p = out / name
             try:
@@ -90,7 +90,7 @@ def _prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
             except OSError as e:
                 raise OutputError(f"Cannot clear {p} for a new demo run ({e.strerror or e}).") from None
     make_output_dir(out)
-    # the marker first: a run interrupted half-way can be replaced with --force
+    # the marker first: a run interrupted half-way can be replaced with force
     write_text_atomic(out / SUMMARY_NAME, json.dumps({MARKER_KEY: __version__, "status": "running"}) + "\n")
     return out
 

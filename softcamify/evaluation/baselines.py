@@ -79,7 +79,8 @@ def parse_methods(spec: str | Sequence[str] | None) -> list[str]:
             continue
         key = _ALIASES.get(key, key)
         if key not in METHODS:
-            raise UsageError(f"--baselines: unknown method {raw!r}; choose from {', '.join(METHODS)}.")
+            raise UsageError(f"baselines: unknown method {raw!r}; choose from {', '.join(METHODS)}.",
+                             param="baselines")
         if key not in out:
             out.append(key)
     return out
@@ -147,7 +148,8 @@ def original_target(model: nn.Module, input_size: Sequence[int], detach_features
             f = parts.features(x)
         except Exception as e:
             raise ConversionError(
-                f"The original model's backbone fails on a {h}×{w} input ({type(e).__name__}); check --input-size."
+                f"The original model's backbone fails on a {h}×{w} input ({type(e).__name__}); check input_size.",
+                param="input_size",
             ) from e
     if not isinstance(f, torch.Tensor) or f.ndim != 4:
         raise ConversionError("The original model's last feature map is not a B×C×H×W tensor; no CAM baseline for it.")

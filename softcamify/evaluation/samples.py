@@ -39,16 +39,17 @@ def evaluation_samples(
     from ..data import SPLIT_NAMES, discover
 
     if split not in SPLIT_NAMES:
-        raise UsageError(f"--split {split!r} is not one of {', '.join(SPLIT_NAMES)}.")
+        raise UsageError(f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}.", param="split")
     root = Path(data_dir)
     splits = discover(root, min_classes=1)  # one class: its images still score (accuracy, explanations)
     if splits.layout == "splits":
         samples = splits.split(split)
         if not samples:
             have = [s for s in SPLIT_NAMES if splits.split(s)]
-            raise InputError(
-                f"{root} has no {split} images; choose --split {' or '.join(have) or 'another split'}."
-            )
+            if not have:
+                raise InputError(f"{root} has no images in its split folders.")
+            raise InputError(f"{root} has no {split} images; set split to {' or '.join(have)}.",
+                             param="split")
         desc = f"{split} split of {root}"
     else:
         samples = sorted(splits.train + splits.val + splits.test, key=lambda s: str(s.path))

@@ -79,6 +79,10 @@ class HeadPlan:
         return d
 
 
+# The parameters that name the cut of a model :func:`split_model` cannot split by itself.
+CUT_PARAMS = ("features_layer", "classifier")
+
+
 def _is_timm_model(model: nn.Module) -> bool:
     return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
@@ -124,7 +128,8 @@ def split_model(
             except Exception as e:
                 raise ConversionError(
                     f"The backbone fails on a {size[1]}×{size[2]} input ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}); pass --input-size with a size the model accepts."
+                    f"{str(e).splitlines()[0] if str(e) else ''}); pass input_size with a size the model accepts.",
+                    param="input_size",
                 ) from e
         if isinstance(f, torch.Tensor) and f.ndim == 3:
             return _token_parts(model, features, head, f, size, described)
@@ -139,25 +144,27 @@ def split_model(
     except Exception as e:
         raise ConversionError(
             f"{type(model).__name__} could not be traced with torch.fx ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            f"name the cut with {_naming_hint(model)}."
+            f"name the cut with {_naming_hint(model)}.", param=CUT_PARAMS
         ) from e
     try:
         pool, feat = find_global_pool(gm)
         features = extract(gm, None, feat)
         head = extract(gm, feat, output_node(gm))
     except ValueError as e:
-        raise ConversionError(f"{type(model).__name__}: {e}; name the cut with {_naming_hint(model)}.") from e
+        raise ConversionError(f"{type(model).__name__}: {e}; name the cut with {_naming_hint(model)}.",
+                              param=CUT_PARAMS) from e
     return ModelParts(features, head, head, "fx", "NCHW", None, steps_of(head))
 
 
 def _naming_hint(model: nn.Module) -> str:
-    """'--features-layer X --classifier Y' with the likeliest module names of this model."""
+    """``features_layer='X' and classifier='Y'`` with the likeliest module names of this model (quoted, so a
+    module called ``classifier`` is never taken for the parameter)."""
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear,)) and n]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n]
     top = [n for n, _ in model.named_children()]
     clf = linear[-1] if linear else "CLASSIFIER"
     feat = next((t for t in reversed(top) if not clf.startswith(t) and any(c.startswith(t) for c in convs)), None)
-    return f"--features-layer {feat or 'LAYER'} --classifier {clf}"
+    return f"features_layer={feat or 'LAYER'!r} and classifier={clf!r}"
 
 
 def _split_named(model: nn.Module, features_layer: str | None, classifier: str | None) -> ModelParts:
@@ -165,11 +172,12 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
     from .graph import HookedFeatures, module_node
 
     modules = dict(model.named_modules())
-    for option, name in (("--features-layer", features_layer), ("--classifier", classifier)):
+    for param, name in (("features_layer", features_layer), ("classifier", classifier)):
         if name is not None and name not in modules:
-            close = [n for n in modules if n and (name in n or n in name)][:3]
+            close = [repr(n) for n in modules if n and (name in n or n in name)][:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UsageError(f"{option} {name!r} is not a module of {type(model).__name__}{hint}.")
+            raise UsageError(f"{param} {name!r} is not a module of {type(model).__name__}{hint}.",
+                             param=param)
     try:
         gm = trace(model)
     except Exception:
@@ -191,7 +199,8 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
             except ValueError:
                 pass
     if not (features_layer and classifier):
-        raise UsageError("This model cannot be cut automatically: pass both --features-layer and --classifier.")
+        raise UsageError("This model cannot be cut automatically: pass both features_layer and classifier.",
+                         param=CUT_PARAMS)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), modules[classifier])
     return ModelParts(HookedFeatures(model, features_layer), head, _try_trace(head), "hooked", "NCHW", None,
                       steps_of(g) if (g := _try_trace(head)) is not None else [])
@@ -261,7 +270,8 @@ def analyze(
         except Exception as e:
             raise ConversionError(
                 f"The backbone fails on a {input_size[1]}×{input_size[2]} input ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); pass --input-size with a size the model accepts."
+                f"{str(e).splitlines()[0] if str(e) else ''}); pass input_size with a size the model accepts.",
+                param="input_size",
             ) from e
         if f.ndim != 4:
             raise ConversionError(f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a feature map.")

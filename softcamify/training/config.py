@@ -169,7 +169,7 @@ class FinetuneResult:
 
 
 class FinetuneInterrupted(SoftcamifyError):
-    """Ctrl-C (SIGINT): the state was saved in ``last.pt``; ``--resume`` continues exactly there."""
+    """Ctrl-C (SIGINT): the state was saved in ``last.pt``; ``resume`` continues exactly there."""
 
     exit_code = EXIT_INTERRUPTED
 
@@ -179,10 +179,10 @@ class FinetuneInterrupted(SoftcamifyError):
         where = f"epoch {epoch}, step {step}/{steps}" if step else f"the end of epoch {epoch - 1}"
         if saved:
             msg = (f"Interrupted; the state at {where} is saved in {self.run_dir / LAST_NAME}: "
-                   f"rerun the same command with --resume to continue.")
+                   f"rerun it with resume to continue.")
         else:
             msg = "Interrupted before training started; nothing was saved."
-        super().__init__(msg)
+        super().__init__(msg, param="resume" if saved else None)
 
 
 class Reporter:
@@ -213,31 +213,30 @@ class Reporter:
 
 
 def check_config(c: FinetuneConfig) -> None:
-    """Refuse an option value a run cannot use (a :class:`UsageError` naming the CLI flag)."""
+    """Refuse an option value a run cannot use (a :class:`UsageError` naming the field, in ``param``)."""
     def positive(name: str, value: Any, allow_zero: bool = False) -> None:
         if value is None:
             return
         bad = value < 0 if allow_zero else value <= 0
         if bad or (isinstance(value, float) and not math.isfinite(value)):
             want = "0 or more" if allow_zero else "positive"
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {want}.")
+            raise UsageError(f"{name} {value} must be {want}.", param=name)
 
-    if c.optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer {c.optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
-    if c.monitor not in MONITORS:
-        raise UsageError(f"--monitor {c.monitor!r} is not one of {', '.join(MONITORS)}.")
-    if c.class_weights not in CLASS_WEIGHTS:
-        raise UsageError(f"--class-weights {c.class_weights!r} is not one of {', '.join(CLASS_WEIGHTS)}.")
-    if c.amp_dtype not in AMP_DTYPES:
-        raise UsageError(f"--amp-dtype {c.amp_dtype!r} is not one of {', '.join(AMP_DTYPES)}.")
+    def one_of(name: str, value: Any, choices: Any) -> None:
+        if value not in choices:
+            raise UsageError(f"{name} {value!r} is not one of {', '.join(choices)}.", param=name)
+
     from ..data import AUGMENTATIONS
 
-    if c.augment not in AUGMENTATIONS:
-        raise UsageError(f"--augment {c.augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
+    one_of("optimizer", c.optimizer, OPTIMIZERS)
+    one_of("monitor", c.monitor, MONITORS)
+    one_of("class_weights", c.class_weights, CLASS_WEIGHTS)
+    one_of("amp_dtype", c.amp_dtype, AMP_DTYPES)
+    one_of("augment", c.augment, AUGMENTATIONS)
     if c.epochs is not None and int(c.epochs) < 1:
-        raise UsageError(f"--epochs {c.epochs} must be at least 1.")
+        raise UsageError(f"epochs {c.epochs} must be at least 1.", param="epochs")
     if int(c.batch_size) < 1:
-        raise UsageError(f"--batch-size {c.batch_size} must be at least 1.")
+        raise UsageError(f"batch_size {c.batch_size} must be at least 1.", param="batch_size")
     positive("lr", c.lr)
     positive("min_lr", c.min_lr, allow_zero=True)
     positive("weight_decay", c.weight_decay, allow_zero=True)
@@ -248,15 +247,16 @@ def check_config(c: FinetuneConfig) -> None:
     positive("grad_clip", c.grad_clip)
     positive("sparsity_threshold", c.sparsity_threshold)
     if c.patience is not None and int(c.patience) < 1:
-        raise UsageError(f"--patience {c.patience} must be at least 1.")
+        raise UsageError(f"patience {c.patience} must be at least 1.", param="patience")
     if c.workers is not None and int(c.workers) < 0:
-        raise UsageError(f"--workers {c.workers} must be 0 or more.")
+        raise UsageError(f"workers {c.workers} must be 0 or more.", param="workers")
     if c.val_split is not None and not 0.0 <= float(c.val_split) < 1.0:
-        raise UsageError(f"--val-split {c.val_split} must be at least 0 and below 1.")
+        raise UsageError(f"val_split {c.val_split} must be at least 0 and below 1.", param="val_split")
     if c.num_classes is not None and int(c.num_classes) < 2:
-        raise UsageError(f"--num-classes {c.num_classes} must be at least 2.")
+        raise UsageError(f"num_classes {c.num_classes} must be at least 2.", param="num_classes")
     if c.resume and c.force:
-        raise UsageError("--resume and --force contradict each other; pass one of them.")
+        raise UsageError("resume and force contradict each other; pass one of them.",
+                         param=("resume", "force"))
 
 
 def finite(obj: Any) -> Any:

@@ -285,8 +285,8 @@ class _Run:
         if misfit:
             started = f" ({st['model_spec']})" if st.get("model_spec") else ""
             raise InputError(
-                f"{self.last_path} does not fit MODEL ({len(misfit)} missing or mis-shaped tensors, e.g. "
-                f"{misfit[0]}); resume with the MODEL the run started from{started}."
+                f"{self.last_path} does not fit model ({len(misfit)} missing or mis-shaped tensors, e.g. "
+                f"{misfit[0]}); resume with the model the run started from{started}.", param="model"
             )
         t.model.load_state_dict(saved)
         t.optimizer.load_state_dict(st["optimizer"])

@@ -64,7 +64,7 @@ class RunLock:
                     os.close(fd)
                 raise OutputError(
                     f"Run folder {self.path.parent} is in use by another finetune run (pid {owner}); "
-                    "wait for it to finish or choose another -o."
+                    "wait for it to finish or choose another run_dir.", param="run_dir"
                 ) from None
             try:  # the file we locked may have been removed by its previous owner: lock the current one
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -94,34 +94,38 @@ class RunLock:
 
 
 def check_run_dir(run_dir: str | os.PathLike, resume: bool = False, force: bool = False) -> Path:
-    """Check RUN_DIR before any work: a new run needs an empty or missing folder (or ``force``);
+    """Check ``run_dir`` before any work: a new run needs an empty or missing folder (or ``force``);
     ``resume`` needs ``last.pt`` in it."""
     p = Path(run_dir)
     if resume and force:
-        raise UsageError("--resume and --force contradict each other; pass one of them.")
+        raise UsageError("resume and force contradict each other; pass one of them.",
+                         param=("resume", "force"))
     if p.exists() and not p.is_dir():
-        raise OutputError(f"Run folder {p} is a file; give a folder for -o.")
+        raise OutputError(f"Run folder {p} is a file; run_dir must be a folder.", param="run_dir")
     if resume:
         if not p.exists():
-            raise InputError(f"Run folder {p} does not exist, so there is nothing to resume; drop --resume.")
+            raise InputError(f"Run folder {p} does not exist, so there is nothing to continue; drop resume.",
+                             param="resume")
         if not (p / LAST_NAME).is_file():
             raise InputError(
-                f"Run folder {p} has no {LAST_NAME} to resume from; start a new run without --resume."
+                f"Run folder {p} has no {LAST_NAME} to continue from; start a new run without resume.",
+                param="resume",
             )
     elif p.exists():
         entries = [e.name for e in p.iterdir() if e.name != LOCK_NAME]
         if entries and not force:
             if any(name in RUN_FILES for name in entries):
                 raise OutputError(
-                    f"Run folder {p} already holds a run; pass --resume to continue it "
-                    "or --force to start over."
+                    f"Run folder {p} already holds a run; pass resume to continue it or force to start over.",
+                    param=("resume", "force"),
                 )
-            raise OutputError(f"Run folder {p} is not empty; pass --force to write the run into it anyway.")
+            raise OutputError(f"Run folder {p} is not empty; pass force to write the run into it anyway.",
+                              param="force")
     probe = p if p.exists() else p.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"Folder {probe} is not writable; choose another -o.")
+        raise OutputError(f"Folder {probe} is not writable; choose another run_dir.", param="run_dir")
     return p
 
 
@@ -201,11 +205,12 @@ def on_main(ctx: distributed.DistContext, fn: Callable[[], Any]) -> Any:
         except SoftcamifyError as e:
             if not ctx.enabled:
                 raise
-            outcome = ("error", (type(e).__name__, str(e)))
+            outcome = ("error", (type(e).__name__, str(e), e.params))
     outcome = distributed.broadcast_object(ctx, outcome)
     if outcome[0] == "error":
-        cls = getattr(errors, outcome[1][0], SoftcamifyError)
-        raise cls(outcome[1][1])
+        name, message, params = outcome[1]
+        cls = getattr(errors, name, SoftcamifyError)
+        raise cls(message, param=params)  # the same message and parameters (the CLI names its flags)
     return outcome[1]
 
 

@@ -73,8 +73,8 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
     k = len(names)
     if c.num_classes is not None and int(c.num_classes) != len(found):
         raise UsageError(
-            f"--num-classes {c.num_classes} does not match the {len(found)} classes in the data "
-            f"({', '.join(found)})."
+            f"num_classes {c.num_classes} does not match the {len(found)} classes in the data "
+            f"({', '.join(found)}).", param="num_classes"
         )
     if c.reset_head:
         sc.reset_head(len(found), found)
@@ -86,8 +86,8 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
     if k != len(found):
         raise InputError(
             f"The model has {k} classes{' (one logit: binary)' if is_binary(sc.meta.num_classes) else ''} "
-            f"but the data has {len(found)} ({', '.join(found)}); pass --reset-head "
-            "to re-initialize the evidence conv for them."
+            f"but the data has {len(found)} ({', '.join(found)}); pass reset_head "
+            "to re-initialize the evidence conv for them.", param="reset_head"
         )
     if generic:
         sc.meta.class_names = found
@@ -96,7 +96,7 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
         return sc, splits
     raise InputError(
         f"The model's classes ({', '.join(names)}) differ from the data's ({', '.join(found)}); pass "
-        "--reset-head to re-initialize the evidence conv for the data's classes."
+        "reset_head to re-initialize the evidence conv for the data's classes.", param="reset_head"
     )
 
 
@@ -131,9 +131,11 @@ def verify_splits(splits, channels: int, cfg: FinetuneConfig, ctx: distributed.D
     bad = _bad_images(splits, channels, ctx)
     skipped = list(splits.skipped)
     if cfg.strict_data and skipped:
-        raise InputError(f"Image {skipped[0][0]} is unusable ({skipped[0][1]}); --strict-data refuses it.")
+        raise InputError(f"Image {skipped[0][0]} is unusable ({skipped[0][1]}); strict_data refuses it.",
+                         param="strict_data")
     if cfg.strict_data and bad:
-        raise InputError(f"{bad[0][3].rstrip('.')} (--strict-data refuses unreadable images).")
+        raise InputError(f"{bad[0][3].rstrip('.')} (strict_data refuses unreadable images).",
+                         param="strict_data")
     drop = {(split, i) for split, i, _, _ in bad}
     splits.train = [s for i, s in enumerate(splits.train) if ("train", i) not in drop]
     splits.val = [s for i, s in enumerate(splits.val) if ("val", i) not in drop]
@@ -155,7 +157,8 @@ def check_splits(splits, note: Note) -> None:
         raise InputError(f"Class {empty[0]!r} has no readable training images; add some or remove the class.")
     if not splits.val:
         raise InputError(
-            "There are no validation images (val folder or --val-split); best.safetensors is chosen on them."
+            "There are no validation images (val folder or val_split); best.safetensors is chosen on them.",
+            param="val_split",
         )
     val_classes = sorted({s.label for s in splits.val})
     missing = [n for i, n in enumerate(splits.class_names) if i not in val_classes]
@@ -166,5 +169,5 @@ def check_splits(splits, note: Note) -> None:
     if len(val_classes) < 2:
         raise InputError(
             f"The validation split has only one class ({splits.class_names[val_classes[0]]}); add validation "
-            "images of the other classes or raise --val-split."
+            "images of the other classes or raise val_split.", param="val_split"
         )

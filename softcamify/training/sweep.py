@@ -119,22 +119,22 @@ def check_grid(name: str, values: float | Sequence[float]) -> list[float]:
     if isinstance(values, (int, float)) and not isinstance(values, bool):
         values = [values]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise UsageError(f"{name} must be a list of numbers, not {type(values).__name__}.")
+        raise UsageError(f"{name} must be a list of numbers, not {type(values).__name__}.", param=name)
     out: list[float] = []
     for v in values:
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise UsageError(f"{name} must hold numbers; {v!r} is not one.") from None
+            raise UsageError(f"{name} must hold numbers; {v!r} is not one.", param=name) from None
         if not math.isfinite(f):
-            raise UsageError(f"{name} must hold finite values; got {f:g}.")
+            raise UsageError(f"{name} must hold finite values; got {f:g}.", param=name)
         if f < 0:
-            raise UsageError(f"{name} must hold values of 0 or more; got {f:g}.")
+            raise UsageError(f"{name} must hold values of 0 or more; got {f:g}.", param=name)
         if f in out:
-            raise UsageError(f"{name} must not repeat a value; {f:g} appears twice.")
+            raise UsageError(f"{name} must not repeat a value; {f:g} appears twice.", param=name)
         out.append(f)
     if not out:
-        raise UsageError(f"{name} must hold at least one value.")
+        raise UsageError(f"{name} must hold at least one value.", param=name)
     return out
 
 
@@ -142,7 +142,8 @@ def check_tolerance(tolerance: float) -> float:
     """``tolerance`` as a float: finite and ≥ 0 (a :class:`UsageError` naming it otherwise)."""
     tol = finite_or_none(tolerance)
     if tol is None or tol < 0:
-        raise UsageError(f"tolerance must be a finite number of 0 or more; got {tolerance}.")
+        raise UsageError(f"tolerance must be a finite number of 0 or more; got {tolerance}.",
+                         param="tolerance")
     return tol
 
 
@@ -290,7 +291,7 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
     from .config import FinetuneConfig, check_config
 
     if max_images is not None and int(max_images) < 1:
-        raise UsageError(f"max_images must be at least 1; got {max_images}.")
+        raise UsageError(f"max_images must be at least 1; got {max_images}.", param="max_images")
     cfg = copy.deepcopy(config) if config is not None else FinetuneConfig()
     if not isinstance(cfg, FinetuneConfig):
         raise UsageError(f"config must be a FinetuneConfig, not {type(cfg).__name__}.")
@@ -298,12 +299,13 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
         cfg.epochs = SWEEP_EPOCHS
     if cfg.resume:
         raise UsageError(
-            "A sweep starts new runs; resume is not supported (run finetune --resume on one run folder)."
+            "A sweep starts new runs; resume is not supported (run finetune --resume on one run folder).",
+            param="resume",
         )
     if cfg.reset_head:
         raise UsageError(
             "A sweep compares runs with the starting model, so reset_head does not apply; fine-tune once "
-            "with --reset-head and sweep from its best.safetensors."
+            "with reset_head and sweep from its best.safetensors.", param="reset_head"
         )
     cfg.l1, cfg.l2 = l1s[0], l2s[0]
     check_config(cfg.resolved())
@@ -312,9 +314,11 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
 
 def _check_folders(data_dir: Any, masks: Any) -> None:
     if masks is not None and not Path(masks).is_dir():
-        raise InputError(f"Mask folder {masks} does not exist or is not a folder; check --masks.")
+        raise InputError(f"Mask folder {masks} does not exist or is not a folder; check masks.",
+                         param="masks")
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise InputError(f"Dataset folder {data_dir} does not exist or is not a folder; check DATA_DIR.")
+        raise InputError(f"Dataset folder {data_dir} does not exist or is not a folder; check data_dir.",
+                         param="data_dir")
 
 
 def _starting_model(model: Any, cfg: Any, notes: list[str]) -> Any:

@@ -70,7 +70,7 @@ def resolve_devices(devices: str | Sequence[str] | None, config_device: str = "a
     )
     items = [d for d in items if d]
     if not items:
-        raise UsageError("devices must name at least one device (cpu, cuda, cuda:N).")
+        raise UsageError("devices must name at least one device (cpu, cuda, cuda:N).", param="devices")
     return [str(resolve_device(d)) for d in items]
 
 
@@ -90,7 +90,7 @@ def map_on_devices(
     """
     devices = list(devices)
     if not devices:
-        raise UsageError("devices must name at least one device.")
+        raise UsageError("devices must name at least one device.", param="devices")
     cancel = cancel if cancel is not None else threading.Event()
     if len(devices) == 1 or len(items) <= 1:
         out = []

@@ -202,7 +202,10 @@ def val_samples(model: Any, data_dir: Any, cfg: Any, notes: list[str]):
     if order is not None:
         splits = discover_splits(data_dir, cfg, class_names=order)
     channels = int(model.meta.data_config["input_size"][0])
-    good, bad = verify_samples(splits.val, channels=channels, strict=bool(cfg.strict_data))
+    good, bad = verify_samples(splits.val, channels=channels)
+    if cfg.strict_data and bad:  # named as the sweep's caller named it (verify_samples says strict)
+        raise InputError(f"{bad[0][1].rstrip('.')}; run without strict_data to skip unreadable images.",
+                         param="strict_data")
     if bad or splits.skipped:
         notes.append(
             f"{len(bad) + len(splits.skipped)} unreadable image(s) are left out, as finetune leaves them "
@@ -210,7 +213,8 @@ def val_samples(model: Any, data_dir: Any, cfg: Any, notes: list[str]):
         )
     if not good:
         raise InputError(
-            "There are no validation images (val folder or --val-split); the sweep scores runs on them."
+            "There are no validation images (val folder or val_split); the sweep scores runs on them.",
+            param="val_split",
         )
     return splits, good
 

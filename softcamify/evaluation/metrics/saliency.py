@@ -117,7 +117,7 @@ def as_grid(grid: Any, name: str = "grid") -> tuple[int, int]:
     except (TypeError, ValueError):
         ok = False
     if not ok or gh < 1 or gw < 1:
-        raise UsageError(f"{name} must be two positive integers (rows, columns), got {grid!r}.")
+        raise UsageError(f"{name} must be two positive integers (rows, columns), got {grid!r}.", param=name)
     return gh, gw
 
 
