@@ -271,6 +271,11 @@ def option_name(param: str) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would raise :class:`KeyboardInterrupt` (so every ``except
+    KeyboardInterrupt`` cleanup runs for it too); the CLI exits with 130 for both."""
+
+
 def fail(message: str, code: int) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # paths may hold [/]
     raise typer.Exit(code)
@@ -287,8 +292,8 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         fail(e.render(option_name), e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+    except KeyboardInterrupt as e:
+        err_console.print("[yellow]interrupted[/]" + (" by SIGTERM" if isinstance(e, Terminated) else ""))
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -196,14 +196,19 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processes get Ctrl-C and save their state
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
-        proc = subprocess.run(cmd, env=env, check=False)
+        proc = subprocess.Popen(cmd, env=env)
+        # SIGTERM goes on to torchrun, which passes it to the processes: they save their state and exit 130
+        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+        proc.wait()
         try:
             text = Path(exit_file).read_text().strip()
         except OSError:
             text = ""
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         Path(exit_file).unlink(missing_ok=True)
     code = int(text) if text.lstrip("-").isdigit() else (proc.returncode or 0)
     raise typer.Exit(code)
