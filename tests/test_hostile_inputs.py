@@ -974,3 +974,114 @@ def _predict_with_meta(scratch: Path, header: dict, meta: dict, body: bytes, pre
         if not swallow:
             raise
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability v2 (issue 16): labels CSVs that contradict themselves, quantized weights, synthetic datasets
+# that cannot fit, messages that name only the command's own options. Same rules as the cases above: the
+# documented exit code, one ``error:`` line, nothing half-written; warnings reach the user as notes (in the
+# --json output too). The cases run in one batch (:func:`run_batch`), next to nothing else.
+# --------------------------------------------------------------------------------------------------
+
+def _csv(path: Path, header: str, rows: list[str]) -> str:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def make_v2_inputs(root: Path) -> dict[str, Any]:
+    """The labels CSVs (and their images) of the v2 cases."""
+    rng = np.random.default_rng(7)
+    data = root / "csvdata"
+    _image_set(data / "healthy", 6, rng, False)
+    _image_set(data / "lesion", 6, rng, True)
+    rows = [f"{c}/{i:03d}.png,{c}" for c in ("healthy", "lesion") for i in range(6)]
+    csvs = {
+        # the same image under two labels, twice (once written as ./lesion/001.png: the same file)
+        "conflict": _csv(root / "conflict.csv", "path,label",
+                         rows + ["healthy/000.png,lesion", "./lesion/001.png,healthy"]),
+        # identical rows again (also spelled differently): used once, with a note
+        "duplicate": _csv(root / "duplicate.csv", "path,label",
+                          rows + ["healthy/000.png,healthy", "./lesion/002.png,lesion"]),
+    }
+    split = [f"{c}/{i:03d}.png,{c},{'train' if i < 4 else 'val'}" for c in ("healthy", "lesion") for i in range(6)]
+    # healthy/000.png is in train and val, lesion/001.png in train and test: leakage, kept with a note
+    csvs["leak"] = _csv(root / "leak.csv", "path,label,split",
+                        split + ["healthy/000.png,healthy,val", "lesion/001.png,lesion,test"])
+    csvs["leak_conflict"] = _csv(root / "leak_conflict.csv", "path,label,split",  # two splits, two labels
+                                 split + ["healthy/000.png,lesion,val"])
+    return {"data": data, **csvs}
+
+
+def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
+    c: dict[str, Case] = {}
+    M, data = str(p.model), str(v.get("data", "/DATA"))  # noqa: N806
+    ft = ["-j", "0", "--epochs", "1", "-b", "4", "--json"]
+
+    def o(cid: str) -> str:
+        return str(p.out / cid)
+
+    # 1. labels CSVs
+    csv = {k: str(v.get(k, f"/CSV/{k}.csv")) for k in ("conflict", "duplicate", "leak", "leak_conflict")}
+    c["v2-finetune-csv-image-with-two-labels"] = Case(
+        ["finetune", M, data, "--labels", csv["conflict"], "-o", o("c1"), *ft], EXIT_INPUT,
+        (csv["conflict"], "2 image(s) more than one label", f"{data}/healthy/000.png", "'healthy' on line 2",
+         "'lesion' on line 14"), (o("c1"),))
+    c["v2-finetune-csv-image-in-two-splits-with-two-labels"] = Case(
+        ["finetune", M, data, "--labels", csv["leak_conflict"], "-o", o("c2"), *ft], EXIT_INPUT,
+        (csv["leak_conflict"], "1 image(s) more than one label", "'healthy'", "'lesion'"), (o("c2"),))
+    c["v2-finetune-csv-duplicate-rows"] = Case(
+        ["finetune", M, data, "--labels", csv["duplicate"], "-o", o("c3"), *ft], 0, batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["duplicate"], "lists 2 row(s) again", (10, 2)))
+    c["v2-finetune-csv-leakage"] = Case(
+        ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft], 0, batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)))
+    return c
+
+
+def _check_csv_note(r: Result, csv: str, says: str, counts: tuple[int, int]) -> bool:
+    """One note about ``csv`` saying ``says``, in --json and on stderr; (train, val) images used."""
+    notes = [n for n in json.loads(r.stdout)["notes"] if n.startswith(f"Labels file {csv} ")]
+    assert len(notes) == 1 and says in notes[0], json.loads(r.stdout)["notes"]
+    assert f"note: {notes[0]}" in " ".join(r.stderr.split()), r.stderr  # shown to the user as it runs
+    d = json.loads(r.stdout)["data"]
+    assert (d["train_images"], d["val_images"]) == counts, d  # a repeated row counts once
+    return True
+
+
+V2_CASE_IDS = list(build_v2_cases(Paths(Path("/ROOT")), {}))
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    import softcamify
+    from softcamify.conversion import as_softcam
+
+    p = Paths(tmp_path_factory.mktemp("v2"))
+    p.ck.mkdir(parents=True)
+    p.out.mkdir()
+    torch.manual_seed(0)
+    sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(32, 32))
+    softcamify.save(sc, p.model)
+    v = make_v2_inputs(p.inputs)
+    cases = build_v2_cases(p, v)
+    before = digest_tree(p.inputs)
+    batches = [[(cid, cs.argv) for cid, cs in cases.items() if cs.batch == b] for b in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda b: run_batch(batches[b], p.root / f"batch{b}"), (0, 1)))
+    yield p, cases, {**parts[0], **parts[1]}, before, digest_tree(p.inputs)
+
+
+@pytest.mark.parametrize("cid", V2_CASE_IDS)
+def test_v2_case(v2, cid):
+    p, cases, results, before, after = v2
+    case, r = cases[cid], results[cid]
+    if case.code == 0:
+        assert r.code == 0, f"{cid}: exit {r.code}\n{r.stderr[-3000:]}"
+        assert "Traceback" not in r.stderr
+        assert case.check is None or case.check(r, p)
+    else:
+        assert_refused(r, case.code, *case.says)
+        for out in case.outputs:
+            assert not Path(out).exists(), f"{cid} left {out} behind"
+    assert temporaries(p.out, p.inputs) == []
+    assert before == after, "an input changed"
