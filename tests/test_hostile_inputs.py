@@ -338,6 +338,7 @@ class Case:
     needs: str | None = None  # "ro" or "full": a mounted tmpfs (root only)
     batch: int = 0
     check: Any = None  # extra assertions for a succeeding case: check(result, paths)
+    lacks: tuple[str, ...] = ()  # must not be in the message (an option the command does not have)
 
 
 @dataclass
@@ -1009,7 +1010,55 @@ def make_v2_inputs(root: Path) -> dict[str, Any]:
                         split + ["healthy/000.png,healthy,val", "lesion/001.png,lesion,test"])
     csvs["leak_conflict"] = _csv(root / "leak_conflict.csv", "path,label,split",  # two splits, two labels
                                  split + ["healthy/000.png,lesion,val"])
-    return {"data": data, **csvs}
+    return {"data": data, **csvs, **make_quantized_checkpoints(root / "quant"),
+            "onnx_nometa": _write(root / "nometa.onnx", _tiny_onnx({}))}
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def make_quantized_checkpoints(root: Path) -> dict[str, Any]:
+    """Weights softcamify cannot use as they are: int8 values, a torch.ao quantized model (its state dict and
+    the pickled module), weights whose logits are absurd; and quantized tensors it dequantizes exactly."""
+    import timm
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    big = [k for k, v in sd.items() if v.is_floating_point() and v.ndim >= 2]  # conv and classifier weights
+    out: dict[str, Any] = {"first_int8": big[0], "n_int8": len(big)}
+    # int8 values of every conv/linear weight, as a quantization tool stores them (scales elsewhere or lost)
+    int8 = {k: (v / v.abs().max() * 127).round().to(torch.int8) if k in big else v for k, v in sd.items()}
+    save_file(int8, str(root / "int8.safetensors"))
+    torch.save(int8, root / "int8.pth")
+    out["int8"], out["int8_pth"] = str(root / "int8.safetensors"), str(root / "int8.pth")
+    # torch quantized tensors carry their scale and zero point: dequantized exactly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantize_per_* are deprecated
+        quant = {k: (torch.quantize_per_channel(v, v.abs().amax(dim=tuple(range(1, v.ndim))) / 127 + 1e-8,
+                                                torch.zeros(v.shape[0], dtype=torch.long), 0, torch.qint8)
+                     if k.startswith("conv") else torch.quantize_per_tensor(v, float(v.abs().max()) / 127, 0,
+                                                                           torch.qint8))
+                 if k in big else v for k, v in sd.items()}
+        torch.save(quant, root / "quantized.pth")
+        save_file({k: v.dequantize() if v.is_quantized else v for k, v in quant.items()},
+                  str(root / "dequantized.safetensors"))
+        qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        torch.save(qmodel.state_dict(), root / "ao_state_dict.pth")
+        torch.save(qmodel, root / "ao_module.pth")
+    out["n_quantized"] = len(big)
+    for name in ("quantized", "ao_state_dict", "ao_module"):
+        out[name] = str(root / f"{name}.pth")
+    out["dequantized"] = str(root / "dequantized.safetensors")
+    huge = dict(sd)
+    huge["fc.weight"] = sd["fc.weight"] * 1e12  # finite, but logits of ~1e12: any difference would "pass"
+    save_file(huge, str(root / "huge_logits.safetensors"))
+    out["huge"] = str(root / "huge_logits.safetensors")
+    return out
 
 
 def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
@@ -1035,7 +1084,59 @@ def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
     c["v2-finetune-csv-leakage"] = Case(
         ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft], 0, batch=1,
         check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)))
+
+    # 2. quantized weights: int8 values are refused by every command, quantized tensors dequantized exactly
+    q = {k: str(v.get(k, f"/Q/{k}")) for k in ("int8", "int8_pth", "quantized", "dequantized", "ao_state_dict",
+                                               "ao_module", "huge")}
+    first = str(v.get("first_int8", "conv1.0.weight"))
+    for cmd in ("inspect", "convert", "export", "explain", "evaluate", "finetune"):
+        cid = f"v2-{cmd}-int8-weights"
+        argv, outs = model_argv(cmd, "test_resnet", o(cid), p)
+        c[cid] = Case(argv + ["-w", q["int8"], "--input-size", "32"], EXIT_INPUT,
+                      (q["int8"], f"tensor {first} as int8 (and {int(v.get('n_int8', 2)) - 1} more tensors)",
+                       "quantized", "dequantize"), outs, batch=zlib.crc32(cid.encode()) % 2)
+    c["v2-convert-int8-pth"] = Case(
+        ["convert", "test_resnet", "-w", q["int8_pth"], "-o", o("i8.safetensors")], EXIT_INPUT,
+        (q["int8_pth"], first, "int8"), (o("i8.safetensors"),))
+    conv = ["--input-size", "32", "--samples", "2", "--json"]
+    c["v2-convert-dequantized-reference"] = Case(
+        ["convert", "test_resnet", "-w", q["dequantized"], "-o", o("deq.safetensors"), *conv], 0)
+    c["v2-convert-quantized-tensors"] = Case(
+        ["convert", "test_resnet", "-w", q["quantized"], "-o", o("q.safetensors"), *conv], 0,
+        check=lambda r, p: _check_dequantized(r, p, int(v.get("n_quantized", 0))))
+    c["v2-convert-torch-ao-quantized-state-dict"] = Case(
+        ["convert", "test_resnet", "-w", q["ao_state_dict"], "-o", o("ao.safetensors")], EXIT_INPUT,
+        (q["ao_state_dict"], "quantized model", "fc._packed_params"), (o("ao.safetensors"),))
+    c["v2-convert-pickled-quantized-module"] = Case(
+        ["convert", q["ao_module"], "--trust-pickle", "-o", o("aom.safetensors"), "--input-size", "32"], EXIT_INPUT,
+        (q["ao_module"], "is quantized", "fc is a torch.ao.nn.quantized.dynamic.Linear"), (o("aom.safetensors"),))
+    for cmd, out in (("convert", o("huge.safetensors")), ("export", o("huge.onnx"))):
+        c[f"v2-{cmd}-absurd-logits"] = Case(
+            [cmd, "test_resnet", "-w", q["huge"], "-o", out, "--input-size", "32"], EXIT_INPUT,
+            ("test_resnet's logits reach", "cannot be verified"), (out,), lacks=("exact",))
+
+    # 3. an ONNX file without softcamify metadata: the advice names only options the command has
+    nometa = str(v.get("onnx_nometa", "/X/nometa.onnx"))
+    ok = str(p.img / "ok.png") if v else "/IMG/ok.png"
+    for cmd, argv in (("explain", ["explain", nometa, ok, "-o", o("xm")]),
+                      ("evaluate", ["evaluate", nometa, data, "-o", o("em")])):
+        c[f"v2-{cmd}-onnx-without-metadata"] = Case(argv, EXIT_USAGE, (nometa, "no softcamify metadata"),
+                                                    (o("xm" if cmd == "explain" else "em"),), lacks=("--mean", "--std"))
+    c["v2-predict-onnx-without-metadata"] = Case(["predict", nometa, ok], EXIT_USAGE,  # predict has them
+                                                 (nometa, "--mean", "--std"))
     return c
+
+
+def _check_dequantized(r: Result, p: Paths, n: int) -> bool:
+    """Dequantized on load (a note says so), and the same model as the float weights give."""
+    from safetensors.torch import load_file
+
+    d = json.loads(r.stdout)
+    assert d["exact"] and d["max_abs_diff"] <= 1e-3, d
+    assert any(f"holds {n} quantized tensor(s); they were dequantized" in x for x in d["notes"]), d["notes"]
+    got, want = load_file(str(p.out / "q.safetensors")), load_file(str(p.out / "deq.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    return True
 
 
 def _check_csv_note(r: Result, csv: str, says: str, counts: tuple[int, int]) -> bool:
@@ -1048,7 +1149,12 @@ def _check_csv_note(r: Result, csv: str, says: str, counts: tuple[int, int]) -> 
     return True
 
 
-V2_CASE_IDS = list(build_v2_cases(Paths(Path("/ROOT")), {}))
+# The message comes from softcamify.onnx_runtime, which names --mean/--std as text; it must name them through
+# ``param=("mean", "std", "input_size")`` so that commands without those options leave them out.
+V2_PENDING = {cid: "onnx_runtime's 'no softcamify metadata' message names --mean/--std as text"
+              for cid in ("v2-explain-onnx-without-metadata", "v2-evaluate-onnx-without-metadata")}
+V2_CASE_IDS = [pytest.param(cid, marks=pytest.mark.xfail(strict=True, reason=V2_PENDING[cid]))
+               if cid in V2_PENDING else cid for cid in build_v2_cases(Paths(Path("/ROOT")), {})]
 
 
 @pytest.fixture(scope="module")
@@ -1062,6 +1168,9 @@ def v2(tmp_path_factory):
     torch.manual_seed(0)
     sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(32, 32))
     softcamify.save(sc, p.model)
+    make_images(p.img, np.random.default_rng(0))
+    _image_set(p.data / "ds" / "healthy", 4, np.random.default_rng(1), False)
+    _image_set(p.data / "ds" / "lesion", 4, np.random.default_rng(2), True)
     v = make_v2_inputs(p.inputs)
     cases = build_v2_cases(p, v)
     before = digest_tree(p.inputs)
@@ -1080,7 +1189,8 @@ def test_v2_case(v2, cid):
         assert "Traceback" not in r.stderr
         assert case.check is None or case.check(r, p)
     else:
-        assert_refused(r, case.code, *case.says)
+        line = assert_refused(r, case.code, *case.says)
+        assert not any(word in line for word in case.lacks), line
         for out in case.outputs:
             assert not Path(out).exists(), f"{cid} left {out} behind"
     assert temporaries(p.out, p.inputs) == []
