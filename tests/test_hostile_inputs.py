@@ -1115,7 +1115,17 @@ def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
             [cmd, "test_resnet", "-w", q["huge"], "-o", out, "--input-size", "32"], EXIT_INPUT,
             ("test_resnet's logits reach", "cannot be verified"), (out,), lacks=("exact",))
 
-    # 3. an ONNX file without softcamify metadata: the advice names only options the command has
+    # 3. synthetic datasets that cannot be read back, or do not fit in memory or on the disk: refused before
+    # anything is written (the first image is drawn to estimate the disk space)
+    c["v2-synth-size-beyond-what-softcamify-reads"] = Case(
+        ["datasets", "synth", o("s1"), "--size", "10000"], EXIT_USAGE,
+        ("--size 10000 makes images of 100,000,000 pixels", "use at most 9459"), (o("s1"),))
+    c["v2-synth-does-not-fit-on-the-disk"] = Case(
+        ["datasets", "synth", o("s2"), "--n", "1000000000", "--size", "512"], EXIT_OUTPUT,
+        ("Cannot write 1,000,000,000 images of 512 px", o("s2"), "the disk is full", "lower --n or --size"),
+        (o("s2"),))
+
+    # 4. an ONNX file without softcamify metadata: the advice names only options the command has
     nometa = str(v.get("onnx_nometa", "/X/nometa.onnx"))
     ok = str(p.img / "ok.png") if v else "/IMG/ok.png"
     for cmd, argv in (("explain", ["explain", nometa, ok, "-o", o("xm")]),

@@ -278,16 +278,29 @@ def option_name(param: str) -> str | None:
     """The running command's own name for a library parameter: ``batch_size`` -> ``--batch-size``, an
     argument -> its metavar (``MODEL``); ``None`` when the command has no such option, so a message never
     names an option the command lacks."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     if ctx is None:
         return None
     for p in ctx.command.params:
         if p.name == param or p.name == f"{param}_":
-            if isinstance(p, click.Argument):
-                return p.human_readable_name
+            if getattr(p, "param_type_name", "") == "argument":  # as click names it: MODEL
+                return getattr(p, "metavar", None) or str(p.name).upper()
             return max(p.opts, key=len)
+    return None
+
+
+def _current_context() -> Any:
+    """The running command's click context: typer 0.2x runs commands on its own copy of click
+    (``typer._click``), whose context ``click.get_current_context`` does not see; older typer on click."""
+    import importlib
+
+    for module in ("typer._click.globals", "click"):
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except (ImportError, AttributeError):
+            continue
+        if ctx is not None:
+            return ctx
     return None
 
 
