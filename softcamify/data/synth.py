@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,7 +267,7 @@ def _resolve_workers(workers: int | None, n: int, need: int | None = None) -> in
 
 def _map_chunks(
         task: Callable[[list[_Job]], list[dict[str, Any]]], chunks: Iterable[list[_Job]], workers: int,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """The manifest entries of ``task`` over ``chunks``, in order, as they are done: in ``workers`` processes
     with at most two chunks per process in flight (serial when 1 or when processes are unavailable).
 
