@@ -1084,6 +1084,11 @@ def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
     c["v2-finetune-csv-leakage"] = Case(
         ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft], 0, batch=1,
         check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)))
+    c["v2-sweep-csv-leakage"] = Case(  # the sweep scores runs on that validation split: its notes say so too
+        ["sweep", M, data, "--labels", csv["leak"], "-o", o("c5"), "--l1", "0.1", "--epochs", "1", "-j", "0",
+         "-b", "4", "--warmup-epochs", "0", "--device", "cpu", "--json"], 0, batch=0,
+        check=lambda r, p: any(n.startswith(f"Labels file {csv['leak']} puts 2 image(s) in more than one split")
+                               for n in json.loads(r.stdout)["notes"]))
 
     # 2. quantized weights: int8 values are refused by every command, quantized tensors dequantized exactly
     q = {k: str(v.get(k, f"/Q/{k}")) for k in ("int8", "int8_pth", "quantized", "dequantized", "ao_state_dict",
