@@ -339,3 +339,17 @@ def test_sigterm_stops_finetune_in_the_background_with_a_resume_hint(data, tmp_p
     assert "--resume" in message and str(run_dir / "last.pt") in message
     torch.load(run_dir / "last.pt", weights_only=True)  # whole
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+def test_sigterm_stops_finetune_nproc_in_the_background(data, tmp_path):
+    """``--nproc``: the launcher passes SIGTERM on to torchrun, whose processes save their state; no
+    traceback (torchrun's SignalException), exit 130, the resume command."""
+    run_dir = tmp_path / "run"
+    proc = background(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG, "--epochs", "200",
+                      "--nproc", "2")
+    wait_for(lambda: (run_dir / "last.pt").exists(), proc=proc, what="the first last.pt")
+    err = assert_terminated(proc)
+    message = " ".join(err.split())
+    assert "--resume" in message and "--nproc 2" in message and str(run_dir / "last.pt") in message
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] >= 1
+    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
