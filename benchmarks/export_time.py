@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from softcamify.checkpoints import load_model
     from softcamify.conversion import convert
     from softcamify.errors import SoftcamifyError
     from softcamify.exporters import export_onnx
-    from softcamify.checkpoints import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []

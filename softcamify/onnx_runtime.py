@@ -249,8 +249,8 @@ class OnnxModel:
         missing = [k for k in ("mean", "std", "input_size") if cfg.get(k) is None and k not in given]
         if missing:
             raise UsageError(
-                f"{self.path} has no softcamify metadata, so its preprocessing is unknown; give "
-                f"{', '.join(missing)} (or export the model with softcamify export).", param=tuple(missing)
+                f"{self.path} has no softcamify metadata, so its preprocessing is unknown; export the model "
+                f"with softcamify export, which records it, or give {', '.join(missing)}.", param=tuple(missing)
             )
         if input_size is not None and len(list(input_size)) == 2:
             overrides["input_size"] = [graph_c or int((cfg.get("input_size") or [3])[0]), *input_size]

@@ -230,3 +230,68 @@ def test_cli_synth(tmp_path):
     assert 'bright_lesion' in r3.stdout and 'train' in r3.stdout
     r4 = _cli(str(tmp_path / 'o'), '--ordinal', '--classes', 'healthy,red_lesion')
     assert r4.returncode == 2 and '--classes cannot be combined with --ordinal' in ' '.join(r4.stderr.split())
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded memory and disk (issue 16): `datasets synth --size 10000` allocated 21 GB before the OOM killer
+# --------------------------------------------------------------------------------------------------
+
+def test_manifest_file_is_the_json_of_the_manifest(synth):
+    """The manifest is streamed to its file as images are written: the same text as one json.dumps."""
+    out, manifest = synth
+    on_disk = {k: v for k, v in manifest.items() if k != 'seconds'}
+    assert (out / 'manifest.json').read_text(encoding='utf-8') == json.dumps(on_disk, indent=1) + '\n'
+
+
+def _peak(out: Path, n: int) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        make_lesions(out, n=n, size=32, seed=1, workers=1, keep_images=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """Images are drawn, written and forgotten one by one, and the manifest streamed to its file: 4× the
+    images need far less than 4× the memory (numpy arrays are traced by tracemalloc)."""
+    _peak(tmp_path / 'warm', 6)  # imports, caches
+    small, large = _peak(tmp_path / 'a', 60), _peak(tmp_path / 'b', 240)
+    assert large < 1.3 * small, (small, large)
+    assert len(json.loads((tmp_path / 'b' / 'manifest.json').read_text())['images']) == 240
+
+
+def test_processes_are_capped_by_the_memory_available(monkeypatch):
+    from softcamify.data import synth as s
+
+    monkeypatch.setattr(s, '_memory', lambda: (16 * 10**9, 10**9))
+    need = s._check_memory(2000)  # ~0.3 GB per image while it is drawn
+    assert 0.25e9 < need < 0.4e9
+    assert s._resolve_workers(8, 1000, need) == 10**9 // need == 3
+    assert s._resolve_workers(8, 1000, 10**10) == 1  # never fewer than one
+    assert s._resolve_workers(None, 10) == 1
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from softcamify.data import synth as s
+
+    with pytest.raises(UsageError, match=r'size 10000 makes images of 100,000,000 pixels.*at most 9459') as e:
+        make_lesions(tmp_path / 'big', n=6, size=10000)
+    assert e.value.param == 'size'
+    monkeypatch.setattr(s, '_memory', lambda: (10**9, 5 * 10**8))  # a 1 GB machine
+    with pytest.raises(UsageError, match=r'size 5000 needs about 1\.8 GB of memory .* than the 1\.0 GB here'):
+        make_lesions(tmp_path / 'mem', n=6, size=5000)
+    monkeypatch.setattr(s.shutil, 'disk_usage', lambda p: shutil_usage(free=10**6))
+    with pytest.raises(OutputError, match=r'Cannot write 600 images of 128 px .*the disk is full .*1\.0 MB are free'
+                       ) as e:
+        make_lesions(tmp_path / 'disk', n=600, size=128)
+    assert e.value.params == ('n', 'size')
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing created
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)

@@ -83,3 +83,19 @@ def test_a_typer_command_names_its_options_and_the_aliased_ones(capsys):
     r = CliRunner().invoke(app, ["d", "-o", "x"])
     assert r.exit_code == EXIT_USAGE
     assert "--output is a file and --batch-size 0 is too small; see DATA_DIR, not mean." in " ".join(r.output.split())
+
+
+def test_a_typer_command_names_its_own_options(capsys):
+    """typer 0.2x runs commands on its own copy of click: option_name must find that context too."""
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(model: str, batch_size: int = typer.Option(1, "--batch-size", "-b")):
+        assert option_name("batch_size") == "--batch-size" and option_name("mean") is None
+        with handle_errors():
+            raise UsageError("batch_size 0 is too small for model; set mean.", param=("batch_size", "model", "mean"))
+
+    with pytest.raises(SystemExit) as exit_info:
+        app(["m.onnx", "-b", "0"], prog_name="x")
+    assert exit_info.value.code == EXIT_USAGE
+    assert "--batch-size 0 is too small for MODEL; set mean." in " ".join(capsys.readouterr().err.split())

@@ -338,6 +338,7 @@ class Case:
     needs: str | None = None  # "ro" or "full": a mounted tmpfs (root only)
     batch: int = 0
     check: Any = None  # extra assertions for a succeeding case: check(result, paths)
+    lacks: tuple[str, ...] = ()  # must not be in the message (an option the command does not have)
 
 
 @dataclass
@@ -974,3 +975,233 @@ def _predict_with_meta(scratch: Path, header: dict, meta: dict, body: bytes, pre
         if not swallow:
             raise
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability v2 (issue 16): labels CSVs that contradict themselves, quantized weights, synthetic datasets
+# that cannot fit, messages that name only the command's own options. Same rules as the cases above: the
+# documented exit code, one ``error:`` line, nothing half-written; warnings reach the user as notes (in the
+# --json output too). The cases run in one batch (:func:`run_batch`), next to nothing else.
+# --------------------------------------------------------------------------------------------------
+
+def _csv(path: Path, header: str, rows: list[str]) -> str:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def make_v2_inputs(root: Path) -> dict[str, Any]:
+    """The labels CSVs (and their images) of the v2 cases."""
+    rng = np.random.default_rng(7)
+    data = root / "csvdata"
+    _image_set(data / "healthy", 6, rng, False)
+    _image_set(data / "lesion", 6, rng, True)
+    rows = [f"{c}/{i:03d}.png,{c}" for c in ("healthy", "lesion") for i in range(6)]
+    csvs = {
+        # the same image under two labels, twice (once written as ./lesion/001.png: the same file)
+        "conflict": _csv(root / "conflict.csv", "path,label",
+                         rows + ["healthy/000.png,lesion", "./lesion/001.png,healthy"]),
+        # identical rows again (also spelled differently): used once, with a note
+        "duplicate": _csv(root / "duplicate.csv", "path,label",
+                          rows + ["healthy/000.png,healthy", "./lesion/002.png,lesion"]),
+    }
+    split = [f"{c}/{i:03d}.png,{c},{'train' if i < 4 else 'val'}" for c in ("healthy", "lesion") for i in range(6)]
+    # healthy/000.png is in train and val, lesion/001.png in train and test: leakage, kept with a note
+    csvs["leak"] = _csv(root / "leak.csv", "path,label,split",
+                        split + ["healthy/000.png,healthy,val", "lesion/001.png,lesion,test"])
+    csvs["leak_conflict"] = _csv(root / "leak_conflict.csv", "path,label,split",  # two splits, two labels
+                                 split + ["healthy/000.png,lesion,val"])
+    return {"data": data, **csvs, **make_quantized_checkpoints(root / "quant"),
+            "onnx_nometa": _write(root / "nometa.onnx", _tiny_onnx({}))}
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def make_quantized_checkpoints(root: Path) -> dict[str, Any]:
+    """Weights softcamify cannot use as they are: int8 values, a torch.ao quantized model (its state dict and
+    the pickled module), weights whose logits are absurd; and quantized tensors it dequantizes exactly."""
+    import timm
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    big = [k for k, v in sd.items() if v.is_floating_point() and v.ndim >= 2]  # conv and classifier weights
+    out: dict[str, Any] = {"first_int8": big[0], "n_int8": len(big)}
+    # int8 values of every conv/linear weight, as a quantization tool stores them (scales elsewhere or lost)
+    int8 = {k: (v / v.abs().max() * 127).round().to(torch.int8) if k in big else v for k, v in sd.items()}
+    save_file(int8, str(root / "int8.safetensors"))
+    torch.save(int8, root / "int8.pth")
+    out["int8"], out["int8_pth"] = str(root / "int8.safetensors"), str(root / "int8.pth")
+    # torch quantized tensors carry their scale and zero point: dequantized exactly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantize_per_* are deprecated
+        quant = {k: (torch.quantize_per_channel(v, v.abs().amax(dim=tuple(range(1, v.ndim))) / 127 + 1e-8,
+                                                torch.zeros(v.shape[0], dtype=torch.long), 0, torch.qint8)
+                     if k.startswith("conv") else torch.quantize_per_tensor(v, float(v.abs().max()) / 127, 0,
+                                                                           torch.qint8))
+                 if k in big else v for k, v in sd.items()}
+        torch.save(quant, root / "quantized.pth")
+        save_file({k: v.dequantize() if v.is_quantized else v for k, v in quant.items()},
+                  str(root / "dequantized.safetensors"))
+        qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        torch.save(qmodel.state_dict(), root / "ao_state_dict.pth")
+        torch.save(qmodel, root / "ao_module.pth")
+    out["n_quantized"] = len(big)
+    for name in ("quantized", "ao_state_dict", "ao_module"):
+        out[name] = str(root / f"{name}.pth")
+    out["dequantized"] = str(root / "dequantized.safetensors")
+    huge = dict(sd)
+    huge["fc.weight"] = sd["fc.weight"] * 1e12  # finite, but logits of ~1e12: any difference would "pass"
+    save_file(huge, str(root / "huge_logits.safetensors"))
+    out["huge"] = str(root / "huge_logits.safetensors")
+    return out
+
+
+def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
+    c: dict[str, Case] = {}
+    M, data = str(p.model), str(v.get("data", "/DATA"))  # noqa: N806
+    ft = ["-j", "0", "--epochs", "1", "-b", "4", "--json"]
+
+    def o(cid: str) -> str:
+        return str(p.out / cid)
+
+    # 1. labels CSVs
+    csv = {k: str(v.get(k, f"/CSV/{k}.csv")) for k in ("conflict", "duplicate", "leak", "leak_conflict")}
+    c["v2-finetune-csv-image-with-two-labels"] = Case(
+        ["finetune", M, data, "--labels", csv["conflict"], "-o", o("c1"), *ft], EXIT_INPUT,
+        (csv["conflict"], "2 image(s) more than one label", f"{data}/healthy/000.png", "'healthy' on line 2",
+         "'lesion' on line 14"), (o("c1"),))
+    c["v2-finetune-csv-image-in-two-splits-with-two-labels"] = Case(
+        ["finetune", M, data, "--labels", csv["leak_conflict"], "-o", o("c2"), *ft], EXIT_INPUT,
+        (csv["leak_conflict"], "1 image(s) more than one label", "'healthy'", "'lesion'"), (o("c2"),))
+    c["v2-finetune-csv-duplicate-rows"] = Case(
+        ["finetune", M, data, "--labels", csv["duplicate"], "-o", o("c3"), *ft], 0, batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["duplicate"], "lists 2 row(s) again", (10, 2)))
+    c["v2-finetune-csv-leakage"] = Case(
+        ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft], 0, batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)))
+    c["v2-sweep-csv-leakage"] = Case(  # the sweep scores runs on that validation split: its notes say so too
+        ["sweep", M, data, "--labels", csv["leak"], "-o", o("c5"), "--l1", "0.1", "--epochs", "1", "-j", "0",
+         "-b", "4", "--warmup-epochs", "0", "--device", "cpu", "--json"], 0, batch=0,
+        check=lambda r, p: any(n.startswith(f"Labels file {csv['leak']} puts 2 image(s) in more than one split")
+                               for n in json.loads(r.stdout)["notes"]))
+
+    # 2. quantized weights: int8 values are refused by every command, quantized tensors dequantized exactly
+    q = {k: str(v.get(k, f"/Q/{k}")) for k in ("int8", "int8_pth", "quantized", "dequantized", "ao_state_dict",
+                                               "ao_module", "huge")}
+    first = str(v.get("first_int8", "conv1.0.weight"))
+    for cmd in ("inspect", "convert", "export", "explain", "evaluate", "finetune"):
+        cid = f"v2-{cmd}-int8-weights"
+        argv, outs = model_argv(cmd, "test_resnet", o(cid), p)
+        c[cid] = Case(argv + ["-w", q["int8"], "--input-size", "32"], EXIT_INPUT,
+                      (q["int8"], f"tensor {first} as int8 (and {int(v.get('n_int8', 2)) - 1} more tensors)",
+                       "quantized", "dequantize"), outs, batch=zlib.crc32(cid.encode()) % 2)
+    c["v2-convert-int8-pth"] = Case(
+        ["convert", "test_resnet", "-w", q["int8_pth"], "-o", o("i8.safetensors")], EXIT_INPUT,
+        (q["int8_pth"], first, "int8"), (o("i8.safetensors"),))
+    conv = ["--input-size", "32", "--samples", "2", "--json"]
+    c["v2-convert-dequantized-reference"] = Case(
+        ["convert", "test_resnet", "-w", q["dequantized"], "-o", o("deq.safetensors"), *conv], 0)
+    c["v2-convert-quantized-tensors"] = Case(
+        ["convert", "test_resnet", "-w", q["quantized"], "-o", o("q.safetensors"), *conv], 0,
+        check=lambda r, p: _check_dequantized(r, p, int(v.get("n_quantized", 0))))
+    c["v2-convert-torch-ao-quantized-state-dict"] = Case(
+        ["convert", "test_resnet", "-w", q["ao_state_dict"], "-o", o("ao.safetensors")], EXIT_INPUT,
+        (q["ao_state_dict"], "quantized model", "fc._packed_params"), (o("ao.safetensors"),))
+    c["v2-convert-pickled-quantized-module"] = Case(
+        ["convert", q["ao_module"], "--trust-pickle", "-o", o("aom.safetensors"), "--input-size", "32"], EXIT_INPUT,
+        (q["ao_module"], "is quantized", "fc is a torch.ao.nn.quantized.dynamic.Linear"), (o("aom.safetensors"),))
+    for cmd, out in (("convert", o("huge.safetensors")), ("export", o("huge.onnx"))):
+        c[f"v2-{cmd}-absurd-logits"] = Case(
+            [cmd, "test_resnet", "-w", q["huge"], "-o", out, "--input-size", "32"], EXIT_INPUT,
+            ("test_resnet's logits reach", "cannot be verified"), (out,), lacks=("exact",))
+
+    # 3. synthetic datasets that cannot be read back, or do not fit in memory or on the disk: refused before
+    # anything is written (the first image is drawn to estimate the disk space)
+    c["v2-synth-size-beyond-what-softcamify-reads"] = Case(
+        ["datasets", "synth", o("s1"), "--size", "10000"], EXIT_USAGE,
+        ("--size 10000 makes images of 100,000,000 pixels", "use at most 9459"), (o("s1"),))
+    c["v2-synth-does-not-fit-on-the-disk"] = Case(
+        ["datasets", "synth", o("s2"), "--n", "1000000000", "--size", "512"], EXIT_OUTPUT,
+        ("Cannot write 1,000,000,000 images of 512 px", o("s2"), "the disk is full", "lower --n or --size"),
+        (o("s2"),))
+
+    # 4. an ONNX file without softcamify metadata: the advice names only options the command has
+    nometa = str(v.get("onnx_nometa", "/X/nometa.onnx"))
+    ok = str(p.img / "ok.png") if v else "/IMG/ok.png"
+    for cmd, argv in (("explain", ["explain", nometa, ok, "-o", o("xm")]),
+                      ("evaluate", ["evaluate", nometa, data, "-o", o("em")])):
+        c[f"v2-{cmd}-onnx-without-metadata"] = Case(argv, EXIT_USAGE, (nometa, "no softcamify metadata"),
+                                                    (o("xm" if cmd == "explain" else "em"),), lacks=("--mean", "--std"))
+    c["v2-predict-onnx-without-metadata"] = Case(["predict", nometa, ok], EXIT_USAGE,  # predict has them
+                                                 (nometa, "--mean", "--std"))
+    return c
+
+
+def _check_dequantized(r: Result, p: Paths, n: int) -> bool:
+    """Dequantized on load (a note says so), and the same model as the float weights give."""
+    from safetensors.torch import load_file
+
+    d = json.loads(r.stdout)
+    assert d["exact"] and d["max_abs_diff"] <= 1e-3, d
+    assert any(f"holds {n} quantized tensor(s); they were dequantized" in x for x in d["notes"]), d["notes"]
+    got, want = load_file(str(p.out / "q.safetensors")), load_file(str(p.out / "deq.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    return True
+
+
+def _check_csv_note(r: Result, csv: str, says: str, counts: tuple[int, int]) -> bool:
+    """One note about ``csv`` saying ``says``, in --json and on stderr; (train, val) images used."""
+    notes = [n for n in json.loads(r.stdout)["notes"] if n.startswith(f"Labels file {csv} ")]
+    assert len(notes) == 1 and says in notes[0], json.loads(r.stdout)["notes"]
+    assert f"note: {notes[0]}" in " ".join(r.stderr.split()), r.stderr  # shown to the user as it runs
+    d = json.loads(r.stdout)["data"]
+    assert (d["train_images"], d["val_images"]) == counts, d  # a repeated row counts once
+    return True
+
+
+V2_CASE_IDS = list(build_v2_cases(Paths(Path("/ROOT")), {}))
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    import softcamify
+    from softcamify.conversion import as_softcam
+
+    p = Paths(tmp_path_factory.mktemp("v2"))
+    p.ck.mkdir(parents=True)
+    p.out.mkdir()
+    torch.manual_seed(0)
+    sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(32, 32))
+    softcamify.save(sc, p.model)
+    make_images(p.img, np.random.default_rng(0))
+    _image_set(p.data / "ds" / "healthy", 4, np.random.default_rng(1), False)
+    _image_set(p.data / "ds" / "lesion", 4, np.random.default_rng(2), True)
+    v = make_v2_inputs(p.inputs)
+    cases = build_v2_cases(p, v)
+    before = digest_tree(p.inputs)
+    batches = [[(cid, cs.argv) for cid, cs in cases.items() if cs.batch == b] for b in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda b: run_batch(batches[b], p.root / f"batch{b}"), (0, 1)))
+    yield p, cases, {**parts[0], **parts[1]}, before, digest_tree(p.inputs)
+
+
+@pytest.mark.parametrize("cid", V2_CASE_IDS)
+def test_v2_case(v2, cid):
+    p, cases, results, before, after = v2
+    case, r = cases[cid], results[cid]
+    if case.code == 0:
+        assert r.code == 0, f"{cid}: exit {r.code}\n{r.stderr[-3000:]}"
+        assert "Traceback" not in r.stderr
+        assert case.check is None or case.check(r, p)
+    else:
+        line = assert_refused(r, case.code, *case.says)
+        assert not any(word in line for word in case.lacks), line
+        for out in case.outputs:
+            assert not Path(out).exists(), f"{cid} left {out} behind"
+    assert temporaries(p.out, p.inputs) == []
+    assert before == after, "an input changed"

@@ -9,6 +9,8 @@
 * ``convert`` and ``export`` killed in the middle of writing their output (a patched, slow write):
   SIGKILL leaves the previous output intact (its hidden temporary file is removed by the next write into
   the folder), SIGTERM and Ctrl-C leave no temporary file at all.
+* Started as a background job of a script (``cmd &``: SIGINT ignored), ``datasets synth``, ``export``,
+  ``convert`` and ``finetune`` still stop on SIGTERM: exit 130, no traceback, nothing half-written.
 """
 
 from __future__ import annotations
@@ -263,3 +265,91 @@ def test_killed_mid_write_keeps_the_previous_output(command, second, tmp_path):
     assert out.read_bytes() == b"the previous output"
     # ... and the SIGKILLed run's temporary file was swept by this next write into the folder
     assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGTERM to a background job of a script (issue 16): ``cmd &`` in a non-interactive shell starts the
+# command with SIGINT ignored; a scheduler's SIGTERM must still stop it cleanly (exit 130, nothing left).
+# --------------------------------------------------------------------------------------------------
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def background(*args, env: dict | None = None) -> subprocess.Popen:
+    """``args &`` as a shell script starts it: SIGINT ignored."""
+    return subprocess.Popen([*map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV, **(env or {})}, stdin=subprocess.DEVNULL,
+                            preexec_fn=_ignore_sigint)
+
+
+def assert_terminated(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+    return err
+
+
+def test_sigterm_stops_datasets_synth_in_the_background(tmp_path):
+    out = tmp_path / "synth"
+    proc = background(*PY, "datasets", "synth", out, "--n", "5000", "--size", "64")
+    wait_for(lambda: any((out / "train").rglob("*.png")) if (out / "train").is_dir() else False, proc=proc,
+             what="the first images")
+    assert "interrupted by SIGTERM" in assert_terminated(proc)
+    assert not out.exists()  # the partial dataset is removed, the folder it created too
+    assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_sigterm_stops_export_and_convert_in_the_background(command, tmp_path):
+    """The slow write of :data:`SLOW_WRITE`, but started as ``cmd &`` is: SIGINT ignored."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=3).state_dict().items()},
+              str(weights))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    if command == "convert":
+        out = out_dir / "m.safetensors"
+        argv = ["convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", out, "--samples", "1"]
+    else:
+        model = tmp_path / "model.safetensors"
+        assert invoke("convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", model,
+                      "--samples", "1").code == 0
+        out = out_dir / "m.onnx"
+        argv = ["export", model, "-o", out, "--exporter", "torchscript", "--spatial", "static"]
+    ready = tmp_path / "ready"
+    script = SLOW_WRITE.replace("signal.signal(signal.SIGINT, signal.default_int_handler)", "pass")
+    proc = background(sys.executable, "-c", script, *argv, env={"SLOW_WRITE_READY": str(ready)})
+    wait_for(ready.exists, proc=proc, what="the output write")
+    assert "interrupted by SIGTERM" in assert_terminated(proc)
+    assert sorted(p.name for p in out_dir.iterdir()) == []  # no output, no temporary file
+
+
+def test_sigterm_stops_finetune_in_the_background_with_a_resume_hint(data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = background(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG, "--epochs", "50")
+    wait_for(lambda: (run_dir / "last.pt").exists(), proc=proc, what="the first last.pt")
+    err = assert_terminated(proc)
+    message = " ".join(err.split())
+    assert "--resume" in message and str(run_dir / "last.pt") in message
+    torch.load(run_dir / "last.pt", weights_only=True)  # whole
+    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+def test_sigterm_stops_finetune_nproc_in_the_background(data, tmp_path):
+    """``--nproc``: the launcher passes SIGTERM on to torchrun, whose processes save their state; no
+    traceback (torchrun's SignalException), exit 130, the resume command."""
+    run_dir = tmp_path / "run"
+    proc = background(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG, "--epochs", "200",
+                      "--nproc", "2")
+    wait_for(lambda: (run_dir / "last.pt").exists(), proc=proc, what="the first last.pt")
+    err = assert_terminated(proc)
+    message = " ".join(err.split())
+    assert "--resume" in message and "--nproc 2" in message and str(run_dir / "last.pt") in message
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] >= 1
+    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()

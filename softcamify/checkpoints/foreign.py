@@ -170,6 +170,12 @@ def unwrap_checkpoint(
     if ema_key is not None:
         notes.append(f"{path.name} holds only EMA weights ({ema_key}); using them.")
         return obj[ema_key], info
+    packed = next((str(k) for k in obj if str(k).endswith("_packed_params")), None)
+    if packed is not None:
+        raise InputError(
+            f"{path} is the state dict of a quantized model ({packed}, torch.ao.quantization); softcamify needs "
+            "float weights: save the model's state dict before quantizing it."
+        )
     keys = ", ".join(list(map(str, obj))[:6])
     raise InputError(f"{path} is a dict without model weights (keys: {keys}).")
 
@@ -263,8 +269,41 @@ def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[st
     return best
 
 
-def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    """Load a state dict, or say in one sentence why it does not fit the architecture."""
+def float_weights(
+    sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, what: str = "Weights",
+) -> tuple[dict[str, torch.Tensor], int]:
+    """``sd`` with the values a float model can hold faithfully, and how many tensors were dequantized.
+
+    A quantized tensor (``torch.quantize_per_tensor``/``_per_channel``) carries its scale and zero point, so
+    it is dequantized exactly. A plain integer (or bool, or complex) tensor where the model has floating-point
+    weights is refused (:class:`InputError`): cast to float it would be its quantized integers, not the
+    weights (int8 values in a float network give logits of 1e19, and a conversion check relative to them
+    passes anything).
+    """
+    out, dequantized, wrong = dict(sd), 0, []
+    for k, v in sd.items():
+        target = own.get(k)
+        if target is None or not target.is_floating_point():
+            continue
+        if v.is_quantized:
+            out[k] = v.dequantize()
+            dequantized += 1
+        elif not v.is_floating_point():
+            wrong.append(k)
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+        kind = str(sd[k].dtype).removeprefix("torch.")
+        raise InputError(
+            f"{what} {path} hold tensor {k} as {kind}{more} where the model has floating-point weights: they "
+            "are quantized (integer) values, which softcamify cannot use as weights; dequantize the "
+            "checkpoint (values × scale) first."
+        )
+    return out, dequantized
+
+
+def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> list[str]:
+    """Load a state dict, or say in one sentence why it does not fit the architecture; returns notes."""
     own = model.state_dict()
     sd = match_prefixes(sd, set(own))
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
@@ -272,12 +311,18 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
         raise _misfit(model, sd, path, arch, missing, unexpected, mismatched)
+    sd, dequantized = float_weights(sd, own, path)
+    notes = []
+    if dequantized:
+        notes.append(f"{path.name} holds {dequantized} quantized tensor(s); they were dequantized with the "
+                     "scale and zero point stored with them.")
     model.load_state_dict(sd, strict=False)
     bad = sources.all_finite(dict(model.state_dict()))
     if bad:
         raise InputError(
             f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken."
         )
+    return notes
 
 
 def _misfit(

@@ -21,7 +21,14 @@ from .. import sources
 from ..binary import names_fit
 from ..errors import InputError, UnsafeCheckpointError, UsageError
 from ..io import META_KEY, atomic_output
-from .foreign import _is_state_dict, match_prefixes, read_safetensors, read_torch, safetensors_metadata
+from .foreign import (
+    _is_state_dict,
+    float_weights,
+    match_prefixes,
+    read_safetensors,
+    read_torch,
+    safetensors_metadata,
+)
 
 CHECKSUM_KEY = "tensor_sha256"  # in the softcamify metadata: SHA-256 of the tensor bytes (verified on load)
 
@@ -219,6 +226,7 @@ def softcam_from_state(
                 "converted."
             )
         raise InputError(f"{path} does not match its own metadata ({counts}); the file is corrupt.")
+    state, _ = float_weights(state, own, path, "Model")  # a last.pt edited by a quantization tool
     model.load_state_dict(state, strict=True)
     bad = sources.all_finite(state)
     if bad:

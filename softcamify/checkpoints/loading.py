@@ -82,8 +82,10 @@ def _build_named(
     weights_path: Path | None,
     num_classes: int | None,
     model_args: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[nn.Module, int]:
-    """Build an architecture by name, infer the class count from the weights, load them."""
+    """Build an architecture by name, infer the class count from the weights, load them (what loading
+    them says goes to ``notes``)."""
     model = sources.build(kind, name, None if sd is not None else num_classes, model_args)
     if sd is not None:
         if num_classes is None:
@@ -97,7 +99,9 @@ def _build_named(
         if num_classes is not None and num_classes != current:
             model = sources.build(kind, name, num_classes, model_args)
         arch = f"{kind}:{name}" if kind != "timm" else name
-        foreign.load_weights_into(model, sd, weights_path or Path("?"), arch)
+        said = foreign.load_weights_into(model, sd, weights_path or Path("?"), arch)
+        if notes is not None:
+            notes.extend(said)
     model.eval()
     return model, _num_outputs(model)
 
@@ -150,7 +154,7 @@ def load_model(
     elif ema:
         raise UsageError("ema needs a checkpoint: pass weights or a checkpoint file as the model.",
                          param=("ema", "weights"))
-    model, k = _build_named(kind, name, sd, wpath, num_classes, model_args)
+    model, k = _build_named(kind, name, sd, wpath, num_classes, model_args, info.setdefault("notes", []))
     notes = list(info.get("notes", []))
     if sd is None:
         notes.append(f"{name} has random weights (no --weights given).")
@@ -223,7 +227,7 @@ def _from_weights(
     kind, name = sources.parse_name(arch)
     # the training run's constructor arguments (timm train.py's args), then the ones given now
     model_args = {**info.get("model_args", {}), **(model_args or {})}
-    model, k = _build_named(kind, name, sd, path, num_classes, model_args)
+    model, k = _build_named(kind, name, sd, path, num_classes, model_args, info.setdefault("notes", []))
     data_config = sources.data_config(model, kind, input_size=input_size)
     notes = list(info.get("notes", []))
     if info.get("model_args") or info.get("data_config"):
@@ -241,7 +245,19 @@ def _from_weights(
     )
 
 
+# modules that compute on quantized (integer) tensors: no float weights to convert
+_QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
 def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
+    quantized = next(((n, m) for n, m in module.named_modules()
+                      if type(m).__module__.startswith(_QUANTIZED_MODULES)), None)
+    if quantized is not None:
+        raise InputError(
+            f"Model {path} is quantized ({quantized[0] or 'the model'} is a "
+            f"{type(quantized[1]).__module__.split('.modules')[0]}.{type(quantized[1]).__name__}); "
+            "softcamify converts float models: save the model before quantizing it."
+        )
     module.eval()
     bad = sources.all_finite(dict(module.state_dict()))
     if bad:
@@ -293,7 +309,8 @@ def _load_folder(
     model_args = {k: v for k, v in {**cfg_args, **(model_args or {})}.items() if k != "num_classes"}
     k_cfg = config.get("num_classes")
     kind, name = sources.parse_name(arch)
-    model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args)
+    model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args,
+                            info.setdefault("notes", []))
     labels = config.get("label_names") or config.get("id2label")  # timm's save_for_hf, or transformers' style
     if isinstance(labels, dict):
         labels = [labels.get(str(i), labels.get(i, f"class_{i}")) for i in range(k)]

@@ -51,22 +51,37 @@ _register_commands()
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM (``kill``, CI timeouts, ``docker stop``) is handled as Ctrl-C: temporary files are removed,
-    a fine-tune saves its state, and the exit code is 130."""
+    """SIGTERM (``kill``, CI timeouts, ``docker stop``, a scheduler) is handled as Ctrl-C: temporary files are
+    removed, a fine-tune saves its state, and the exit code is 130.
+
+    It does not depend on SIGINT being handled: a command started as a background job of a script (``cmd &``)
+    inherits an ignored SIGINT, and SIGTERM must still stop it. A command's own Ctrl-C handler (finetune's
+    stop-after-this-step, the ``--nproc`` launcher's forwarding) gets it; otherwise it raises
+    :class:`~softcamify.cli._common.Terminated` once, and further SIGTERMs are ignored while the command
+    cleans up.
+    """
     import signal
 
+    from ._common import Terminated
+
     handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
+    if callable(handler) and handler is not signal.default_int_handler:
         handler(signal.SIGINT, frame)
-    elif handler != signal.SIG_IGN:  # ignored (the --nproc launcher): its processes handle the signal
-        raise KeyboardInterrupt
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop: a second SIGTERM must not cut the cleanup
+    raise Terminated
 
 
-def main() -> None:
+def install_sigterm_handler() -> None:
+    """Handle SIGTERM as Ctrl-C for every command (:func:`_terminate`); :func:`main` calls it once."""
     import signal
 
     try:
         signal.signal(signal.SIGTERM, _terminate)
     except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM here
         pass
+
+
+def main() -> None:
+    install_sigterm_handler()
     app()

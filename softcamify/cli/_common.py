@@ -196,6 +196,26 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
     return size
 
 
+MAX_LOGIT = 1e6  # no classifier's logits come near it; float32 still resolves 0.1 there
+
+
+def check_logit_scale(conversion: dict[str, Any] | None) -> None:
+    """Refuse a conversion verified against logits that are not finite or absurdly large: the tolerance
+    scales with the logits (``--rtol``), so at 1e19 any difference passes and "exact" would mean nothing.
+    Such logits come from broken weights, or weights loaded wrongly (quantized integers read as floats)."""
+    from ..errors import InputError
+
+    scale = (conversion or {}).get("logit_scale")
+    if not isinstance(scale, (int, float)) or (math.isfinite(scale) and abs(scale) <= MAX_LOGIT):
+        return
+    what = f"reach {scale:.3g}" if math.isfinite(scale) else "are not finite"
+    raise InputError(
+        f"The original {(conversion or {}).get('architecture') or 'model'}'s logits {what} on the verification "
+        f"inputs (a classifier's stay far below {MAX_LOGIT:.0e}): its weights are broken or were loaded "
+        "wrongly (quantized integers read as floats?), so the conversion cannot be verified; nothing was written."
+    )
+
+
 def parse_model_args(value: str | None) -> dict[str, Any] | None:
     """'in_chans=1,global_pool=max' or '{"in_chans": 1}' -> {"in_chans": 1, "global_pool": "max"}."""
     from ..errors import UsageError
@@ -301,6 +321,11 @@ def _current_context() -> Any:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would raise :class:`KeyboardInterrupt` (so every ``except
+    KeyboardInterrupt`` cleanup runs for it too); the CLI exits with 130 for both."""
+
+
 def fail(message: str, code: int) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # paths may hold [/]
     raise typer.Exit(code)
@@ -317,8 +342,8 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         fail(e.render(option_name), e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+    except KeyboardInterrupt as e:
+        err_console.print("[yellow]interrupted[/]" + (" by SIGTERM" if isinstance(e, Terminated) else ""))
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -16,6 +16,7 @@ from ._common import (
     MODEL,
     MODEL_ARGS_OPTION,
     Shared,
+    check_logit_scale,
     command,
     emit,
     handle_errors,
@@ -150,6 +151,7 @@ def convert(
             strict=strict, seed=seed, features_layer=features_layer, classifier=classifier,
             output_stride=output_stride,
         )
+        check_logit_scale(softcam.meta.conversion)
         save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)

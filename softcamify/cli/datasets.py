@@ -65,6 +65,7 @@ def synth(
                 contrast=contrast,
                 noise=noise,
                 force=o.force,
+                keep_images=False,  # in manifest.json; memory does not grow with --n
             )
         seconds = time.perf_counter() - t0
         summary = {

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import ENDING, MODEL, Shared, command, emit, handle_errors, model_kwargs
+from ._common import ENDING, MODEL, Shared, check_logit_scale, command, emit, handle_errors, model_kwargs
 
 
 def _dims(dims) -> str:
@@ -66,6 +66,7 @@ def export(
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
         sc, notes = load_softcam(model, **load_kwargs)
+        check_logit_scale(sc.meta.conversion)
         kwargs = dict(force=o.force, atol=atol, rtol=rtol, seed=seed, trust_pickle=m.trust_pickle)
         if suffix == ".onnx":
             kwargs.update(opset=opset, exporter=exporter, spatial=spatial)

@@ -171,6 +171,18 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+# torchrun stops its processes on SIGTERM/SIGINT (each saves its state and says so), then raises
+# SignalException, which would end in a traceback on the user's console: exit as interrupted instead.
+_TORCHRUN = """import sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.run import main
+try:
+    main()
+except SignalException:
+    sys.exit(130)
+"""
+
+
 def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
     """``--nproc N``: check RUN_DIR here (clear messages, right exit codes), then start torchrun."""
     import tempfile
@@ -188,6 +200,8 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
         raise UsageError("--nproc needs the command line `softcamify finetune …` (from Python, run torchrun).")
     argv = _strip_nproc(argv[argv.index("finetune"):])
     cmd = torchrun_command(nproc, argv)
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # torchrun, without its traceback when it is signalled
+        cmd = [cmd[0], "-c", _TORCHRUN, *cmd[3:]]
     env = dict(os.environ)
     fd, exit_file = tempfile.mkstemp(prefix="softcamify-exit-", suffix=".txt")
     os.close(fd)
@@ -198,14 +212,19 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processes get Ctrl-C and save their state
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
-        proc = subprocess.run(cmd, env=env, check=False)
+        proc = subprocess.Popen(cmd, env=env)
+        # SIGTERM goes on to torchrun, which passes it to the processes: they save their state and exit 130
+        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+        proc.wait()
         try:
             text = Path(exit_file).read_text().strip()
         except OSError:
             text = ""
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         Path(exit_file).unlink(missing_ok=True)
     code = int(text) if text.lstrip("-").isdigit() else (proc.returncode or 0)
     raise typer.Exit(code)

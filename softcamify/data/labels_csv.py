@@ -139,6 +139,58 @@ def _label_map(
     return names, {lb: int(lb) for lb in labels}
 
 
+def _one_row_per_image(
+        csv_path: Path, rows: list[tuple[int, Path, str, str]], label_of: dict[str, int],
+) -> tuple[list[tuple[int, Path, str, str]], list[str]]:
+    """The rows with each image (its real path: ``a.png`` and ``./a.png`` are one image) once per split,
+    and the notes about what was dropped or is suspicious.
+
+    An image listed with two labels is refused (:class:`InputError`): no label can be chosen for it. The
+    same image, label and split listed again is used once (a note with the count). The same image in two
+    splits (train and val, say) is kept as written, with a note: its validation and test scores include
+    images the model trained on.
+    """
+    first: dict[str, tuple[int, Path, str, str]] = {}  # real path -> its first row
+    in_splits: dict[str, dict[str, tuple[int, Path, str, str]]] = {}  # real path -> split -> its row
+    conflicts: dict[str, tuple[tuple[int, Path, str, str], tuple[int, Path, str, str]]] = {}
+    duplicates: list[tuple[tuple[int, Path, str, str], tuple[int, Path, str, str]]] = []
+    kept: list[tuple[int, Path, str, str]] = []
+    for row in rows:
+        key = os.path.realpath(row[1])
+        seen = first.setdefault(key, row)
+        if label_of[seen[2]] != label_of[row[2]]:
+            conflicts.setdefault(key, (seen, row))
+            continue
+        splits = in_splits.setdefault(key, {})
+        if row[3] in splits:
+            duplicates.append((splits[row[3]], row))
+            continue
+        splits[row[3]] = row
+        kept.append(row)
+    if conflicts:
+        (line_a, path, label_a, _), (line_b, _, label_b, _) = next(iter(conflicts.values()))
+        raise InputError(
+            f"Labels file {csv_path} gives {len(conflicts)} image(s) more than one label (first: {path} is "
+            f"{label_a!r} on line {line_a} and {label_b!r} on line {line_b}); keep one label per image."
+        )
+    notes: list[str] = []
+    if duplicates:
+        (line_a, path, _, _), (line_b, _, _, _) = duplicates[0]
+        notes.append(
+            f"Labels file {csv_path} lists {len(duplicates)} row(s) again with the same image, label and split "
+            f"(first: {path} on lines {line_a} and {line_b}); each image is used once."
+        )
+    leaked = [s for s in in_splits.values() if len(s) > 1]
+    if leaked:
+        path, where = next(iter(leaked[0].values()))[1], " and ".join(sorted(leaked[0]))
+        notes.append(
+            f"Labels file {csv_path} puts {len(leaked)} image(s) in more than one split (first: {path} in "
+            f"{where}): the model is validated or tested on images it trains on, so those scores are too "
+            "good; give each image one split."
+        )
+    return kept, notes
+
+
 def discover_csv(
         csv_path: Path,
         data_dir: Path | None,
@@ -151,6 +203,7 @@ def discover_csv(
     """The splits of a labels CSV (see :func:`softcamify.data.discover`); empty files go to ``skipped``."""
     resolved = _resolve_rows(csv_path, data_dir, _read_rows(csv_path))
     names, label_of = _label_map(csv_path, [r[2] for r in resolved], class_names)
+    resolved, notes = _one_row_per_image(csv_path, resolved, label_of)
     has_split = any(r[3] for r in resolved)
     samples: dict[str, list[Sample]] = {s: [] for s in SPLIT_NAMES}
     for line, p, label, split in resolved:
@@ -172,5 +225,5 @@ def discover_csv(
     check_classes(names, samples, str(csv_path), need_train=need_train, min_classes=min_classes)
     return DatasetSplits(
         names, samples['train'], samples['val'], samples['test'], source, 'csv', data_dir or csv_path.parent,
-        skipped,
+        skipped, notes,
     )

@@ -38,7 +38,9 @@ class DatasetSplits:
     """What :func:`discover` found: the class list (index = label) and the samples of each split.
 
     ``source`` says in words where the splits came from; ``layout`` is 'splits', 'folders' or 'csv';
-    ``skipped`` lists files left out (empty files, broken links) with the reason.
+    ``skipped`` lists files left out (empty files, broken links) with the reason; ``notes`` are warnings
+    about the data for the user (one sentence each: a labels CSV that lists an image twice, or in two
+    splits), which commands show as notes and put in their ``--json`` output.
     """
 
     class_names: list[str]
@@ -49,6 +51,7 @@ class DatasetSplits:
     layout: str = ''
     root: Path | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

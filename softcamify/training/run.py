@@ -219,6 +219,8 @@ class _Run:
     def load_data_and_model(self):
         """The splits and the model, their classes lined up, every image decoded once."""
         splits = discover_splits(self.data_dir, self.cfg)
+        for n in splits.notes:  # a labels CSV that lists images twice or in two splits
+            self.note(n)
         sc = self.load_model()
         sc, splits = match_classes(sc, splits, self.data_dir, self.cfg, self.note)
         channels = int(sc.meta.data_config["input_size"][0])

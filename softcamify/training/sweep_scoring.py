@@ -195,6 +195,7 @@ def val_samples(model: Any, data_dir: Any, cfg: Any, notes: list[str]):
     from .splits import class_order, discover_splits, generic_names, model_class_names
 
     splits = discover_splits(data_dir, cfg)
+    notes.extend(n for n in splits.notes if n not in notes)
     found = list(splits.class_names)
     stored = model_class_names(model.meta.class_names, model.meta.num_classes, found)
     names = decision_names(stored, model.meta.num_classes)
