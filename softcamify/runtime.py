@@ -211,10 +211,11 @@ def load(
             raise UsageError(f"{' and '.join(given)} do not apply to an .onnx model; they build a PyTorch model "
                              "from a checkpoint.", param=tuple(given))
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
-    size = tuple(int(v) for v in input_size)[-2:] if input_size is not None else None
+    size = (int(input_size[-2]), int(input_size[-1])) if input_size is not None else None
     sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
                              trust_pickle=trust_pickle)
-    config = resolve_data_config(sc.meta.data_config, **{k: v for k, v in preprocessing.items() if k != "input_size"})
+    config = resolve_data_config(sc.meta.data_config, mean=mean, std=std, interpolation=interpolation,
+                                 crop_pct=crop_pct, crop_mode=crop_mode)
     if class_names is not None and not names_fit(sc.meta.num_classes, len(class_names)):
         raise UsageError(f"{len(class_names)} class names were given but the model has "
                          f"{classes_phrase(sc.meta.num_classes)}.", param="class_names")

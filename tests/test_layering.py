@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
      "softcamify.data"),
     # 2 models: where originals come from, reading files, the SoftCAM module, heads, conversion
     ("softcamify.sources", "softcamify.checkpoints", "softcamify.model", "softcamify.heads",
-     "softcamify.conversion"),
+     "softcamify.dilation", "softcamify.conversion"),
     # 3 running models: the one loader and its torch / onnxruntime backends, export, predict and explain
     ("softcamify.onnx_runtime", "softcamify.runtime", "softcamify.exporters", "softcamify.explanations",
      "softcamify.prediction"),

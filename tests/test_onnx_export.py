@@ -127,7 +127,7 @@ def test_fixed_size_backbone_falls_back_to_static_height_and_width(tmp_path):
     model = _tiny(position=True)
     out = tmp_path / "pos.onnx"
     report = E.export_onnx(model, out)
-    assert report.exporter == "dynamo" and not report.dynamic_spatial and report.dynamic_batch
+    assert report.exporter == "torchscript" and not report.dynamic_spatial and report.dynamic_batch
     assert report.shapes["input"] == ["batch", 3, 32, 32]
     assert report.attempts[0]["spatial"] == "dynamic" and report.attempts[0]["outcome"] == "size"
     assert "static" in report.spatial_note and "64×96" in report.spatial_note
@@ -198,7 +198,8 @@ def test_static_fallback_note_has_no_escape_codes(tmp_path):
 @pytest.mark.slow
 def test_cli_export_json_of_a_fixed_size_vit_has_a_plain_spatial_note(tmp_path, cli):
     """QA: ``export test_vit_relpos --json`` put torch's colour codes into spatial_note (about 12 s)."""
-    r = cli("export", "test_vit_relpos", "--num-classes", "3", "-o", tmp_path / "vit.onnx", "--json")
+    r = cli("export", "test_vit_relpos", "--num-classes", "3", "-o", tmp_path / "vit.onnx", "--exporter", "dynamo",
+            "--json")
     assert r.returncode == 0, r.stderr
     assert "\x1b" not in r.stdout and "\\u001b" not in r.stdout
     data = json.loads(r.stdout)
@@ -207,21 +208,26 @@ def test_cli_export_json_of_a_fixed_size_vit_has_a_plain_spatial_note(tmp_path, 
     assert all("\x1b" not in a.get("error", "") for a in data["attempts"])
 
 
-def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
+def test_auto_tries_torchscript_first_and_falls_back_to_dynamo_with_readable_dims(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("simulated torch.export failure")
+        raise RuntimeError("simulated TorchScript export failure")
 
-    monkeypatch.setattr(E_onnx, "_export_dynamo", broken)
+    monkeypatch.setattr(E_onnx, "_export_torchscript", broken)
     model = _tiny()
     report = E.export_onnx(model, tmp_path / "m.onnx")
-    assert report.exporter == "torchscript" and report.dynamic_spatial
-    assert [a["outcome"] for a in report.attempts] == ["export", "export", "ok"]
-    assert "simulated torch.export failure" in report.attempts[0]["error"]
+    assert report.exporter == "dynamo" and report.dynamic_spatial
+    assert [(a["exporter"], a["outcome"]) for a in report.attempts] == [
+        ("torchscript", "export"), ("torchscript", "export"), ("dynamo", "ok")]
+    assert "simulated TorchScript export failure" in report.attempts[0]["error"]
     assert report.shapes["input"] == ["batch", 3, "height", "width"]
+    # the dynamo exporter's symbolic expressions are renamed as TorchScript names them
+    assert report.shapes["evidence"] == ["batch", 3, "evidence_height", "evidence_width"]
+    dl, de = _ort_vs_torch(tmp_path / "m.onnx", model, 2, (48, 80))
+    assert dl <= ATOL and de <= ATOL
 
 
-def test_dynamo_wrong_numerics_falls_back_to_torchscript(tmp_path, monkeypatch):
-    real = E_onnx._export_dynamo
+def test_wrong_numerics_fall_back_to_the_other_exporter(tmp_path, monkeypatch):
+    real = E_onnx._export_torchscript
 
     def wrong(*args, **kwargs):  # like pytorch #169178: a graph that runs but computes something else
         proto = real(*args, **kwargs)
@@ -231,10 +237,10 @@ def test_dynamo_wrong_numerics_falls_back_to_torchscript(tmp_path, monkeypatch):
         init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
         return proto
 
-    monkeypatch.setattr(E_onnx, "_export_dynamo", wrong)
+    monkeypatch.setattr(E_onnx, "_export_torchscript", wrong)
     model = _tiny()
     report = E.export_onnx(model, tmp_path / "m.onnx")
-    assert report.exporter == "torchscript" and report.attempts[0]["outcome"] == "mismatch"
+    assert report.exporter == "dynamo" and report.attempts[0]["outcome"] == "mismatch"
     assert report.max_abs_diff_evidence <= ATOL
 
 
@@ -300,7 +306,7 @@ def test_safetensors_from_a_training_checkpoint(tmp_path):
                 "max_abs_diff_evidence", "checks", "file_size", "output", "attempts"):
         assert key in data
     assert data["file_size"] == (tmp_path / "m.onnx").stat().st_size and data["max_abs_diff_evidence"] <= ATOL
-    assert data["exporter"] == "torchscript" and data["shapes"]["evidence"] == ["batch", 4, "grid_height", "grid_width"]
+    assert data["exporter"] == "torchscript" and data["shapes"]["evidence"] == ["batch", 4, "evidence_height", "evidence_width"]
 
 
 def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):

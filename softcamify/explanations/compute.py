@@ -93,7 +93,7 @@ class Explanation:
     def upsampled(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The K maps resized bilinearly to ``size`` (default: the model's input size), float32."""
         if size is None:
-            size = tuple(int(v) for v in self.data_config["input_size"][1:])  # type: ignore[assignment]
+            size = (int(self.data_config["input_size"][1]), int(self.data_config["input_size"][2]))
         return upsample(self.maps, size).astype(np.float32)
 
     def image(self) -> Image.Image:

@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,7 +139,7 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
     axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, EVIDENCE_NAME: {0: "batch"}}
     if dynamic_spatial:
         axes[INPUT_NAME].update({2: "height", 3: "width"})
-        axes[EVIDENCE_NAME].update({2: "grid_height", 3: "grid_width"})
+        axes[EVIDENCE_NAME].update({2: "evidence_height", 3: "evidence_width"})
     buf = io.BytesIO()
     torch.onnx.export(
         module, (x,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[LOGITS_NAME, EVIDENCE_NAME],
@@ -149,19 +149,27 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
 
 
 def _rename_dynamic_dims(proto) -> None:
-    """Name the dynamo exporter's symbols (``s16``, ``s82``) ``height``/``width`` everywhere they appear."""
+    """Readable dimension names in the dynamo exporter's graph: its input symbols (``s16``, ``s82``) become
+    ``height``/``width`` everywhere they appear, and the evidence output's symbolic expressions
+    (``((height - 1)//32) + 1`` — thousands of characters for TF-"same" padding) ``evidence_height`` /
+    ``evidence_width``, as the TorchScript exporter names them."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {}
     for axis, label in ((2, "height"), (3, "width")):
         if len(dims) > axis and dims[axis].dim_param and re.fullmatch(r"s\d+", dims[axis].dim_param):
             names[dims[axis].dim_param] = label
-    if not names or len(set(names)) != len(names):
-        return
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-    for vi in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        for d in vi.type.tensor_type.shape.dim:
-            if d.dim_param:
-                d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
+    if names and len(set(names)) == len(names):
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        for vi in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param:
+                    d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
+    for out in proto.graph.output:
+        if out.name == EVIDENCE_NAME:
+            out_dims = out.type.tensor_type.shape.dim
+            for axis, label in ((2, "evidence_height"), (3, "evidence_width")):
+                if len(out_dims) > axis and out_dims[axis].dim_param:
+                    out_dims[axis].dim_param = label
 
 
 def _shapes(proto) -> dict[str, list[Any]]:
@@ -188,7 +196,9 @@ def _plan(exporter: str, spatial: str, opset: int | None) -> tuple[list[tuple[st
         if not 7 <= opset <= highest:
             raise UsageError(f"opset {opset} is not between 7 and {highest} (the newest this onnx knows).",
                              param="opset")
-    exporters = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    # TorchScript first: it exports in seconds where the dynamo exporter takes minutes on TF-"same" padding
+    # (benchmarks/export_time.py); dynamo is the fallback when TorchScript fails or does not validate
+    exporters = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     if opset is not None and opset < DYNAMO_MIN_OPSET and "dynamo" in exporters:
         if exporter == "dynamo":
             raise UsageError(f"exporter dynamo writes opset {DYNAMO_MIN_OPSET} or newer; drop opset {opset} "
@@ -231,7 +241,7 @@ def export_onnx(
     plan, notes = _plan(exporter, spatial, opset)
     sc, load_notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
     notes = load_notes + notes
-    sc = cpu_float32(sc)[0].eval()
+    sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     _check_weight_size(sc)
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     module = _MapsModule(sc).eval()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import UsageError, ValidationError
 from ..io import atomic_output, check_output_path
+from ..model import SoftCAM
 from ..runtime import load_softcam
 from ..sources import cpu_float32
 from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
@@ -42,7 +43,7 @@ def export_safetensors(
         raise UsageError(f"output {out} must end in .safetensors for the softcamify format.", param="output")
     check_output_path(out, force=force)
     sc, notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
-    sc = cpu_float32(sc)[0].eval()
+    sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
     with atomic_output(out, force=force) as tmp:
