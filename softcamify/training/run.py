@@ -162,6 +162,9 @@ class _Run:
                 self.lock = RunLock(self.run_dir).acquire()
 
         on_main(self.ctx, check)
+        if self.lock is not None and self.lock.took_over_from is not None:
+            self.note(f"Took over the lock of {self.run_dir}: its run ({self.lock.took_over_from.describe()}) "
+                      "no longer exists.")
         if self.cfg.resume:
             self.state = load_state(self.last_path)
             self.merge_resumed_config(self.state)
