@@ -261,12 +261,19 @@ def option_name(param: str) -> str | None:
     import click
 
     ctx = click.get_current_context(silent=True)
+    if ctx is None:  # typer 0.2x runs commands on its own copy of click, with its own context stack
+        try:
+            from typer._click.globals import get_current_context
+        except ImportError:
+            return None
+        ctx = get_current_context(silent=True)
     if ctx is None:
         return None
     for p in ctx.command.params:
         if p.name == param or p.name == f"{param}_":
-            if isinstance(p, click.Argument):
-                return p.human_readable_name
+            # typer's own click copy has no click.Argument and no human_readable_name: ask the parameter
+            if isinstance(p, click.Argument) or getattr(p, "param_type_name", None) == "argument":
+                return getattr(p, "metavar", None) or str(p.name).upper()
             return max(p.opts, key=len)
     return None
 

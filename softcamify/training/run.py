@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .config import (
     BEST_NAME,
     DEFAULT_EPOCHS,
@@ -167,9 +167,32 @@ class _Run:
                       "no longer exists.")
         if self.cfg.resume:
             self.state = load_state(self.last_path)
+            self.check_resumed_data(self.state)
             self.merge_resumed_config(self.state)
         if self.cfg.epochs is None:  # not given, and not planned by a resumed run
             self.cfg.epochs = DEFAULT_EPOCHS
+
+    def check_resumed_data(self, state: dict[str, Any]) -> None:
+        """A resumed run continues on the data it started on: another data_dir is refused, naming both."""
+        if "data_dir_real" in state:
+            then = state["data_dir_real"]
+        else:  # last.pt of an earlier version: the folder as given, comparable only when absolute
+            given = state.get("data_dir")
+            if given is not None and not os.path.isabs(given):
+                return
+            then = os.path.realpath(given) if given is not None else None
+        now = os.path.realpath(self.data_dir) if self.data_dir is not None else None
+        if now == then:
+            return
+        if then is None:
+            raise UsageError(f"The run in {self.run_dir} was started without data_dir, but data_dir {self.data_dir} "
+                             "was given; resume it without data_dir.", param="data_dir")
+        if now is None:
+            raise UsageError(f"The run in {self.run_dir} was started on data_dir {then}, but none was given; "
+                             "resume it with that data_dir.", param="data_dir")
+        raise UsageError(f"data_dir {self.data_dir} is not the folder the run in {self.run_dir} was started on "
+                         f"({then}); resume it with that data_dir, or start a new run in another folder.",
+                         param="data_dir")
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
         raw = state.get("config") or {}

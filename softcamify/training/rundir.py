@@ -217,6 +217,7 @@ def save_state(path: Path, ctx: distributed.DistContext, *, model, optimizer, sc
         "config": config.to_dict(),
         "model_spec": str(model_spec) if isinstance(model_spec, (str, os.PathLike)) else None,
         "data_dir": str(data_dir) if data_dir is not None else None,
+        "data_dir_real": os.path.realpath(data_dir) if data_dir is not None else None,  # what --resume checks
         "class_names": list(model.meta.class_names),
         "meta": json.dumps(model.meta.to_dict(), sort_keys=True),
         "history": history,
