@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import InputError, UsageError
+from ..errors import InputError, SoftcamifyError, UsageError
 from .config import (
     BEST_NAME,
     DEFAULT_EPOCHS,
@@ -39,7 +39,7 @@ from .config import (
     check_config,
     finite,
 )
-from .loaders import SeededDataset, build_loaders, default_workers, seed_all
+from .loaders import SeededDataset, WorkerError, build_loaders, default_workers, seed_all
 from .loop import (
     EpochOutcome,
     Forward,
@@ -413,9 +413,19 @@ class _Run:
                 stop = distributed.all_reduce_max_flag(self.ctx, self.stop.requested, self.device)
                 if stop and epoch + 1 < int(c.epochs):
                     raise FinetuneInterrupted(self.run_dir, epoch + 2, 0, t.loaders.steps)
+        except InputError as e:  # an image that became unreadable during the run (it was checked before)
+            raise self.data_failed(e) from e
         finally:
             self.stop.uninstall()
         return False, train_time, train_images
+
+    def data_failed(self, e: InputError) -> SoftcamifyError:
+        """The error to raise for ``e``, raised while training: the worker's original error, and how to
+        continue when a state is saved (the run folder stays resumable: last.pt is only ever replaced whole)."""
+        err = e.original() if isinstance(e, WorkerError) else e
+        if not self.last_path.exists():
+            return err
+        return type(err)(f"{err.message.rstrip('.')}, then continue the run with --resume.", param=err.params)
 
     def result(self, t: Trainer, p: Progress, hw: Hardware, data_info: dict[str, Any], stopped_early: bool,
                train_time: float, train_images: int, t_start: float) -> FinetuneResult:
