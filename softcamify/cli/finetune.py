@@ -169,10 +169,11 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
+def _launch(nproc: int, output: Path, resume: bool, force: bool, debug: bool = False) -> None:
     """``--nproc N``: check RUN_DIR here (clear messages, right exit codes), then start torchrun."""
     import tempfile
 
+    from .._torchrun import DEBUG_ENV as TORCHRUN_DEBUG_ENV
     from ..distributed import torchrun_command
     from ..training import RunLock, check_run_dir
 
@@ -191,6 +192,7 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
     os.close(fd)
     env[EXIT_FILE_ENV] = exit_file
     env[ARGV_ENV] = json.dumps(sys.argv[1:])
+    env[TORCHRUN_DEBUG_ENV] = "1" if debug else "0"  # torchrun's own failure report only with --debug
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     import signal
@@ -295,7 +297,7 @@ def finetune(
     try:
         if nproc > 1 and not launched_by_torchrun():
             with handle_errors(debug):
-                _launch(nproc, output, resume, force)
+                _launch(nproc, output, resume, force, debug)
             return
         if rank != 0:  # other ranks: silent; rank 0 reports errors once
             try:
