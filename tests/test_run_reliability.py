@@ -36,10 +36,18 @@ from conftest import run_cli
 from PIL import Image
 from test_hostile_inputs import invoke, temporaries
 
-from softcamify.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, InputError, OutputError, UsageError
+from softcamify.errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    InputError,
+    OutputError,
+    UsageError,
+)
 from softcamify.training import RunLock
-from softcamify.training.lock import Owner
 from softcamify.training.loaders import CarryErrors, WorkerError
+from softcamify.training.lock import Owner
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
 PY = [sys.executable, "-m", "softcamify"]

@@ -260,7 +260,7 @@ def option_name(param: str) -> str | None:
     names an option the command lacks."""
     import click
 
-    ctx = click.get_current_context(silent=True)
+    ctx: Any = click.get_current_context(silent=True)
     if ctx is None:  # typer 0.2x runs commands on its own copy of click, with its own context stack
         try:
             from typer._click.globals import get_current_context

@@ -75,7 +75,7 @@ def holds_runs(folder: str | os.PathLike) -> bool:
     """True when ``folder`` or a folder below it holds a softcamify run's files (:data:`RUN_FOLDER_MARKERS`):
     a run folder, or a folder of them such as a sweep's. Discovery leaves such folders out when they hold
     no images, so ``finetune -o DATA_DIR/run`` can be resumed."""
-    for _, _, filenames in os.walk(folder):  # links are not followed: a run folder is a real one
+    for _, _, filenames in os.walk(os.fspath(folder)):  # links are not followed: a run folder is a real one
         if RUN_FOLDER_MARKERS.intersection(filenames):
             return True
     return False
