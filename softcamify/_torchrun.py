@@ -6,7 +6,8 @@ it stops, a traceback of the launcher and a ``ChildFailedError`` table, some 40 
 ``error: …`` line rank 0 already printed. Here the same launcher runs (``parse_args`` and ``run``, as
 ``torchrun``'s ``main``; signals and process handling unchanged) with its logging off, and a failure ends it
 with the first failed process's exit code, silently when rank 0 reported it (it leaves its exit code in the
-file ``SOFTCAMIFY_EXIT_FILE`` names), else with one sentence naming the process. With
+file ``SOFTCAMIFY_EXIT_FILE`` names), else with one sentence naming the process; Ctrl-C and SIGTERM end it
+without a traceback (the processes report and save their state themselves). With
 ``SOFTCAMIFY_TORCHRUN_DEBUG=1`` (``finetune --debug``) torchrun reports as usual.
 """
 
@@ -43,6 +44,7 @@ def _how(exitcode: int) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -59,6 +61,10 @@ def main(argv: list[str]) -> int:
             print(f"error: the process of rank {rank} {_how(failure.exitcode)} (rerun with --debug for "
                   "torchrun's report).", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:  # Ctrl-C or SIGTERM: the processes got it too, saved and said so
+        if debug:
+            raise
+        return 128 + int(e.sigval)
     return 0
 
 
