@@ -153,10 +153,12 @@ def broadcast_object(ctx: DistContext, obj: Any, src: int = 0) -> Any:
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The command that runs ``python -m softcamify <argv>`` in ``nproc`` processes on this machine."""
+    """The command that runs ``python -m softcamify <argv>`` in ``nproc`` processes on this machine: torchrun
+    (``torch.distributed.run``) through :mod:`softcamify._torchrun`, which keeps its failure report for
+    ``--debug``."""
     import sys
 
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+        sys.executable, "-m", "softcamify._torchrun", "--standalone", f"--nproc_per_node={int(nproc)}",
         "-m", "softcamify", *argv,
     ]

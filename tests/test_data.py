@@ -430,3 +430,91 @@ def test_split_layout_with_masks_tree_unaffected(tmp_path):
     _tree(tmp_path / 'train' / 'masks', {'healthy': 1})
     ds = discover(tmp_path)
     assert ds.class_names == ['healthy', 'lesion', 'masks'] and class_counts(ds.train, 3) == [4, 4, 3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 16: a run folder inside the data is not a class; no class folder vanishes silently
+# --------------------------------------------------------------------------------------------------
+
+def test_run_folder_markers_are_the_run_files():
+    from softcamify.data.discover import RUN_FOLDER_MARKERS
+    from softcamify.training.config import LOCK_NAME, RUN_FILES
+
+    assert RUN_FOLDER_MARKERS == {*RUN_FILES, LOCK_NAME}
+
+
+@pytest.mark.parametrize('where', ['run', 'runs/exp1', 'train/run'])
+@pytest.mark.parametrize('marker', ['last.pt', '.lock', 'metrics.jsonl'])
+def test_softcamify_run_folder_inside_the_data_is_not_a_class(tmp_path, where, marker):
+    split = where.startswith('train/')
+    if split:
+        _tree(tmp_path / 'train', {'a': 3, 'b': 3})
+        _tree(tmp_path / 'val', {'a': 1, 'b': 1})
+    else:
+        _tree(tmp_path, {'a': 3, 'b': 3})
+    before = discover(tmp_path)
+    run = tmp_path / where
+    run.mkdir(parents=True)
+    (run / marker).write_bytes(b'x')  # recognized by what it holds, whatever its name
+    (run / 'best.safetensors').write_bytes(b'x')
+    after = discover(tmp_path)
+    assert after.class_names == before.class_names == ['a', 'b']
+    assert after.train == before.train and after.val == before.val
+    # the same folder without a run's files (only a note) is still a class without images
+    for p in run.iterdir():
+        p.unlink()
+    (run / 'notes.txt').write_text('x')
+    with pytest.raises(InputError, match='contains no images'):
+        discover(tmp_path)
+
+
+def test_a_folder_with_images_and_run_files_stays_a_class(tmp_path):
+    _tree(tmp_path, {'a': 3, 'b': 3})
+    (tmp_path / 'b' / 'last.pt').write_bytes(b'x')
+    assert discover(tmp_path).class_names == ['a', 'b']
+
+
+@pytest.mark.parametrize('layout', ['flat', 'split'])
+def test_broken_link_or_file_among_class_folders_is_named(tmp_path, layout):
+    classes = tmp_path / 'train' if layout == 'split' else tmp_path
+    _tree(classes, {'a': 3, 'b': 3})
+    if layout == 'split':
+        _tree(tmp_path / 'val', {'a': 1, 'b': 1})
+    (classes / '.DS_Store').write_bytes(b'\0')  # hidden and system files stay ignored
+    (classes / 'Thumbs.db').write_bytes(b'\0')
+    assert discover(tmp_path).class_names == ['a', 'b']
+    link = classes / 'c'
+    os.symlink(tmp_path / 'unmounted' / 'share', link)  # an unmounted share
+    with pytest.raises(InputError, match='broken link') as e:
+        discover(tmp_path)
+    assert str(link) in str(e.value) and str(tmp_path / 'unmounted' / 'share') in str(e.value)
+    link.unlink()
+    (classes / 'c').write_text('a class folder that became a file')
+    with pytest.raises(InputError, match='is a file among the class folders') as e:
+        discover(tmp_path)
+    assert str(classes / 'c') in str(e.value)
+    (classes / 'c').unlink()
+    os.symlink(classes / 'a' / '0.png', classes / 'c')  # a link to a file is a file
+    with pytest.raises(InputError, match='lies directly in|is a file') as e:
+        discover(tmp_path)
+    assert str(classes / 'c') in str(e.value)
+    (classes / 'c').unlink()
+    _img(classes / 'stray.png')
+    with pytest.raises(InputError, match='outside its class folders') as e:
+        discover(tmp_path)
+    assert str(classes / 'stray.png') in str(e.value)
+
+
+def test_broken_split_folder_link_is_named(tmp_path):
+    _tree(tmp_path / 'train', {'a': 3, 'b': 3})
+    os.symlink(tmp_path / 'gone', tmp_path / 'val')  # would silently become a split of train
+    with pytest.raises(InputError, match='Split folder .* broken link') as e:
+        discover(tmp_path)
+    assert str(tmp_path / 'val') in str(e.value)
+    (tmp_path / 'val').unlink()
+    (tmp_path / 'Val').write_text('x')
+    with pytest.raises(InputError, match='where a split folder is expected'):
+        discover(tmp_path)
+    (tmp_path / 'Val').unlink()
+    (tmp_path / 'manifest.json').write_text('{}')  # other files beside split folders are fine
+    assert discover(tmp_path).layout == 'splits'

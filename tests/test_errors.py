@@ -99,3 +99,25 @@ def test_a_typer_command_names_its_own_options(capsys):
         app(["m.onnx", "-b", "0"], prog_name="x")
     assert exit_info.value.code == EXIT_USAGE
     assert "--batch-size 0 is too small for MODEL; set mean." in " ".join(capsys.readouterr().err.split())
+
+
+def test_typer_commands_name_their_own_options_and_arguments(capsys):
+    """typer (0.2x) runs commands on its own copy of click: option_name finds that context too."""
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(data_dir: str = typer.Argument(...), batch_size: int = typer.Option(1, "--batch-size", "-b")):
+        assert option_name("batch_size") == "--batch-size"
+        assert option_name("data_dir") == "DATA_DIR"
+        assert option_name("mean") is None
+        with handle_errors():
+            raise UsageError("data_dir and batch_size clash; mean stays.", param=("data_dir", "batch_size", "mean"))
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    with pytest.raises(SystemExit) as exit_info:
+        app(["cmd", "d", "-b", "2"], standalone_mode=True)
+    assert exit_info.value.code == EXIT_USAGE
+    assert "DATA_DIR and --batch-size clash; mean stays." in " ".join(capsys.readouterr().err.split())

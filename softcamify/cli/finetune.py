@@ -171,22 +171,11 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-# torchrun stops its processes on SIGTERM/SIGINT (each saves its state and says so), then raises
-# SignalException, which would end in a traceback on the user's console: exit as interrupted instead.
-_TORCHRUN = """import sys
-from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.run import main
-try:
-    main()
-except SignalException:
-    sys.exit(130)
-"""
-
-
-def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
+def _launch(nproc: int, output: Path, resume: bool, force: bool, debug: bool = False) -> None:
     """``--nproc N``: check RUN_DIR here (clear messages, right exit codes), then start torchrun."""
     import tempfile
 
+    from .._torchrun import DEBUG_ENV as TORCHRUN_DEBUG_ENV
     from ..distributed import torchrun_command
     from ..training import RunLock, check_run_dir
 
@@ -200,13 +189,12 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool) -> None:
         raise UsageError("--nproc needs the command line `softcamify finetune …` (from Python, run torchrun).")
     argv = _strip_nproc(argv[argv.index("finetune"):])
     cmd = torchrun_command(nproc, argv)
-    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # torchrun, without its traceback when it is signalled
-        cmd = [cmd[0], "-c", _TORCHRUN, *cmd[3:]]
     env = dict(os.environ)
     fd, exit_file = tempfile.mkstemp(prefix="softcamify-exit-", suffix=".txt")
     os.close(fd)
     env[EXIT_FILE_ENV] = exit_file
     env[ARGV_ENV] = json.dumps(sys.argv[1:])
+    env[TORCHRUN_DEBUG_ENV] = "1" if debug else "0"  # torchrun's own failure report only with --debug
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     import signal
@@ -316,7 +304,7 @@ def finetune(
     try:
         if nproc > 1 and not launched_by_torchrun():
             with handle_errors(debug):
-                _launch(nproc, output, resume, force)
+                _launch(nproc, output, resume, force, debug)
             return
         if rank != 0:  # other ranks: silent; rank 0 reports errors once
             try:

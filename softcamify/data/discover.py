@@ -32,19 +32,53 @@ from .splits import (
     split_off_val,
 )
 
-__all__ = ['discover', 'verify_samples', 'mask_path_for', 'default_mask_root', 'MASK_DIR_NAME']
+__all__ = ['discover', 'verify_samples', 'mask_path_for', 'default_mask_root', 'MASK_DIR_NAME', 'holds_runs',
+           'RUN_FOLDER_MARKERS']
 
 # The mask tree's folder name: ``DATA_DIR/masks`` mirrors DATA_DIR (``softcamify evaluate``'s default
 # --masks).
 MASK_DIR_NAME = 'masks'
 
 
-def _visible_subdirs(folder: Path) -> list[Path]:
+# A softcamify run folder (``finetune -o``, a sweep's runs) is recognized by the files it holds: those of
+# softcamify.training.config (RUN_FILES and LOCK_NAME), repeated here because data sits below training
+# (tests/test_data.py checks that they agree).
+RUN_FOLDER_MARKERS = frozenset({'last.pt', 'best.safetensors', 'metrics.jsonl', 'summary.json', '.lock'})
+# Files an operating system leaves in folders: ignored like hidden files.
+SYSTEM_FILES = frozenset({'thumbs.db', 'desktop.ini'})
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    """The visible entries of ``folder`` (not hidden, not system files), sorted by name."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
         raise InputError(f"Folder {folder} cannot be listed: {e.strerror or e}.") from e
-    return [Path(e.path) for e in entries if not e.name.startswith('.') and e.is_dir()]
+    return [e for e in entries if not e.name.startswith('.') and e.name.lower() not in SYSTEM_FILES]
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    return [Path(e.path) for e in _scan(folder) if e.is_dir()]
+
+
+def _broken_link(entry: os.DirEntry) -> str | None:
+    """Where ``entry`` points when it is a symlink to nothing (an unmounted share, a moved folder), else None."""
+    if not entry.is_symlink() or os.path.exists(entry.path):
+        return None
+    try:
+        return os.readlink(entry.path)
+    except OSError:
+        return '?'
+
+
+def holds_runs(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` or a folder below it holds a softcamify run's files (:data:`RUN_FOLDER_MARKERS`):
+    a run folder, or a folder of them such as a sweep's. Discovery leaves such folders out when they hold
+    no images, so ``finetune -o DATA_DIR/run`` can be resumed."""
+    for _, _, filenames in os.walk(os.fspath(folder)):  # links are not followed: a run folder is a real one
+        if RUN_FOLDER_MARKERS.intersection(filenames):
+            return True
+    return False
 
 
 def _is_mask_tree(folder: Path, class_folders: Iterable[str]) -> bool:
@@ -91,18 +125,40 @@ def _scan_class_folders(
     mirrors the class folders (:func:`_is_mask_tree`) is left out: it holds masks, not a class.
     """
     out: dict[str, list[Path]] = {}
-    subdirs = _visible_subdirs(split_dir)
+    entries = _scan(split_dir)
+    for e in entries:  # a class must never vanish silently: a link to nothing is reported by name
+        target = _broken_link(e)
+        if target is not None:
+            raise InputError(
+                f"{e.path} is a broken link (to {target}) where class folders are expected; mount or restore "
+                "its target, or remove the link."
+            )
+    subdirs = [Path(e.path) for e in entries if e.is_dir()]
     if mask_trees:
         names = [d.name for d in subdirs]
         subdirs = [d for d in subdirs if not _is_mask_tree(d, names)]
     for sub in subdirs:
         files = collect_image_files(sub, skipped)
         if not files:
+            if holds_runs(sub):
+                continue  # a softcamify run folder (e.g. finetune -o DATA_DIR/run), not a class
             raise InputError(
                 f"Class folder {sub} contains no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
                 "add images or remove the folder."
             )
         out[sub.name] = files
+    strays = [Path(e.path) for e in entries if not e.is_dir()]
+    if out and strays:  # without any class folder, the caller says what it expected
+        stray = strays[0]
+        if is_image_file(stray.name):
+            raise InputError(
+                f"Image {stray} lies directly in {split_dir}, outside its class folders; move it into the "
+                "folder of its class."
+            )
+        raise InputError(
+            f"{stray} is a file among the class folders of {split_dir}; make it a class folder of images "
+            "or move it out."
+        )
     return out
 
 
@@ -185,7 +241,18 @@ def _discover_folders(
 
 def _split_dirs(root: Path) -> dict[str, Path]:
     """{'train'|'val'|'test': folder} for the split folders of ``root`` (val also as valid, validation)."""
-    subdirs = {d.name.lower(): d for d in _visible_subdirs(root)}
+    entries = _scan(root)
+    for e in entries:  # a split folder must never vanish silently (the data would be read otherwise)
+        if e.name.lower() not in ('train', 'val', 'valid', 'validation', 'test') or e.is_dir():
+            continue
+        target = _broken_link(e)
+        if target is not None:
+            raise InputError(
+                f"Split folder {e.path} is a broken link (to {target}); mount or restore its target, or "
+                "remove the link."
+            )
+        raise InputError(f"{e.path} is a file where a split folder is expected; make it a folder or move it out.")
+    subdirs = {e.name.lower(): Path(e.path) for e in entries if e.is_dir()}
     split_dirs = {'train': subdirs['train']} if 'train' in subdirs else {}
     for alias in ('val', 'valid', 'validation'):
         if alias in subdirs:
@@ -225,8 +292,12 @@ def discover(
     whose classes are the union of its splits' class folders. In a folder of class folders, a ``masks``
     folder that mirrors them (``masks/<class>/...``, no images directly in it; the mask tree that
     ``softcamify evaluate`` reads by default) is not a class; a ``masks`` folder holding images directly
-    is. Class folders are sorted alphabetically as torchvision's ``ImageFolder`` does; every split uses
-    the training split's class list. Images may sit in nested folders below a class folder; they are
+    is. A folder without images that holds a softcamify run (``last.pt``, ``.lock``, …; a run folder or a
+    folder of them, e.g. ``finetune -o DATA_DIR/run``) is not a class either (:func:`holds_runs`). No class
+    is ever dropped silently: a broken link (an unmounted share) or a file where class (or split) folders
+    are expected is an :class:`InputError` naming it; hidden entries (``.DS_Store``) and ``Thumbs.db`` /
+    ``desktop.ini`` are ignored. Class folders are sorted alphabetically as torchvision's ``ImageFolder``
+    does; every split uses the training split's class list. Images may sit in nested folders below a class folder; they are
     collected by :func:`~softcamify.data.collect.collect_image_files` (hidden files and folders and
     non-image files are ignored; symlinked folders are followed, each real folder once, never a link up
     to a folder above, so no symlink loops).

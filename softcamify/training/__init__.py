@@ -27,7 +27,8 @@ The package, in the order of the pipeline::
 
     config.py    FinetuneConfig, FinetuneResult, FinetuneInterrupted, Reporter, constants, check_config
     loss.py      elasticnet_loss, logit_scale, lambda_from_paper, cosine_with_warmup, map_statistics
-    rundir.py    the run folder: check_run_dir, RunLock, last.pt (load_state/save_state), metrics.jsonl,
+    lock.py      RunLock: one run per run folder; a run killed with SIGKILL never blocks its resume
+    rundir.py    the run folder: check_run_dir, last.pt (load_state/save_state), metrics.jsonl,
                  best.safetensors, summary.json
     splits.py    the run's data: discovery, class matching (shared with the sweep), image verification
     loaders.py   seeded datasets, samplers and DataLoaders

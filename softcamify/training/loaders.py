@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import distributed, errors
+from ..errors import InputError, SoftcamifyError
 
 _MASK64 = (1 << 64) - 1
 
@@ -91,6 +95,72 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 
+_CARRIED = re.compile(r"<softcamify-error:([A-Za-z0-9+/=]+)>")
+
+
+class _WorkerTraceback(Exception):
+    """The traceback text of a DataLoader worker (the cause of a :class:`WorkerError`; ``--debug`` shows it)."""
+
+
+class WorkerError(InputError):
+    """A softcamify error raised while a DataLoader worker read a sample (an image that became unreadable
+    after the run checked it), carried whole to the main process.
+
+    torch re-raises a worker's exception in the main process as ``type(e)(the worker's traceback text)``,
+    which would bury the one sentence in ~40 lines. So the worker raises this class instead, with the
+    original error encoded in its message (:meth:`carrying`), and when torch re-creates it from the
+    traceback text, it decodes the original again: :meth:`original` is the same error (type, sentence,
+    parameters); the worker's traceback is kept as the cause.
+    """
+
+    def __init__(self, message: str = ""):
+        m = _CARRIED.search(message)
+        data = json.loads(base64.b64decode(m.group(1))) if m else {}
+        super().__init__(data.get("message", message), param=data.get("params"))
+        self.kind = str(data.get("type", "InputError"))
+        self.exit_code = int(data.get("exit_code", InputError.exit_code))
+        self.encoded = m.group(0) if m else ""
+        if m and m.start() > 0:  # torch's re-raise: the worker's traceback comes first
+            self.__cause__ = _WorkerTraceback(message[: m.start()].rstrip())
+
+    @classmethod
+    def carrying(cls, err: SoftcamifyError) -> WorkerError:
+        """The error a worker raises for ``err`` (its text, what torch ships, is the encoded original)."""
+        data = {"type": type(err).__name__, "message": err.message, "params": list(err.params),
+                "exit_code": err.exit_code}
+        e = cls(f"<softcamify-error:{base64.b64encode(json.dumps(data).encode()).decode()}>")
+        e.args = (e.encoded,)
+        return e
+
+    def original(self) -> SoftcamifyError:
+        """The error as the worker raised it (a class of :mod:`softcamify.errors`; else an InputError)."""
+        cls = getattr(errors, self.kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, SoftcamifyError)):
+            cls = InputError
+        return cls(self.message, param=self.params)
+
+
+class CarryErrors(torch.utils.data.Dataset):
+    """``base`` whose softcamify errors leave a DataLoader worker as a :class:`WorkerError` (in the main
+    process they are raised as they are)."""
+
+    def __init__(self, base: torch.utils.data.Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.base[key]
+        except WorkerError:
+            raise
+        except SoftcamifyError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise WorkerError.carrying(e) from e
+
+
 def default_workers() -> int:
     """DataLoader workers when ``workers`` is None: ``min(4, CPUs - 1)``."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -142,6 +212,8 @@ def build_loaders(
     loader_kw: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory,
                                  "persistent_workers": workers > 0,
                                  "worker_init_fn": worker_init if workers > 0 else None}
+    if workers > 0:  # an image that fails in a worker: one sentence, not the worker's traceback
+        train_ds, val_ds = CarryErrors(train_ds), CarryErrors(val_ds)
     train = torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=drop_last,
                                         generator=gen, **loader_kw)
     val_index = list(range(ctx.rank, len(val_ds), ctx.world))

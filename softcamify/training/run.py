@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import InputError
+from ..errors import InputError, SoftcamifyError, UsageError
 from .config import (
     BEST_NAME,
     DEFAULT_EPOCHS,
@@ -39,7 +39,7 @@ from .config import (
     check_config,
     finite,
 )
-from .loaders import SeededDataset, build_loaders, default_workers, seed_all
+from .loaders import SeededDataset, WorkerError, build_loaders, default_workers, seed_all
 from .loop import (
     EpochOutcome,
     Forward,
@@ -162,11 +162,37 @@ class _Run:
                 self.lock = RunLock(self.run_dir).acquire()
 
         on_main(self.ctx, check)
+        if self.lock is not None and self.lock.took_over_from is not None:
+            self.note(f"Took over the lock of {self.run_dir}: its run ({self.lock.took_over_from.describe()}) "
+                      "no longer exists.")
         if self.cfg.resume:
             self.state = load_state(self.last_path)
+            self.check_resumed_data(self.state)
             self.merge_resumed_config(self.state)
         if self.cfg.epochs is None:  # not given, and not planned by a resumed run
             self.cfg.epochs = DEFAULT_EPOCHS
+
+    def check_resumed_data(self, state: dict[str, Any]) -> None:
+        """A resumed run continues on the data it started on: another data_dir is refused, naming both."""
+        if "data_dir_real" in state:
+            then = state["data_dir_real"]
+        else:  # last.pt of an earlier version: the folder as given, comparable only when absolute
+            given = state.get("data_dir")
+            if given is not None and not os.path.isabs(given):
+                return
+            then = os.path.realpath(given) if given is not None else None
+        now = os.path.realpath(self.data_dir) if self.data_dir is not None else None
+        if now == then:
+            return
+        if then is None:
+            raise UsageError(f"The run in {self.run_dir} was started without data_dir, but data_dir {self.data_dir} "
+                             "was given; resume it without data_dir.", param="data_dir")
+        if now is None:
+            raise UsageError(f"The run in {self.run_dir} was started on data_dir {then}, but none was given; "
+                             "resume it with that data_dir.", param="data_dir")
+        raise UsageError(f"data_dir {self.data_dir} is not the folder the run in {self.run_dir} was started on "
+                         f"({then}); resume it with that data_dir, or start a new run in another folder.",
+                         param="data_dir")
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
         raw = state.get("config") or {}
@@ -389,9 +415,19 @@ class _Run:
                 stop = distributed.all_reduce_max_flag(self.ctx, self.stop.requested, self.device)
                 if stop and epoch + 1 < int(c.epochs):
                     raise FinetuneInterrupted(self.run_dir, epoch + 2, 0, t.loaders.steps)
+        except InputError as e:  # an image that became unreadable during the run (it was checked before)
+            raise self.data_failed(e) from e
         finally:
             self.stop.uninstall()
         return False, train_time, train_images
+
+    def data_failed(self, e: InputError) -> SoftcamifyError:
+        """The error to raise for ``e``, raised while training: the worker's original error, and how to
+        continue when a state is saved (the run folder stays resumable: last.pt is only ever replaced whole)."""
+        err = e.original() if isinstance(e, WorkerError) else e
+        if not self.last_path.exists():
+            return err
+        return type(err)(f"{err.message.rstrip('.')}, then continue the run with --resume.", param=err.params)
 
     def result(self, t: Trainer, p: Progress, hw: Hardware, data_info: dict[str, Any], stopped_early: bool,
                train_time: float, train_images: int, t_start: float) -> FinetuneResult:

@@ -1,4 +1,4 @@
-"""The run folder: its checks and lock, ``last.pt`` (state), ``metrics.jsonl``, ``best.safetensors``.
+"""The run folder: its checks and lock (:mod:`.lock`), ``last.pt`` (state), ``metrics.jsonl``, ``best.safetensors``.
 
 A run folder holds ``last.pt`` (everything needed to continue: model, optimizer, scaler, scheduler,
 epoch and step, RNG states, config; written atomically at every epoch end and on Ctrl-C; readable with
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import errno
 import json
 import os
 import random
@@ -36,61 +35,7 @@ from .config import (
     FinetuneConfig,
     finite,
 )
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``RUN_DIR/.lock`` (released automatically if the process dies)."""
-
-    def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): no protection against concurrent runs
-            return self
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise OutputError(f"Cannot create the lock file {self.path}: {e.strerror or e}.") from e
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                try:
-                    owner = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
-                finally:
-                    os.close(fd)
-                raise OutputError(
-                    f"Run folder {self.path.parent} is in use by another finetune run (pid {owner}); "
-                    "wait for it to finish or choose another run_dir.", param="run_dir"
-                ) from None
-            try:  # the file we locked may have been removed by its previous owner: lock the current one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-        except OSError as e:  # a full disk: say so (exit 6), and leave no lock file behind
-            self.release()
-            why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise OutputError(f"Cannot write the lock file {self.path}: {why}.") from e
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        self.fd = None
+from .lock import RunLock as RunLock  # the lock has its own module; it is still importable from here
 
 
 def check_run_dir(run_dir: str | os.PathLike, resume: bool = False, force: bool = False) -> Path:
@@ -277,6 +222,7 @@ def save_state(path: Path, ctx: distributed.DistContext, *, model, optimizer, sc
         "config": config.to_dict(),
         "model_spec": str(model_spec) if isinstance(model_spec, (str, os.PathLike)) else None,
         "data_dir": str(data_dir) if data_dir is not None else None,
+        "data_dir_real": os.path.realpath(data_dir) if data_dir is not None else None,  # what --resume checks
         "class_names": list(model.meta.class_names),
         "meta": json.dumps(model.meta.to_dict(), sort_keys=True),
         "history": history,
