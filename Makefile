@@ -24,6 +24,7 @@ install-dev: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check softcamify tests benchmarks scripts
+	$(VENV)/bin/ruff format --check softcamify tests benchmarks scripts
 
 # mypy on softcamify/ against a committed baseline that may only shrink (scripts/mypy-baseline.txt)
 typecheck: $(VENV)/.installed-dev

@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (each: both paths)")
-    ap.add_argument("--stat", choices=("min", "median"), default="min",
-                    help="time per path over rounds: min (best round: least disturbed by other load) "
-                    "or median")
+    ap.add_argument(
+        "--stat",
+        choices=("min", "median"),
+        default="min",
+        help="time per path over rounds: min (best round: least disturbed by other load) or median",
+    )
     ap.add_argument("--wide", action="store_true", help="also time batched forwards of 4 × --batch inputs")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
@@ -83,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             before = spent[path]
             t0 = time.perf_counter()
             try:
-                res = E.evaluate(mm, data, split="train", baselines=args.baselines, steps=args.steps,
-                                 batch_size=args.batch, examples=0)
+                res = E.evaluate(
+                    mm,
+                    data,
+                    split="train",
+                    baselines=args.baselines,
+                    steps=args.steps,
+                    batch_size=args.batch,
+                    examples=0,
+                )
             finally:
                 E._faithfulness_metrics = batched_fn  # type: ignore[assignment]
             return time.perf_counter() - t0, spent[path] - before, res
@@ -112,17 +122,36 @@ def main(argv: list[str] | None = None) -> int:
     explained = b.counts["explained"]
     curves = 2 * explained * len(b.methods)
     result = {
-        "images": args.images, "explained": explained, "methods": [m.key for m in b.methods],
-        "size": args.size, "steps": args.steps, "batch": args.batch, "device": args.device,
+        "images": args.images,
+        "explained": explained,
+        "methods": [m.key for m in b.methods],
+        "size": args.size,
+        "steps": args.steps,
+        "batch": args.batch,
+        "device": args.device,
         "deletion_batch_size": b.settings["deletion_batch_size"],
-        "threads": torch.get_num_threads(), "rounds": args.rounds, "stat": args.stat,
-        "evaluate_seconds": t, "deletion_insertion_seconds": f,
-        "ratios": {"evaluate": t["per_image"] / t["batched"],
-                   "deletion_insertion": f["per_image"] / f["batched"],
-                   **({"evaluate_4x": t["per_image"] / t["batched_4x"],
-                       "deletion_insertion_4x": f["per_image"] / f["batched_4x"]} if args.wide else {})},
-        "max_abs_auc_difference": diff, "seconds": times, "deletion_insertion_seconds_all": faith,
-        "torch": torch.__version__, "numpy": np.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "stat": args.stat,
+        "evaluate_seconds": t,
+        "deletion_insertion_seconds": f,
+        "ratios": {
+            "evaluate": t["per_image"] / t["batched"],
+            "deletion_insertion": f["per_image"] / f["batched"],
+            **(
+                {
+                    "evaluate_4x": t["per_image"] / t["batched_4x"],
+                    "deletion_insertion_4x": f["per_image"] / f["batched_4x"],
+                }
+                if args.wide
+                else {}
+            ),
+        },
+        "max_abs_auc_difference": diff,
+        "seconds": times,
+        "deletion_insertion_seconds_all": faith,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
     if str(args.device).startswith("cuda"):
@@ -130,18 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"evaluate on {args.images} generated lesion images at {args.size} px ({explained} explained, "
-          f"{len(b.methods)} method(s), {curves} deletion/insertion curves of {args.steps + 1} inputs), "
-          f"demo model, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
-          f"{args.stat} of {args.rounds} rounds (interleaved)")
-    print(f"  evaluate, per-image deletion/insertion:   {t['per_image']:8.2f} s "
-          f"(of which deletion/insertion {f['per_image']:.2f} s)")
-    print(f"  evaluate, batched deletion/insertion:     {t['batched']:8.2f} s "
-          f"(of which deletion/insertion {f['batched']:.2f} s; "
-          f"{b.settings['deletion_batch_size']} per forward)")
+    print(
+        f"evaluate on {args.images} generated lesion images at {args.size} px ({explained} explained, "
+        f"{len(b.methods)} method(s), {curves} deletion/insertion curves of {args.steps + 1} inputs), "
+        f"demo model, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
+        f"{args.stat} of {args.rounds} rounds (interleaved)"
+    )
+    print(
+        f"  evaluate, per-image deletion/insertion:   {t['per_image']:8.2f} s "
+        f"(of which deletion/insertion {f['per_image']:.2f} s)"
+    )
+    print(
+        f"  evaluate, batched deletion/insertion:     {t['batched']:8.2f} s "
+        f"(of which deletion/insertion {f['batched']:.2f} s; "
+        f"{b.settings['deletion_batch_size']} per forward)"
+    )
     if args.wide:
-        print(f"  evaluate, batched, {4 * args.batch} per forward:       {t['batched_4x']:8.2f} s "
-              f"(of which deletion/insertion {f['batched_4x']:.2f} s)")
+        print(
+            f"  evaluate, batched, {4 * args.batch} per forward:       {t['batched_4x']:8.2f} s "
+            f"(of which deletion/insertion {f['batched_4x']:.2f} s)"
+        )
     print(f"  ratio evaluate per-image / batched:            {result['ratios']['evaluate']:6.2f}×")
     print(f"  ratio deletion/insertion per-image / batched:  {result['ratios']['deletion_insertion']:6.2f}×")
     if args.wide:

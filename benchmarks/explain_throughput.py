@@ -51,8 +51,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds")
-    ap.add_argument("--stat", choices=("min", "median"), default="min",
-                    help="time per method over rounds: min (best round: least disturbed by other load) or median")
+    ap.add_argument(
+        "--stat",
+        choices=("min", "median"),
+        default="min",
+        help="time per method over rounds: min (best round: least disturbed by other load) or median",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
 
@@ -111,18 +115,30 @@ def main() -> None:
         "softcam_all_vs_gradcam_all": ips["softcam_all"] / ips["gradcam_all"],
     }
     result = {
-        "model": args.model, "classes": k, "batch": n, "size": args.size, "device": str(device),
-        "threads": torch.get_num_threads(), "rounds": args.rounds, "stat": args.stat, "images_per_s": ips,
-        "images_per_s_median": ips_median, "ratios": ratios,
-        "seconds": times, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "model": args.model,
+        "classes": k,
+        "batch": n,
+        "size": args.size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "stat": args.stat,
+        "images_per_s": ips,
+        "images_per_s_median": ips_median,
+        "ratios": ratios,
+        "seconds": times,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.model}, K={k} classes, batch {n}, {args.size}×{args.size}, {device}, "
-          f"{torch.get_num_threads()} threads, {args.stat} of {args.rounds} rounds (interleaved)")
+    print(
+        f"{args.model}, K={k} classes, batch {n}, {args.size}×{args.size}, {device}, "
+        f"{torch.get_num_threads()} threads, {args.stat} of {args.rounds} rounds (interleaved)"
+    )
     print(f"  SoftCAM maps, all {k} classes (1 forward):        {ips['softcam_all']:9.2f} images/s")
     print(f"  Grad-CAM, 1 class (forward + backward):           {ips['gradcam_one']:9.2f} images/s")
     print(f"  Grad-CAM, 1 class, no weight gradients (tuned):   {ips['gradcam_one_tuned']:9.2f} images/s")

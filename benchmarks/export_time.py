@@ -52,13 +52,23 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 try:
                     report = export_onnx(sc, out, exporter=exporter, force=True)
-                    row = {"model": name, "exporter": exporter, "used": report.exporter,
-                           "seconds": round(time.perf_counter() - t0, 1), "dynamic_spatial": report.dynamic_spatial,
-                           "evidence_dims": report.shapes.get("evidence"),
-                           "max_dim_name": max((len(str(d)) for d in report.shapes.get("evidence", [])), default=0)}
+                    row = {
+                        "model": name,
+                        "exporter": exporter,
+                        "used": report.exporter,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        "dynamic_spatial": report.dynamic_spatial,
+                        "evidence_dims": report.shapes.get("evidence"),
+                        "max_dim_name": max((len(str(d)) for d in report.shapes.get("evidence", [])), default=0),
+                    }
                 except SoftcamifyError as e:
-                    row = {"model": name, "exporter": exporter, "used": None,
-                           "seconds": round(time.perf_counter() - t0, 1), "error": str(e)[:160]}
+                    row = {
+                        "model": name,
+                        "exporter": exporter,
+                        "used": None,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        "error": str(e)[:160],
+                    }
                 rows.append(row)
                 print(json.dumps(row) if args.json else _line(row), flush=True)
     if not args.json:
@@ -66,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             by = {r["exporter"]: r for r in rows if r["model"] == name}
             if "dynamo" in by and "torchscript" in by and by["torchscript"]["seconds"] > 0:
-                print(f"{name:24s} dynamo / torchscript export time: "
-                      f"{by['dynamo']['seconds'] / by['torchscript']['seconds']:.1f}×")
+                print(
+                    f"{name:24s} dynamo / torchscript export time: "
+                    f"{by['dynamo']['seconds'] / by['torchscript']['seconds']:.1f}×"
+                )
     return 0
 
 
@@ -77,9 +89,11 @@ def _line(row: dict) -> str:
     dims = "×".join(str(d) for d in row["evidence_dims"])
     if len(dims) > 60:
         dims = dims[:57] + "…"
-    return (f"{row['model']:24s} {row['exporter']:12s} {row['seconds']:7.1f} s  used {row['used']:11s} "
-            f"{'dynamic' if row['dynamic_spatial'] else 'static ':7s}  evidence {dims} "
-            f"(longest dim name {row['max_dim_name']} chars)")
+    return (
+        f"{row['model']:24s} {row['exporter']:12s} {row['seconds']:7.1f} s  used {row['used']:11s} "
+        f"{'dynamic' if row['dynamic_spatial'] else 'static ':7s}  evidence {dims} "
+        f"(longest dim name {row['max_dim_name']} chars)"
+    )
 
 
 if __name__ == "__main__":

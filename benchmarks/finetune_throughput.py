@@ -81,9 +81,14 @@ def plain_loop(model, data_root: Path, args, device: torch.device) -> dict:
     drop_last = n > args.batch_size and n % args.batch_size == 1
     train_loader = torch.utils.data.DataLoader(
         ImageDataset(splits.train, build_transform(dc, train=True, augment="light"), channels),
-        batch_size=args.batch_size, shuffle=True, drop_last=drop_last, **kw)
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        **kw,
+    )
     val_loader = torch.utils.data.DataLoader(
-        ImageDataset(splits.val, build_transform(dc, train=False), channels), batch_size=args.batch_size, **kw)
+        ImageDataset(splits.val, build_transform(dc, train=False), channels), batch_size=args.batch_size, **kw
+    )
     train_time, images = 0.0, 0
     t_start = time.perf_counter()
     for _ in range(args.epochs):
@@ -119,16 +124,25 @@ def softcamify_finetune(model, data_root: Path, run_dir: Path, args, device: tor
     from softcamify.training import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, device=str(device), lr=args.lr,
-        amp=args.amp, force=True, augment="light",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=str(device),
+        lr=args.lr,
+        amp=args.amp,
+        force=True,
+        augment="light",
     )
     t0 = time.perf_counter()
     result = finetune(model, data_root, run_dir, cfg)
     _sync(device)
     total = time.perf_counter() - t0
     images = sum(h["train"]["images"] for h in result.history)
-    return {"train_images_per_s": result.train_images_per_s, "end_to_end_images_per_s": images / total,
-            "images": images}
+    return {
+        "train_images_per_s": result.train_images_per_s,
+        "end_to_end_images_per_s": images / total,
+        "images": images,
+    }
 
 
 def main() -> None:
@@ -165,15 +179,27 @@ def main() -> None:
         for r in range(args.repeats):
             runs["plain"].append(plain_loop(model, root, args, device))
             runs["finetune"].append(softcamify_finetune(model, root, Path(tmp) / f"run{r}", args, device))
-    best = {k: {m: max(run[m] for run in v) for m in ("train_images_per_s", "end_to_end_images_per_s")}
-            for k, v in runs.items()}
+    best = {
+        k: {m: max(run[m] for run in v) for m in ("train_images_per_s", "end_to_end_images_per_s")}
+        for k, v in runs.items()
+    }
     ratio_train = best["finetune"]["train_images_per_s"] / best["plain"]["train_images_per_s"]
     ratio_e2e = best["finetune"]["end_to_end_images_per_s"] / best["plain"]["end_to_end_images_per_s"]
     setup = {
-        "model": args.model, "input_size": args.input_size, "train_images": args.images, "val_images": args.val_images,
-        "batch_size": args.batch_size, "epochs": args.epochs, "workers": args.workers, "device": str(device),
-        "amp": bool(args.amp), "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "model": args.model,
+        "input_size": args.input_size,
+        "train_images": args.images,
+        "val_images": args.val_images,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "workers": args.workers,
+        "device": str(device),
+        "amp": bool(args.amp),
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
     }
     out = {"setup": setup, "runs": runs, "best": best, "ratio_train": ratio_train, "ratio_end_to_end": ratio_e2e}
     if args.json:

@@ -61,14 +61,32 @@ _CPUS = os.cpu_count() or 1
 # H100/H200 (estimated, not yet measured); CPU: about 20 s on 2 shared cores (limit: 60 s).
 PROFILES: dict[str, dict[str, Any]] = {
     "cuda": {
-        "models": ["resnet18", "resnet50"], "size": 224, "classes": 1000, "eq_batch": 32,
-        "tp_batch": 128, "tp_iters": 10, "tp_rounds": 5,
-        "ft_model": "resnet50", "ft_images": 1536, "ft_size": 128, "ft_batch": 64, "ft_workers": min(8, _CPUS - 1),
+        "models": ["resnet18", "resnet50"],
+        "size": 224,
+        "classes": 1000,
+        "eq_batch": 32,
+        "tp_batch": 128,
+        "tp_iters": 10,
+        "tp_rounds": 5,
+        "ft_model": "resnet50",
+        "ft_images": 1536,
+        "ft_size": 128,
+        "ft_batch": 64,
+        "ft_workers": min(8, _CPUS - 1),
     },
     "cpu": {
-        "models": ["resnet18", "resnet50"], "size": 96, "classes": 1000, "eq_batch": 8,
-        "tp_batch": 8, "tp_iters": 3, "tp_rounds": 3,
-        "ft_model": "resnet18", "ft_images": 48, "ft_size": 64, "ft_batch": 8, "ft_workers": 0,
+        "models": ["resnet18", "resnet50"],
+        "size": 96,
+        "classes": 1000,
+        "eq_batch": 8,
+        "tp_batch": 8,
+        "tp_iters": 3,
+        "tp_rounds": 3,
+        "ft_model": "resnet18",
+        "ft_images": 48,
+        "ft_size": 64,
+        "ft_batch": 8,
+        "ft_workers": 0,
     },
 }
 
@@ -117,14 +135,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     import softcamify
 
     env: dict[str, Any] = {
-        "device": str(device), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda, "timm": timm.__version__, "softcamify": softcamify.__version__,
-        "python": platform.python_version(), "cpus": _CPUS, "threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "timm": timm.__version__,
+        "softcamify": softcamify.__version__,
+        "python": platform.python_version(),
+        "cpus": _CPUS,
+        "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                   cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported())
+        env.update(
+            gpu=p.name,
+            capability=f"{p.major}.{p.minor}",
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     return env
 
 
@@ -165,17 +194,28 @@ def check_equivalence(name: str, original, converted, device: torch.device, p: d
         with _tf32(False):
             st = compare(orig, conv, x)
         tol = DEFAULT_ATOL + DEFAULT_RTOL * st["logit_scale"]
-        checks.append(Check(
-            "a", f"{name} fp32 (TF32 off)",
-            f"max|Δ| {_fmt(st['max_abs_diff'])} (tol {_fmt(tol)}), top-1 {st['top1_agreement']:.0%}",
-            st["max_abs_diff"] <= tol and st["maps_mean_diff"] <= tol, {**st, "tol": tol}))
+        checks.append(
+            Check(
+                "a",
+                f"{name} fp32 (TF32 off)",
+                f"max|Δ| {_fmt(st['max_abs_diff'])} (tol {_fmt(tol)}), top-1 {st['top1_agreement']:.0%}",
+                st["max_abs_diff"] <= tol and st["maps_mean_diff"] <= tol,
+                {**st, "tol": tol},
+            )
+        )
         if device.type == "cuda":
             st = compare(orig, conv, x)  # torch defaults: cuDNN TF32 convolutions (the 1x1 evidence conv too)
             tol_d = DEFAULT_ATOL + DEFAULT_RTOL * st["logit_scale"]
-            checks.append(Check(
-                "a", f"{name} fp32 (torch defaults, TF32 conv)",
-                f"max|Δ| {_fmt(st['max_abs_diff'])} ({'within' if st['max_abs_diff'] <= tol_d else 'beyond'} "
-                f"the convert tolerance {_fmt(tol_d)})", None, {**st, "tol": tol_d}))
+            checks.append(
+                Check(
+                    "a",
+                    f"{name} fp32 (torch defaults, TF32 conv)",
+                    f"max|Δ| {_fmt(st['max_abs_diff'])} ({'within' if st['max_abs_diff'] <= tol_d else 'beyond'} "
+                    f"the convert tolerance {_fmt(tol_d)})",
+                    None,
+                    {**st, "tol": tol_d},
+                )
+            )
         with _tf32(False):
             ref_o = _logits(orig, x, None)
             ref_c = _logits(conv, x, None)
@@ -196,14 +236,25 @@ def check_equivalence(name: str, original, converted, device: torch.device, p: d
             # judged on max|Δ| (it bounds every logit, so no top-1 can flip where the fp32 margin exceeds
             # 2 x bound); top-1 agreement is reported: random weights give near ties, flipped by any precision
             ok = finite and err_c <= bound
-            checks.append(Check(
-                "a", f"{name} {label} autocast",
-                f"vs fp32 max|Δ| conv {_fmt(err_c)} / orig {_fmt(err_o)}, top-1 {agree_c:.0%} / {agree_o:.0%}, "
-                f"conv-orig {_fmt(gap)}",
-                ok, {"max_abs_diff_converted": err_c, "max_abs_diff_original": err_o, "bound": bound,
-                     "converted_vs_original": gap, "top1_agreement_converted": agree_c,
-                     "top1_agreement_original": agree_o, "finite": finite,
-                     "logit_scale": scale}))
+            checks.append(
+                Check(
+                    "a",
+                    f"{name} {label} autocast",
+                    f"vs fp32 max|Δ| conv {_fmt(err_c)} / orig {_fmt(err_o)}, top-1 {agree_c:.0%} / {agree_o:.0%}, "
+                    f"conv-orig {_fmt(gap)}",
+                    ok,
+                    {
+                        "max_abs_diff_converted": err_c,
+                        "max_abs_diff_original": err_o,
+                        "bound": bound,
+                        "converted_vs_original": gap,
+                        "top1_agreement_converted": agree_c,
+                        "top1_agreement_original": agree_o,
+                        "finite": finite,
+                        "logit_scale": scale,
+                    },
+                )
+            )
     finally:
         torch.backends.cudnn.benchmark = prev_bench
     if device.type != "cpu":
@@ -249,23 +300,36 @@ def check_throughput(name: str, original, converted, device: torch.device, p: di
     try:
         for label, dtype, cl in modes:
             fmt = torch.channels_last if cl else torch.contiguous_format
-            models = {k: copy.deepcopy(m).to(device).eval().to(memory_format=fmt)
-                      for k, m in (("original", original), ("converted", converted))}
+            models = {
+                k: copy.deepcopy(m).to(device).eval().to(memory_format=fmt)
+                for k, m in (("original", original), ("converted", converted))
+            }
             x = x0.contiguous(memory_format=fmt)
             for m in models.values():  # warm-up: kernel selection, allocator
                 _time(m, x, dtype, 3, device)
             best = dict.fromkeys(models, math.inf)
             for r in range(p["tp_rounds"]):  # alternate, and swap who goes first every round
-                for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                for k in list(models) if r % 2 == 0 else list(models)[::-1]:
                     best[k] = min(best[k], _time(models[k], x, dtype, iters, device))
             ips = {k: batch * iters / t for k, t in best.items()}
             ratio = ips["converted"] / ips["original"]
             ok = ratio >= THROUGHPUT_MIN_RATIO if cuda else None
-            checks.append(Check(
-                "b", f"{name} {label} img/s",
-                f"orig {ips['original']:.1f}, conv {ips['converted']:.1f}, ratio {ratio:.3f}", ok,
-                {"mode": label, "batch": batch, "size": size, "images_per_s": ips, "ratio": ratio,
-                 "min_ratio": THROUGHPUT_MIN_RATIO if cuda else None}))
+            checks.append(
+                Check(
+                    "b",
+                    f"{name} {label} img/s",
+                    f"orig {ips['original']:.1f}, conv {ips['converted']:.1f}, ratio {ratio:.3f}",
+                    ok,
+                    {
+                        "mode": label,
+                        "batch": batch,
+                        "size": size,
+                        "images_per_s": ips,
+                        "ratio": ratio,
+                        "min_ratio": THROUGHPUT_MIN_RATIO if cuda else None,
+                    },
+                )
+            )
             del models
     finally:
         torch.backends.cudnn.benchmark = prev_bench
@@ -298,8 +362,17 @@ def check_finetune(device: torch.device, p: dict[str, Any], tmp: Path) -> list[C
         runs += [("bf16", True, "bf16"), ("fp16", True, "fp16")]
 
     def run(tag: str, amp: bool, amp_dtype: str):
-        cfg = FinetuneConfig(epochs=1, batch_size=p["ft_batch"], workers=p["ft_workers"], device=str(device),
-                             amp=amp, amp_dtype=amp_dtype, force=True, augment="light", seed=0)
+        cfg = FinetuneConfig(
+            epochs=1,
+            batch_size=p["ft_batch"],
+            workers=p["ft_workers"],
+            device=str(device),
+            amp=amp,
+            amp_dtype=amp_dtype,
+            force=True,
+            augment="light",
+            seed=0,
+        )
         return finetune(model, data, tmp / f"run_{tag}", cfg)
 
     if cuda:
@@ -315,20 +388,40 @@ def check_finetune(device: torch.device, p: dict[str, Any], tmp: Path) -> list[C
         if amp and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
             expect = "fp16"  # the library falls back to float16 with gradient scaling
         speeds[tag] = res.train_images_per_s
-        checks.append(Check(
-            "c", f"finetune {p['ft_model']} 1 epoch, amp {tag}",
-            f"{res.train_images_per_s:.1f} img/s, loss {_fmt(loss) if loss is not None else 'nan'}, amp={res.amp}",
-            finite and res.amp == expect,
-            {"train_images_per_s": res.train_images_per_s, "loss": loss, "amp": res.amp, "expected_amp": expect,
-             "images": train.get("images"), "dataset_train_images": n_train, "elapsed_s": res.elapsed_s,
-             "notes": res.notes,
-             "batch_size": p["ft_batch"], "size": size, "workers": p["ft_workers"]}))
+        checks.append(
+            Check(
+                "c",
+                f"finetune {p['ft_model']} 1 epoch, amp {tag}",
+                f"{res.train_images_per_s:.1f} img/s, loss {_fmt(loss) if loss is not None else 'nan'}, amp={res.amp}",
+                finite and res.amp == expect,
+                {
+                    "train_images_per_s": res.train_images_per_s,
+                    "loss": loss,
+                    "amp": res.amp,
+                    "expected_amp": expect,
+                    "images": train.get("images"),
+                    "dataset_train_images": n_train,
+                    "elapsed_s": res.elapsed_s,
+                    "notes": res.notes,
+                    "batch_size": p["ft_batch"],
+                    "size": size,
+                    "workers": p["ft_workers"],
+                },
+            )
+        )
     if not cuda:
         checks.append(Check("c", "finetune amp on", "not run: --amp applies on CUDA only", None))
     for tag in ("bf16", "fp16"):
         if tag in speeds:
-            checks.append(Check("c", f"finetune speed-up amp {tag} / off", f"{speeds[tag] / speeds['off']:.2f}x",
-                                None, {"ratio": speeds[tag] / speeds["off"]}))
+            checks.append(
+                Check(
+                    "c",
+                    f"finetune speed-up amp {tag} / off",
+                    f"{speeds[tag] / speeds['off']:.2f}x",
+                    None,
+                    {"ratio": speeds[tag] / speeds["off"]},
+                )
+            )
     return checks
 
 
@@ -347,11 +440,16 @@ def check_onnxruntime() -> list[Check]:
     available = list(ort.get_available_providers())
     has_cuda = "CUDAExecutionProvider" in available
     chosen = providers_for("auto")
-    return [Check(
-        "d", "onnxruntime CUDAExecutionProvider",
-        f"{'available' if has_cuda else 'absent'} (onnxruntime {ort.__version__}; --device auto uses "
-        f"{', '.join(chosen)})", None,
-        {"onnxruntime": ort.__version__, "available": available, "cuda": has_cuda, "auto_providers": chosen})]
+    return [
+        Check(
+            "d",
+            "onnxruntime CUDAExecutionProvider",
+            f"{'available' if has_cuda else 'absent'} (onnxruntime {ort.__version__}; --device auto uses "
+            f"{', '.join(chosen)})",
+            None,
+            {"onnxruntime": ort.__version__, "available": available, "cuda": has_cuda, "auto_providers": chosen},
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -388,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-images", type=int, help="images generated for (c) (60 %% train)")
     ap.add_argument("--ft-size", type=int, help="image size of (c)")
     ap.add_argument("--ft-batch", type=int)
-    ap.add_argument("--threads", type=int,
-                    help="torch intra-op threads (default: 1 on a CPU, where shared cores make OpenMP spin-waits "
-                         "slow runs down 10x at random; torch's choice on CUDA)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: 1 on a CPU, where shared cores make OpenMP spin-waits "
+        "slow runs down 10x at random; torch's choice on CUDA)",
+    )
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: a,b,c,d")
     args = ap.parse_args(argv)
 
@@ -400,10 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "mps":
         device = torch.device("cpu")
     p = dict(PROFILES["cuda" if device.type == "cuda" else "cpu"])
-    for key, val in (("models", args.models and [m.strip() for m in args.models.split(",") if m.strip()]),
-                     ("size", args.size), ("classes", args.classes), ("tp_batch", args.batch),
-                     ("ft_model", args.ft_model), ("ft_images", args.ft_images), ("ft_size", args.ft_size),
-                     ("ft_batch", args.ft_batch)):
+    for key, val in (
+        ("models", args.models and [m.strip() for m in args.models.split(",") if m.strip()]),
+        ("size", args.size),
+        ("classes", args.classes),
+        ("tp_batch", args.batch),
+        ("ft_model", args.ft_model),
+        ("ft_images", args.ft_images),
+        ("ft_size", args.ft_size),
+        ("ft_batch", args.ft_batch),
+    ):
         if val:
             p[key] = val
     if args.batch:
@@ -416,16 +523,22 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     env = environment(device)
     if device.type == "cuda":
-        print(f"softcamify {env['softcamify']} GPU check on {device} ({env['gpu']}, sm_{env['capability']}, "
-              f"{env['gpu_memory_gib']} GiB, bf16 {'yes' if env['bf16'] else 'no'}), torch {env['torch']}, "
-              f"CUDA {env['torch_cuda']}, cuDNN {env['cudnn']}, timm {env['timm']}")
+        print(
+            f"softcamify {env['softcamify']} GPU check on {device} ({env['gpu']}, sm_{env['capability']}, "
+            f"{env['gpu_memory_gib']} GiB, bf16 {'yes' if env['bf16'] else 'no'}), torch {env['torch']}, "
+            f"CUDA {env['torch_cuda']}, cuDNN {env['cudnn']}, timm {env['timm']}"
+        )
     else:
-        print(f"softcamify {env['softcamify']} device check: CUDA is absent (torch {env['torch']}, "
-              f"CUDA build {env['torch_cuda']}); measuring the CPU figures only, at small sizes "
-              f"({env['cpus']} CPUs, torch threads {env['threads']}, timm {env['timm']}).")
-    print(f"sizes: (a)/(b) {', '.join(p['models'])} at {p['size']} px, {p['classes']} classes, batch {p['eq_batch']} "
-          f"/ {p['tp_batch']}; (c) {p['ft_model']} on {p['ft_images']} generated images at {p['ft_size']} px, "
-          f"batch {p['ft_batch']}")
+        print(
+            f"softcamify {env['softcamify']} device check: CUDA is absent (torch {env['torch']}, "
+            f"CUDA build {env['torch_cuda']}); measuring the CPU figures only, at small sizes "
+            f"({env['cpus']} CPUs, torch threads {env['threads']}, timm {env['timm']})."
+        )
+    print(
+        f"sizes: (a)/(b) {', '.join(p['models'])} at {p['size']} px, {p['classes']} classes, batch {p['eq_batch']} "
+        f"/ {p['tp_batch']}; (c) {p['ft_model']} on {p['ft_images']} generated images at {p['ft_size']} px, "
+        f"batch {p['ft_batch']}"
+    )
 
     checks: list[Check] = []
     timings: dict[str, float] = {}
@@ -469,8 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"all {len(judged)} checks passed")
     if args.json:
-        out = {"environment": env, "profile": p, "seconds": total, "timings_s": timings, "passed": not failed,
-               "checks": [asdict(c) for c in checks]}
+        out = {
+            "environment": env,
+            "profile": p,
+            "seconds": total,
+            "timings_s": timings,
+            "passed": not failed,
+            "checks": [asdict(c) for c in checks],
+        }
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 1 if failed else 0

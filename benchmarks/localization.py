@@ -35,12 +35,25 @@ KEYS = ("activation_precision", "share_of_oracle", "pointing_game")
 
 def _row(method: str, grid: list[int], lam: Any, accuracy: float | None, summary: dict[str, Any]) -> dict[str, Any]:
     metrics = summary["metrics"]
-    return {"method": method, "grid": "×".join(str(v) for v in grid), "l1": lam, "accuracy": accuracy,
-            **{k: (metrics.get(k) or {}).get("mean") for k in KEYS}}
+    return {
+        "method": method,
+        "grid": "×".join(str(v) for v in grid),
+        "l1": lam,
+        "accuracy": accuracy,
+        **{k: (metrics.get(k) or {}).get("mean") for k in KEYS},
+    }
 
 
-def run(images: int, epochs: int, l1_values: list[float], strides: list[int], baselines: list[str],
-        work: Path, device: str = "cpu", seed: int = 2024) -> dict[str, Any]:
+def run(
+    images: int,
+    epochs: int,
+    l1_values: list[float],
+    strides: list[int],
+    baselines: list[str],
+    work: Path,
+    device: str = "cpu",
+    seed: int = 2024,
+) -> dict[str, Any]:
     from softcamify.conversion import convert
     from softcamify.demo import load_demo_model, make_demo_dataset
     from softcamify.evaluation import evaluate
@@ -53,8 +66,14 @@ def run(images: int, epochs: int, l1_values: list[float], strides: list[int], ba
     converted = {s: convert(black_box, output_stride=None if s == 32 else s) for s in strides}
     grids = {s: list(m.meta.conversion["evidence_grid"]) for s, m in converted.items()}
     finest = max(grids.values(), key=lambda g: g[0] * g[1])
-    common: dict[str, Any] = {"split": "test", "pointing_tolerance": 15, "steps": 2, "examples": 0,
-                              "device": device, "oracle_grid": tuple(finest)}
+    common: dict[str, Any] = {
+        "split": "test",
+        "pointing_tolerance": 15,
+        "steps": 2,
+        "examples": 0,
+        "device": device,
+        "oracle_grid": tuple(finest),
+    }
     rows: list[dict[str, Any]] = []
     native = grids.get(32) or list(convert(black_box).meta.conversion["evidence_grid"])
     with warnings.catch_warnings():
@@ -69,15 +88,32 @@ def run(images: int, epochs: int, l1_values: list[float], strides: list[int], ba
             name = "CAM (= converted SoftCAM)" if s == 32 else f"converted SoftCAM, stride {s}"
             rows.append(_row(name, grids[s], None, r.classification["accuracy"], r.methods[0].summary(10)))
             for lam in l1_values:
-                cfg = FinetuneConfig(epochs=epochs, batch_size=16, lr=2e-4, l1=lam, device=device, workers=0,
-                                     seed=0, monitor="val_loss", warmup_epochs=0.5 if epochs > 1 else 0.0)
+                cfg = FinetuneConfig(
+                    epochs=epochs,
+                    batch_size=16,
+                    lr=2e-4,
+                    l1=lam,
+                    device=device,
+                    workers=0,
+                    seed=0,
+                    monitor="val_loss",
+                    warmup_epochs=0.5 if epochs > 1 else 0.0,
+                )
                 ft = finetune(converted[s], data, work / f"run_s{s}_l{lam:g}", cfg)
                 r = evaluate(ft.model, data, **common)
-                rows.append(_row(f"SoftCAM, stride {s}", grids[s], lam, r.classification["accuracy"],
-                                 r.methods[0].summary(10)))
-    return {"images": images, "epochs": epochs, "oracle_grid": finest, "black_box_accuracy": bb_acc,
-            "test_images": ref.counts["images"], "explained": ref.counts["explained"], "rows": rows,
-            "seconds": time.perf_counter() - t0}
+                rows.append(
+                    _row(f"SoftCAM, stride {s}", grids[s], lam, r.classification["accuracy"], r.methods[0].summary(10))
+                )
+    return {
+        "images": images,
+        "epochs": epochs,
+        "oracle_grid": finest,
+        "black_box_accuracy": bb_acc,
+        "test_images": ref.counts["images"],
+        "explained": ref.counts["explained"],
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -89,8 +125,9 @@ def table(result: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         lam = "—" if r["l1"] is None else f"{r['l1']:g}"
-        lines.append("| " + " | ".join([r["method"], r["grid"], lam, _fmt(r["accuracy"]),
-                                        *(_fmt(r[k]) for k in KEYS)]) + " |")
+        lines.append(
+            "| " + " | ".join([r["method"], r["grid"], lam, _fmt(r["accuracy"]), *(_fmt(r[k]) for k in KEYS)]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -112,9 +149,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['test_images']} test images ({result['explained']} with lesions), black box accuracy "
-          f"{_fmt(result['black_box_accuracy'])}; share of oracle on the {'×'.join(map(str, result['oracle_grid']))} "
-          f"grid; {result['epochs']} epoch(s) per λ; {result['seconds']:.0f} s")
+    print(
+        f"{result['test_images']} test images ({result['explained']} with lesions), black box accuracy "
+        f"{_fmt(result['black_box_accuracy'])}; share of oracle on the {'×'.join(map(str, result['oracle_grid']))} "
+        f"grid; {result['epochs']} epoch(s) per λ; {result['seconds']:.0f} s"
+    )
     print(table(result))
 
 

@@ -41,13 +41,25 @@ def export_original(module: torch.nn.Module, path: Path, exporter: str, dynamic_
         if exporter == "dynamo":
             dim = torch.export.Dim
             axes = {0: dim("batch", min=1), **({2: dim.DYNAMIC, 3: dim.DYNAMIC} if dynamic_spatial else {})}
-            prog = torch.onnx.export(module, (x,), None, dynamo=True, input_names=["input"], output_names=["logits"],
-                                     dynamic_shapes=({**axes},), optimize=True)
+            prog = torch.onnx.export(
+                module,
+                (x,),
+                None,
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({**axes},),
+                optimize=True,
+            )
             prog.save(str(path))
         else:
-            axes = {"input": {0: "batch", **({2: "height", 3: "width"} if dynamic_spatial else {})}, "logits": {0: "batch"}}
-            torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes=axes)
+            axes = {
+                "input": {0: "batch", **({2: "height", 3: "width"} if dynamic_spatial else {})},
+                "logits": {0: "batch"},
+            }
+            torch.onnx.export(
+                module, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"], dynamic_axes=axes
+            )
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -79,8 +91,9 @@ def measure(runs: dict, x: np.ndarray, rounds: int, per_round: int, warmup: int)
                 fn(x)
             wall[name].append((time.perf_counter() - t0) / per_round * 1e3)
             cpu[name].append((time.process_time() - c0) / per_round * 1e3)
-    return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "cpu": statistics.median(cpu[k])}
-            for k in runs}
+    return {
+        k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "cpu": statistics.median(cpu[k])} for k in runs
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,35 +131,59 @@ def main(argv: list[str] | None = None) -> int:
             per_round = args.per_round or max(1, int(0.3 / max(1e-4, _once(runs["original"], x))))
             ms = measure(runs, x, args.rounds, per_round, args.warmup)
             o, sc, lo = ms["original"], ms["softcam"], ms["softcam_logits_only"]
-            rows.append({
-                "batch": batch, "original_ms": o["median"], "softcam_ms": sc["median"],
-                "softcam_logits_only_ms": lo["median"], "ratio": sc["median"] / o["median"],
-                "ratio_logits_only": lo["median"] / o["median"],
-                "original_best_ms": o["min"], "softcam_best_ms": sc["min"], "ratio_best": sc["min"] / o["min"],
-                "ratio_best_logits_only": lo["min"] / o["min"],
-                "original_cpu_ms": o["cpu"], "softcam_cpu_ms": sc["cpu"], "ratio_cpu": sc["cpu"] / o["cpu"],
-                "ratio_cpu_logits_only": lo["cpu"] / o["cpu"],
-                "max_abs_diff_logits_vs_original": float(np.abs(ref - got).max()),
-            })
+            rows.append(
+                {
+                    "batch": batch,
+                    "original_ms": o["median"],
+                    "softcam_ms": sc["median"],
+                    "softcam_logits_only_ms": lo["median"],
+                    "ratio": sc["median"] / o["median"],
+                    "ratio_logits_only": lo["median"] / o["median"],
+                    "original_best_ms": o["min"],
+                    "softcam_best_ms": sc["min"],
+                    "ratio_best": sc["min"] / o["min"],
+                    "ratio_best_logits_only": lo["min"] / o["min"],
+                    "original_cpu_ms": o["cpu"],
+                    "softcam_cpu_ms": sc["cpu"],
+                    "ratio_cpu": sc["cpu"] / o["cpu"],
+                    "ratio_cpu_logits_only": lo["cpu"] / o["cpu"],
+                    "max_abs_diff_logits_vs_original": float(np.abs(ref - got).max()),
+                }
+            )
         result = {
-            "model": args.model, "input": [3, args.size, args.size], "threads": args.threads, "exporter": report.exporter,
-            "opset": report.opset, "dynamic_spatial": report.dynamic_spatial, "onnxruntime": ort.__version__,
-            "torch": torch.__version__.split("+")[0], "rounds": args.rounds, "rows": rows,
+            "model": args.model,
+            "input": [3, args.size, args.size],
+            "threads": args.threads,
+            "exporter": report.exporter,
+            "opset": report.opset,
+            "dynamic_spatial": report.dynamic_spatial,
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__.split("+")[0],
+            "rounds": args.rounds,
+            "rows": rows,
             "file_mb": {"original": orig_path.stat().st_size / 1e6, "softcam": sc_path.stat().st_size / 1e6},
         }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.model} at {args.size}x{args.size}, onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, "
-          f"{report.exporter} exporter (opset {report.opset}), {args.rounds} interleaved rounds")
-    print(f"{'batch':>5} | {'original':>9} {'softcam':>9} {'ratio':>6} {'logits-only':>11} | {'best ratio':>10} | "
-          f"{'CPU: original':>13} {'softcam':>9} {'ratio':>6} {'logits-only':>11}")
+    print(
+        f"{args.model} at {args.size}x{args.size}, onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, "
+        f"{report.exporter} exporter (opset {report.opset}), {args.rounds} interleaved rounds"
+    )
+    print(
+        f"{'batch':>5} | {'original':>9} {'softcam':>9} {'ratio':>6} {'logits-only':>11} | {'best ratio':>10} | "
+        f"{'CPU: original':>13} {'softcam':>9} {'ratio':>6} {'logits-only':>11}"
+    )
     for r in rows:
-        print(f"{r['batch']:>5} | {r['original_ms']:>9.2f} {r['softcam_ms']:>9.2f} {r['ratio']:>6.3f} "
-              f"{r['ratio_logits_only']:>11.3f} | {r['ratio_best']:>10.3f} | {r['original_cpu_ms']:>13.2f} "
-              f"{r['softcam_cpu_ms']:>9.2f} {r['ratio_cpu']:>6.3f} {r['ratio_cpu_logits_only']:>11.3f}")
-    print("(ms per forward pass: median wall time; best = fastest round; CPU = median process CPU time, all threads;"
-          " logits-only: the evidence output is computed but not fetched)")
+        print(
+            f"{r['batch']:>5} | {r['original_ms']:>9.2f} {r['softcam_ms']:>9.2f} {r['ratio']:>6.3f} "
+            f"{r['ratio_logits_only']:>11.3f} | {r['ratio_best']:>10.3f} | {r['original_cpu_ms']:>13.2f} "
+            f"{r['softcam_cpu_ms']:>9.2f} {r['ratio_cpu']:>6.3f} {r['ratio_cpu_logits_only']:>11.3f}"
+        )
+    print(
+        "(ms per forward pass: median wall time; best = fastest round; CPU = median process CPU time, all threads;"
+        " logits-only: the evidence output is computed but not fetched)"
+    )
     return 0
 
 

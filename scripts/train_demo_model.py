@@ -107,22 +107,30 @@ def main() -> None:
         # the eval transform's resize, a random instead of the center crop, and flips in both directions
         # (the fundus images have no orientation)
         resized = round(SIZE / DATA_CONFIG["crop_pct"])
-        train_tf = transforms.Compose([
-            transforms.Resize(resized, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.RandomCrop(SIZE), transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(),
-            transforms.ToTensor(), transforms.Normalize(DATA_CONFIG["mean"], DATA_CONFIG["std"]),
-        ])
+        train_tf = transforms.Compose(
+            [
+                transforms.Resize(resized, interpolation=transforms.InterpolationMode.BILINEAR),
+                transforms.RandomCrop(SIZE),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomVerticalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(DATA_CONFIG["mean"], DATA_CONFIG["std"]),
+            ]
+        )
         eval_tf = EvalTransform(DATA_CONFIG)  # = timm's eval transform for DATA_CONFIG
         g = torch.Generator().manual_seed(args.seed)
-        train = torch.utils.data.DataLoader(InMemory(splits.train, train_tf), batch_size=args.batch_size,
-                                            shuffle=True, generator=g, drop_last=True)
+        train = torch.utils.data.DataLoader(
+            InMemory(splits.train, train_tf), batch_size=args.batch_size, shuffle=True, generator=g, drop_last=True
+        )
         val = torch.utils.data.DataLoader(InMemory(splits.val, eval_tf), batch_size=100)
         test = torch.utils.data.DataLoader(InMemory(splits.test, eval_tf), batch_size=100)
         classes = splits.class_names
 
     model = timm.create_model(ARCH, pretrained=False, num_classes=len(classes))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * len(train), pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.epochs * len(train), pct_start=0.15
+    )
     best, best_epoch, best_state = -1.0, 0, None
     for epoch in range(args.epochs):
         model.train()
@@ -135,7 +143,9 @@ def main() -> None:
             sched.step()
         pred, true = predict(model, val)
         acc = float((pred == true).mean())
-        print(f"epoch {epoch + 1:2d}  loss {loss.item():.3f}  val acc {acc:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1:2d}  loss {loss.item():.3f}  val acc {acc:.3f}  ({time.time() - t0:.0f} s)", flush=True
+        )
         if acc >= best:
             best, best_epoch = acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -156,14 +166,28 @@ def main() -> None:
         "format": "timm state dict (safetensors, float32)",
         "class_names": classes,
         "data_config": DATA_CONFIG,
-        "dataset": {"generator": "softcamify.datasets.make_lesions", "n": args.n, "size": SIZE, "seed": args.data_seed,
-                    "classes": CLASSES, "contrast": CONTRAST, "noise": NOISE, "splits": [0.6, 0.2, 0.2]},
-        "training": {"epochs": args.epochs, "best_epoch": best_epoch, "seed": args.seed, "batch_size": args.batch_size,
-                     "optimizer": f"AdamW lr {args.lr:g} (one-cycle), weight decay 0.05, label smoothing 0.1",
-                     "augmentation": f"resize to {resized}, random crop {SIZE}, horizontal and vertical flips",
-                     "seconds": round(seconds),
-                     "threads": torch.get_num_threads(), "torch": torch.__version__.split("+")[0],
-                     "timm": timm.__version__},
+        "dataset": {
+            "generator": "softcamify.datasets.make_lesions",
+            "n": args.n,
+            "size": SIZE,
+            "seed": args.data_seed,
+            "classes": CLASSES,
+            "contrast": CONTRAST,
+            "noise": NOISE,
+            "splits": [0.6, 0.2, 0.2],
+        },
+        "training": {
+            "epochs": args.epochs,
+            "best_epoch": best_epoch,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "optimizer": f"AdamW lr {args.lr:g} (one-cycle), weight decay 0.05, label smoothing 0.1",
+            "augmentation": f"resize to {resized}, random crop {SIZE}, horizontal and vertical flips",
+            "seconds": round(seconds),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__.split("+")[0],
+            "timm": timm.__version__,
+        },
         "val_accuracy": round(best, 4),
         "test_accuracy": round(test_acc, 4),
         "test_images": len(true),

@@ -50,8 +50,9 @@ def read_baseline() -> Counter[tuple[str, str]]:
 
 def write_baseline(counts: Counter[tuple[str, str]]) -> None:
     rows = [f"{n} {file} {code}" for (file, code), n in sorted(counts.items()) if n]
-    header = ("# mypy errors per file and code that softcamify still has (scripts/typecheck.py); "
-              "counts may only go down\n")
+    header = (
+        "# mypy errors per file and code that softcamify still has (scripts/typecheck.py); counts may only go down\n"
+    )
     BASELINE.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
 
 

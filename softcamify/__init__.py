@@ -69,8 +69,15 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__", "SoftcamifyError", "UsageError", "InputError", "ConversionError", "ValidationError",
-    "OutputError", "UnsafeCheckpointError", *_LAZY,
+    "__version__",
+    "SoftcamifyError",
+    "UsageError",
+    "InputError",
+    "ConversionError",
+    "ValidationError",
+    "OutputError",
+    "UnsafeCheckpointError",
+    *_LAZY,
 ]
 
 

@@ -58,8 +58,11 @@ def main(argv: list[str]) -> int:
             raise
         rank, failure = e.get_first_failure()
         if not _reported():
-            print(f"error: the process of rank {rank} {_how(failure.exitcode)} (rerun with --debug for "
-                  "torchrun's report).", file=sys.stderr)
+            print(
+                f"error: the process of rank {rank} {_how(failure.exitcode)} (rerun with --debug for "
+                "torchrun's report).",
+                file=sys.stderr,
+            )
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as e:  # Ctrl-C or SIGTERM: the processes got it too, saved and said so
         if debug:

@@ -85,8 +85,14 @@ class DataConfig:
         from .images import preprocess
 
         return preprocess(
-            img, input_size=self.size, mean=self.mean, std=self.std, interpolation=self.interpolation,
-            crop_pct=self.crop_pct, crop_mode=self.crop_mode, channels=self.channels,
+            img,
+            input_size=self.size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+            channels=self.channels,
         )
 
     def resized(self, size: tuple[int, int]) -> DataConfig:
@@ -103,7 +109,9 @@ def _input_size(value: Any, channels: int | None) -> tuple[int, int, int]:
         if any(float(v) != int(v) for v in value):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"input_size {raw!r} is not (H, W) or (C, H, W) in whole pixels.", param="input_size") from None
+        raise UsageError(
+            f"input_size {raw!r} is not (H, W) or (C, H, W) in whole pixels.", param="input_size"
+        ) from None
     if len(dims) == 2:
         dims = [channels or 3, *dims]
     if len(dims) != 3:

@@ -93,19 +93,40 @@ class InspectReport:
         if self.plan is not None:
             p = self.plan.to_dict()
             d.update(
-                feature_shape=p["feature_shape"], layout=p["layout"], head=p["head"], pooling=p["pooling"],
-                between=p["between"], classifier=p["classifier"], strategy=p["strategy"], exact=p["exact"],
-                convertible=self.plan.convertible, reason=p["reason"], tried=p["tried"],
-                evidence_grid=p["evidence_grid"], steps=p["steps"],
+                feature_shape=p["feature_shape"],
+                layout=p["layout"],
+                head=p["head"],
+                pooling=p["pooling"],
+                between=p["between"],
+                classifier=p["classifier"],
+                strategy=p["strategy"],
+                exact=p["exact"],
+                convertible=self.plan.convertible,
+                reason=p["reason"],
+                tried=p["tried"],
+                evidence_grid=p["evidence_grid"],
+                steps=p["steps"],
             )
         if self.softcam is not None:
             sc = self.softcam
-            d.update(strategy=sc.get("strategy"), exact=sc.get("exact"), conversion=sc.get("conversion"),
-                     evidence_grid=sc.get("evidence_grid"), history=sc.get("history"), layout=sc.get("layout"),
-                     # the same keys as for a classifier: a SoftCAM model's head is its evidence conv
-                     feature_shape=sc.get("feature_shape"), head=sc.get("head_text"), pooling=None, between=[],
-                     classifier="evidence head", convertible=True, reason=None, tried={},
-                     steps=[])
+            d.update(
+                strategy=sc.get("strategy"),
+                exact=sc.get("exact"),
+                conversion=sc.get("conversion"),
+                evidence_grid=sc.get("evidence_grid"),
+                history=sc.get("history"),
+                layout=sc.get("layout"),
+                # the same keys as for a classifier: a SoftCAM model's head is its evidence conv
+                feature_shape=sc.get("feature_shape"),
+                head=sc.get("head_text"),
+                pooling=None,
+                between=[],
+                classifier="evidence head",
+                convertible=True,
+                reason=None,
+                tried={},
+                steps=[],
+            )
         return d
 
 
@@ -150,15 +171,29 @@ def inspect(
         info = meta.to_dict()
         with torch.no_grad():
             p = next(module.parameters())
-            f = module.forward_features(torch.zeros(1, *loaded.data_config["input_size"], device=p.device, dtype=p.dtype))
+            f = module.forward_features(
+                torch.zeros(1, *loaded.data_config["input_size"], device=p.device, dtype=p.dtype)
+            )
         info["evidence_grid"] = [int(f.shape[2]), int(f.shape[3])]
         info["feature_shape"] = [int(f.shape[1]), int(f.shape[2]), int(f.shape[3])]
-        info["head_text"] = (f"evidence head ({meta.strategy}, {int(f.shape[1])}→{meta.num_classes} per position) → "
-                             "maps → mean over h×w = logits")
+        info["head_text"] = (
+            f"evidence head ({meta.strategy}, {int(f.shape[1])}→{meta.num_classes} per position) → "
+            "maps → mean over h×w = logits"
+        )
         stride = (meta.conversion or {}).get("output_stride") or 32
-        return InspectReport(meta.architecture, dict(meta.source), sources.count_parameters(module),
-                             loaded.data_config, True, meta.num_classes, meta.class_names, None, info,
-                             loaded.notes, grids={int(stride): info["evidence_grid"]})
+        return InspectReport(
+            meta.architecture,
+            dict(meta.source),
+            sources.count_parameters(module),
+            loaded.data_config,
+            True,
+            meta.num_classes,
+            meta.class_names,
+            None,
+            info,
+            loaded.notes,
+            grids={int(stride): info["evidence_grid"]},
+        )
     work = copy.deepcopy(module).to("cpu").float().eval()  # analysis on the CPU in float32; the model untouched
     plan, _, _ = analyze(
         work, tuple(loaded.data_config["input_size"]), features_layer=features_layer, classifier=classifier
@@ -172,9 +207,19 @@ def inspect(
             grids = output_grids(loaded, plan.evidence_grid, features_layer, classifier)[0]
         except Exception:  # noqa: BLE001 - the finer grids are extra information: never fail inspect for them
             pass
-    return InspectReport(loaded.architecture, dict(loaded.source), sources.count_parameters(module),
-                         loaded.data_config, False, plan.num_classes, names, plan, None, list(loaded.notes),
-                         grids)
+    return InspectReport(
+        loaded.architecture,
+        dict(loaded.source),
+        sources.count_parameters(module),
+        loaded.data_config,
+        False,
+        plan.num_classes,
+        names,
+        plan,
+        None,
+        list(loaded.notes),
+        grids,
+    )
 
 
 def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
@@ -191,9 +236,14 @@ def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, A
         raise InputError(f"calibration {root} contains no images.", param="calibration")
     c, h, w = data_config["input_size"]
     arr = preprocess_batch(
-        paths[:limit], input_size=(h, w), mean=data_config["mean"], std=data_config["std"],
-        interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
-        crop_mode=data_config.get("crop_mode", "center"), channels=c,
+        paths[:limit],
+        input_size=(h, w),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        interpolation=data_config["interpolation"],
+        crop_pct=data_config["crop_pct"],
+        crop_mode=data_config.get("crop_mode", "center"),
+        channels=c,
     )
     return torch.from_numpy(arr)
 
@@ -241,15 +291,19 @@ def _verify_named_cut(loaded: LoadedModel, plan: HeadPlan, features_layer: str |
     except ValidationError as e:
         plan.exact = False
         plan.strategy = None
-        plan.reason = (f"the cut at {where} does not reproduce the model ({str(e).split(';')[0]}); name the "
-                       "layer whose output the classifier reads")
+        plan.reason = (
+            f"the cut at {where} does not reproduce the model ({str(e).split(';')[0]}); name the "
+            "layer whose output the classifier reads"
+        )
         return
     c = sc.meta.conversion
     if c.get("logit_spread", 1.0) <= 1e-6 * max(c.get("logit_scale", 0.0), 1.0):
         plan.exact = False
         plan.strategy = None
-        plan.reason = (f"the cut at {where} cannot be verified: the model's logits do not change with the input "
-                       "(a zero-initialized head?)")
+        plan.reason = (
+            f"the cut at {where} cannot be verified: the model's logits do not change with the input "
+            "(a zero-initialized head?)"
+        )
 
 
 def convert(
@@ -302,13 +356,36 @@ def convert(
         raise ConversionError(f"{arch} has no SoftCAM conversion: {plan.reason} (head: {plan.head}).")
     head_exact, exact, reason = _exactness(plan, arch, strict, stride, original_grid)
     softcam, meta = _build_softcam(
-        loaded, target, work, plan, plan.strategy, evidence, class_names, data_config, exact, features_layer,
+        loaded,
+        target,
+        work,
+        plan,
+        plan.strategy,
+        evidence,
+        class_names,
+        data_config,
+        exact,
+        features_layer,
         classifier,
     )
     _verify(
-        original, target, softcam, meta, plan, plan.strategy, arch,
-        samples=samples, seed=seed, calibration=calibration, atol=atol, rtol=rtol, exact=exact, reason=reason,
-        stride=stride if head_exact else None, output_stride=output_stride, original_grid=original_grid,
+        original,
+        target,
+        softcam,
+        meta,
+        plan,
+        plan.strategy,
+        arch,
+        samples=samples,
+        seed=seed,
+        calibration=calibration,
+        atol=atol,
+        rtol=rtol,
+        exact=exact,
+        reason=reason,
+        stride=stride if head_exact else None,
+        output_stride=output_stride,
+        original_grid=original_grid,
     )
     return softcam.to(device)
 
@@ -325,18 +402,24 @@ def _exactness(
     head_exact = plan.exact
     exact, reason = plan.exact, plan.reason
     if stride is not None:
-        grids = (f"{'×'.join(map(str, plan.evidence_grid))} grid instead of "
-                 f"{'×'.join(map(str, original_grid or []))}")
+        grids = f"{'×'.join(map(str, plan.evidence_grid))} grid instead of {'×'.join(map(str, original_grid or []))}"
         dilation = f"output stride {stride}: the same weights in a dilated backbone, a {grids}"
         exact, reason = False, dilation if head_exact else f"{reason}; {dilation}"
     return head_exact, exact, reason
 
 
 def _build_softcam(
-    loaded: LoadedModel, target: LoadedModel, work: nn.Module, plan: HeadPlan, strategy: str,
+    loaded: LoadedModel,
+    target: LoadedModel,
+    work: nn.Module,
+    plan: HeadPlan,
+    strategy: str,
     evidence: nn.Module,
-    class_names: list[str] | None, data_config: dict, exact: bool,
-    features_layer: str | None, classifier: str | None,
+    class_names: list[str] | None,
+    data_config: dict,
+    exact: bool,
+    features_layer: str | None,
+    classifier: str | None,
 ) -> tuple[SoftCAM, SoftCAMMeta]:
     """The SoftCAM model (``work``'s backbone up to ``plan.split``, the evidence head) and its metadata."""
     size = tuple(data_config["input_size"])
@@ -347,8 +430,9 @@ def _build_softcam(
     if class_names is None:
         class_names = loaded.class_names
     if class_names is not None and not names_fit(k, len(class_names)):
-        raise UsageError(f"class_names lists {len(class_names)} names but the model has {classes_phrase(k)}.",
-                         param="class_names")
+        raise UsageError(
+            f"class_names lists {len(class_names)} names but the model has {classes_phrase(k)}.", param="class_names"
+        )
     source = dict(target.source)
     source["split"] = split
     if features_layer or classifier:
@@ -368,10 +452,23 @@ def _build_softcam(
 
 
 def _verify(
-    original: nn.Module, target: LoadedModel, softcam: SoftCAM, meta: SoftCAMMeta, plan: HeadPlan,
-    strategy: str, arch: str, *,
-    samples: int, seed: int, calibration: str | os.PathLike | None, atol: float, rtol: float,
-    exact: bool, reason: str | None, stride: int | None, output_stride: int | None,
+    original: nn.Module,
+    target: LoadedModel,
+    softcam: SoftCAM,
+    meta: SoftCAMMeta,
+    plan: HeadPlan,
+    strategy: str,
+    arch: str,
+    *,
+    samples: int,
+    seed: int,
+    calibration: str | os.PathLike | None,
+    atol: float,
+    rtol: float,
+    exact: bool,
+    reason: str | None,
+    stride: int | None,
+    output_stride: int | None,
     original_grid: list[int] | None,
 ) -> None:
     """Compare ``softcam`` with ``original`` on random (and calibration) inputs; store the report in ``meta``.
@@ -423,12 +520,14 @@ def _verify(
         raise ValidationError(
             f"The converted {arch} differs from the original by max |Δlogit| = {report.max_abs_diff:.3g} "
             f"> atol {atol:g} + rtol {rtol:g} × logit scale {report.logit_scale:.3g}; "
-            "nothing was written.", param=("atol", "rtol"),
+            "nothing was written.",
+            param=("atol", "rtol"),
         )
 
 
-def _add_notes(report: ConversionReport, n_inputs: int, stats: dict, exact: bool, strategy: str,
-               reason: str | None) -> None:
+def _add_notes(
+    report: ConversionReport, n_inputs: int, stats: dict, exact: bool, strategy: str, reason: str | None
+) -> None:
     """The report's notes: a check that cannot fail (constant logits), an approximate conversion."""
     if n_inputs > 1 and stats["logit_spread"] <= 1e-6 * max(stats["logit_scale"], 1.0):
         report.notes.append(
@@ -478,9 +577,12 @@ def as_softcam(
         sc = loaded.module
         converted_at = (sc.meta.conversion or {}).get("output_stride") or 32
         if output_stride is not None and output_stride != converted_at:
-            raise UsageError(f"output_stride {output_stride}: this is already a SoftCAM model, converted "
-                             f"at output_stride {converted_at}; convert the original classifier again to "
-                             "change it.", param="output_stride")
+            raise UsageError(
+                f"output_stride {output_stride}: this is already a SoftCAM model, converted "
+                f"at output_stride {converted_at}; convert the original classifier again to "
+                "change it.",
+                param="output_stride",
+            )
         if input_size is not None:
             sc.meta.data_config = dict(loaded.data_config)
         return sc, loaded

@@ -23,12 +23,12 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise UsageError(f"device {spec!r} is not understood; use auto, cpu, cuda or cuda:N.",
-                         param="device") from None
+        raise UsageError(f"device {spec!r} is not understood; use auto, cpu, cuda or cuda:N.", param="device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"device {spec}: no CUDA GPU is available here; set device to cpu or auto.",
-                             param="device")
+            raise UsageError(
+                f"device {spec}: no CUDA GPU is available here; set device to cpu or auto.", param="device"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(
                 f"device {spec}: only {torch.cuda.device_count()} CUDA GPU(s) are visible (cuda:0…).",
@@ -37,8 +37,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise UsageError(f"device {spec}: MPS is not available here; set device to cpu or auto.",
-                             param="device")
+            raise UsageError(f"device {spec}: MPS is not available here; set device to cpu or auto.", param="device")
     elif device.type != "cpu":
         raise UsageError(f"device {spec!r} is not supported; use auto, cpu, cuda or cuda:N.", param="device")
     return device

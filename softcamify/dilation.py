@@ -22,8 +22,13 @@ from .model import SoftCAM
 __all__ = ["dilate", "output_grids"]
 
 
-def _feature_grid(model: nn.Module, size: tuple[int, ...], device: str,
-                  features_layer: str | None = None, classifier: str | None = None) -> list[int]:
+def _feature_grid(
+    model: nn.Module,
+    size: tuple[int, ...],
+    device: str,
+    features_layer: str | None = None,
+    classifier: str | None = None,
+) -> list[int]:
     """[h, w] of ``model``'s last feature map at ``size``, cut as convert cuts it (run on ``device``: "meta"
     computes shapes only)."""
     from .heads import split_model
@@ -43,11 +48,15 @@ def _feature_grid(model: nn.Module, size: tuple[int, ...], device: str,
 
 
 def _built_grid(
-    source: dict[str, Any], model_args: dict[str, Any] | None, size: tuple[int, ...],
-    features_layer: str | None, classifier: str | None,
+    source: dict[str, Any],
+    model_args: dict[str, Any] | None,
+    size: tuple[int, ...],
+    features_layer: str | None,
+    classifier: str | None,
 ) -> tuple[list[int], dict[str, tuple[int, ...]]]:
     """(grid, tensor shapes) of ``source``'s architecture built with ``model_args``: on the meta device (no
     memory, no compute, even for large models), for real when a constructor or forward needs real tensors."""
+
     def build():
         with torch.random.fork_rng(devices=[]):
             return sources.build(source["kind"], source["name"], source.get("num_classes"), model_args).eval()
@@ -71,11 +80,12 @@ def _stride_args_text(kind: str, args: dict[str, Any]) -> str:
 def _why_not_rebuildable(loaded: LoadedModel) -> str:
     source = loaded.source
     if source.get("kind") == "module" and source.get("path"):
-        return (f"it comes from the pickled module {Path(source['path']).name}, whose architecture "
-                "softcamify cannot rebuild with other constructor arguments")
+        return (
+            f"it comes from the pickled module {Path(source['path']).name}, whose architecture "
+            "softcamify cannot rebuild with other constructor arguments"
+        )
     if source.get("kind") == "module":
-        return (f"a {source.get('class', 'module')} is not a timm or torchvision network softcamify can "
-                "rebuild by name")
+        return f"a {source.get('class', 'module')} is not a timm or torchvision network softcamify can rebuild by name"
     return "softcamify rebuilds only timm and torchvision networks with a finer grid"
 
 
@@ -138,13 +148,17 @@ def dilate(
     if output_stride is None:
         return loaded, None
     if isinstance(output_stride, bool) or output_stride not in sources.OUTPUT_STRIDES:
-        raise UsageError(f"output_stride must be 32 (the model as it is), 16 or 8, not {output_stride!r}.",
-                         param="output_stride")
+        raise UsageError(
+            f"output_stride must be 32 (the model as it is), 16 or 8, not {output_stride!r}.", param="output_stride"
+        )
     if output_stride == 32:
         return loaded, None
     if isinstance(loaded.module, SoftCAM):
-        raise UsageError("output_stride applies when converting a classifier; this is already a SoftCAM "
-                         "model, whose grid was fixed when it was converted.", param="output_stride")
+        raise UsageError(
+            "output_stride applies when converting a classifier; this is already a SoftCAM "
+            "model, whose grid was fixed when it was converted.",
+            param="output_stride",
+        )
     grids, why = output_grids(loaded, None, features_layer, classifier)
     source = loaded.source
     kind = source.get("kind")
@@ -156,14 +170,23 @@ def dilate(
             offers = f"it offers only {where} (output_stride 32)"
         else:
             offers = f"it offers output_stride {', '.join(map(str, grids))}"
-        raise UsageError(f"output_stride {output_stride}: {arch} cannot trade stride for dilation "
-                         f"({why.get(output_stride, 'not offered')}); {offers}.", param="output_stride")
+        raise UsageError(
+            f"output_stride {output_stride}: {arch} cannot trade stride for dilation "
+            f"({why.get(output_stride, 'not offered')}); {offers}.",
+            param="output_stride",
+        )
     args = sources.stride_args(kind, source.get("model_args"), output_stride)
     with torch.random.fork_rng(devices=[]):
         model = sources.build(kind, source["name"], source.get("num_classes"), args)
     original, _ = sources.cpu_float32(loaded.module)
     model.load_state_dict(original.state_dict())
     model.eval()
-    rebuilt = LoadedModel(model, {**source, "model_args": args}, dict(loaded.data_config), loaded.class_names,
-                          loaded.path, list(loaded.notes))
+    rebuilt = LoadedModel(
+        model,
+        {**source, "model_args": args},
+        dict(loaded.data_config),
+        loaded.class_names,
+        loaded.path,
+        list(loaded.notes),
+    )
     return rebuilt, grids.get(32)

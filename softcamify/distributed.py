@@ -72,8 +72,10 @@ def setup(device: torch.device, timeout_s: float = 1800.0) -> tuple[DistContext,
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if device.index is not None:
-            raise UsageError(f"device {device} names one GPU, but torchrun started {world} processes; set device "
-                             "to cuda.", param="device")
+            raise UsageError(
+                f"device {device} names one GPU, but torchrun started {world} processes; set device to cuda.",
+                param="device",
+            )
         if local_rank >= torch.cuda.device_count():
             raise UsageError(
                 f"torchrun started local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
@@ -159,6 +161,12 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     import sys
 
     return [
-        sys.executable, "-m", "softcamify._torchrun", "--standalone", f"--nproc_per_node={int(nproc)}",
-        "-m", "softcamify", *argv,
+        sys.executable,
+        "-m",
+        "softcamify._torchrun",
+        "--standalone",
+        f"--nproc_per_node={int(nproc)}",
+        "-m",
+        "softcamify",
+        *argv,
     ]

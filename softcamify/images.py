@@ -22,21 +22,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError, UsageError
 
 __all__ = [
-    'IMAGE_EXTENSIONS',
-    'is_image_file',
-    'open_image',
-    'to_channels',
-    'original_size',
-    'preprocess',
-    'preprocess_image',
-    'preprocess_batch',
-    'resize_crop',
-    'load_mask',
-    'mask_to_input',
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "open_image",
+    "to_channels",
+    "original_size",
+    "preprocess",
+    "preprocess_image",
+    "preprocess_batch",
+    "resize_crop",
+    "load_mask",
+    "mask_to_input",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    '.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp', '.gif', '.ppm', '.pgm',
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
 )
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -44,12 +53,12 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
 
 _PIL_INTERP = {
-    'nearest': Image.Resampling.NEAREST,
-    'bilinear': Image.Resampling.BILINEAR,
-    'bicubic': Image.Resampling.BICUBIC,
-    'box': Image.Resampling.BOX,
-    'hamming': Image.Resampling.HAMMING,
-    'lanczos': Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
 }
 
 PathLike = Union[str, os.PathLike]
@@ -59,7 +68,7 @@ ImageLike = Union[PathLike, Image.Image, np.ndarray]
 def is_image_file(path: PathLike) -> bool:
     """True when ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive) and is not hidden."""
     name = os.path.basename(os.fspath(path))
-    return not name.startswith('.') and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _check_channels(channels: int) -> int:
@@ -78,9 +87,9 @@ def _int_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
       min-max scaled (a float image has no fixed range).
     """
     a = arr.astype(np.float64)
-    if mode.startswith('I;16'):
+    if mode.startswith("I;16"):
         out = a / 257.0
-    elif mode == 'I':
+    elif mode == "I":
         if a.size == 0 or (a.min() >= 0 and a.max() <= 65535):
             out = a / 257.0
         else:
@@ -99,28 +108,28 @@ def _int_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 def _composite_on_black(img: Image.Image) -> Image.Image:
     """RGBA (or anything with alpha) -> RGB composited onto black."""
-    rgba = img.convert('RGBA')
-    black = Image.new('RGBA', rgba.size, (0, 0, 0, 255))
-    return Image.alpha_composite(black, rgba).convert('RGB')
+    rgba = img.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert("RGB")
 
 
 def to_channels(img: Image.Image, channels: int = 3) -> Image.Image:
     """Convert a loaded Pillow image of any mode to 'L' (``channels=1``) or 'RGB' (``channels=3``)."""
     _check_channels(channels)
     mode = img.mode
-    if mode in ('I', 'F') or mode.startswith('I;16'):
-        img = Image.fromarray(_int_to_uint8(np.asarray(img), mode), mode='L')
-    elif mode == '1':
-        img = img.convert('L')
-    elif mode == 'P':
-        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
-    elif mode == 'PA':
-        img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'LA', 'La', 'RGBa'):
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        img = Image.fromarray(_int_to_uint8(np.asarray(img), mode), mode="L")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
         img = _composite_on_black(img)
-    elif img.mode not in ('L', 'RGB'):  # CMYK, YCbCr, LAB, HSV, ...
-        img = img.convert('RGB')
-    target = 'L' if channels == 1 else 'RGB'
+    elif img.mode not in ("L", "RGB"):  # CMYK, YCbCr, LAB, HSV, ...
+        img = img.convert("RGB")
+    target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
 
 
@@ -145,9 +154,9 @@ def open_image(path: PathLike, channels: int = 3) -> Image.Image:
         raise InputError(f"Image {p} cannot be read: {e.strerror or e}.") from e
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
-                if getattr(im, 'n_frames', 1) > 1:
+                if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)
                 im.load()
                 try:
@@ -174,7 +183,7 @@ def original_size(path: PathLike) -> tuple[int, int]:
     p = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 w, h = im.size
                 try:
@@ -214,18 +223,16 @@ def _interp(interpolation: str) -> Image.Resampling:
     try:
         return _PIL_INTERP[interpolation]
     except KeyError:
-        raise UsageError(
-            f"interpolation {interpolation!r} is not one of {', '.join(_PIL_INTERP)}."
-        ) from None
+        raise UsageError(f"interpolation {interpolation!r} is not one of {', '.join(_PIL_INTERP)}.") from None
 
 
 def _resize_shape(img_hw: tuple[int, int], input_size: tuple[int, int], crop_pct: float, crop_mode: str):
     """Output (H, W) of the resize step of timm's ``transforms_imagenet_eval``."""
     img_h, img_w = img_hw
     scale_h, scale_w = (math.floor(x / crop_pct) for x in input_size)
-    if crop_mode == 'squash':
+    if crop_mode == "squash":
         return scale_h, scale_w
-    if crop_mode == 'border':  # ResizeKeepRatio(longest=1.0)
+    if crop_mode == "border":  # ResizeKeepRatio(longest=1.0)
         ratio = max(img_h / scale_h, img_w / scale_w)
         return round(img_h / ratio), round(img_w / ratio)
     if scale_h == scale_w:  # torchvision Resize(int): shorter side to scale, longer truncated
@@ -248,23 +255,23 @@ def _center_crop_or_pad(arr: np.ndarray, size: tuple[int, int], fill: Sequence[i
         bottom = (crop_h - h + 1) // 2 if crop_h > h else 0
         padded = np.empty((h + top + bottom, w + left + right, arr.shape[2]), dtype=arr.dtype)
         padded[...] = np.asarray(fill, dtype=arr.dtype).reshape(1, 1, -1)
-        padded[top:top + h, left:left + w] = arr
+        padded[top : top + h, left : left + w] = arr
         arr = padded
         h, w = arr.shape[:2]
         if (h, w) == (crop_h, crop_w):
             return arr
     top = int(round((h - crop_h) / 2.0))
     left = int(round((w - crop_w) / 2.0))
-    return arr[top:top + crop_h, left:left + crop_w]
+    return arr[top : top + crop_h, left : left + crop_w]
 
 
 def resize_crop(
-        img: Image.Image,
-        input_size: int | Sequence[int],
-        interpolation: str = 'bicubic',
-        crop_pct: float | None = DEFAULT_CROP_PCT,
-        crop_mode: str | None = 'center',
-        fill: Sequence[int] | int = 0,
+    img: Image.Image,
+    input_size: int | Sequence[int],
+    interpolation: str = "bicubic",
+    crop_pct: float | None = DEFAULT_CROP_PCT,
+    crop_mode: str | None = "center",
+    fill: Sequence[int] | int = 0,
 ) -> np.ndarray:
     """The geometric part of timm's eval transform: resize then center crop, as H x W x C uint8.
 
@@ -274,8 +281,8 @@ def resize_crop(
     """
     size = _as_size(input_size)
     crop_pct = crop_pct or DEFAULT_CROP_PCT
-    crop_mode = crop_mode or 'center'
-    if crop_mode not in ('center', 'squash', 'border'):
+    crop_mode = crop_mode or "center"
+    if crop_mode not in ("center", "squash", "border"):
         raise UsageError(f"crop_mode {crop_mode!r} is not one of center, squash, border.")
     new_h, new_w = _resize_shape((img.height, img.width), size, crop_pct, crop_mode)
     if (new_h, new_w) != (img.height, img.width):
@@ -283,7 +290,7 @@ def resize_crop(
     arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return _center_crop_or_pad(arr, size, fill=fill if crop_mode == 'border' else 0)
+    return _center_crop_or_pad(arr, size, fill=fill if crop_mode == "border" else 0)
 
 
 def _to_pil(img_or_path: ImageLike, channels: int) -> Image.Image:
@@ -313,14 +320,14 @@ def _norm_stats(values: Sequence[float], channels: int, name: str) -> np.ndarray
 
 
 def preprocess_image(
-        img: Image.Image,
-        input_size: int | Sequence[int] = (224, 224),
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        interpolation: str = 'bicubic',
-        crop_pct: float | None = DEFAULT_CROP_PCT,
-        crop_mode: str | None = 'center',
-        channels: int = 3,
+    img: Image.Image,
+    input_size: int | Sequence[int] = (224, 224),
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    interpolation: str = "bicubic",
+    crop_pct: float | None = DEFAULT_CROP_PCT,
+    crop_mode: str | None = "center",
+    channels: int = 3,
 ) -> np.ndarray:
     """:func:`preprocess` for an image already converted to ``channels`` (the DataLoader path)."""
     fill: Sequence[int] = [round(255 * float(v)) for v in np.atleast_1d(np.asarray(mean, dtype=np.float64))]
@@ -329,20 +336,20 @@ def preprocess_image(
     arr = resize_crop(img, input_size, interpolation, crop_pct, crop_mode, fill=fill)
     x = np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     # same float32 operations, in the same order, as torchvision's ToTensor + Normalize
-    x -= _norm_stats(mean, x.shape[0], 'mean')
-    x /= _norm_stats(std, x.shape[0], 'std')
+    x -= _norm_stats(mean, x.shape[0], "mean")
+    x /= _norm_stats(std, x.shape[0], "std")
     return x
 
 
 def preprocess(
-        img_or_path: ImageLike,
-        input_size: int | Sequence[int] = (224, 224),
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        interpolation: str = 'bicubic',
-        crop_pct: float | None = DEFAULT_CROP_PCT,
-        crop_mode: str | None = 'center',
-        channels: int = 3,
+    img_or_path: ImageLike,
+    input_size: int | Sequence[int] = (224, 224),
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    interpolation: str = "bicubic",
+    crop_pct: float | None = DEFAULT_CROP_PCT,
+    crop_mode: str | None = "center",
+    channels: int = 3,
 ) -> np.ndarray:
     """timm's eval transform without torch: a float32 C x H x W array ready for the model.
 
@@ -369,8 +376,8 @@ def preprocess_batch(paths: Sequence[ImageLike], **kwargs) -> np.ndarray:
     """:func:`preprocess` each image and stack them into one float32 N x C x H x W array."""
     arrays = [preprocess(p, **kwargs) for p in paths]
     if not arrays:
-        size = _as_size(kwargs.get('input_size', (224, 224)))
-        return np.zeros((0, kwargs.get('channels', 3), *size), dtype=np.float32)
+        size = _as_size(kwargs.get("input_size", (224, 224)))
+        return np.zeros((0, kwargs.get("channels", 3), *size), dtype=np.float32)
     return np.stack(arrays, axis=0)
 
 
@@ -386,19 +393,19 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None) -> np.ndarray
         raise InputError(f"Mask {p} does not exist or is not a file; check masks.", param="masks")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
-                if getattr(im, 'n_frames', 1) > 1:
+                if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
                 except Exception:
                     pass
-                if im.mode in ('P', 'PA'):
-                    im = im.convert('RGBA')
-                elif im.mode in ('La', 'RGBa', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
-                    im = im.convert('RGBA' if im.mode in ('La', 'RGBa') else 'RGB')
+                if im.mode in ("P", "PA"):
+                    im = im.convert("RGBA")
+                elif im.mode in ("La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGBA" if im.mode in ("La", "RGBa") else "RGB")
                 arr = np.asarray(im)
                 mode = im.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -407,7 +414,7 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None) -> np.ndarray
         raise InputError(f"Mask {p} is not a readable image ({e}); re-export it or remove it.") from e
     if arr.ndim == 2:
         fg = arr != 0
-    elif mode in ('LA', 'RGBA'):
+    elif mode in ("LA", "RGBA"):
         fg = np.any(arr[..., :-1] != 0, axis=-1) & (arr[..., -1] != 0)
     else:
         fg = np.any(arr != 0, axis=-1)
@@ -420,10 +427,10 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None) -> np.ndarray
 
 
 def mask_to_input(
-        mask: np.ndarray | PathLike,
-        input_size: int | Sequence[int],
-        crop_pct: float | None = DEFAULT_CROP_PCT,
-        crop_mode: str | None = 'center',
+    mask: np.ndarray | PathLike,
+    input_size: int | Sequence[int],
+    crop_pct: float | None = DEFAULT_CROP_PCT,
+    crop_mode: str | None = "center",
 ) -> np.ndarray:
     """Apply the geometry of :func:`preprocess` to a mask (nearest resize, same crop): bool H x W.
 
@@ -432,5 +439,5 @@ def mask_to_input(
     """
     fg = load_mask(mask) if not isinstance(mask, np.ndarray) else mask.astype(bool)
     img = Image.fromarray(fg.astype(np.uint8) * 255)
-    arr = resize_crop(img, input_size, 'nearest', crop_pct, crop_mode, fill=0)
+    arr = resize_crop(img, input_size, "nearest", crop_pct, crop_mode, fill=0)
     return arr[:, :, 0] > 0

@@ -141,8 +141,7 @@ def atomic_output(path: str | os.PathLike, force: bool = False, mode: str = "wb"
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if out.exists() and not force:  # appeared while we were working
-            raise OutputError(f"Output {out} already exists; pass force to overwrite it.",
-                              param="force")
+            raise OutputError(f"Output {out} already exists; pass force to overwrite it.", param="force")
         os.replace(tmp, out)
     except OSError as e:
         raise OutputError(f"Cannot write {out}: {_describe_os_error(e)}.") from e

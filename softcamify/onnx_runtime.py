@@ -147,7 +147,9 @@ class OnnxModel:
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
-            raise InputError(f"{self.path} has {len(inputs)} inputs ({names}); softcamify runs image classifiers with one input.")
+            raise InputError(
+                f"{self.path} has {len(inputs)} inputs ({names}); softcamify runs image classifiers with one input."
+            )
         self.input = inputs[0]
         if len(self.input.shape) != 4:
             raise InputError(f"{self.path} takes a {len(self.input.shape)}-d input; an image classifier takes N×C×H×W.")
@@ -243,14 +245,21 @@ class OnnxModel:
         graph_hw = shape[2:] if all(isinstance(d, int) for d in shape[2:]) else None
         if input_size is None and cfg.get("input_size") is None and graph_hw is not None:
             cfg["input_size"] = [graph_c or 3, *graph_hw]
-        overrides = {"mean": mean, "std": std, "input_size": input_size, "interpolation": interpolation,
-                     "crop_pct": crop_pct, "crop_mode": crop_mode}
+        overrides = {
+            "mean": mean,
+            "std": std,
+            "input_size": input_size,
+            "interpolation": interpolation,
+            "crop_pct": crop_pct,
+            "crop_mode": crop_mode,
+        }
         given = {k for k, v in overrides.items() if v is not None}
         missing = [k for k in ("mean", "std", "input_size") if cfg.get(k) is None and k not in given]
         if missing:
             raise UsageError(
                 f"{self.path} has no softcamify metadata, so its preprocessing is unknown; export the model "
-                f"with softcamify export, which records it, or give {', '.join(missing)}.", param=tuple(missing)
+                f"with softcamify export, which records it, or give {', '.join(missing)}.",
+                param=tuple(missing),
             )
         if input_size is not None and len(list(input_size)) == 2:
             overrides["input_size"] = [graph_c or int((cfg.get("input_size") or [3])[0]), *input_size]
@@ -283,12 +292,14 @@ class OnnxModel:
                 names = [str(c) for c in parsed]
         if names is None:
             if k is None:
-                raise UsageError(f"{self.path} does not say how many classes it has; give class_names.",
-                                 param="class_names")
+                raise UsageError(
+                    f"{self.path} does not say how many classes it has; give class_names.", param="class_names"
+                )
             return [f"class_{i}" for i in range(k)]
         if k is not None and not names_fit(k, len(names)):
-            raise UsageError(f"{len(names)} class names were given but {self.path} has {_classes_phrase(k)}.",
-                                 param="class_names")
+            raise UsageError(
+                f"{len(names)} class names were given but {self.path} has {_classes_phrase(k)}.", param="class_names"
+            )
         return names
 
     def _num_logits(self, logits_shape: Sequence[Any]) -> int:
@@ -297,7 +308,11 @@ class OnnxModel:
         if k is not None:
             return int(k)
         meta_k = (self.metadata or {}).get("num_classes")
-        return int(meta_k) if isinstance(meta_k, int) and names_fit(meta_k, len(self.class_names)) else len(self.class_names)
+        return (
+            int(meta_k)
+            if isinstance(meta_k, int) and names_fit(meta_k, len(self.class_names))
+            else len(self.class_names)
+        )
 
     # --- running ---------------------------------------------------------------------------------
     @property
@@ -369,5 +384,7 @@ class OnnxModel:
     __call__ = run
 
     def __repr__(self) -> str:
-        return (f"OnnxModel({str(self.path)!r}, architecture={self.architecture!r}, classes={self.num_classes}, "
-                f"evidence={self.has_evidence})")
+        return (
+            f"OnnxModel({str(self.path)!r}, architecture={self.architecture!r}, classes={self.num_classes}, "
+            f"evidence={self.has_evidence})"
+        )

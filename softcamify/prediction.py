@@ -76,11 +76,18 @@ def rank_classes(logits: np.ndarray, class_names: Sequence[str], k: int = DEFAUL
     out = []
     for row_p, row_z in zip(probs, z, strict=True):
         order = np.argsort(-row_p, kind="stable")[:k]
-        out.append([
-            {"rank": r + 1, "index": int(i), "class": str(class_names[i]) if i < len(class_names) else f"class_{i}",
-             "probability": float(row_p[i]), "logit": float(row_z[i])}
-            for r, i in enumerate(order)
-        ])
+        out.append(
+            [
+                {
+                    "rank": r + 1,
+                    "index": int(i),
+                    "class": str(class_names[i]) if i < len(class_names) else f"class_{i}",
+                    "probability": float(row_p[i]),
+                    "logit": float(row_z[i]),
+                }
+                for r, i in enumerate(order)
+            ]
+        )
     return out
 
 
@@ -129,9 +136,20 @@ def predict(
         raise UsageError(f"batch_size must be at least 1, not {batch_size}.", param="batch_size")
     paths = collect_images(images)
     rt = load(
-        model, mean=mean, std=std, input_size=input_size, interpolation=interpolation, crop_pct=crop_pct,
-        crop_mode=crop_mode, class_names=class_names, device=device, trust_pickle=trust_pickle,
-        weights=weights, num_classes=num_classes, ema=ema, require_evidence=False,
+        model,
+        mean=mean,
+        std=std,
+        input_size=input_size,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        class_names=class_names,
+        device=device,
+        trust_pickle=trust_pickle,
+        weights=weights,
+        num_classes=num_classes,
+        ema=ema,
+        require_evidence=False,
     )
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
@@ -140,7 +158,9 @@ def predict(
         for p, ranked in zip(chunk, rank_classes(logits, rt.class_names, top_k), strict=True):
             predictions.append(Prediction(image=str(p), top_k=ranked))
     return PredictionReport(
-        model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else str(getattr(model, "path", type(model).__name__)),
+        model=os.fspath(model)
+        if isinstance(model, (str, os.PathLike))
+        else str(getattr(model, "path", type(model).__name__)),
         backend=rt.backend,
         architecture=rt.architecture,
         num_classes=rt.num_classes,

@@ -186,9 +186,7 @@ def heatmap(map: Any, cmap: str = "RdBu_r", size: tuple[int, int] | None = None)
     return Image.fromarray(apply_colormap(a, cmap))
 
 
-def overlay(
-    image: Any, map: Any, alpha: float = 0.5, cmap: str = "RdBu_r", weighted: bool = False
-) -> Image.Image:
+def overlay(image: Any, map: Any, alpha: float = 0.5, cmap: str = "RdBu_r", weighted: bool = False) -> Image.Image:
     """Blend a scaled map over an image: ``out = (1 − α)·image + α·colour(map)``; returns PIL RGB.
 
     ``image``: a PIL image or an H×W×3 uint8 array (H×W grey and float arrays in [0, 1] are accepted).
@@ -220,9 +218,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def colorbar(
-    vmin: float, vmax: float, cmap: str = "RdBu_r", width: int = 256, height: int = 40
-) -> Image.Image:
+def colorbar(vmin: float, vmax: float, cmap: str = "RdBu_r", width: int = 256, height: int = 40) -> Image.Image:
     """A small horizontal legend: the colour ramp from ``vmin`` (left) to ``vmax`` (right), white background.
 
     Below the ramp (when ``height`` >= 24) the values at the left end, middle and right end are printed

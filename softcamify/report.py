@@ -114,9 +114,7 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def html_page(
-    title: str, sections: Iterable[str], subtitle: str | None = None, footer: str | None = None
-) -> str:
+def html_page(title: str, sections: Iterable[str], subtitle: str | None = None, footer: str | None = None) -> str:
     """A complete, self-contained HTML5 page (inline CSS, no scripts) with ``sections`` (HTML fragments)."""
     parts = [
         "<!DOCTYPE html>",
@@ -257,9 +255,7 @@ def line_chart_svg(
         f"<title>{_esc(title or f'{y_label} vs {x_label}')}</title>",
     ]
     if not finite:
-        out.append(
-            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" fill="#777">no data</text>'
-        )
+        out.append(f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" fill="#777">no data</text>')
         out.append("</svg>")
         return "\n".join(out)
 
@@ -320,9 +316,7 @@ def _chart_frame(
         y_lo, y_hi = y_lo - pad, y_hi + pad
     yt = nice_ticks(y_lo, y_hi)
     y_lo, y_hi = min(y_lo, yt[0]), max(y_hi, yt[-1])
-    xt = (
-        nice_ticks(x_lo, x_hi, target=min(8, max(2, int(x_hi - x_lo)))) if x_hi - x_lo >= 1 else [x_lo, x_hi]
-    )
+    xt = nice_ticks(x_lo, x_hi, target=min(8, max(2, int(x_hi - x_lo)))) if x_hi - x_lo >= 1 else [x_lo, x_hi]
     return _ChartFrame(left, top, pw, ph, x_lo, x_hi, y_lo, y_hi), xt, yt
 
 
@@ -335,20 +329,15 @@ def _chart_axes(
     for t in yt:
         y = f.sy(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
-        out.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#333">{_esc(format_value(t))}</text>'
-        )
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#333">{_esc(format_value(t))}</text>')
     for t in xt:
         if f.x_lo - 1e-9 <= t <= f.x_hi + 1e-9:
             x = f.sx(t)
             out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#333"/>')
             out.append(
-                f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#333">'
-                f"{_esc(format_value(t))}</text>"
+                f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#333">{_esc(format_value(t))}</text>'
             )
-    out.append(
-        f'<polyline points="{left},{top} {left},{top + ph} {left + pw},{top + ph}" fill="none" stroke="#333"/>'
-    )
+    out.append(f'<polyline points="{left},{top} {left},{top + ph} {left + pw},{top + ph}" fill="none" stroke="#333"/>')
     out.append(
         f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#111">{_esc(x_label)}</text>'
     )

@@ -58,8 +58,16 @@ class Runtime:
     backend = "abstract"
     module: Any = None
 
-    def __init__(self, class_names: Sequence[str], config: DataConfig, *, architecture: str = "",
-                 description: str = "", num_logits: int | None = None, notes: Sequence[str] = ()):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        config: DataConfig,
+        *,
+        architecture: str = "",
+        description: str = "",
+        num_logits: int | None = None,
+        notes: Sequence[str] = (),
+    ):
         self.num_logits = len(class_names) if num_logits is None else int(num_logits)
         self.class_names = decision_names(class_names, self.num_logits)
         self.config = config
@@ -105,8 +113,16 @@ class TorchRuntime(Runtime):
     kind = "torch"
     backend = "torch"
 
-    def __init__(self, module: Any, device: Any = "auto", *, config: DataConfig | None = None,
-                 class_names: Sequence[str] | None = None, description: str = "", notes: Sequence[str] = ()):
+    def __init__(
+        self,
+        module: Any,
+        device: Any = "auto",
+        *,
+        config: DataConfig | None = None,
+        class_names: Sequence[str] | None = None,
+        description: str = "",
+        notes: Sequence[str] = (),
+    ):
         from .device import resolve_device
 
         self.device = resolve_device(device or "auto")
@@ -114,8 +130,12 @@ class TorchRuntime(Runtime):
         meta = module.meta
         names = list(meta.class_names) if class_names is None else [str(c) for c in class_names]
         super().__init__(
-            names, config or resolve_data_config(meta.data_config), architecture=meta.architecture,
-            description=description, num_logits=meta.num_classes, notes=notes,
+            names,
+            config or resolve_data_config(meta.data_config),
+            architecture=meta.architecture,
+            description=description,
+            num_logits=meta.num_classes,
+            notes=notes,
         )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -136,21 +156,30 @@ class OnnxRuntime(Runtime):
     def __init__(self, session: Any, *, notes: Sequence[str] = ()):
         self.session = session
         s = session
-        super().__init__(s.class_names, resolve_data_config(s.data_config), architecture=s.architecture,
-                         description=str(s.path), num_logits=s.num_logits, notes=notes)
+        super().__init__(
+            s.class_names,
+            resolve_data_config(s.data_config),
+            architecture=s.architecture,
+            description=str(s.path),
+            num_logits=s.num_logits,
+            notes=notes,
+        )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.session.run(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def _onnx_runtime(model: Any, device: Any, preprocessing: dict[str, Any], class_names: Sequence[str] | None,
-                  require_evidence: bool) -> OnnxRuntime:
+def _onnx_runtime(
+    model: Any, device: Any, preprocessing: dict[str, Any], class_names: Sequence[str] | None, require_evidence: bool
+) -> OnnxRuntime:
     from .onnx_runtime import OnnxModel
 
     if isinstance(model, OnnxModel):
         if any(v is not None for v in (*preprocessing.values(), class_names)):
-            raise UsageError("Preprocessing overrides need an .onnx path, not an already opened OnnxModel.",
-                             param=tuple(k for k, v in preprocessing.items() if v is not None))
+            raise UsageError(
+                "Preprocessing overrides need an .onnx path, not an already opened OnnxModel.",
+                param=tuple(k for k, v in preprocessing.items() if v is not None),
+            )
         session = model
     else:
         path = Path(model)
@@ -158,16 +187,19 @@ def _onnx_runtime(model: Any, device: Any, preprocessing: dict[str, Any], class_
             raise InputError(f"Model path {path} is a folder, not an .onnx file.")
         if not path.is_file():
             raise InputError(f"Model file {path} does not exist.")
-        session = OnnxModel(path, device=device if isinstance(device, str) else "auto", class_names=class_names,
-                            **preprocessing)
+        session = OnnxModel(
+            path, device=device if isinstance(device, str) else "auto", class_names=class_names, **preprocessing
+        )
     if require_evidence:
         session.require_evidence()
     notes = []
     if session.metadata is None:
         notes.append(f"{session.path.name} has no softcamify metadata; the preprocessing given is used.")
     if session.fixed_batch is not None and session.fixed_batch > 1:
-        notes.append(f"{session.path.name} takes exactly {session.fixed_batch} images per run (a fixed batch "
-                     "axis); images are run in groups of that size.")
+        notes.append(
+            f"{session.path.name} takes exactly {session.fixed_batch} images per run (a fixed batch "
+            "axis); images are run in groups of that size."
+        )
     return OnnxRuntime(session, notes=notes)
 
 
@@ -202,23 +234,35 @@ def load(
     """
     if isinstance(model, Runtime):
         return model
-    preprocessing = {"mean": mean, "std": std, "input_size": input_size, "interpolation": interpolation,
-                     "crop_pct": crop_pct, "crop_mode": crop_mode}
+    preprocessing = {
+        "mean": mean,
+        "std": std,
+        "input_size": input_size,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
     onnx_mod = sys.modules.get(f"{__package__}.onnx_runtime")
     if is_onnx_path(model) or (onnx_mod is not None and isinstance(model, onnx_mod.OnnxModel)):
         given = [name for name, v in (("weights", weights), ("num_classes", num_classes), ("ema", ema)) if v]
         if given:
-            raise UsageError(f"{' and '.join(given)} do not apply to an .onnx model; they build a PyTorch model "
-                             "from a checkpoint.", param=tuple(given))
+            raise UsageError(
+                f"{' and '.join(given)} do not apply to an .onnx model; they build a PyTorch model from a checkpoint.",
+                param=tuple(given),
+            )
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
     size = (int(input_size[-2]), int(input_size[-1])) if input_size is not None else None
-    sc, notes = load_softcam(model, weights=weights, num_classes=num_classes, input_size=size, ema=ema,
-                             trust_pickle=trust_pickle)
-    config = resolve_data_config(sc.meta.data_config, mean=mean, std=std, interpolation=interpolation,
-                                 crop_pct=crop_pct, crop_mode=crop_mode)
+    sc, notes = load_softcam(
+        model, weights=weights, num_classes=num_classes, input_size=size, ema=ema, trust_pickle=trust_pickle
+    )
+    config = resolve_data_config(
+        sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
+    )
     if class_names is not None and not names_fit(sc.meta.num_classes, len(class_names)):
-        raise UsageError(f"{len(class_names)} class names were given but the model has "
-                         f"{classes_phrase(sc.meta.num_classes)}.", param="class_names")
+        raise UsageError(
+            f"{len(class_names)} class names were given but the model has {classes_phrase(sc.meta.num_classes)}.",
+            param="class_names",
+        )
     desc = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
     return TorchRuntime(sc, device, config=config, class_names=class_names, description=desc, notes=notes)
 
@@ -243,8 +287,11 @@ def load_softcam(
     ``weights``, ``num_classes``, ``ema``, ``strict``, ``atol`` and ``output_stride`` go to it).
     """
     if is_onnx_path(model):
-        raise UsageError(f"model {os.fspath(model)} is an ONNX file; this needs a PyTorch model (a softcamify "
-                         ".safetensors, a checkpoint or an architecture name).", param="model")
+        raise UsageError(
+            f"model {os.fspath(model)} is an ONNX file; this needs a PyTorch model (a softcamify "
+            ".safetensors, a checkpoint or an architecture name).",
+            param="model",
+        )
     from .conversion import DEFAULT_ATOL, as_softcam
     from .model import SoftCAM
 
@@ -253,13 +300,26 @@ def load_softcam(
         if input_size is not None:
             sc = copy.copy(sc)
             sc.meta = copy.deepcopy(sc.meta)
-            sc.meta.data_config = {**sc.meta.data_config, "input_size": [sc.meta.data_config["input_size"][0], *input_size]}
+            sc.meta.data_config = {
+                **sc.meta.data_config,
+                "input_size": [sc.meta.data_config["input_size"][0], *input_size],
+            }
         return sc.eval(), []
-    sc, loaded = as_softcam(model, weights=weights, num_classes=num_classes, input_size=input_size, ema=ema,
-                            trust_pickle=trust_pickle, strict=strict,
-                            atol=DEFAULT_ATOL if atol is None else atol, output_stride=output_stride)
+    sc, loaded = as_softcam(
+        model,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=input_size,
+        ema=ema,
+        trust_pickle=trust_pickle,
+        strict=strict,
+        atol=DEFAULT_ATOL if atol is None else atol,
+        output_stride=output_stride,
+    )
     notes = list(loaded.notes)
     if not loaded.is_softcam:
-        notes.append(f"{loaded.architecture} was converted to SoftCAM on the fly ({sc.meta.strategy}, "
-                     f"max |Δlogit| {sc.meta.conversion.get('max_abs_diff', float('nan')):.2g}).")
+        notes.append(
+            f"{loaded.architecture} was converted to SoftCAM on the fly ({sc.meta.strategy}, "
+            f"max |Δlogit| {sc.meta.conversion.get('max_abs_diff', float('nan')):.2g})."
+        )
     return sc.eval(), notes

@@ -24,7 +24,9 @@ _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "http://", "https://")
 def parse_name(spec: str) -> tuple[str, str]:
     """'torchvision:resnet50' -> ('torchvision', 'resnet50'); 'timm:x' or 'x' -> ('timm', 'x')."""
     if spec.startswith(_HUB_PREFIXES):
-        raise InputError(f"{spec!r} names a model on a hub; softcamify never downloads: download it and pass the file or folder.")
+        raise InputError(
+            f"{spec!r} names a model on a hub; softcamify never downloads: download it and pass the file or folder."
+        )
     if ":" in spec:
         kind, name = spec.split(":", 1)
         kind = kind.lower()
@@ -87,9 +89,7 @@ def build(kind: str, name: str, num_classes: int | None = None, model_args: dict
 OUTPUT_STRIDES = (32, 16, 8)  # --output-stride: 32 is the model as it is; 16 and 8 dilate its last stage(s)
 
 
-def stride_args(
-    kind: str | None, model_args: dict[str, Any] | None, output_stride: int
-) -> dict[str, Any] | None:
+def stride_args(kind: str | None, model_args: dict[str, Any] | None, output_stride: int) -> dict[str, Any] | None:
     """Constructor arguments that rebuild a named network with a finer output stride, or None.
 
     timm builders take ``output_stride`` (ResNet & co., RegNet, EfficientNet/MobileNet, ConvNeXt …);
@@ -170,14 +170,16 @@ def data_config(
     h, w = (int(cfg["input_size"][1]), int(cfg["input_size"][2])) if input_size is None else input_size
     if input_size is not None:
         cfg["crop_pct"] = float(cfg.get("crop_pct") or 1.0)
-    return resolve_data_config({
-        "input_size": [channels, h, w],
-        "mean": mean,
-        "std": std,
-        "interpolation": str(cfg.get("interpolation") or "bilinear"),
-        "crop_pct": float(cfg.get("crop_pct") or 1.0),
-        "crop_mode": str(cfg.get("crop_mode") or "center"),
-    }).to_dict()
+    return resolve_data_config(
+        {
+            "input_size": [channels, h, w],
+            "mean": mean,
+            "std": std,
+            "interpolation": str(cfg.get("interpolation") or "bilinear"),
+            "crop_pct": float(cfg.get("crop_pct") or 1.0),
+            "crop_mode": str(cfg.get("crop_mode") or "center"),
+        }
+    ).to_dict()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -231,6 +233,7 @@ def _candidate_sources(model: nn.Module):
 
 def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
     """True when ``source`` builds a network with ``model``'s tensors that, given its weights, computes the same."""
+
     def rebuild():
         with torch.random.fork_rng(devices=[]):
             return build(source["kind"], source["name"], source.get("num_classes"), source.get("model_args"))
@@ -264,8 +267,12 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
             return False
         finally:
             original.train(training)
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
-        torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+    )
 
 
 def cpu_float32(module: nn.Module) -> tuple[nn.Module, torch.device]:
@@ -274,8 +281,10 @@ def cpu_float32(module: nn.Module) -> tuple[nn.Module, torch.device]:
     if tensor is None:
         tensor = next(iter(module.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
-    on_cpu_fp32 = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
-                      for t in [*module.parameters(), *module.buffers()])
+    on_cpu_fp32 = all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64, torch.bool)
+        for t in [*module.parameters(), *module.buffers()]
+    )
     if on_cpu_fp32:
         return module, device
     return copy.deepcopy(module).to("cpu").float(), device

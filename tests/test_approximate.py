@@ -147,10 +147,21 @@ def test_finetuning_recovers_the_fidelity_of_an_approximate_conversion(tmp_path)
         img.save(paths[-1])
     original = timm.create_model("test_vit", num_classes=2).eval()
     cfg = load_model("test_vit", num_classes=2).data_config
-    x = torch.from_numpy(np.stack([
-        preprocess(p, input_size=cfg["input_size"][1:], mean=cfg["mean"], std=cfg["std"],
-                   interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"]) for p in paths
-    ]))
+    x = torch.from_numpy(
+        np.stack(
+            [
+                preprocess(
+                    p,
+                    input_size=cfg["input_size"][1:],
+                    mean=cfg["mean"],
+                    std=cfg["std"],
+                    interpolation=cfg["interpolation"],
+                    crop_pct=cfg["crop_pct"],
+                )
+                for p in paths
+            ]
+        )
+    )
     with torch.no_grad():  # balance the black box's decisions, then use them as labels
         margin = original(x)[:, 1] - original(x)[:, 0]
         original.head.bias[1] -= margin.median()

@@ -10,8 +10,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--models", "test_resnet", "--size", "32", "--classes", "5", "--batch", "2",
-        "--ft-model", "test_resnet", "--ft-images", "12", "--ft-size", "32", "--ft-batch", "4", "--device", "cpu"]
+TINY = [
+    "--models",
+    "test_resnet",
+    "--size",
+    "32",
+    "--classes",
+    "5",
+    "--batch",
+    "2",
+    "--ft-model",
+    "test_resnet",
+    "--ft-images",
+    "12",
+    "--ft-size",
+    "32",
+    "--ft-batch",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture
@@ -61,8 +79,7 @@ def test_evaluate_speed_runs_both_paths_and_they_agree(capsys):
     spec = importlib.util.spec_from_file_location("evaluate_speed", REPO / "benchmarks" / "evaluate_speed.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = ["--images", "6", "--size", "48", "--steps", "2", "--batch", "2", "--rounds", "1", "--wide",
-            "--json"]
+    args = ["--images", "6", "--size", "48", "--steps", "2", "--batch", "2", "--rounds", "1", "--wide", "--json"]
     assert mod.main(args) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["explained"] >= 1 and res["deletion_batch_size"] == 2
@@ -78,8 +95,13 @@ def test_localization_benchmark_scores_every_row_on_one_grid(tmp_path):
     spec.loader.exec_module(mod)
     res = mod.run(images=24, epochs=1, l1_values=[2.0], strides=[32, 16], baselines=["gradcam"], work=tmp_path)
     methods = [r["method"] for r in res["rows"]]
-    assert methods == ["Grad-CAM (original)", "CAM (= converted SoftCAM)", "SoftCAM, stride 32",
-                       "converted SoftCAM, stride 16", "SoftCAM, stride 16"]
+    assert methods == [
+        "Grad-CAM (original)",
+        "CAM (= converted SoftCAM)",
+        "SoftCAM, stride 32",
+        "converted SoftCAM, stride 16",
+        "SoftCAM, stride 16",
+    ]
     assert res["oracle_grid"] == [10, 10]  # the finest grid in the run: every row's share is on it
     assert [r["grid"] for r in res["rows"]] == ["5×5", "5×5", "5×5", "10×10", "10×10"]
     for r in res["rows"]:

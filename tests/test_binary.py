@@ -107,8 +107,19 @@ def binary_setup(tmp_path_factory):
 
 def test_convert_is_exact_and_keeps_one_evidence_map(binary_setup, tmp_path):
     out = tmp_path / "sc.safetensors"
-    r = run_cli("convert", "test_resnet", "--weights", binary_setup["weights"], "--input-size", "48", "-o", out,
-                "--class-names", "dark,bright", "--json")
+    r = run_cli(
+        "convert",
+        "test_resnet",
+        "--weights",
+        binary_setup["weights"],
+        "--input-size",
+        "48",
+        "-o",
+        out,
+        "--class-names",
+        "dark,bright",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["exact"] and report["passed"] and report["max_abs_diff"] < 1e-5 and report["num_classes"] == 1
@@ -119,8 +130,16 @@ def test_convert_is_exact_and_keeps_one_evidence_map(binary_setup, tmp_path):
         logits, maps = sc.forward_maps(x)
         torch.testing.assert_close(logits, binary_setup["module"](x), atol=1e-5, rtol=1e-5)
     assert maps.shape == (3, 1, 2, 2)
-    r = run_cli("convert", "test_resnet", "--weights", binary_setup["weights"], "-o", tmp_path / "x.safetensors",
-                "--class-names", "a,b,c")
+    r = run_cli(
+        "convert",
+        "test_resnet",
+        "--weights",
+        binary_setup["weights"],
+        "-o",
+        tmp_path / "x.safetensors",
+        "--class-names",
+        "a,b,c",
+    )
     assert r.returncode == 2 and "3 names" in r.stderr and "one logit" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -129,15 +148,29 @@ def test_predict_torch_and_onnx_give_the_sigmoid(binary_setup, tmp_path):
     from softcamify.images import preprocess
     from softcamify.prediction import predict
 
-    sc = softcamify.convert(softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
-                            class_names=["dark", "bright"], samples=2)
+    sc = softcamify.convert(
+        softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
+        class_names=["dark", "bright"],
+        samples=2,
+    )
     path = softcamify.save(sc, tmp_path / "sc.safetensors")
     r = run_cli("export", path, "-o", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr
     images = sorted((binary_setup["data"] / "test").rglob("*.png"))
     cfg = sc.meta.data_config
-    x = np.stack([preprocess(p, input_size=(48, 48), mean=cfg["mean"], std=cfg["std"],
-                             interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"]) for p in images])
+    x = np.stack(
+        [
+            preprocess(
+                p,
+                input_size=(48, 48),
+                mean=cfg["mean"],
+                std=cfg["std"],
+                interpolation=cfg["interpolation"],
+                crop_pct=cfg["crop_pct"],
+            )
+            for p in images
+        ]
+    )
     with torch.no_grad():
         z = binary_setup["module"](torch.from_numpy(x)).double().numpy()[:, 0]
     for model in (path, tmp_path / "m.onnx"):
@@ -160,8 +193,18 @@ def test_finetune_learns_with_binary_cross_entropy_and_stays_single_logit(binary
     loaded = softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48))
     sc = softcamify.convert(loaded, samples=2)
     assert sc.meta.class_names == ["class_0"]
-    cfg = FinetuneConfig(epochs=4, batch_size=8, lr=3e-3, l1=1e-4, device="cpu", workers=0, seed=0,
-                         warmup_epochs=0.0, augment="none", monitor="val_loss")
+    cfg = FinetuneConfig(
+        epochs=4,
+        batch_size=8,
+        lr=3e-3,
+        l1=1e-4,
+        device="cpu",
+        workers=0,
+        seed=0,
+        warmup_epochs=0.0,
+        augment="none",
+        monitor="val_loss",
+    )
     run = finetune(sc, binary_setup["data"], tmp_path / "run", cfg)
     tuned = softcamify.load(tmp_path / "run" / "best.safetensors")
     assert tuned.meta.num_classes == 1 and tuned.meta.class_names == ["bright", "dark"]  # the data's classes
@@ -180,10 +223,17 @@ def test_finetune_learns_with_binary_cross_entropy_and_stays_single_logit(binary
 def test_finetune_names_the_negative_class_from_the_data(binary_setup, tmp_path):
     from softcamify.training import FinetuneConfig, finetune
 
-    sc = softcamify.convert(softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
-                            class_names=["bright"], samples=2)
-    finetune(sc, binary_setup["data"], tmp_path / "run",
-             FinetuneConfig(epochs=1, batch_size=8, device="cpu", workers=0, seed=0, warmup_epochs=0.0))
+    sc = softcamify.convert(
+        softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
+        class_names=["bright"],
+        samples=2,
+    )
+    finetune(
+        sc,
+        binary_setup["data"],
+        tmp_path / "run",
+        FinetuneConfig(epochs=1, batch_size=8, device="cpu", workers=0, seed=0, warmup_epochs=0.0),
+    )
     tuned = softcamify.load(tmp_path / "run" / "best.safetensors")
     assert tuned.meta.class_names == ["dark", "bright"]  # bright stays the positive class (the logit's sign)
 
@@ -194,8 +244,9 @@ def test_evaluate_with_gradcam_on_a_single_logit_black_box(binary_setup, tmp_pat
 
     loaded = softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48))
     sc = softcamify.convert(loaded, class_names=["dark", "bright"], samples=2)
-    res = evaluate(sc, binary_setup["data"], split="test", baselines="gradcam", original=loaded.module, steps=2,
-                   device="cpu")
+    res = evaluate(
+        sc, binary_setup["data"], split="test", baselines="gradcam", original=loaded.module, steps=2, device="cpu"
+    )
     keys = [m["key"] for m in res.method_summaries()]
     assert keys == ["softcam", "gradcam", "original:gradcam"]
     # the converted model is exact: its classification is the black box's
@@ -208,8 +259,11 @@ def test_evaluate_with_gradcam_on_a_single_logit_black_box(binary_setup, tmp_pat
 def test_explain_gives_opposite_maps_for_the_two_classes(binary_setup, tmp_path):
     from softcamify.runtime import load as load_map_model
 
-    sc = softcamify.convert(softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
-                            class_names=["dark", "bright"], samples=2)
+    sc = softcamify.convert(
+        softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
+        class_names=["dark", "bright"],
+        samples=2,
+    )
     mm = load_map_model(sc, device="cpu")
     assert mm.class_names == ["dark", "bright"] and mm.num_logits == 1
     x = np.random.default_rng(1).standard_normal((2, 3, 48, 48)).astype(np.float32)
@@ -218,8 +272,16 @@ def test_explain_gives_opposite_maps_for_the_two_classes(binary_setup, tmp_path)
     np.testing.assert_allclose(maps[:, 0], -maps[:, 1])
     np.testing.assert_allclose(maps.mean((2, 3)), logits, rtol=1e-5, atol=1e-6)
     out = tmp_path / "ex"
-    r = run_cli("explain", softcamify.save(sc, tmp_path / "sc.safetensors"), binary_setup["data"] / "test" / "bright",
-                "-o", out, "--classes", "all", "--json")
+    r = run_cli(
+        "explain",
+        softcamify.save(sc, tmp_path / "sc.safetensors"),
+        binary_setup["data"] / "test" / "bright",
+        "-o",
+        out,
+        "--classes",
+        "all",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["class_names"] == ["dark", "bright"]
@@ -229,8 +291,9 @@ def test_an_original_with_the_wrong_output_is_refused(binary_setup):
     from softcamify.errors import InputError
     from softcamify.evaluation import evaluate
 
-    sc = softcamify.convert(softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)),
-                            samples=2)
+    sc = softcamify.convert(
+        softcamify.load_model("test_resnet", weights=binary_setup["weights"], input_size=(48, 48)), samples=2
+    )
     three = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
     with pytest.raises(InputError, match="returns"):
         evaluate(sc, binary_setup["data"], split="test", original=three, device="cpu", max_images=0)

@@ -84,8 +84,13 @@ def test_hugging_face_folder(tmp_path):
         "architecture": "test_resnet",
         "num_classes": 4,
         "label_names": ["a", "b", "c", "d"],
-        "pretrained_cfg": {"input_size": [3, 96, 96], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
-                           "interpolation": "bicubic", "crop_pct": 1.0},
+        "pretrained_cfg": {
+            "input_size": [3, 96, 96],
+            "mean": [0.1, 0.2, 0.3],
+            "std": [0.5, 0.5, 0.5],
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+        },
     }
     (folder / "config.json").write_text(json.dumps(config))
     loaded = load_model(folder)
@@ -237,14 +242,16 @@ def test_weights_with_a_replaced_classifier_head_say_how_to_convert(tmp_path):
     ways that work — and the whole pickled module (with --trust-pickle) then converts exactly."""
     import torchvision
 
-
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(512, 2))
     model.eval()
     torch.save(model.state_dict(), tmp_path / "sd.pth")
-    with pytest.raises(InputError, match=r"own classifier head \(fc\.1: Linear 512→2\).*softcamify\.convert\(\).*"
-                                         r"convert that file with trust_pickle\.$"):
+    with pytest.raises(
+        InputError,
+        match=r"own classifier head \(fc\.1: Linear 512→2\).*softcamify\.convert\(\).*"
+        r"convert that file with trust_pickle\.$",
+    ):
         load_model("torchvision:resnet18", weights=tmp_path / "sd.pth")
     torch.save(model, tmp_path / "whole.pth")
     from softcamify.conversion import as_softcam
@@ -269,11 +276,25 @@ def test_timm_training_checkpoint_rebuilds_the_model_its_args_describe(tmp_path)
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3, global_pool="max").eval()
-    args = argparse.Namespace(model="test_resnet", gp="max", num_classes=3, in_chans=None, model_kwargs={},
-                              img_size=96, input_size=None, mean=[0.2, 0.2, 0.2], std=[0.3, 0.3, 0.3],
-                              crop_pct=0.9, interpolation="bicubic", bn_eps=None, bn_momentum=None)
-    torch.save({"epoch": 5, "arch": "test_resnet", "state_dict": model.state_dict(), "args": args},
-               tmp_path / "model_best.pth.tar")
+    args = argparse.Namespace(
+        model="test_resnet",
+        gp="max",
+        num_classes=3,
+        in_chans=None,
+        model_kwargs={},
+        img_size=96,
+        input_size=None,
+        mean=[0.2, 0.2, 0.2],
+        std=[0.3, 0.3, 0.3],
+        crop_pct=0.9,
+        interpolation="bicubic",
+        bn_eps=None,
+        bn_momentum=None,
+    )
+    torch.save(
+        {"epoch": 5, "arch": "test_resnet", "state_dict": model.state_dict(), "args": args},
+        tmp_path / "model_best.pth.tar",
+    )
     loaded = load_model(tmp_path / "model_best.pth.tar")
     assert loaded.source["model_args"] == {"global_pool": "max"}
     assert loaded.data_config["input_size"] == [3, 96, 96]
@@ -292,8 +313,9 @@ def test_hugging_face_folder_with_transformers_id2label(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=2)
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"architecture": "test_resnet", "num_classes": 2, "id2label": {"0": "benign", "1": "malignant"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architecture": "test_resnet", "num_classes": 2, "id2label": {"0": "benign", "1": "malignant"}})
+    )
     assert load_model(tmp_path).class_names == ["benign", "malignant"]
 
 
@@ -306,8 +328,12 @@ def test_weights_that_need_model_args_say_which(tmp_path):
     with pytest.raises(InputError, match="or pass in_chans=1 in model_args") as e:
         load_model("test_resnet", weights=tmp_path / "gray.safetensors")
     assert e.value.param == "model_args"
-    assert load_model("test_resnet", weights=tmp_path / "gray.safetensors", model_args={"in_chans": 1}).data_config[
-        "input_size"][0] == 1
+    assert (
+        load_model("test_resnet", weights=tmp_path / "gray.safetensors", model_args={"in_chans": 1}).data_config[
+            "input_size"
+        ][0]
+        == 1
+    )
     googlenet = torchvision.models.googlenet(num_classes=3, aux_logits=True, init_weights=True)
     torch.save(googlenet.state_dict(), tmp_path / "googlenet.pth")
     with pytest.raises(InputError, match="or pass aux_logits=True in model_args") as e:
@@ -324,8 +350,16 @@ def test_timm_training_checkpoint_with_bn_eps(tmp_path):
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.uniform_(0.1, 2.0)
-    args = argparse.Namespace(model="test_efficientnet", num_classes=2, bn_eps=0.5, bn_momentum=None, gp=None,
-                              in_chans=None, model_kwargs={}, img_size=64)
+    args = argparse.Namespace(
+        model="test_efficientnet",
+        num_classes=2,
+        bn_eps=0.5,
+        bn_momentum=None,
+        gp=None,
+        in_chans=None,
+        model_kwargs={},
+        img_size=64,
+    )
     torch.save({"arch": "test_efficientnet", "state_dict": model.state_dict(), "args": args}, tmp_path / "ck.pth.tar")
     loaded = load_model(tmp_path / "ck.pth.tar")
     assert loaded.source["model_args"] == {"bn_eps": 0.5}

@@ -92,7 +92,9 @@ def _assert_fails(r: subprocess.CompletedProcess, code: int, *words: str, out: P
 
 def test_missing_file(tmp_path):
     out = tmp_path / "o.safetensors"
-    _assert_fails(run_cli("convert", tmp_path / "nope.pth", "-o", out), EXIT_INPUT, "nope.pth", "does not exist", out=out)
+    _assert_fails(
+        run_cli("convert", tmp_path / "nope.pth", "-o", out), EXIT_INPUT, "nope.pth", "does not exist", out=out
+    )
 
 
 def test_truncated_safetensors(tmp_path, resnet_weights):
@@ -144,7 +146,9 @@ def test_existing_output_is_not_overwritten(tmp_path):
 
 
 def test_output_folder_missing_or_a_file(tmp_path):
-    _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "no" / "o.safetensors"), EXIT_OUTPUT, "does not exist")
+    _assert_fails(
+        run_cli("convert", "test_resnet", "-o", tmp_path / "no" / "o.safetensors"), EXIT_OUTPUT, "does not exist"
+    )
     afile = tmp_path / "file"
     afile.write_text("x")
     _assert_fails(run_cli("convert", "test_resnet", "-o", afile / "o.safetensors"), EXIT_OUTPUT, "not a folder")
@@ -170,7 +174,9 @@ def test_read_only_output_folder(tmp_path):
 def test_full_disk_leaves_nothing(tmp_path):
     with _mounted_tmpfs(tmp_path / "tiny", "size=64k") as tiny:
         out = tiny / "o.safetensors"
-        _assert_fails(run_cli("convert", "test_resnet", "-o", out, "--samples", "1"), EXIT_OUTPUT, "disk is full", out=out)
+        _assert_fails(
+            run_cli("convert", "test_resnet", "-o", out, "--samples", "1"), EXIT_OUTPUT, "disk is full", out=out
+        )
         assert list(tiny.iterdir()) == []
 
 
@@ -185,7 +191,10 @@ def test_strict_refuses_approximate_conversion(tmp_path):
     out = tmp_path / "o.safetensors"
     _assert_fails(
         run_cli("convert", "mobilenetv3_small_050", "--input-size", "64", "-o", out, "--strict"),
-        EXIT_CONVERSION, "Hardswish", "--strict", out=out,
+        EXIT_CONVERSION,
+        "Hardswish",
+        "--strict",
+        out=out,
     )
 
 
@@ -224,12 +233,17 @@ def test_convert_verifies_on_calibration_images(tmp_path):
         Image.fromarray((rng.random((50 + i, 70, 3)) * 255).astype(np.uint8)).save(cal / "sub" / f"{i}.png")
     (cal / "notes.txt").write_text("not an image")
     out = tmp_path / "o.safetensors"
-    r = run_cli("convert", "test_resnet", "-o", out, "--json", "--samples", "2", "--calibration", cal, "--input-size", "64")
+    r = run_cli(
+        "convert", "test_resnet", "-o", out, "--json", "--samples", "2", "--calibration", cal, "--input-size", "64"
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["calibration_images"] == 3 and data["samples"] == 2 and data["exact"] is True
-    _assert_fails(run_cli("convert", "test_resnet", "-o", tmp_path / "x.safetensors", "--calibration", tmp_path / "none"),
-                  EXIT_INPUT, "--calibration")
+    _assert_fails(
+        run_cli("convert", "test_resnet", "-o", tmp_path / "x.safetensors", "--calibration", tmp_path / "none"),
+        EXIT_INPUT,
+        "--calibration",
+    )
 
 
 def test_inspect_json_of_a_softcamify_model_has_the_classifier_keys(tmp_path):
@@ -248,8 +262,21 @@ def test_inspect_json_of_a_softcamify_model_has_the_classifier_keys(tmp_path):
 
 def test_convert_with_output_stride(tmp_path, resnet_weights):
     out = tmp_path / "x.safetensors"
-    r = run_cli("convert", "test_resnet", "--weights", resnet_weights, "--output-stride", "16", "-o", out,
-                "--json", "--input-size", "64", "--samples", "2")
+    r = run_cli(
+        "convert",
+        "test_resnet",
+        "--weights",
+        resnet_weights,
+        "--output-stride",
+        "16",
+        "-o",
+        out,
+        "--json",
+        "--input-size",
+        "64",
+        "--samples",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["output_stride"] == 16 and data["evidence_grid"] == [4, 4] and data["original_grid"] == [2, 2]
@@ -260,8 +287,13 @@ def test_convert_with_output_stride(tmp_path, resnet_weights):
     d = json.loads(run_cli("inspect", out, "--json").stdout)
     assert d["is_softcam"] and d["evidence_grid"] == [4, 4] and d["grids"] == {"16": [4, 4]}
     strict = tmp_path / "strict.safetensors"
-    _assert_fails(run_cli("convert", "test_resnet", "--output-stride", "8", "-o", strict, "--strict"),
-                  EXIT_CONVERSION, "--output-stride 8", "--strict", out=strict)
+    _assert_fails(
+        run_cli("convert", "test_resnet", "--output-stride", "8", "-o", strict, "--strict"),
+        EXIT_CONVERSION,
+        "--output-stride 8",
+        "--strict",
+        out=strict,
+    )
 
 
 def test_inspect_table_shows_the_grids_offered():
@@ -273,10 +305,17 @@ def test_inspect_table_shows_the_grids_offered():
 def test_output_stride_on_a_model_that_cannot(tmp_path):
     out = tmp_path / "o.safetensors"
     _assert_fails(
-        run_cli("convert", "torchvision:densenet121", "--input-size", "64", "--output-stride", "16",
-                "-o", out),
-        EXIT_USAGE, "--output-stride 16", "torchvision:densenet121", "offers only its own 2×2 grid", out=out,
+        run_cli("convert", "torchvision:densenet121", "--input-size", "64", "--output-stride", "16", "-o", out),
+        EXIT_USAGE,
+        "--output-stride 16",
+        "torchvision:densenet121",
+        "offers only its own 2×2 grid",
+        out=out,
     )
     assert list(tmp_path.iterdir()) == []
-    _assert_fails(run_cli("convert", "test_resnet", "--output-stride", "12", "-o", out), EXIT_USAGE,
-                  "--output-stride must be 32", out=out)
+    _assert_fails(
+        run_cli("convert", "test_resnet", "--output-stride", "12", "-o", out),
+        EXIT_USAGE,
+        "--output-stride must be 32",
+        out=out,
+    )

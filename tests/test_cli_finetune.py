@@ -40,8 +40,11 @@ def make_dataset(root: Path, n: int = 8, size: int = 32, seed: int = 0, classes=
 
 def cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "softcamify", "finetune", *map(str, args)], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **ENV, **(env or {})},
+        [sys.executable, "-m", "softcamify", "finetune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **ENV, **(env or {})},
     )
 
 
@@ -90,7 +93,9 @@ def _truncated_strict(tmp):
 
 def _csv_missing_files(tmp):
     root = make_dataset(tmp / "d", n=4)
-    (tmp / "labels.csv").write_text("path,label\nhealthy/000.png,healthy\nlesion/000.png,lesion\nlesion/404.png,lesion\n")
+    (tmp / "labels.csv").write_text(
+        "path,label\nhealthy/000.png,healthy\nlesion/000.png,lesion\nlesion/404.png,lesion\n"
+    )
     return [root, "--labels", tmp / "labels.csv"], tmp / "run"
 
 
@@ -182,8 +187,19 @@ def test_skips_unreadable_images_ignores_other_files_and_prints_json(tmp_path):
 def test_ctrl_c_saves_state_and_exits_130(tmp_path):
     root = make_dataset(tmp_path / "d", n=8)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "softcamify", "finetune", "test_resnet", str(root), "-o", str(run_dir),
-           "--epochs", "200", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "softcamify",
+        "finetune",
+        "test_resnet",
+        str(root),
+        "-o",
+        str(run_dir),
+        "--epochs",
+        "200",
+        *FAST,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     deadline = time.monotonic() + 180
     while not (run_dir / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -204,8 +220,9 @@ def test_ctrl_c_saves_state_and_exits_130(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     root = make_dataset(tmp_path / "d", n=8)
     run_dir = tmp_path / "run"
-    proc = cli("test_resnet", root, "-o", run_dir, "--epochs", "2", "--nproc", "2", "--json", *FAST[:-2],
-               "--batch-size", "4")
+    proc = cli(
+        "test_resnet", root, "-o", run_dir, "--epochs", "2", "--nproc", "2", "--json", *FAST[:-2], "--batch-size", "4"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # only rank 0 prints
     assert summary["world_size"] == 2 and summary["epochs_completed"] == 2
@@ -220,6 +237,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 # --- the same error in the CLI's words and in the library's -------------------------------------------
 
+
 def _run_file(tmp: Path) -> Path:
     (tmp / "run").write_text("not a folder")
     return tmp / "run"
@@ -228,11 +246,18 @@ def _run_file(tmp: Path) -> Path:
 # (CLI arguments, the FinetuneConfig fields, the message as the CLI prints it, as the library raises it)
 WORDING = {
     "lr": (["--lr", "-1"], {"lr": -1.0}, "--lr -1.0 must be positive.", "lr -1.0 must be positive."),
-    "val_split": (["--val-split", "1.5"], {"val_split": 1.5}, "--val-split 1.5 must be at least 0 and below 1.",
-                  "val_split 1.5 must be at least 0 and below 1."),
-    "resume_force": (["--resume", "--force"], {"resume": True, "force": True},
-                     "--resume and --force contradict each other; pass one of them.",
-                     "resume and force contradict each other; pass one of them."),
+    "val_split": (
+        ["--val-split", "1.5"],
+        {"val_split": 1.5},
+        "--val-split 1.5 must be at least 0 and below 1.",
+        "val_split 1.5 must be at least 0 and below 1.",
+    ),
+    "resume_force": (
+        ["--resume", "--force"],
+        {"resume": True, "force": True},
+        "--resume and --force contradict each other; pass one of them.",
+        "resume and force contradict each other; pass one of them.",
+    ),
     "run_dir": ([], {}, "is a file; --output must be a folder.", "is a file; run_dir must be a folder."),
 }
 

@@ -14,8 +14,16 @@ from softcamify.errors import ConversionError, InputError, UsageError, Validatio
 
 # every timm test_* model with a spatial feature map and an exactly decomposable head
 TIMM_TEST_CNNS = [
-    "test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_efficientnet_ln", "test_efficientnet_evos",
-    "test_byobnet", "test_nfnet", "test_convnext", "test_convnext2", "test_convnext3",
+    "test_resnet",
+    "test_efficientnet",
+    "test_efficientnet_gn",
+    "test_efficientnet_ln",
+    "test_efficientnet_evos",
+    "test_byobnet",
+    "test_nfnet",
+    "test_convnext",
+    "test_convnext2",
+    "test_convnext3",
 ]
 TORCHVISION = ["resnet18", "densenet121", "efficientnet_b0", "convnext_tiny", "mobilenet_v2"]
 
@@ -113,7 +121,9 @@ def test_convert_is_deterministic(tmp_path):
 
 
 def test_metadata_records_versions_and_classes(tmp_path):
-    model = softcamify.convert(timm.create_model("test_resnet", num_classes=2), class_names=["benign", "malignant"], samples=1)
+    model = softcamify.convert(
+        timm.create_model("test_resnet", num_classes=2), class_names=["benign", "malignant"], samples=1
+    )
     path = softcamify.save(model, tmp_path / "m.safetensors")
     meta = softcamify.read_metadata(path)
     assert meta["format"] == "softcamify" and meta["format_version"] == 1
@@ -199,7 +209,8 @@ def test_a_named_cut_that_skips_part_of_the_network_is_not_called_exact():
 
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(  # a small one: still a transformer between cut and head
-        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3).eval()
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3
+    ).eval()
     zero = inspect(vit, input_size=(32, 32), features_layer="conv_proj", classifier="heads.head")
     assert not zero.plan.exact and "cannot be verified" in zero.plan.reason
     sc = softcamify.convert(vit, input_size=(32, 32), samples=4, features_layer="conv_proj", classifier="heads.head")
@@ -312,8 +323,17 @@ class _SmallNet(torch.nn.Module):
         return self.fc(self.body(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("case", ["torchvision:resnet18", "torchvision:densenet121", "mobilenetv3_small_050",
-                                  "custom", "pickled", "timm_os16_in_memory"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "torchvision:resnet18",
+        "torchvision:densenet121",
+        "mobilenetv3_small_050",
+        "custom",
+        "pickled",
+        "timm_os16_in_memory",
+    ],
+)
 def test_models_without_a_finer_grid_say_so(case, tmp_path):
     torch.manual_seed(0)
     if case == "custom":

@@ -33,8 +33,12 @@ def test_training_script_and_demo_share_the_generator_settings():
     script = runpy.run_path(str(REPO / "scripts" / "train_demo_model.py"), run_name="not_main")
     info = demo.model_info()
     opts = demo.dataset_options(info)
-    assert opts == {"size": script["SIZE"], "classes": script["CLASSES"], "contrast": script["CONTRAST"],
-                    "noise": script["NOISE"]}
+    assert opts == {
+        "size": script["SIZE"],
+        "classes": script["CLASSES"],
+        "contrast": script["CONTRAST"],
+        "noise": script["NOISE"],
+    }
     assert info["architecture"] == script["ARCH"]
     assert info["data_config"] == script["DATA_CONFIG"]
     assert demo.DEMO_SEED != info["dataset"]["seed"]  # the demo's images are new ones from the same distribution
@@ -67,8 +71,15 @@ def test_shipped_checkpoint_accuracy_is_as_recorded(tmp_path):
     info = demo.model_info()
     d = info["dataset"]
     demo.make_demo_dataset(tmp_path / "data", n=d["n"], seed=d["seed"], info=info)
-    result = evaluate(demo.load_demo_model(info), tmp_path / "data", split="test", masks=None, max_images=0,
-                      device="cpu", batch_size=50)
+    result = evaluate(
+        demo.load_demo_model(info),
+        tmp_path / "data",
+        split="test",
+        masks=None,
+        max_images=0,
+        device="cpu",
+        batch_size=50,
+    )
     assert result.counts["images"] == info["test_images"]
     acc = result.classification["accuracy"]
     assert acc == pytest.approx(info["test_accuracy"], abs=0.01)
@@ -95,8 +106,16 @@ def test_demo_fast_end_to_end(tmp_path, cli):
     assert (out / "mine.txt").read_text() == "keep"
 
     # every step ran, in order
-    assert [s["key"] for s in data["steps"]] == ["data", "inspect", "convert", "finetune", "export", "explain",
-                                                 "evaluate", "report"]
+    assert [s["key"] for s in data["steps"]] == [
+        "data",
+        "inspect",
+        "convert",
+        "finetune",
+        "export",
+        "explain",
+        "evaluate",
+        "report",
+    ]
     f = data["figures"]
     assert f["conversion"]["exact"] and f["conversion"]["max_abs_diff"] <= 1e-4
     # the converted model classifies exactly as the black box
@@ -124,25 +143,57 @@ def test_demo_fast_end_to_end(tmp_path, cli):
     # the comparison with Grad-CAM, stated in figures and words, consistent with the table
     comp = f["comparison"]
     assert comp["share_of_oracle_diff"] == pytest.approx(
-        loc["SoftCAM (fine-tuned)"]["share_of_oracle"] - loc["Grad-CAM (black box)"]["share_of_oracle"])
+        loc["SoftCAM (fine-tuned)"]["share_of_oracle"] - loc["Grad-CAM (black box)"]["share_of_oracle"]
+    )
     assert ("does not localize" in comp["text"]) == (not comp["better"])
 
     # files
-    for rel in ("report.html", "demo.json", "model.onnx", "models/converted.safetensors", "finetune/best.safetensors",
-                "models/converted_os8.safetensors", "sweep/sweep.json", "sweep/pareto.png",
-                "finetune/metrics.jsonl", "explain/index.html", "evaluate/index.html", "figures/panel.png",
-                "data/manifest.json"):
+    for rel in (
+        "report.html",
+        "demo.json",
+        "model.onnx",
+        "models/converted.safetensors",
+        "finetune/best.safetensors",
+        "models/converted_os8.safetensors",
+        "sweep/sweep.json",
+        "sweep/pareto.png",
+        "finetune/metrics.jsonl",
+        "explain/index.html",
+        "evaluate/index.html",
+        "figures/panel.png",
+        "data/manifest.json",
+    ):
         assert (out / rel).is_file(), rel
     assert json.loads((out / "demo.json").read_text())["figures"]["classification"] == cls
 
     # the report: one page with every section, both accuracies, both methods, the curve, the overlays
     page = (out / "report.html").read_text(encoding="utf-8")
-    for title in ("Summary", "1. Data", "2. Inspect", "3. Convert", "4. Sweep λ1 and fine-tune", "5. Export to ONNX",
-                  "6. Explain",
-                  "7. Evaluate", "The same steps on your own data"):
+    for title in (
+        "Summary",
+        "1. Data",
+        "2. Inspect",
+        "3. Convert",
+        "4. Sweep λ1 and fine-tune",
+        "5. Export to ONNX",
+        "6. Explain",
+        "7. Evaluate",
+        "The same steps on your own data",
+    ):
         assert f"<h2>{title}</h2>" in page
-    for text in ("black box", "SoftCAM (converted)", "SoftCAM (fine-tuned)", "Grad-CAM (black box)", "Exactness report",
-                 "activation precision", "share of oracle", "pointing game", "<svg", comp["text"].split(":")[0], 'src="figures/panel.png"', 'src="explain/overlays/'):
+    for text in (
+        "black box",
+        "SoftCAM (converted)",
+        "SoftCAM (fine-tuned)",
+        "Grad-CAM (black box)",
+        "Exactness report",
+        "activation precision",
+        "share of oracle",
+        "pointing game",
+        "<svg",
+        comp["text"].split(":")[0],
+        'src="figures/panel.png"',
+        'src="explain/overlays/',
+    ):
         assert text in page, text
     for src in set(__import__("re").findall(r'src="([^"]+)"', page)):
         assert (out / src).is_file(), src
@@ -153,8 +204,16 @@ def test_update_docs_figure(tmp_path):
 
     fig = tmp_path / "panel.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(fig)
-    result = demo.DemoResult(out_dir=str(tmp_path), report="", device="cpu", seconds=0.0, steps=[], figures={},
-                             files={"figure": str(fig)}, settings={})
+    result = demo.DemoResult(
+        out_dir=str(tmp_path),
+        report="",
+        device="cpu",
+        seconds=0.0,
+        steps=[],
+        figures={},
+        files={"figure": str(fig)},
+        settings={},
+    )
     dest = demo.update_docs_figure(result, tmp_path / "docs" / "images" / "demo_overlay.png")
     assert dest.read_bytes() == fig.read_bytes()
 

@@ -48,7 +48,9 @@ def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
         assert option_name("model") == "MODEL"
         assert option_name("mean") is None
         with handle_errors():
-            raise UsageError("batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean"))
+            raise UsageError(
+                "batch_size 0 is too small for model; set mean and std.", param=("batch_size", "model", "mean")
+            )
 
     with pytest.raises(typer.Exit) as exit_info:
         cmd.main(["m.onnx", "-b", "0"], standalone_mode=False)
@@ -58,8 +60,11 @@ def test_cli_names_its_own_options_and_never_one_it_lacks(capsys):
 
 
 def test_quoted_values_and_paths_are_never_taken_for_parameters():
-    e = UsageError("classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
-                   "masks/a.png stay, masks and weights do not.", param=("classifier", "weights", "masks"))
+    e = UsageError(
+        "classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
+        "masks/a.png stay, masks and weights do not.",
+        param=("classifier", "weights", "masks"),
+    )
     assert e.render(lambda p: "--" + p) == (
         "--classifier 'classifier' is not a module (did you mean 'classifier.1'?); weights.pth and "
         "masks/a.png stay, --masks and --weights do not."
@@ -74,11 +79,16 @@ def test_a_typer_command_names_its_options_and_the_aliased_ones(capsys):
     app = typer.Typer()
 
     @app.command()
-    def run(data_dir: Path = typer.Argument(...), output: Path = typer.Option(..., "--output", "-o"),
-            batch_size: int = typer.Option(1, "--batch-size")):
+    def run(
+        data_dir: Path = typer.Argument(...),
+        output: Path = typer.Option(..., "--output", "-o"),
+        batch_size: int = typer.Option(1, "--batch-size"),
+    ):
         with handle_errors():
-            raise UsageError("run_dir is a file and batch_size 0 is too small; see data_dir, not mean.",
-                             param=("run_dir", "batch_size", "data_dir", "mean"))
+            raise UsageError(
+                "run_dir is a file and batch_size 0 is too small; see data_dir, not mean.",
+                param=("run_dir", "batch_size", "data_dir", "mean"),
+            )
 
     r = CliRunner().invoke(app, ["d", "-o", "x"])
     assert r.exit_code == EXIT_USAGE

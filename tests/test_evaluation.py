@@ -36,10 +36,19 @@ def _red_model():
         head.weight.copy_(torch.tensor([[[[-1.0]]], [[[1.0]]]]))  # healthy: -red, lesion: +red
         head.bias.zero_()
     meta = SoftCAMMeta(
-        source={"kind": "module", "class": "tests.RedChannel"}, strategy="linear", exact=True, num_classes=2,
+        source={"kind": "module", "class": "tests.RedChannel"},
+        strategy="linear",
+        exact=True,
+        num_classes=2,
         class_names=["healthy", "lesion"],
-        data_config={"input_size": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bilinear",
-                     "crop_pct": 1.0, "crop_mode": "center"},
+        data_config={
+            "input_size": [3, 32, 32],
+            "mean": [0.0] * 3,
+            "std": [1.0] * 3,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        },
         head={},
     )
     return SoftCAM(RedChannel(), head, meta).eval()
@@ -76,8 +85,14 @@ def red_data(tmp_path_factory):
 def test_constructed_case_has_known_metrics(red_data):
     data, masks = red_data
     res = evaluate(_red_model(), data, masks=masks, baselines="gradcam", topk=3, steps=8, device="cpu")
-    assert res.counts == {"images": 7, "with_mask": 5, "annotated": 3, "empty_mask": 2, "without_mask": 2,
-                          "explained": 3}
+    assert res.counts == {
+        "images": 7,
+        "with_mask": 5,
+        "annotated": 3,
+        "empty_mask": 2,
+        "without_mask": 2,
+        "explained": 3,
+    }
     c = res.classification
     assert c["accuracy"] == 1.0 and c["roc_auc"] == 1.0 and c["class_names"] == ["healthy", "lesion"]
     share = SQUARE * SQUARE / 32**2
@@ -85,8 +100,13 @@ def test_constructed_case_has_known_metrics(red_data):
     assert set(summaries) == {"softcam", "gradcam"}
     for key in ("softcam", "gradcam"):  # the lesion map equals the mask: every localisation score is perfect
         m = summaries[key]["metrics"]
-        for metric in ("activation_precision", "activation_sensitivity", "pointing_game", "energy_pointing_game",
-                       "topk_precision"):
+        for metric in (
+            "activation_precision",
+            "activation_sensitivity",
+            "pointing_game",
+            "energy_pointing_game",
+            "topk_precision",
+        ):
             assert m[metric]["mean"] == pytest.approx(1.0, abs=1e-9), (key, metric)
         assert m["activation_precision"]["n"] == 3
         assert m["sparsity"]["mean"] == pytest.approx(1 - share)  # a binary map: share of zero pixels
@@ -167,15 +187,23 @@ def lesions(tmp_path_factory):
     make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
     torch.manual_seed(0)
     original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
-    sc = softcamify.convert(original, input_size=(64, 64), samples=2,
-                            class_names=["bright_lesion", "healthy", "red_lesion"])
+    sc = softcamify.convert(
+        original, input_size=(64, 64), samples=2, class_names=["bright_lesion", "healthy", "red_lesion"]
+    )
     path = softcamify.save(sc, root / "m.safetensors")
     return {"data": root / "ds", "model": path, "original": original}
 
 
 def test_original_black_box_beside_softcam(lesions):
-    res = evaluate(lesions["model"], lesions["data"], baselines=["gradcam"], original=lesions["original"],
-                   ordinal=True, steps=4, device="cpu")
+    res = evaluate(
+        lesions["model"],
+        lesions["data"],
+        baselines=["gradcam"],
+        original=lesions["original"],
+        ordinal=True,
+        steps=4,
+        device="cpu",
+    )
     assert res.counts["images"] == 3 and res.counts["annotated"] == 2  # test split; healthy masks are empty
     assert "quadratic_kappa" in res.classification
     # an exact conversion: the original classifies identically
@@ -200,8 +228,19 @@ class _Imgs(HTMLParser):
 
 def test_cli_evaluate_gradcam_side_by_side(lesions, tmp_path):
     out = tmp_path / "report"
-    r = run_cli("evaluate", lesions["model"], lesions["data"], "--baselines", "gradcam", "-o", out, "--steps", "4",
-                "--device", "cpu")
+    r = run_cli(
+        "evaluate",
+        lesions["model"],
+        lesions["data"],
+        "--baselines",
+        "gradcam",
+        "-o",
+        out,
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     header = next(ln for ln in r.stdout.splitlines() if "SoftCAM" in ln and "Grad-CAM" in ln)
     assert header.index("SoftCAM") < header.index("Grad-CAM")
@@ -216,8 +255,20 @@ def test_cli_evaluate_gradcam_side_by_side(lesions, tmp_path):
     assert len(parser.srcs) == 2 * 3  # per annotated example: input, SoftCAM, Grad-CAM
     assert all((out / s).is_file() for s in parser.srcs)
 
-    r = run_cli("evaluate", lesions["model"], lesions["data"], "--json", "--steps", "2", "--split", "val",
-                "--pointing-tolerance", "7", "--device", "cpu")
+    r = run_cli(
+        "evaluate",
+        lesions["model"],
+        lesions["data"],
+        "--json",
+        "--steps",
+        "2",
+        "--split",
+        "val",
+        "--pointing-tolerance",
+        "7",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["settings"]["pointing_tolerance"] == 7
@@ -256,11 +307,14 @@ def test_a_class_named_masks_is_not_taken_for_the_mask_tree(tmp_path):
     assert default_mask_root(split) == split / "masks"
 
 
-@pytest.mark.parametrize("folders, outcome", [
-    (("Healthy", "lesion"), "by name"),  # case differs: matched by name, not by order
-    (("lesion", "zz_healthy"), "refused"),  # one shared name: the rest is not guessed by order
-    (("a_normal", "b_lesion"), "by order"),  # nothing shared (e.g. generic names): by order, with a note
-])
+@pytest.mark.parametrize(
+    "folders, outcome",
+    [
+        (("Healthy", "lesion"), "by name"),  # case differs: matched by name, not by order
+        (("lesion", "zz_healthy"), "refused"),  # one shared name: the rest is not guessed by order
+        (("a_normal", "b_lesion"), "by order"),  # nothing shared (e.g. generic names): by order, with a note
+    ],
+)
 def test_dataset_classes_are_matched_to_the_models_by_name(tmp_path, folders, outcome):
     data = tmp_path / "data"
     for name in folders:
@@ -285,11 +339,38 @@ def test_original_by_architecture_and_weights_file(lesions, tmp_path):
 
     weights = tmp_path / "black_box.safetensors"
     save_file({k: v.contiguous() for k, v in lesions["original"].state_dict().items()}, str(weights))
-    r = run_cli("evaluate", lesions["model"], lesions["data"], "--original", weights, "--steps", "2", "--max-images",
-                "0", "--device", "cpu")
+    r = run_cli(
+        "evaluate",
+        lesions["model"],
+        lesions["data"],
+        "--original",
+        weights,
+        "--steps",
+        "2",
+        "--max-images",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == EXIT_INPUT and "--original-weights" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("evaluate", lesions["model"], lesions["data"], "--original", "test_resnet", "--original-weights",
-                weights, "--json", "--steps", "2", "--max-images", "0", "--device", "cpu", "--input-size", "64")
+    r = run_cli(
+        "evaluate",
+        lesions["model"],
+        lesions["data"],
+        "--original",
+        "test_resnet",
+        "--original-weights",
+        weights,
+        "--json",
+        "--steps",
+        "2",
+        "--max-images",
+        "0",
+        "--device",
+        "cpu",
+        "--input-size",
+        "64",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     # the converted model is exact: the black box scores the same
@@ -305,8 +386,14 @@ def test_original_that_is_itself_a_softcam_model_is_split_at_its_backbone(lesion
     import softcamify
 
     sc = softcamify.load(lesions["model"])
-    res = evaluate(sc, lesions["data"], baselines="gradcam,layercam", original=softcamify.load(lesions["model"]),
-                   steps=2, device="cpu")
+    res = evaluate(
+        sc,
+        lesions["data"],
+        baselines="gradcam,layercam",
+        original=softcamify.load(lesions["model"]),
+        steps=2,
+        device="cpu",
+    )
     m = {s["key"]: s["metrics"]["activation_precision"]["mean"] for s in res.method_summaries()}
     assert m["original:gradcam"] == pytest.approx(m["gradcam"], abs=1e-6)
     assert m["original:layercam"] == pytest.approx(m["layercam"], abs=1e-6)
@@ -340,8 +427,7 @@ def test_records_carry_chance_oracle_and_share_on_a_common_grid(red_data):
     assert set(data_json["explanation"]["references"]) == {"oracle_precision", "chance"}
 
     # a coarser common grid: its oracle blurs the lesion, so the exact 32×32 maps beat it (share > 1)
-    coarse = evaluate(_red_model(), data, masks=masks, baselines="gradcam", steps=2, device="cpu",
-                      oracle_grid=(4, 4))
+    coarse = evaluate(_red_model(), data, masks=masks, baselines="gradcam", steps=2, device="cpu", oracle_grid=(4, 4))
     assert coarse.settings["oracle_grid"] == [4, 4] and coarse.settings["evidence_grid"] == [32, 32]
     for method in coarse.methods:
         for rec in method.records:
@@ -399,8 +485,21 @@ def test_cli_oracle_grid_in_table_json_and_report(lesions, tmp_path):
     from softcamify.errors import EXIT_USAGE
 
     runner = CliRunner()
-    r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--json", "--steps", "2",
-                            "--oracle-grid", "2x3", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(lesions["model"]),
+            str(lesions["data"]),
+            "--json",
+            "--steps",
+            "2",
+            "--oracle-grid",
+            "2x3",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["settings"]["oracle_grid"] == [2, 3]
@@ -411,8 +510,24 @@ def test_cli_oracle_grid_in_table_json_and_report(lesions, tmp_path):
     assert 0 < ch < orc <= 1 and isinstance(m["share_of_oracle"]["mean"], float)
 
     out = tmp_path / "report"
-    r = runner.invoke(app, ["evaluate", str(lesions["model"]), str(lesions["data"]), "--steps", "2",
-                            "--oracle-grid", "4", "-o", str(out), "--examples", "0", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(lesions["model"]),
+            str(lesions["data"]),
+            "--steps",
+            "2",
+            "--oracle-grid",
+            "4",
+            "-o",
+            str(out),
+            "--examples",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "share of oracle" in r.stdout and "oracle precision" in r.stdout and "4×4" in r.stdout
     html = (out / "index.html").read_text(encoding="utf-8")

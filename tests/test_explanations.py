@@ -166,8 +166,10 @@ def _bright_centroid(arr: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
 
 
-@pytest.mark.parametrize(("input_size", "crop_pct"), [((64, 64), 0.875), ((64, 64), 0.95), ((160, 160), 0.875),
-                                                      ((224, 224), 0.875), ((48, 64), 0.9)])
+@pytest.mark.parametrize(
+    ("input_size", "crop_pct"),
+    [((64, 64), 0.875), ((64, 64), 0.95), ((160, 160), 0.875), ((224, 224), 0.875), ((48, 64), 0.9)],
+)
 def test_input_view_of_a_non_square_image_has_the_inputs_aspect_and_stays_aligned(input_size, crop_pct):
     from softcamify.images import resize_crop
 
@@ -183,7 +185,9 @@ def test_input_view_of_a_non_square_image_has_the_inputs_aspect_and_stays_aligne
     # the square sits where the model sees it: same place as a fraction of the view and of the model input
     seen = resize_crop(Image.fromarray(img), input_size, "bicubic", crop_pct, "center")
     (mx, my), (vx, vy) = _bright_centroid(seen), _bright_centroid(view)
-    assert vx / view.width == pytest.approx(mx / w, abs=0.5 / w) and vy / view.height == pytest.approx(my / h, abs=0.5 / h)
+    assert vx / view.width == pytest.approx(mx / w, abs=0.5 / w) and vy / view.height == pytest.approx(
+        my / h, abs=0.5 / h
+    )
 
 
 def test_input_view_puts_a_known_feature_at_its_known_place():
@@ -224,8 +228,9 @@ def _one_line_error(stderr: str) -> str:
 
 def test_cli_explain_json_and_errors(models, image_dir, tmp_path):
     out = tmp_path / "out"
-    r = run_cli("explain", models["onnx"], image_dir / "a.png", image_dir / "sub", "-o", out, "--classes", "1,benign",
-                "--json")
+    r = run_cli(
+        "explain", models["onnx"], image_dir / "a.png", image_dir / "sub", "-o", out, "--classes", "1,benign", "--json"
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["count"] == 2 and data["classes"] == ["malignant", "benign"] and data["backend"] == "onnx"
@@ -247,8 +252,9 @@ def test_cli_explain_json_and_errors(models, image_dir, tmp_path):
 
 
 def test_cli_explain_safetensors_table(models, image_dir, tmp_path):
-    r = run_cli("explain", models["safetensors"], image_dir / "b.jpg", "-o", tmp_path / "o", "--positive",
-                "--device", "cpu")
+    r = run_cli(
+        "explain", models["safetensors"], image_dir / "b.jpg", "-o", tmp_path / "o", "--positive", "--device", "cpu"
+    )
     assert r.returncode == 0, r.stderr
     assert "b.jpg" in r.stdout and "index.html" in r.stdout
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

@@ -98,6 +98,9 @@ def test_pooled_stats_match_timm_norms():
     from timm.layers import RmsNorm, SimpleNorm
 
     p = torch.randn(4, 16, dtype=torch.float64) + 0.5
-    for module, kind in ((RmsNorm(16, eps=1e-6, affine=False), "rmsnorm"), (SimpleNorm(16, eps=1e-6, affine=False), "simplenorm")):
+    for module, kind in (
+        (RmsNorm(16, eps=1e-6, affine=False), "rmsnorm"),
+        (SimpleNorm(16, eps=1e-6, affine=False), "simplenorm"),
+    ):
         mu, sigma = pooled_stats(p, kind, 1e-6)
         torch.testing.assert_close(module.double()(p), (p - mu[:, None]) / sigma[:, None])

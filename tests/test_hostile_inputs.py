@@ -95,8 +95,14 @@ def run_batch(cases: list[tuple[str, list[str]]], workdir: Path, timeout: int = 
     os.close(fd)
     spec, out = Path(name), Path(name).with_suffix(".out.json")
     spec.write_text(json.dumps([(cid, [str(a) for a in argv]) for cid, argv in cases]), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(spec), str(out)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **ENV}, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(spec), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **ENV},
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0 and out.exists(), f"batch runner failed: {proc.stderr[-3000:]}"
     data = json.loads(out.read_text(encoding="utf-8"))
     spec.unlink()
@@ -162,8 +168,10 @@ def digest_tree(*roots: Path) -> dict[str, str]:
 # Hostile files
 # --------------------------------------------------------------------------------------------------
 
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` × ``height`` pixels in a few bytes (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -201,8 +209,9 @@ def make_images(root: Path, rng: np.random.Generator) -> None:
     Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16)).save(odd / "gray16.png")
     Image.fromarray(rgb).convert("CMYK").save(odd / "cmyk.jpg")
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(odd / "palette.png")
-    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(odd / "palette_transparent.png",
-                                                                           transparency=0)
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        odd / "palette_transparent.png", transparency=0
+    )
     Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(odd / "rgba.png")
     frames = [Image.fromarray(rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)) for _ in range(3)]
     frames[0].save(odd / "animated.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
@@ -275,7 +284,7 @@ def make_checkpoints(root: Path, marker: Path, marker_trusted: Path) -> dict[str
     softcamify.save(sc, root / "model.safetensors")
     good = (root / "model.safetensors").read_bytes()
     n = struct.unpack("<Q", good[:8])[0]
-    header = json.loads(good[8: 8 + n])
+    header = json.loads(good[8 : 8 + n])
     broken = root / "broken"
     broken.mkdir()
     (broken / "empty.safetensors").write_bytes(b"")
@@ -295,7 +304,7 @@ def make_checkpoints(root: Path, marker: Path, marker_trusted: Path) -> dict[str
     first = next(k for k in header if k != "__metadata__")
     lying[first] = {**header[first], "data_offsets": [0, 10**9]}
     h = json.dumps(lying).encode()
-    (broken / "offsets_lie.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + good[8 + n:])
+    (broken / "offsets_lie.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + good[8 + n :])
     zb = io.BytesIO()
     with zipfile.ZipFile(zb, "w") as z:
         z.writestr("archive/data.pkl", np.random.default_rng(0).bytes(300))
@@ -309,8 +318,9 @@ def make_checkpoints(root: Path, marker: Path, marker_trusted: Path) -> dict[str
     (broken / "text.onnx").write_text("ir_version: 8\nthis is not a protobuf\n")
     torch.save({"state_dict": sd, "arch": "test_resnet", "payload": _RunsCode(marker)}, broken / "runs_code.pth")
     (broken / "runs_code_raw.pkl").write_bytes(pickle.dumps({"payload": _RunsCode(marker)}, protocol=4))
-    torch.save({"state_dict": sd, "arch": "test_resnet", "payload": _RunsCode(marker_trusted)},
-               root / "runs_code_trusted.pth")
+    torch.save(
+        {"state_dict": sd, "arch": "test_resnet", "payload": _RunsCode(marker_trusted)}, root / "runs_code_trusted.pth"
+    )
     bad = dict(sd)
     nan_key = "layer1.0.conv1.weight"
     bad[nan_key] = sd[nan_key].clone()
@@ -328,6 +338,7 @@ def make_checkpoints(root: Path, marker: Path, marker_trusted: Path) -> dict[str
 # --------------------------------------------------------------------------------------------------
 # The cases
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Case:
@@ -354,8 +365,11 @@ class Paths:
         self.onnx = self.out / "export_onnx.onnx"  # written by the first case of batch 1
         self.ro, self.marker = r / "ro", r / "PICKLE_CODE_RAN"
         self.marker_trusted = r / "PICKLE_CODE_RAN_TRUSTED"
-        self.facts: dict[str, Any] = {"nan_tensor": "head.conv.bias", "nan_weight": "layer1.0.conv1.weight",
-                                      "inf_weight": "fc.weight"}
+        self.facts: dict[str, Any] = {
+            "nan_tensor": "head.conv.bias",
+            "nan_weight": "layer1.0.conv1.weight",
+            "inf_weight": "fc.weight",
+        }
 
     def full(self, cid: str) -> Path:
         return self.root / f"full_{cid}"
@@ -402,8 +416,12 @@ def build_cases(p: Paths) -> dict[str, Case]:
         return str(p.out / cid)
 
     # batch 1 starts by exporting the ONNX model the other ONNX cases use (a success case of export)
-    c["export_onnx"] = Case(["export", M, "-o", X, "--exporter", "torchscript", "--spatial", "static"], 0, batch=1,
-                            check=lambda r, p: p.onnx.is_file())
+    c["export_onnx"] = Case(
+        ["export", M, "-o", X, "--exporter", "torchscript", "--spatial", "static"],
+        0,
+        batch=1,
+        check=lambda r, p: p.onnx.is_file(),
+    )
 
     # 1. broken checkpoints × every command that reads a model
     for name, (code, word) in BROKEN_MODELS.items():
@@ -415,37 +433,80 @@ def build_cases(p: Paths) -> dict[str, Case]:
         c[f"{cmd}-data_bitflip_nan.safetensors"].says += (p.facts["nan_tensor"],)
     # weights (--weights) that are broken, NaN/Inf, for another architecture or class count
     for cmd in ("inspect", "convert", "export", "explain", "evaluate", "finetune"):
-        for name, tensor in (("nan_weights.safetensors", p.facts["nan_weight"]),
-                             ("inf_weights.safetensors", p.facts["inf_weight"])):
+        for name, tensor in (
+            ("nan_weights.safetensors", p.facts["nan_weight"]),
+            ("inf_weights.safetensors", p.facts["inf_weight"]),
+        ):
             cid = f"{cmd}-w-{name}"
             argv, outs = model_argv(cmd, "test_resnet", o(cid), p)
-            c[cid] = Case(argv + ["-w", str(B / name)], EXIT_INPUT, (str(B / name), "NaN or Inf", tensor), outs,
-                          batch=zlib.crc32(cid.encode()) % 2)
+            c[cid] = Case(
+                argv + ["-w", str(B / name)],
+                EXIT_INPUT,
+                (str(B / name), "NaN or Inf", tensor),
+                outs,
+                batch=zlib.crc32(cid.encode()) % 2,
+            )
         cid = f"{cmd}-w-wrong-architecture"
         argv, outs = model_argv(cmd, "test_efficientnet", o(cid), p)
-        c[cid] = Case(argv + ["-w", str(p.ck / "w2.safetensors")], EXIT_INPUT,
-                      (str(p.ck / "w2.safetensors"), "do not fit test_efficientnet"), outs, batch=zlib.crc32(cid.encode()) % 2)
+        c[cid] = Case(
+            argv + ["-w", str(p.ck / "w2.safetensors")],
+            EXIT_INPUT,
+            (str(p.ck / "w2.safetensors"), "do not fit test_efficientnet"),
+            outs,
+            batch=zlib.crc32(cid.encode()) % 2,
+        )
     c["convert-w-wrong-class-count"] = Case(
         ["convert", "test_resnet", "-w", str(p.ck / "w5.safetensors"), "--num-classes", "3", "-o", o("wc.safetensors")],
-        EXIT_INPUT, (str(p.ck / "w5.safetensors"), "--num-classes"), (o("wc.safetensors"),))
+        EXIT_INPUT,
+        (str(p.ck / "w5.safetensors"), "--num-classes"),
+        (o("wc.safetensors"),),
+    )
     c["finetune-model-classes-differ-from-data"] = Case(
         ["finetune", "test_resnet", "-w", str(p.ck / "w5.safetensors"), str(D / "ds"), "-o", o("fc"), "-j", "0"],
-        EXIT_INPUT, ("--reset-head",), (o("fc"),), batch=1)
+        EXIT_INPUT,
+        ("--reset-head",),
+        (o("fc"),),
+        batch=1,
+    )
     c["evaluate-model-classes-differ-from-data"] = Case(
         ["evaluate", "test_resnet", str(D / "ds"), "-w", str(p.ck / "w5.safetensors"), "-o", o("ec")],
-        EXIT_INPUT, ("5", "2 classes"), (o("ec"),), batch=1)
-    c["predict-class-names-do-not-fit"] = Case(["predict", M, ok, "--class-names", "a,b,c"], EXIT_USAGE,
-                                               ("3 class names",))
-    c["convert-ema-flag-without-ema"] = Case(["convert", str(p.ck / "no_ema.pth"), "--ema", "-o", o("ne.safetensors")],
-                                             EXIT_USAGE, ("--ema", str(p.ck / "no_ema.pth")), (o("ne.safetensors"),))
+        EXIT_INPUT,
+        ("5", "2 classes"),
+        (o("ec"),),
+        batch=1,
+    )
+    c["predict-class-names-do-not-fit"] = Case(
+        ["predict", M, ok, "--class-names", "a,b,c"], EXIT_USAGE, ("3 class names",)
+    )
+    c["convert-ema-flag-without-ema"] = Case(
+        ["convert", str(p.ck / "no_ema.pth"), "--ema", "-o", o("ne.safetensors")],
+        EXIT_USAGE,
+        ("--ema", str(p.ck / "no_ema.pth")),
+        (o("ne.safetensors"),),
+    )
     c["convert-ema-only-training-checkpoint"] = Case(
-        ["convert", str(p.ck / "ema_only.pth.tar"), "-o", o("ema") + ".safetensors", "--samples", "1", "--json",
-         "--input-size", "32"], 0, batch=1,
-        check=lambda r, p: any("only EMA weights" in n for n in json.loads(r.stdout)["notes"]))
+        [
+            "convert",
+            str(p.ck / "ema_only.pth.tar"),
+            "-o",
+            o("ema") + ".safetensors",
+            "--samples",
+            "1",
+            "--json",
+            "--input-size",
+            "32",
+        ],
+        0,
+        batch=1,
+        check=lambda r, p: any("only EMA weights" in n for n in json.loads(r.stdout)["notes"]),
+    )
     # the pickle control: WITH --trust-pickle the payload runs (so the marker test is not vacuous)
     c["inspect-trusted-pickle-runs-code"] = Case(
-        ["inspect", str(p.ck / "runs_code_trusted.pth"), "--trust-pickle", "--input-size", "32"], 0, batch=1,
-        check=lambda r, p: p.marker_trusted.exists())
+        ["inspect", str(p.ck / "runs_code_trusted.pth"), "--trust-pickle", "--input-size", "32"],
+        0,
+        batch=1,
+        check=lambda r, p: p.marker_trusted.exists(),
+    )
 
     # 2. folders where files are expected, and the reverse
     a_file, a_folder = str(D / "a_file"), str(D / "a_folder.safetensors")
@@ -456,32 +517,54 @@ def build_cases(p: Paths) -> dict[str, Case]:
     for cmd in ("predict", "explain"):
         argv, outs = model_argv(cmd, str(D / "a_folder.onnx"), o(f"{cmd}-onnx-is-a-folder"), p)
         c[f"{cmd}-onnx-is-a-folder"] = Case(argv, EXIT_INPUT, (str(D / "a_folder.onnx"), "is a folder"), outs)
-    c["convert-weights-is-a-folder"] = Case(["convert", "test_resnet", "-w", str(img), "-o", o("wf.safetensors")],
-                                            EXIT_INPUT, (str(img), "is a folder"), (o("wf.safetensors"),))
-    c["convert-output-is-an-existing-folder"] = Case(["convert", "test_resnet", "-o", a_folder], EXIT_OUTPUT,
-                                                     (a_folder, "is a folder"))
-    c["export-output-is-an-existing-folder"] = Case(["export", M, "-o", a_folder], EXIT_OUTPUT, (a_folder, "is a folder"))
+    c["convert-weights-is-a-folder"] = Case(
+        ["convert", "test_resnet", "-w", str(img), "-o", o("wf.safetensors")],
+        EXIT_INPUT,
+        (str(img), "is a folder"),
+        (o("wf.safetensors"),),
+    )
+    c["convert-output-is-an-existing-folder"] = Case(
+        ["convert", "test_resnet", "-o", a_folder], EXIT_OUTPUT, (a_folder, "is a folder")
+    )
+    c["export-output-is-an-existing-folder"] = Case(
+        ["export", M, "-o", a_folder], EXIT_OUTPUT, (a_folder, "is a folder")
+    )
     c["export-output-under-a-file"] = Case(["export", M, "-o", a_file + "/x.onnx"], EXIT_OUTPUT, (a_file,))
     c["explain-output-is-a-file"] = Case(["explain", M, ok, "-o", a_file], EXIT_OUTPUT, (a_file, "is a file"))
-    c["explain-output-under-a-file"] = Case(["explain", M, ok, "-o", a_file + "/sub"], EXIT_OUTPUT,
-                                            (a_file, "is a file"))
+    c["explain-output-under-a-file"] = Case(
+        ["explain", M, ok, "-o", a_file + "/sub"], EXIT_OUTPUT, (a_file, "is a file")
+    )
     c["evaluate-output-is-a-file"] = Case(["evaluate", M, str(D / "ds"), "-o", a_file], EXIT_OUTPUT, (a_file,))
     c["finetune-output-is-a-file"] = Case(["finetune", M, str(D / "ds"), "-o", a_file], EXIT_OUTPUT, (a_file,))
-    c["synth-output-is-a-file"] = Case(["datasets", "synth", a_file, "--n", "6", "--size", "32"], EXIT_OUTPUT,
-                                       (a_file,))
+    c["synth-output-is-a-file"] = Case(
+        ["datasets", "synth", a_file, "--n", "6", "--size", "32"], EXIT_OUTPUT, (a_file,)
+    )
     c["evaluate-data-is-a-file"] = Case(["evaluate", M, a_file], EXIT_INPUT, (a_file,))
     c["finetune-data-is-a-file"] = Case(["finetune", M, a_file, "-o", o("fd")], EXIT_INPUT, (a_file,), (o("fd"),))
-    c["evaluate-masks-is-a-file"] = Case(["evaluate", M, str(D / "ds"), "--masks", a_file], EXIT_INPUT,
-                                         (a_file, "--masks"))
-    c["finetune-labels-is-a-folder"] = Case(["finetune", M, str(D / "ds"), "-o", o("fl"), "--labels", str(img)],
-                                            EXIT_INPUT, (str(img), "--labels"), (o("fl"),))
+    c["evaluate-masks-is-a-file"] = Case(
+        ["evaluate", M, str(D / "ds"), "--masks", a_file], EXIT_INPUT, (a_file, "--masks")
+    )
+    c["finetune-labels-is-a-folder"] = Case(
+        ["finetune", M, str(D / "ds"), "-o", o("fl"), "--labels", str(img)],
+        EXIT_INPUT,
+        (str(img), "--labels"),
+        (o("fl"),),
+    )
     c["predict-image-is-a-text-file"] = Case(["predict", M, a_file], EXIT_INPUT, (a_file,))
-    c["explain-folder-without-images"] = Case(["explain", M, a_folder, "-o", o("xn")], EXIT_INPUT,
-                                              (a_folder, "no images"), (o("xn"),))
+    c["explain-folder-without-images"] = Case(
+        ["explain", M, a_folder, "-o", o("xn")], EXIT_INPUT, (a_folder, "no images"), (o("xn"),)
+    )
 
     # 3. bad images through predict (PyTorch and ONNX) and explain
-    for name in ("empty.png", "truncated.png", "not_an_image.png", "bomb.png", "bomb_warn.png", "folder.png",
-                 "broken_link.png"):
+    for name in (
+        "empty.png",
+        "truncated.png",
+        "not_an_image.png",
+        "bomb.png",
+        "bomb_warn.png",
+        "folder.png",
+        "broken_link.png",
+    ):
         bad = str(img / "bad" / name)
         for cmd, model in (("predict", M), ("predict", X), ("explain", M), ("explain", X)):
             cid = f"{cmd}-{'onnx' if model == X else 'torch'}-{name}"
@@ -492,34 +575,59 @@ def build_cases(p: Paths) -> dict[str, Case]:
     # an unreadable image in the SECOND batch of explain: the first batch's files must be removed again
     c["explain-bad-image-in-second-batch"] = Case(
         ["explain", M, ok, str(img / "odd" / "rgba.png"), str(img / "bad" / "truncated.png"), "-b", "2", "-o", o("x2")],
-        EXIT_INPUT, (str(img / "bad" / "truncated.png"),), (o("x2"),), batch=1)
+        EXIT_INPUT,
+        (str(img / "bad" / "truncated.png"),),
+        (o("x2"),),
+        batch=1,
+    )
     c["evaluate-dataset-with-truncated-image"] = Case(
-        ["evaluate", X, str(D / "ds_truncated"), "-o", o("et")], EXIT_INPUT, (str(D / "ds_truncated"),), (o("et"),),
-        batch=1)
+        ["evaluate", X, str(D / "ds_truncated"), "-o", o("et")],
+        EXIT_INPUT,
+        (str(D / "ds_truncated"),),
+        (o("et"),),
+        batch=1,
+    )
     c["finetune-strict-data-bomb"] = Case(
-        ["finetune", M, str(D / "ds_mixed"), "-o", o("fs"), "--strict-data", "-j", "0"], EXIT_INPUT,
-        ("bad_", "--strict"), (o("fs"),), batch=1)
+        ["finetune", M, str(D / "ds_mixed"), "-o", o("fs"), "--strict-data", "-j", "0"],
+        EXIT_INPUT,
+        ("bad_", "--strict"),
+        (o("fs"),),
+        batch=1,
+    )
 
     # 4. datasets that cannot be used
-    c["evaluate-dataset-without-classes"] = Case(["evaluate", M, str(D / "ds_empty")], EXIT_INPUT,
-                                                 (str(D / "ds_empty"), "no class folders"))
+    c["evaluate-dataset-without-classes"] = Case(
+        ["evaluate", M, str(D / "ds_empty")], EXIT_INPUT, (str(D / "ds_empty"), "no class folders")
+    )
     # one class folder is a valid evaluation set, but this one is not among the model's classes
-    c["evaluate-dataset-with-one-unknown-class"] = Case(["evaluate", M, str(D / "ds_one")], EXIT_INPUT,
-                                                        ("only", "classes"))
-    c["finetune-dataset-with-one-class"] = Case(["finetune", M, str(D / "ds_one"), "-o", o("f1"), "-j", "0"],
-                                                EXIT_INPUT, (str(D / "ds_one"), "one class"), (o("f1"),))
+    c["evaluate-dataset-with-one-unknown-class"] = Case(
+        ["evaluate", M, str(D / "ds_one")], EXIT_INPUT, ("only", "classes")
+    )
+    c["finetune-dataset-with-one-class"] = Case(
+        ["finetune", M, str(D / "ds_one"), "-o", o("f1"), "-j", "0"],
+        EXIT_INPUT,
+        (str(D / "ds_one"), "one class"),
+        (o("f1"),),
+    )
     c["evaluate-dataset-missing"] = Case(["evaluate", M, str(D / "nowhere")], EXIT_INPUT, (str(D / "nowhere"),))
 
     # 5. options that would exhaust memory or divide by zero
-    c["predict-input-size-exhausts-memory"] = Case(["predict", M, ok, "--input-size", "100000"], EXIT_USAGE,
-                                                   ("--input-size", "100000"))
-    c["convert-input-size-exhausts-memory"] = Case(["convert", "test_resnet", "--input-size", "50000x50000", "-o",
-                                                    o("cm.safetensors")], EXIT_USAGE, ("--input-size",))
+    c["predict-input-size-exhausts-memory"] = Case(
+        ["predict", M, ok, "--input-size", "100000"], EXIT_USAGE, ("--input-size", "100000")
+    )
+    c["convert-input-size-exhausts-memory"] = Case(
+        ["convert", "test_resnet", "--input-size", "50000x50000", "-o", o("cm.safetensors")],
+        EXIT_USAGE,
+        ("--input-size",),
+    )
     c["predict-std-zero"] = Case(["predict", M, ok, "--std", "0,0,0"], EXIT_USAGE, ("--std",))
     c["predict-mean-nan"] = Case(["predict", X, ok, "--mean", "nan"], EXIT_USAGE, ("--mean",))
     c["convert-missing-file-with-markup-in-name"] = Case(
-        ["convert", str(D / "no[/]pe [bold].pth"), "-o", o("mk.safetensors")], EXIT_INPUT,
-        (str(D / "no[/]pe [bold].pth"),), (o("mk.safetensors"),))
+        ["convert", str(D / "no[/]pe [bold].pth"), "-o", o("mk.safetensors")],
+        EXIT_INPUT,
+        (str(D / "no[/]pe [bold].pth"),),
+        (o("mk.safetensors"),),
+    )
 
     # 6. read-only output folder (a read-only tmpfs)
     ro = p.ro
@@ -542,32 +650,58 @@ def build_cases(p: Paths) -> dict[str, Case]:
         "finetune-disk-full": ["finetune", M, str(D / "ds"), "-o", "{F}/run", "-j", "0", "--epochs", "1"],
         "synth-disk-full": ["datasets", "synth", "{F}/syn", "--n", "30", "--size", "64"],
     }.items():
-        c[cid] = Case([a.replace("{F}", str(p.full(cid))) for a in argv], EXIT_OUTPUT,
-                      (str(p.full(cid)), "disk is full"), needs="full", batch=1)
+        c[cid] = Case(
+            [a.replace("{F}", str(p.full(cid))) for a in argv],
+            EXIT_OUTPUT,
+            (str(p.full(cid)), "disk is full"),
+            needs="full",
+            batch=1,
+        )
 
     # 8. odd but valid inputs: these must WORK
-    c["predict-onnx-odd-images"] = Case(["predict", X, str(img / "odd"), "--json", "-k", "2"], 0, batch=1,
-                                        check=_check_odd_predictions)
-    c["predict-torch-odd-images"] = Case(["predict", M, str(img / "odd"), "--json", "-k", "2"], 0, batch=1,
-                                         check=_check_odd_predictions)
-    c["predict-torch-table-with-markup-in-names"] = Case(["predict", M, str(img / "odd")], 0, batch=1,
-                                                         check=lambda r, p: "[/]odd name ä [x].png" in r.stdout)
-    c["explain-odd-images"] = Case(["explain", M, str(img / "odd"), "-o", o("xo"), "-c", "all"], 0, batch=0,
-                                   check=_check_odd_explain)
-    c["evaluate-odd-dataset"] = Case(["evaluate", X, str(D / "ds_odd"), "--json"], 0, batch=0,
-                                     check=_check_odd_evaluate)
+    c["predict-onnx-odd-images"] = Case(
+        ["predict", X, str(img / "odd"), "--json", "-k", "2"], 0, batch=1, check=_check_odd_predictions
+    )
+    c["predict-torch-odd-images"] = Case(
+        ["predict", M, str(img / "odd"), "--json", "-k", "2"], 0, batch=1, check=_check_odd_predictions
+    )
+    c["predict-torch-table-with-markup-in-names"] = Case(
+        ["predict", M, str(img / "odd")], 0, batch=1, check=lambda r, p: "[/]odd name ä [x].png" in r.stdout
+    )
+    c["explain-odd-images"] = Case(
+        ["explain", M, str(img / "odd"), "-o", o("xo"), "-c", "all"], 0, batch=0, check=_check_odd_explain
+    )
+    c["evaluate-odd-dataset"] = Case(
+        ["evaluate", X, str(D / "ds_odd"), "--json"], 0, batch=0, check=_check_odd_evaluate
+    )
     c["finetune-odd-dataset-with-unreadable-images"] = Case(
-        ["finetune", M, str(D / "ds_mixed"), "-o", o("fo"), "--epochs", "1", "-b", "4", "-j", "0", "--json"], 0,
-        batch=0, check=_check_odd_finetune)
+        ["finetune", M, str(D / "ds_mixed"), "-o", o("fo"), "--epochs", "1", "-b", "4", "-j", "0", "--json"],
+        0,
+        batch=0,
+        check=_check_odd_finetune,
+    )
     c["finetune-table-with-markup-in-class-names"] = Case(
-        ["finetune", M, str(D / "ds_odd"), "-o", o("ft"), "--epochs", "1", "-b", "8", "-j", "0"], 0, batch=1,
-        check=lambda r, p: "läsion [x] 病变" in r.stdout)
+        ["finetune", M, str(D / "ds_odd"), "-o", o("ft"), "--epochs", "1", "-b", "8", "-j", "0"],
+        0,
+        batch=1,
+        check=lambda r, p: "läsion [x] 病变" in r.stdout,
+    )
     return c
 
 
-ODD_IMAGES = ("]odd name ä [x].png", "animated.gif", "animated_first_frame.png", "cmyk.jpg", "exif_rotated.jpg",
-              "exif_rotated_by_hand.png", "gray16.png", "one_px.png", "palette.png", "palette_transparent.png",
-              "rgba.png")
+ODD_IMAGES = (
+    "]odd name ä [x].png",
+    "animated.gif",
+    "animated_first_frame.png",
+    "cmyk.jpg",
+    "exif_rotated.jpg",
+    "exif_rotated_by_hand.png",
+    "gray16.png",
+    "one_px.png",
+    "palette.png",
+    "palette_transparent.png",
+    "rgba.png",
+)
 
 
 def _check_odd_predictions(r: Result, p: Paths) -> bool:
@@ -612,6 +746,7 @@ CASE_IDS = list(build_cases(Paths(Path("/ROOT"))))
 # Fixtures
 # --------------------------------------------------------------------------------------------------
 
+
 def _mount_tmpfs(path: Path, options: str) -> str | None:
     """Mount a tmpfs at ``path``; the reason when that is impossible."""
     path.mkdir(parents=True, exist_ok=True)
@@ -649,15 +784,19 @@ def hostile(tmp_path_factory):
             skipped[cid] = reason
     before = digest_tree(p.inputs)
     try:
-        batches = [[(cid, cs.argv) for cid, cs in cases.items() if cs.batch == b and cid not in skipped]
-                   for b in (0, 1)]
+        batches = [
+            [(cid, cs.argv) for cid, cs in cases.items() if cs.batch == b and cid not in skipped] for b in (0, 1)
+        ]
         batches[1].sort(key=lambda item: item[0] != "export_onnx")  # the ONNX model first
         with ThreadPoolExecutor(2) as pool:
             parts = list(pool.map(lambda b: run_batch(batches[b], p.root / f"batch{b}"), (0, 1)))
         results = {**parts[0], **parts[1]}
         after = digest_tree(p.inputs)
-        full_contents = {cid: sorted(str(x.relative_to(p.full(cid))) for x in p.full(cid).rglob("*"))
-                         for cid, cs in cases.items() if cs.needs == "full" and cid not in skipped}
+        full_contents = {
+            cid: sorted(str(x.relative_to(p.full(cid))) for x in p.full(cid).rglob("*"))
+            for cid, cs in cases.items()
+            if cs.needs == "full" and cid not in skipped
+        }
         yield p, cases, results, before, after, skipped, full_contents
     finally:
         for m in mounted:
@@ -682,8 +821,11 @@ def test_hostile_case(hostile, cid):
         assert [x for x in full_contents[cid] if x != "run"] == [], full_contents[cid]
     # the inputs it named are byte-for-byte what they were
     named = [a for a in case.argv if a.startswith(str(p.inputs))]
-    changed = [k for k in before if any(k == a or k.startswith(a.rstrip("/") + "/") for a in named)
-               and before[k] != after.get(k)]
+    changed = [
+        k
+        for k in before
+        if any(k == a or k.startswith(a.rstrip("/") + "/") for a in named) and before[k] != after.get(k)
+    ]
     assert not changed, f"{cid} changed its inputs: {changed}"
 
 
@@ -711,8 +853,9 @@ def test_batch_runner_matches_the_real_entry_point(hostile):
 # Property-based: the readers raise only softcamify errors, whatever the bytes
 # --------------------------------------------------------------------------------------------------
 
-PROPS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
-                 suppress_health_check=list(HealthCheck))
+PROPS = settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @pytest.fixture(scope="module")
@@ -731,14 +874,21 @@ def valid_files(tmp_path_factory) -> dict[str, bytes]:
 
     d = tmp_path_factory.mktemp("valid")
     torch.manual_seed(0)
-    sd = {k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=2).state_dict().items()
-          if k.startswith(("conv1", "fc"))}  # small
+    sd = {
+        k: v.contiguous()
+        for k, v in timm.create_model("test_resnet", num_classes=2).state_dict().items()
+        if k.startswith(("conv1", "fc"))
+    }  # small
     buf = io.BytesIO()
     torch.save({"state_dict": sd, "arch": "test_resnet"}, buf)
     sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(32, 32))
     softcamify.save(sc, d / "m.safetensors")
-    return {"pth": buf.getvalue(), "safetensors": st_bytes(sd, metadata={"k": "v"}),
-            "softcam": (d / "m.safetensors").read_bytes(), "onnx": _tiny_onnx({})}
+    return {
+        "pth": buf.getvalue(),
+        "safetensors": st_bytes(sd, metadata={"k": "v"}),
+        "softcam": (d / "m.safetensors").read_bytes(),
+        "onnx": _tiny_onnx({}),
+    }
 
 
 def _mutated(data: bytes, draw_ops) -> bytes:
@@ -758,8 +908,11 @@ def _mutated(data: bytes, draw_ops) -> bytes:
     return bytes(b)
 
 
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert"]), st.integers(0, 2**31),
-                               st.integers(0, 255)), min_size=1, max_size=4)
+MUTATIONS = st.lists(
+    st.tuples(st.sampled_from(["flip", "set", "cut", "insert"]), st.integers(0, 2**31), st.integers(0, 255)),
+    min_size=1,
+    max_size=4,
+)
 
 
 def _only_softcamify_errors(fn, *args, **kwargs) -> None:
@@ -774,15 +927,21 @@ def _header_file(header: bytes, body: bytes = b"") -> bytes:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats() | st.text(max_size=6),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=6),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
 
 
 @PROPS
-@given(data=st.binary(max_size=600) | st.builds(_header_file, st.binary(max_size=200), st.binary(max_size=64))
-       | st.builds(lambda v: _header_file(json.dumps(v).encode()), json_values)
-       | st.builds(lambda v: _header_file(json.dumps({"__metadata__": {"softcamify": json.dumps(v)}}).encode()),
-                   json_values))
+@given(
+    data=st.binary(max_size=600)
+    | st.builds(_header_file, st.binary(max_size=200), st.binary(max_size=64))
+    | st.builds(lambda v: _header_file(json.dumps(v).encode()), json_values)
+    | st.builds(
+        lambda v: _header_file(json.dumps({"__metadata__": {"softcamify": json.dumps(v)}}).encode()), json_values
+    )
+)
 @example(data=_header_file(b"[" * 50_000 + b"]" * 50_000))  # RecursionError in json
 @example(data=_header_file(b'{"a": ' + b"9" * 5000 + b"}"))  # ValueError: integer string too long
 @example(data=_header_file(json.dumps({"__metadata__": {"softcamify": 5}}).encode()))  # TypeError: not str
@@ -852,11 +1011,14 @@ def _tiny_onnx(meta: dict[str, str]) -> bytes:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
     logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
     evidence = helper.make_tensor_value_info("evidence", TensorProto.FLOAT, ["N", 3, 8, 8])
-    nodes = [helper.make_node("Identity", ["input"], ["evidence"]),
-             helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["logits"])]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [logits, evidence]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("Identity", ["input"], ["evidence"]),
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", [x], [logits, evidence]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     for k, v in meta.items():
         entry = model.metadata_props.add()
@@ -876,13 +1038,35 @@ def test_onnx_metadata_reader_arbitrary_bytes(scratch, data):
 
 _text_or_json = st.text(max_size=30) | json_values.map(json.dumps)
 _onnx_metas = st.dictionaries(
-    st.sampled_from(["softcamify", "class_names", "input_size", "mean", "std", "interpolation", "crop_pct",
-                     "crop_mode", "num_classes"]),
-    _text_or_json | st.fixed_dictionaries({}, optional={
-        "data_config": st.fixed_dictionaries({}, optional={k: json_values for k in (
-            "input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")}) | json_values,
-        "class_names": json_values}).map(json.dumps),
-    max_size=6)
+    st.sampled_from(
+        [
+            "softcamify",
+            "class_names",
+            "input_size",
+            "mean",
+            "std",
+            "interpolation",
+            "crop_pct",
+            "crop_mode",
+            "num_classes",
+        ]
+    ),
+    _text_or_json
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "data_config": st.fixed_dictionaries(
+                {},
+                optional={
+                    k: json_values for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+                },
+            )
+            | json_values,
+            "class_names": json_values,
+        },
+    ).map(json.dumps),
+    max_size=6,
+)
 
 
 @PROPS
@@ -924,10 +1108,13 @@ def test_softcamify_metadata_never_crashes_predict(scratch, valid_files, data):
 
     good = valid_files["softcam"]
     n = struct.unpack("<Q", good[:8])[0]
-    header = json.loads(good[8: 8 + n])
+    header = json.loads(good[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["softcamify"])
-    targets = [t for t in _meta_paths(meta) if t[0] in ("data_config", "class_names", "num_classes", "source",
-                                                        "head", "format_version")]
+    targets = [
+        t
+        for t in _meta_paths(meta)
+        if t[0] in ("data_config", "class_names", "num_classes", "source", "head", "format_version")
+    ]
     for path_ in data.draw(st.lists(st.sampled_from(targets), min_size=1, max_size=3)):
         obj = meta
         try:
@@ -936,21 +1123,28 @@ def test_softcamify_metadata_never_crashes_predict(scratch, valid_files, data):
             obj[path_[-1]] = data.draw(json_values)
         except (KeyError, IndexError, TypeError):
             pass
-    _predict_with_meta(scratch, header, meta, good[8 + n:], predict)
+    _predict_with_meta(scratch, header, meta, good[8 + n :], predict)
 
 
-@pytest.mark.parametrize("change", [
-    {"class_names": None}, {"data_config": {"mean": {}}}, {"data_config": {"mean": []}},
-    {"data_config": {"crop_pct": 33}}, {"data_config": {"input_size": [3, 100000, 100000]}},
-    {"data_config": {"std": [0, 0, 0]}}, {"num_classes": "2"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"class_names": None},
+        {"data_config": {"mean": {}}},
+        {"data_config": {"mean": []}},
+        {"data_config": {"crop_pct": 33}},
+        {"data_config": {"input_size": [3, 100000, 100000]}},
+        {"data_config": {"std": [0, 0, 0]}},
+        {"num_classes": "2"},
+    ],
+)
 def test_softcamify_metadata_found_by_hypothesis(scratch, valid_files, change):
     """Malformed fields hypothesis found (each crashed predict with a TypeError/ZeroDivisionError/...)."""
     from softcamify.prediction import predict
 
     good = valid_files["softcam"]
     n = struct.unpack("<Q", good[:8])[0]
-    header = json.loads(good[8: 8 + n])
+    header = json.loads(good[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["softcamify"])
     for k, v in change.items():
         if isinstance(v, dict):
@@ -958,7 +1152,7 @@ def test_softcamify_metadata_found_by_hypothesis(scratch, valid_files, change):
         else:
             meta[k] = v
     with pytest.raises(InputError, match="metadata"):
-        _predict_with_meta(scratch, header, meta, good[8 + n:], predict, swallow=False)
+        _predict_with_meta(scratch, header, meta, good[8 + n :], predict, swallow=False)
 
 
 def _predict_with_meta(scratch: Path, header: dict, meta: dict, body: bytes, predict, swallow: bool = True) -> None:
@@ -976,13 +1170,13 @@ def _predict_with_meta(scratch: Path, header: dict, meta: dict, body: bytes, pre
             raise
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Reliability v2 (issue 16): labels CSVs that contradict themselves, quantized weights, synthetic datasets
 # that cannot fit, messages that name only the command's own options. Same rules as the cases above: the
 # documented exit code, one ``error:`` line, nothing half-written; warnings reach the user as notes (in the
 # --json output too). The cases run in one batch (:func:`run_batch`), next to nothing else.
 # --------------------------------------------------------------------------------------------------
+
 
 def _csv(path: Path, header: str, rows: list[str]) -> str:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
@@ -998,20 +1192,30 @@ def make_v2_inputs(root: Path) -> dict[str, Any]:
     rows = [f"{c}/{i:03d}.png,{c}" for c in ("healthy", "lesion") for i in range(6)]
     csvs = {
         # the same image under two labels, twice (once written as ./lesion/001.png: the same file)
-        "conflict": _csv(root / "conflict.csv", "path,label",
-                         rows + ["healthy/000.png,lesion", "./lesion/001.png,healthy"]),
+        "conflict": _csv(
+            root / "conflict.csv", "path,label", rows + ["healthy/000.png,lesion", "./lesion/001.png,healthy"]
+        ),
         # identical rows again (also spelled differently): used once, with a note
-        "duplicate": _csv(root / "duplicate.csv", "path,label",
-                          rows + ["healthy/000.png,healthy", "./lesion/002.png,lesion"]),
+        "duplicate": _csv(
+            root / "duplicate.csv", "path,label", rows + ["healthy/000.png,healthy", "./lesion/002.png,lesion"]
+        ),
     }
     split = [f"{c}/{i:03d}.png,{c},{'train' if i < 4 else 'val'}" for c in ("healthy", "lesion") for i in range(6)]
     # healthy/000.png is in train and val, lesion/001.png in train and test: leakage, kept with a note
-    csvs["leak"] = _csv(root / "leak.csv", "path,label,split",
-                        split + ["healthy/000.png,healthy,val", "lesion/001.png,lesion,test"])
-    csvs["leak_conflict"] = _csv(root / "leak_conflict.csv", "path,label,split",  # two splits, two labels
-                                 split + ["healthy/000.png,lesion,val"])
-    return {"data": data, **csvs, **make_quantized_checkpoints(root / "quant"),
-            "onnx_nometa": _write(root / "nometa.onnx", _tiny_onnx({}))}
+    csvs["leak"] = _csv(
+        root / "leak.csv", "path,label,split", split + ["healthy/000.png,healthy,val", "lesion/001.png,lesion,test"]
+    )
+    csvs["leak_conflict"] = _csv(
+        root / "leak_conflict.csv",
+        "path,label,split",  # two splits, two labels
+        split + ["healthy/000.png,lesion,val"],
+    )
+    return {
+        "data": data,
+        **csvs,
+        **make_quantized_checkpoints(root / "quant"),
+        "onnx_nometa": _write(root / "nometa.onnx", _tiny_onnx({})),
+    }
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -1039,14 +1243,27 @@ def make_quantized_checkpoints(root: Path) -> dict[str, Any]:
     # torch quantized tensors carry their scale and zero point: dequantized exactly
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantize_per_* are deprecated
-        quant = {k: (torch.quantize_per_channel(v, v.abs().amax(dim=tuple(range(1, v.ndim))) / 127 + 1e-8,
-                                                torch.zeros(v.shape[0], dtype=torch.long), 0, torch.qint8)
-                     if k.startswith("conv") else torch.quantize_per_tensor(v, float(v.abs().max()) / 127, 0,
-                                                                           torch.qint8))
-                 if k in big else v for k, v in sd.items()}
+        quant = {
+            k: (
+                torch.quantize_per_channel(
+                    v,
+                    v.abs().amax(dim=tuple(range(1, v.ndim))) / 127 + 1e-8,
+                    torch.zeros(v.shape[0], dtype=torch.long),
+                    0,
+                    torch.qint8,
+                )
+                if k.startswith("conv")
+                else torch.quantize_per_tensor(v, float(v.abs().max()) / 127, 0, torch.qint8)
+            )
+            if k in big
+            else v
+            for k, v in sd.items()
+        }
         torch.save(quant, root / "quantized.pth")
-        save_file({k: v.dequantize() if v.is_quantized else v for k, v in quant.items()},
-                  str(root / "dequantized.safetensors"))
+        save_file(
+            {k: v.dequantize() if v.is_quantized else v for k, v in quant.items()},
+            str(root / "dequantized.safetensors"),
+        )
         qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         torch.save(qmodel.state_dict(), root / "ao_state_dict.pth")
         torch.save(qmodel, root / "ao_module.pth")
@@ -1072,73 +1289,157 @@ def build_v2_cases(p: Paths, v: dict[str, Any]) -> dict[str, Case]:
     # 1. labels CSVs
     csv = {k: str(v.get(k, f"/CSV/{k}.csv")) for k in ("conflict", "duplicate", "leak", "leak_conflict")}
     c["v2-finetune-csv-image-with-two-labels"] = Case(
-        ["finetune", M, data, "--labels", csv["conflict"], "-o", o("c1"), *ft], EXIT_INPUT,
-        (csv["conflict"], "2 image(s) more than one label", f"{data}/healthy/000.png", "'healthy' on line 2",
-         "'lesion' on line 14"), (o("c1"),))
+        ["finetune", M, data, "--labels", csv["conflict"], "-o", o("c1"), *ft],
+        EXIT_INPUT,
+        (
+            csv["conflict"],
+            "2 image(s) more than one label",
+            f"{data}/healthy/000.png",
+            "'healthy' on line 2",
+            "'lesion' on line 14",
+        ),
+        (o("c1"),),
+    )
     c["v2-finetune-csv-image-in-two-splits-with-two-labels"] = Case(
-        ["finetune", M, data, "--labels", csv["leak_conflict"], "-o", o("c2"), *ft], EXIT_INPUT,
-        (csv["leak_conflict"], "1 image(s) more than one label", "'healthy'", "'lesion'"), (o("c2"),))
+        ["finetune", M, data, "--labels", csv["leak_conflict"], "-o", o("c2"), *ft],
+        EXIT_INPUT,
+        (csv["leak_conflict"], "1 image(s) more than one label", "'healthy'", "'lesion'"),
+        (o("c2"),),
+    )
     c["v2-finetune-csv-duplicate-rows"] = Case(
-        ["finetune", M, data, "--labels", csv["duplicate"], "-o", o("c3"), *ft], 0, batch=1,
-        check=lambda r, p: _check_csv_note(r, csv["duplicate"], "lists 2 row(s) again", (10, 2)))
+        ["finetune", M, data, "--labels", csv["duplicate"], "-o", o("c3"), *ft],
+        0,
+        batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["duplicate"], "lists 2 row(s) again", (10, 2)),
+    )
     c["v2-finetune-csv-leakage"] = Case(
-        ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft], 0, batch=1,
-        check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)))
+        ["finetune", M, data, "--labels", csv["leak"], "-o", o("c4"), *ft],
+        0,
+        batch=1,
+        check=lambda r, p: _check_csv_note(r, csv["leak"], "puts 2 image(s) in more than one split", (8, 5)),
+    )
     c["v2-sweep-csv-leakage"] = Case(  # the sweep scores runs on that validation split: its notes say so too
-        ["sweep", M, data, "--labels", csv["leak"], "-o", o("c5"), "--l1", "0.1", "--epochs", "1", "-j", "0",
-         "-b", "4", "--warmup-epochs", "0", "--device", "cpu", "--json"], 0, batch=0,
-        check=lambda r, p: any(n.startswith(f"Labels file {csv['leak']} puts 2 image(s) in more than one split")
-                               for n in json.loads(r.stdout)["notes"]))
+        [
+            "sweep",
+            M,
+            data,
+            "--labels",
+            csv["leak"],
+            "-o",
+            o("c5"),
+            "--l1",
+            "0.1",
+            "--epochs",
+            "1",
+            "-j",
+            "0",
+            "-b",
+            "4",
+            "--warmup-epochs",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        0,
+        batch=0,
+        check=lambda r, p: any(
+            n.startswith(f"Labels file {csv['leak']} puts 2 image(s) in more than one split")
+            for n in json.loads(r.stdout)["notes"]
+        ),
+    )
 
     # 2. quantized weights: int8 values are refused by every command, quantized tensors dequantized exactly
-    q = {k: str(v.get(k, f"/Q/{k}")) for k in ("int8", "int8_pth", "quantized", "dequantized", "ao_state_dict",
-                                               "ao_module", "huge")}
+    q = {
+        k: str(v.get(k, f"/Q/{k}"))
+        for k in ("int8", "int8_pth", "quantized", "dequantized", "ao_state_dict", "ao_module", "huge")
+    }
     first = str(v.get("first_int8", "conv1.0.weight"))
     for cmd in ("inspect", "convert", "export", "explain", "evaluate", "finetune"):
         cid = f"v2-{cmd}-int8-weights"
         argv, outs = model_argv(cmd, "test_resnet", o(cid), p)
-        c[cid] = Case(argv + ["-w", q["int8"], "--input-size", "32"], EXIT_INPUT,
-                      (q["int8"], f"tensor {first} as int8 (and {int(v.get('n_int8', 2)) - 1} more tensors)",
-                       "quantized", "dequantize"), outs, batch=zlib.crc32(cid.encode()) % 2)
+        c[cid] = Case(
+            argv + ["-w", q["int8"], "--input-size", "32"],
+            EXIT_INPUT,
+            (
+                q["int8"],
+                f"tensor {first} as int8 (and {int(v.get('n_int8', 2)) - 1} more tensors)",
+                "quantized",
+                "dequantize",
+            ),
+            outs,
+            batch=zlib.crc32(cid.encode()) % 2,
+        )
     c["v2-convert-int8-pth"] = Case(
-        ["convert", "test_resnet", "-w", q["int8_pth"], "-o", o("i8.safetensors")], EXIT_INPUT,
-        (q["int8_pth"], first, "int8"), (o("i8.safetensors"),))
+        ["convert", "test_resnet", "-w", q["int8_pth"], "-o", o("i8.safetensors")],
+        EXIT_INPUT,
+        (q["int8_pth"], first, "int8"),
+        (o("i8.safetensors"),),
+    )
     conv = ["--input-size", "32", "--samples", "2", "--json"]
     c["v2-convert-dequantized-reference"] = Case(
-        ["convert", "test_resnet", "-w", q["dequantized"], "-o", o("deq.safetensors"), *conv], 0)
+        ["convert", "test_resnet", "-w", q["dequantized"], "-o", o("deq.safetensors"), *conv], 0
+    )
     c["v2-convert-quantized-tensors"] = Case(
-        ["convert", "test_resnet", "-w", q["quantized"], "-o", o("q.safetensors"), *conv], 0,
-        check=lambda r, p: _check_dequantized(r, p, int(v.get("n_quantized", 0))))
+        ["convert", "test_resnet", "-w", q["quantized"], "-o", o("q.safetensors"), *conv],
+        0,
+        check=lambda r, p: _check_dequantized(r, p, int(v.get("n_quantized", 0))),
+    )
     c["v2-convert-torch-ao-quantized-state-dict"] = Case(
-        ["convert", "test_resnet", "-w", q["ao_state_dict"], "-o", o("ao.safetensors")], EXIT_INPUT,
-        (q["ao_state_dict"], "quantized model", "fc._packed_params"), (o("ao.safetensors"),))
+        ["convert", "test_resnet", "-w", q["ao_state_dict"], "-o", o("ao.safetensors")],
+        EXIT_INPUT,
+        (q["ao_state_dict"], "quantized model", "fc._packed_params"),
+        (o("ao.safetensors"),),
+    )
     c["v2-convert-pickled-quantized-module"] = Case(
-        ["convert", q["ao_module"], "--trust-pickle", "-o", o("aom.safetensors"), "--input-size", "32"], EXIT_INPUT,
-        (q["ao_module"], "is quantized", "fc is a torch.ao.nn.quantized.dynamic.Linear"), (o("aom.safetensors"),))
+        ["convert", q["ao_module"], "--trust-pickle", "-o", o("aom.safetensors"), "--input-size", "32"],
+        EXIT_INPUT,
+        (q["ao_module"], "is quantized", "fc is a torch.ao.nn.quantized.dynamic.Linear"),
+        (o("aom.safetensors"),),
+    )
     for cmd, out in (("convert", o("huge.safetensors")), ("export", o("huge.onnx"))):
         c[f"v2-{cmd}-absurd-logits"] = Case(
-            [cmd, "test_resnet", "-w", q["huge"], "-o", out, "--input-size", "32"], EXIT_INPUT,
-            ("test_resnet's logits reach", "cannot be verified"), (out,), lacks=("exact",))
+            [cmd, "test_resnet", "-w", q["huge"], "-o", out, "--input-size", "32"],
+            EXIT_INPUT,
+            ("test_resnet's logits reach", "cannot be verified"),
+            (out,),
+            lacks=("exact",),
+        )
 
     # 3. synthetic datasets that cannot be read back, or do not fit in memory or on the disk: refused before
     # anything is written (the first image is drawn to estimate the disk space)
     c["v2-synth-size-beyond-what-softcamify-reads"] = Case(
-        ["datasets", "synth", o("s1"), "--size", "10000"], EXIT_USAGE,
-        ("--size 10000 makes images of 100,000,000 pixels", "use at most 9459"), (o("s1"),))
+        ["datasets", "synth", o("s1"), "--size", "10000"],
+        EXIT_USAGE,
+        ("--size 10000 makes images of 100,000,000 pixels", "use at most 9459"),
+        (o("s1"),),
+    )
     c["v2-synth-does-not-fit-on-the-disk"] = Case(
-        ["datasets", "synth", o("s2"), "--n", "1000000000", "--size", "512"], EXIT_OUTPUT,
+        ["datasets", "synth", o("s2"), "--n", "1000000000", "--size", "512"],
+        EXIT_OUTPUT,
         ("Cannot write 1,000,000,000 images of 512 px", o("s2"), "the disk is full", "lower --n or --size"),
-        (o("s2"),))
+        (o("s2"),),
+    )
 
     # 4. an ONNX file without softcamify metadata: the advice names only options the command has
     nometa = str(v.get("onnx_nometa", "/X/nometa.onnx"))
     ok = str(p.img / "ok.png") if v else "/IMG/ok.png"
-    for cmd, argv in (("explain", ["explain", nometa, ok, "-o", o("xm")]),
-                      ("evaluate", ["evaluate", nometa, data, "-o", o("em")])):
-        c[f"v2-{cmd}-onnx-without-metadata"] = Case(argv, EXIT_USAGE, (nometa, "no softcamify metadata"),
-                                                    (o("xm" if cmd == "explain" else "em"),), lacks=("--mean", "--std"))
-    c["v2-predict-onnx-without-metadata"] = Case(["predict", nometa, ok], EXIT_USAGE,  # predict has them
-                                                 (nometa, "--mean", "--std"))
+    for cmd, argv in (
+        ("explain", ["explain", nometa, ok, "-o", o("xm")]),
+        ("evaluate", ["evaluate", nometa, data, "-o", o("em")]),
+    ):
+        c[f"v2-{cmd}-onnx-without-metadata"] = Case(
+            argv,
+            EXIT_USAGE,
+            (nometa, "no softcamify metadata"),
+            (o("xm" if cmd == "explain" else "em"),),
+            lacks=("--mean", "--std"),
+        )
+    c["v2-predict-onnx-without-metadata"] = Case(
+        ["predict", nometa, ok],
+        EXIT_USAGE,  # predict has them
+        (nometa, "--mean", "--std"),
+    )
     return c
 
 

@@ -36,8 +36,25 @@ from softcamify.errors import EXIT_INTERRUPTED, EXIT_OUTPUT
 
 PY = [sys.executable, "-m", "softcamify"]
 # an epoch takes ~0.3 s here: long enough to be killed in the middle of one
-CFG = ["--num-classes", "2", "--input-size", "128", "-b", "4", "-j", "0", "--device", "cpu", "--lr", "3e-3",
-       "--epochs", "3", "--seed", "0", "--json"]
+CFG = [
+    "--num-classes",
+    "2",
+    "--input-size",
+    "128",
+    "-b",
+    "4",
+    "-j",
+    "0",
+    "--device",
+    "cpu",
+    "--lr",
+    "3e-3",
+    "--epochs",
+    "3",
+    "--seed",
+    "0",
+    "--json",
+]
 
 
 def sha(path: Path) -> str:
@@ -56,8 +73,14 @@ def wait_for(predicate, timeout: float = 180, proc: subprocess.Popen | None = No
 
 
 def popen(*args, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([*map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ENV, **(env or {})}, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class RunFolderReader(threading.Thread):
@@ -85,7 +108,7 @@ class RunFolderReader(threading.Thread):
                     else:
                         assert len(st_load(data)) > 0
                         n = int.from_bytes(data[:8], "little")
-                        assert META_KEY in json.loads(data[8:8 + n])["__metadata__"]
+                        assert META_KEY in json.loads(data[8 : 8 + n])["__metadata__"]
                     self.reads[name] = self.reads.get(name, 0) + 1
                 except Exception as e:  # noqa: BLE001 - any failure is a half-written file
                     self.errors.append(f"{name}: {type(e).__name__}: {e}")
@@ -132,8 +155,12 @@ def final_state(run_dir: Path) -> dict:
             if isinstance(rec.get(part), dict):
                 rec[part].pop("images_per_s", None)
                 rec[part].pop("time_s", None)
-    return {"model": state["model"], "epoch": state["epoch"], "best": load_file(run_dir / "best.safetensors"),
-            "metrics": records}
+    return {
+        "model": state["model"],
+        "epoch": state["epoch"],
+        "best": load_file(run_dir / "best.safetensors"),
+        "metrics": records,
+    }
 
 
 def assert_same_run(got: dict, want: dict) -> None:
@@ -150,8 +177,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(data, reference,
     reader = RunFolderReader(run_dir)
     reader.start()
     proc = popen(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG)
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "last.pt").exists(), proc=proc,
-             what="the end of epoch 1")
+    wait_for(
+        lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "last.pt").exists(),
+        proc=proc,
+        what="the end of epoch 1",
+    )
     epoch_s = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0]).get("time_s") or 0.3
     time.sleep(0.4 * epoch_s)  # into epoch 2
     proc.send_signal(signal.SIGKILL)
@@ -159,8 +189,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(data, reference,
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(run_dir / "last.pt", weights_only=True)  # whole, from an epoch end
     assert 1 <= state["epoch"] < 3
-    resumed = subprocess.run([*PY, "finetune", "test_resnet", str(data), "-o", str(run_dir), *CFG, "--resume"],
-                             capture_output=True, text=True, env={**os.environ, **ENV}, timeout=300)
+    resumed = subprocess.run(
+        [*PY, "finetune", "test_resnet", str(data), "-o", str(run_dir), *CFG, "--resume"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=300,
+    )
     reader.finish()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["resumed_from"] == state["epoch"]
@@ -175,8 +210,13 @@ def test_second_run_refused_then_ctrl_c_and_the_printed_resume_command(data, ref
     first.send_signal(signal.SIGSTOP)  # keep it in the middle of its run while the second one starts
     try:
         files = {p.name: sha(p) for p in run_dir.iterdir() if p.is_file()}
-        second = subprocess.run([*PY, "finetune", "test_resnet", str(data), "-o", str(run_dir), *CFG, "--force"],
-                                capture_output=True, text=True, env={**os.environ, **ENV}, timeout=300)
+        second = subprocess.run(
+            [*PY, "finetune", "test_resnet", str(data), "-o", str(run_dir), *CFG, "--force"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **ENV},
+            timeout=300,
+        )
         assert second.returncode == EXIT_OUTPUT, second.stderr[-2000:]
         line = one_sentence(second.stderr)
         assert str(run_dir) in line and "in use by another finetune run" in line and str(first.pid) in line
@@ -191,8 +231,7 @@ def test_second_run_refused_then_ctrl_c_and_the_printed_resume_command(data, ref
     command = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("softcamify finetune"))
     argv = shlex.split(command)
     assert argv[-1] == "--resume" and "--force" not in argv
-    resumed = subprocess.run([*PY, *argv[1:]], capture_output=True, text=True, env={**os.environ, **ENV},
-                             timeout=300)
+    resumed = subprocess.run([*PY, *argv[1:]], capture_output=True, text=True, env={**os.environ, **ENV}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(final_state(run_dir), reference)
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
@@ -236,8 +275,10 @@ def test_killed_mid_write_keeps_the_previous_output(command, second, tmp_path):
 
     weights = tmp_path / "w.safetensors"
     torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=3).state_dict().items()},
-              str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=3).state_dict().items()},
+        str(weights),
+    )
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     if command == "convert":
@@ -245,8 +286,10 @@ def test_killed_mid_write_keeps_the_previous_output(command, second, tmp_path):
         argv = ["convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", out, "--samples", "1", "--force"]
     else:
         model = tmp_path / "model.safetensors"
-        assert invoke("convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", model,
-                      "--samples", "1").code == 0
+        assert (
+            invoke("convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", model, "--samples", "1").code
+            == 0
+        )
         out = out_dir / "m.onnx"
         argv = ["export", model, "-o", out, "--exporter", "torchscript", "--spatial", "static", "--force"]
     out.write_bytes(b"the previous output")  # what a killed run must leave as it is
@@ -272,15 +315,22 @@ def test_killed_mid_write_keeps_the_previous_output(command, second, tmp_path):
 # command with SIGINT ignored; a scheduler's SIGTERM must still stop it cleanly (exit 130, nothing left).
 # --------------------------------------------------------------------------------------------------
 
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def background(*args, env: dict | None = None) -> subprocess.Popen:
     """``args &`` as a shell script starts it: SIGINT ignored."""
-    return subprocess.Popen([*map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ENV, **(env or {})}, stdin=subprocess.DEVNULL,
-                            preexec_fn=_ignore_sigint)
+    return subprocess.Popen(
+        [*map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_ignore_sigint,
+    )
 
 
 def assert_terminated(proc: subprocess.Popen) -> str:
@@ -294,8 +344,11 @@ def assert_terminated(proc: subprocess.Popen) -> str:
 def test_sigterm_stops_datasets_synth_in_the_background(tmp_path):
     out = tmp_path / "synth"
     proc = background(*PY, "datasets", "synth", out, "--n", "5000", "--size", "64")
-    wait_for(lambda: any((out / "train").rglob("*.png")) if (out / "train").is_dir() else False, proc=proc,
-             what="the first images")
+    wait_for(
+        lambda: any((out / "train").rglob("*.png")) if (out / "train").is_dir() else False,
+        proc=proc,
+        what="the first images",
+    )
     assert "interrupted by SIGTERM" in assert_terminated(proc)
     assert not out.exists()  # the partial dataset is removed, the folder it created too
     assert temporaries(tmp_path) == []
@@ -309,8 +362,10 @@ def test_sigterm_stops_export_and_convert_in_the_background(command, tmp_path):
 
     weights = tmp_path / "w.safetensors"
     torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=3).state_dict().items()},
-              str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=3).state_dict().items()},
+        str(weights),
+    )
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     if command == "convert":
@@ -318,8 +373,10 @@ def test_sigterm_stops_export_and_convert_in_the_background(command, tmp_path):
         argv = ["convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", out, "--samples", "1"]
     else:
         model = tmp_path / "model.safetensors"
-        assert invoke("convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", model,
-                      "--samples", "1").code == 0
+        assert (
+            invoke("convert", "test_resnet", "-w", weights, "--input-size", "32", "-o", model, "--samples", "1").code
+            == 0
+        )
         out = out_dir / "m.onnx"
         argv = ["export", model, "-o", out, "--exporter", "torchscript", "--spatial", "static"]
     ready = tmp_path / "ready"
@@ -345,8 +402,7 @@ def test_sigterm_stops_finetune_nproc_in_the_background(data, tmp_path):
     """``--nproc``: the launcher passes SIGTERM on to torchrun, whose processes save their state; no
     traceback (torchrun's SignalException), exit 130, the resume command."""
     run_dir = tmp_path / "run"
-    proc = background(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG, "--epochs", "200",
-                      "--nproc", "2")
+    proc = background(*PY, "finetune", "test_resnet", data, "-o", run_dir, *CFG, "--epochs", "200", "--nproc", "2")
     wait_for(lambda: (run_dir / "last.pt").exists(), proc=proc, what="the first last.pt")
     err = assert_terminated(proc)
     message = " ".join(err.split())

@@ -21,17 +21,41 @@ PACKAGE = Path(__file__).resolve().parents[1] / "softcamify"
 #: A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
     # 0 foundations: errors, files, devices, the one-logit view
-    ("softcamify._version", "softcamify.errors", "softcamify.io", "softcamify.device", "softcamify.binary",
-     "softcamify.distributed", "softcamify.tolerance"),
+    (
+        "softcamify._version",
+        "softcamify.errors",
+        "softcamify.io",
+        "softcamify.device",
+        "softcamify.binary",
+        "softcamify.distributed",
+        "softcamify.tolerance",
+    ),
     # 1 images and data: decoding, preprocessing (its one config), datasets, drawing, metrics on arrays, HTML
-    ("softcamify.images", "softcamify.config", "softcamify.render", "softcamify.report", "softcamify.evaluation.metrics",
-     "softcamify.data"),
+    (
+        "softcamify.images",
+        "softcamify.config",
+        "softcamify.render",
+        "softcamify.report",
+        "softcamify.evaluation.metrics",
+        "softcamify.data",
+    ),
     # 2 models: where originals come from, reading files, the SoftCAM module, heads, conversion
-    ("softcamify.sources", "softcamify.checkpoints", "softcamify.model", "softcamify.heads",
-     "softcamify.dilation", "softcamify.conversion"),
+    (
+        "softcamify.sources",
+        "softcamify.checkpoints",
+        "softcamify.model",
+        "softcamify.heads",
+        "softcamify.dilation",
+        "softcamify.conversion",
+    ),
     # 3 running models: the one loader and its torch / onnxruntime backends, export, predict and explain
-    ("softcamify.onnx_runtime", "softcamify.runtime", "softcamify.exporters", "softcamify.explanations",
-     "softcamify.prediction"),
+    (
+        "softcamify.onnx_runtime",
+        "softcamify.runtime",
+        "softcamify.exporters",
+        "softcamify.explanations",
+        "softcamify.prediction",
+    ),
     # 4 training (and the λ sweep beside it), evaluation (run, report, …) and its post-hoc baselines
     ("softcamify.training", "softcamify.evaluation.baselines", "softcamify.evaluation"),
     # 5 the demo; 6 the command line and the package's front door
@@ -41,17 +65,40 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: The torch-free layer: imported by the ONNX path, so none may import torch, timm or torchvision at module
 #: level, nor a module outside this set (torch-only code paths import torch inside functions).
-TORCH_FREE = ("softcamify._version", "softcamify.errors", "softcamify.io", "softcamify.binary",
-              "softcamify.tolerance", "softcamify.config", "softcamify.runtime", "softcamify.explanations",
-              "softcamify.explanations.compute", "softcamify.explanations.inputs", "softcamify.explanations.view",
-              "softcamify.explanations.write", "softcamify.explanations.run",
-              "softcamify.images", "softcamify.render", "softcamify.report", "softcamify.evaluation.metrics",
-              "softcamify.data.collect", "softcamify.data.discover", "softcamify.data.labels_csv",
-              "softcamify.data.splits", "softcamify.data.synth", "softcamify.data.synth_draw",
-              "softcamify.onnx_runtime", "softcamify.prediction",
-              "softcamify.evaluation.run", "softcamify.evaluation.results", "softcamify.evaluation.samples",
-              "softcamify.evaluation.scoring", "softcamify.evaluation.settings",
-              "softcamify.evaluation.report", "softcamify.cli")
+TORCH_FREE = (
+    "softcamify._version",
+    "softcamify.errors",
+    "softcamify.io",
+    "softcamify.binary",
+    "softcamify.tolerance",
+    "softcamify.config",
+    "softcamify.runtime",
+    "softcamify.explanations",
+    "softcamify.explanations.compute",
+    "softcamify.explanations.inputs",
+    "softcamify.explanations.view",
+    "softcamify.explanations.write",
+    "softcamify.explanations.run",
+    "softcamify.images",
+    "softcamify.render",
+    "softcamify.report",
+    "softcamify.evaluation.metrics",
+    "softcamify.data.collect",
+    "softcamify.data.discover",
+    "softcamify.data.labels_csv",
+    "softcamify.data.splits",
+    "softcamify.data.synth",
+    "softcamify.data.synth_draw",
+    "softcamify.onnx_runtime",
+    "softcamify.prediction",
+    "softcamify.evaluation.run",
+    "softcamify.evaluation.results",
+    "softcamify.evaluation.samples",
+    "softcamify.evaluation.scoring",
+    "softcamify.evaluation.settings",
+    "softcamify.evaluation.report",
+    "softcamify.cli",
+)
 TORCH_NAMES = ("torch", "timm", "torchvision")
 
 
@@ -119,7 +166,7 @@ def test_no_import_circle():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycle = path[path.index(n):] + [n] if n in path else [m, n]
+                cycle = path[path.index(n) :] + [n] if n in path else [m, n]
                 pytest.fail("import circle: " + " → ".join(cycle))
             if n not in state:
                 visit(n, [*path, n])
@@ -163,13 +210,15 @@ def test_torch_free_layer_is_closed_at_module_level():
 
 def test_torch_free_layer_imports_without_torch():
     names = [m for m in MODULES if _torch_free(m)]
-    code = "\n".join([
-        "import sys",
-        f"for n in {TORCH_NAMES!r}:",
-        "    sys.modules[n] = None  # an import of them raises ImportError, as where they are not installed",
-        *[f"import {m}" for m in names],
-        f"loaded = [m for m in sys.modules if m.split('.')[0] in {TORCH_NAMES!r} and sys.modules[m] is not None]",
-        "assert not loaded, loaded",
-    ])
+    code = "\n".join(
+        [
+            "import sys",
+            f"for n in {TORCH_NAMES!r}:",
+            "    sys.modules[n] = None  # an import of them raises ImportError, as where they are not installed",
+            *[f"import {m}" for m in names],
+            f"loaded = [m for m in sys.modules if m.split('.')[0] in {TORCH_NAMES!r} and sys.modules[m] is not None]",
+            "assert not loaded, loaded",
+        ]
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -62,9 +62,7 @@ def test_upsample_nearest_and_bad_mode():
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest"])
-@pytest.mark.parametrize(
-    "shapes", [((7, 7), (224, 224)), ((3, 5), (8, 11)), ((60, 60), (17, 23)), ((1, 1), (5, 5))]
-)
+@pytest.mark.parametrize("shapes", [((7, 7), (224, 224)), ((3, 5), (8, 11)), ((60, 60), (17, 23)), ((1, 1), (5, 5))])
 def test_upsample_matches_torch(mode, shapes):
     torch = pytest.importorskip("torch")
     (h, w), size = shapes
@@ -78,9 +76,7 @@ def test_normalize_saliency_special_cases():
     np.testing.assert_array_equal(M.normalize_saliency(np.zeros((3, 3))), np.zeros((3, 3)))
     np.testing.assert_array_equal(M.normalize_saliency(-np.ones((3, 3))), np.zeros((3, 3)))
     np.testing.assert_array_equal(M.normalize_saliency(np.full((2, 2), 7.0)), np.ones((2, 2)))
-    np.testing.assert_allclose(
-        M.normalize_saliency(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1.0]]
-    )
+    np.testing.assert_allclose(M.normalize_saliency(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1.0]])
 
 
 # ------------------------------------------------------------------------------------------- localisation
@@ -318,9 +314,7 @@ def test_insertion_true_order_rises_faster_and_batches():
 
     img = np.ones((1, 8, 8), dtype=np.float32)
     sal = np.array([[1.0, 0.0], [0.0, 0.0]])
-    auc_true, curve = M.deletion_insertion(
-        predict, img, sal, 1, steps=4, patch=4, mode="insertion", batch_size=2
-    )
+    auc_true, curve = M.deletion_insertion(predict, img, sal, 1, steps=4, patch=4, mode="insertion", batch_size=2)
     assert calls == [2, 2, 1]
     auc_rev, _ = M.deletion_insertion(predict, img, -sal, 1, steps=4, patch=4, mode="insertion")
     assert curve[0, 1] == pytest.approx(_sig(-2.0)) and curve[-1, 1] == pytest.approx(_sig(2.0))
@@ -335,9 +329,7 @@ def test_deletion_options():
     assert curve.shape == (5, 2) and 0.0 <= auc <= 1.0
     _, curve = M.deletion_insertion(predict, img, sal, 1, steps=8, patch=1, baseline="blur", mode="insertion")
     assert curve.shape == (9, 2) and curve[0, 0] == 0.0 and curve[-1, 0] == 1.0
-    _, curve = M.deletion_insertion(
-        predict, img, sal, 1, steps=2, patch=3, patch_score="mean"
-    )  # ragged tiles
+    _, curve = M.deletion_insertion(predict, img, sal, 1, steps=2, patch=3, patch_score="mean")  # ragged tiles
     assert curve[-1, 0] == 1.0
     with pytest.raises(UsageError):
         M.deletion_insertion(predict, img, sal, 1, mode="erase")  # type: ignore[arg-type]
@@ -525,8 +517,7 @@ def test_constant_map_scores_exactly_the_area_share_after_any_upsampling():
     """A constant map stays constant through bilinear upsampling (no rounding noise for min–max)."""
     rng = np.random.default_rng(1)
     cases = [((8, 9), (291, 219), 5.436249914654229)]  # gave noise of 2e-15 before the clip
-    cases += [(tuple(rng.integers(1, 15, 2)), tuple(rng.integers(2, 120, 2)), rng.random() * 10)
-              for _ in range(200)]
+    cases += [(tuple(rng.integers(1, 15, 2)), tuple(rng.integers(2, 120, 2)), rng.random() * 10) for _ in range(200)]
     for grid, size, v in cases:
         up = M.upsample(np.full(grid, v), size)
         assert up.min() == up.max() == pytest.approx(v)
@@ -594,12 +585,14 @@ def test_deletion_insertion_batch_equals_per_image_exactly_and_streams_chunks():
     sals = [rng.random((2, 2)) for _ in range(3)]
     modes = ["deletion", "insertion", "insertion"]
     bases = [0.0, "blur", 0.5]
-    got = M.deletion_insertion_batch(counting, imgs, sals, [1, 1, 0], steps=4, patch=4, baseline=bases,
-                                     mode=modes, batch_size=4)
+    got = M.deletion_insertion_batch(
+        counting, imgs, sals, [1, 1, 0], steps=4, patch=4, baseline=bases, mode=modes, batch_size=4
+    )
     assert calls == [4, 4, 4, 3]  # 3 curves × 5 inputs, chunks shared between images
     for i in range(3):
-        auc, curve = M.deletion_insertion(predict, imgs[i], sals[i], [1, 1, 0][i], steps=4, patch=4,
-                                          baseline=bases[i], mode=modes[i])  # type: ignore[arg-type]
+        auc, curve = M.deletion_insertion(
+            predict, imgs[i], sals[i], [1, 1, 0][i], steps=4, patch=4, baseline=bases[i], mode=modes[i]
+        )  # type: ignore[arg-type]
         assert got[i][0] == auc
         np.testing.assert_array_equal(got[i][1], curve)
     with pytest.raises(UsageError, match="one entry per image"):
@@ -629,13 +622,21 @@ def test_deletion_insertion_batch_matches_per_image_on_a_real_model():
     targets = [0, 2, 1]
     n = len(imgs)
     got = M.deletion_insertion_batch(
-        predict, [*imgs, *imgs], sals * 2, targets * 2, steps=6, patch=8, baseline=[0.0] * n + ["blur"] * n,
-        mode=["deletion"] * n + ["insertion"] * n, batch_size=11,
+        predict,
+        [*imgs, *imgs],
+        sals * 2,
+        targets * 2,
+        steps=6,
+        patch=8,
+        baseline=[0.0] * n + ["blur"] * n,
+        mode=["deletion"] * n + ["insertion"] * n,
+        batch_size=11,
     )
     for j in range(2 * n):
         mode, base = ("deletion", 0.0) if j < n else ("insertion", "blur")
-        auc, curve = M.deletion_insertion(predict, imgs[j % n], sals[j % n], targets[j % n], steps=6, patch=8,
-                                          baseline=base, mode=mode, batch_size=4)  # type: ignore[arg-type]
+        auc, curve = M.deletion_insertion(
+            predict, imgs[j % n], sals[j % n], targets[j % n], steps=6, patch=8, baseline=base, mode=mode, batch_size=4
+        )  # type: ignore[arg-type]
         np.testing.assert_array_equal(got[j][1][:, 0], curve[:, 0])
         np.testing.assert_allclose(got[j][1][:, 1], curve[:, 1], rtol=0, atol=1e-6)  # batch rounding only
         assert got[j][0] == pytest.approx(auc, abs=1e-6)

@@ -23,8 +23,17 @@ from softcamify.onnx_runtime import OnnxModel
 ATOL = 1e-4
 SIZE = 64  # small inputs keep the exports fast; 64 px gives a 2×2 grid at stride 32
 MODELS = [
-    "test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_efficientnet_ln", "test_efficientnet_evos",
-    "test_byobnet", "test_nfnet", "test_convnext", "test_convnext2", "test_convnext3", "torchvision:resnet18",
+    "test_resnet",
+    "test_efficientnet",
+    "test_efficientnet_gn",
+    "test_efficientnet_ln",
+    "test_efficientnet_evos",
+    "test_byobnet",
+    "test_nfnet",
+    "test_convnext",
+    "test_convnext2",
+    "test_convnext3",
+    "torchvision:resnet18",
 ]
 
 
@@ -32,7 +41,11 @@ def _ort_vs_torch(path, model: SoftCAM, batch: int, hw: tuple[int, int], seed: i
     """max |Δ| of logits and evidence between an onnxruntime session on ``path`` and ``model``."""
     c = int(model.meta.data_config["input_size"][0])
     x = torch.randn(batch, c, *hw, generator=torch.Generator().manual_seed(seed))
-    sess = path if isinstance(path, ort.InferenceSession) else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = (
+        path
+        if isinstance(path, ort.InferenceSession)
+        else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    )
     logits, evidence = sess.run(["logits", "evidence"], {"input": x.numpy()})
     with torch.no_grad():
         ref_logits, ref_maps = model.forward_maps(x)
@@ -76,7 +89,9 @@ def test_metadata_round_trips(resnet_onnx):
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     cfg = sc.meta.data_config
     assert json.loads(props["class_names"]) == sc.meta.class_names
-    assert json.loads(props["mean"]) == pytest.approx(cfg["mean"]) and json.loads(props["std"]) == pytest.approx(cfg["std"])
+    assert json.loads(props["mean"]) == pytest.approx(cfg["mean"]) and json.loads(props["std"]) == pytest.approx(
+        cfg["std"]
+    )
     assert json.loads(props["input_size"]) == cfg["input_size"]
     assert props["interpolation"] == cfg["interpolation"] and float(props["crop_pct"]) == cfg["crop_pct"]
     assert props["crop_mode"] == cfg["crop_mode"] and props["architecture"] == "test_resnet"
@@ -88,7 +103,9 @@ def test_metadata_round_trips(resnet_onnx):
     # the torch-free reader sees the same
     om = OnnxModel(path)
     assert om.is_softcam and om.class_names == sc.meta.class_names and om.architecture == "test_resnet"
-    assert om.data_config == {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")}
+    assert om.data_config == {
+        k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+    }
     x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     logits, evidence = om.run(x)
     assert np.abs(evidence.mean(axis=(2, 3)) - logits).max() < 1e-5
@@ -115,10 +132,20 @@ def _tiny(position: bool = False) -> SoftCAM:
     layers = [nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU()] + ([_AddPosition()] if position else [])
     head = EvidenceHead(8, 3)
     meta = SoftCAMMeta(
-        source={"kind": "module", "class": "tests.tiny"}, strategy="linear", exact=True, num_classes=3,
-        class_names=["a", "b", "c"], head=head.spec(),
-        data_config={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear",
-                     "crop_pct": 1.0, "crop_mode": "center"},
+        source={"kind": "module", "class": "tests.tiny"},
+        strategy="linear",
+        exact=True,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        head=head.spec(),
+        data_config={
+            "input_size": [3, 32, 32],
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        },
     )
     return SoftCAM(nn.Sequential(*layers), head, meta).eval()
 
@@ -187,8 +214,10 @@ def test_static_fallback_note_has_no_escape_codes(tmp_path):
     text = json.dumps(report.to_dict())
     assert "\x1b" not in text and "\\u001b" not in text, text
     note = report.spatial_note
-    assert note.startswith("height and width are static: the dynamic-size export failed (the dynamo exporter "
-                           "failed: Failed to export the model with torch.export: ")
+    assert note.startswith(
+        "height and width are static: the dynamic-size export failed (the dynamo exporter "
+        "failed: Failed to export the model with torch.export: "
+    )
     assert "\n" not in note and "Next steps" not in note and "static shape of 32" in note, note
     assert note.endswith(").") and len(note) < 400
     dl, de = _ort_vs_torch(out, model, 2, (32, 32))
@@ -198,8 +227,9 @@ def test_static_fallback_note_has_no_escape_codes(tmp_path):
 @pytest.mark.slow
 def test_cli_export_json_of_a_fixed_size_vit_has_a_plain_spatial_note(tmp_path, cli):
     """QA: ``export test_vit_relpos --json`` put torch's colour codes into spatial_note (about 12 s)."""
-    r = cli("export", "test_vit_relpos", "--num-classes", "3", "-o", tmp_path / "vit.onnx", "--exporter", "dynamo",
-            "--json")
+    r = cli(
+        "export", "test_vit_relpos", "--num-classes", "3", "-o", tmp_path / "vit.onnx", "--exporter", "dynamo", "--json"
+    )
     assert r.returncode == 0, r.stderr
     assert "\x1b" not in r.stdout and "\\u001b" not in r.stdout
     data = json.loads(r.stdout)
@@ -217,7 +247,10 @@ def test_auto_tries_torchscript_first_and_falls_back_to_dynamo_with_readable_dim
     report = E.export_onnx(model, tmp_path / "m.onnx")
     assert report.exporter == "dynamo" and report.dynamic_spatial
     assert [(a["exporter"], a["outcome"]) for a in report.attempts] == [
-        ("torchscript", "export"), ("torchscript", "export"), ("dynamo", "ok")]
+        ("torchscript", "export"),
+        ("torchscript", "export"),
+        ("dynamo", "ok"),
+    ]
     assert "simulated TorchScript export failure" in report.attempts[0]["error"]
     assert report.shapes["input"] == ["batch", 3, "height", "width"]
     # the dynamo exporter's symbolic expressions are renamed as TorchScript names them
@@ -283,8 +316,17 @@ def test_safetensors_from_a_training_checkpoint(tmp_path):
     ckpt = tmp_path / "last.pt"
     from softcamify import __version__
 
-    torch.save({"format": "softcamify-finetune-state", "softcamify": __version__, "model": sc.state_dict(),
-                "meta": json.dumps(sc.meta.to_dict(), sort_keys=True), "epoch": 3, "optimizer": {"lr": 0.1}}, ckpt)
+    torch.save(
+        {
+            "format": "softcamify-finetune-state",
+            "softcamify": __version__,
+            "model": sc.state_dict(),
+            "meta": json.dumps(sc.meta.to_dict(), sort_keys=True),
+            "epoch": 3,
+            "optimizer": {"lr": 0.1},
+        },
+        ckpt,
+    )
     out = tmp_path / "best.safetensors"
     report = E.export(str(ckpt), out)
     assert report.format == "safetensors" and report.max_abs_diff_logits == 0.0
@@ -298,15 +340,32 @@ def test_safetensors_from_a_training_checkpoint(tmp_path):
 
     from softcamify.cli import app
 
-    r = CliRunner().invoke(app, ["export", str(out), "-o", str(tmp_path / "m.onnx"), "--exporter", "torchscript",
-                                 "--json"])
+    r = CliRunner().invoke(
+        app, ["export", str(out), "-o", str(tmp_path / "m.onnx"), "--exporter", "torchscript", "--json"]
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    for key in ("exporter", "opset", "shapes", "dynamic_batch", "dynamic_spatial", "max_abs_diff_logits",
-                "max_abs_diff_evidence", "checks", "file_size", "output", "attempts"):
+    for key in (
+        "exporter",
+        "opset",
+        "shapes",
+        "dynamic_batch",
+        "dynamic_spatial",
+        "max_abs_diff_logits",
+        "max_abs_diff_evidence",
+        "checks",
+        "file_size",
+        "output",
+        "attempts",
+    ):
         assert key in data
     assert data["file_size"] == (tmp_path / "m.onnx").stat().st_size and data["max_abs_diff_evidence"] <= ATOL
-    assert data["exporter"] == "torchscript" and data["shapes"]["evidence"] == ["batch", 4, "evidence_height", "evidence_width"]
+    assert data["exporter"] == "torchscript" and data["shapes"]["evidence"] == [
+        "batch",
+        4,
+        "evidence_height",
+        "evidence_width",
+    ]
 
 
 def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):
@@ -315,8 +374,20 @@ def test_cli_export_mismatch_exits_5_and_leaves_nothing(tmp_path, cli):
     torch.manual_seed(0)
     sc, _ = as_softcam("test_resnet", num_classes=2, input_size=(SIZE, SIZE))
     save(sc, tmp_path / "m.safetensors")
-    r = cli("export", tmp_path / "m.safetensors", "-o", tmp_path / "m.onnx", "--atol", "0",
-            "--rtol", "0", "--exporter", "torchscript", "--spatial", "static")
+    r = cli(
+        "export",
+        tmp_path / "m.safetensors",
+        "-o",
+        tmp_path / "m.onnx",
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
+        "--exporter",
+        "torchscript",
+        "--spatial",
+        "static",
+    )
     assert r.returncode == 5, r.stderr
     assert "does not match PyTorch" in r.stderr and "nothing was written" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

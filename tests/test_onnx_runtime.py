@@ -22,14 +22,21 @@ def _export_fixed(module: nn.Module, path, batch: int, size: int, outputs: list[
     """The TorchScript exporter with no dynamic axes: every dimension, the batch included, is fixed."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter says it is legacy
-        torch.onnx.export(module.eval(), (torch.randn(batch, 3, size, size),), str(path), dynamo=False,
-                          input_names=["input"], output_names=outputs)
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(batch, 3, size, size),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=outputs,
+        )
 
 
 def _plain() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +77,16 @@ def test_predict_runs_a_fixed_batch_of_three_in_groups(plain, tmp_path):
         Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     report = predict(paths[3], tmp_path, top_k=5, batch_size=4, mean=[0.5], std=[0.25])
     assert any("exactly 3 images per run" in n for n in report.notes), report.notes
-    x = np.stack([preprocess(p.image, input_size=(SIZE, SIZE), mean=[0.5] * 3, std=[0.25] * 3) for p in report.predictions])
+    x = np.stack(
+        [preprocess(p.image, input_size=(SIZE, SIZE), mean=[0.5] * 3, std=[0.25] * 3) for p in report.predictions]
+    )
     with torch.no_grad():
         want = torch.softmax(model(torch.from_numpy(x)).double(), dim=1).numpy()
     assert len(report.predictions) == 5
     for pred, probs in zip(report.predictions, want, strict=True):
-        np.testing.assert_allclose([e["probability"] for e in pred.top_k], [probs[e["index"]] for e in pred.top_k],
-                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            [e["probability"] for e in pred.top_k], [probs[e["index"]] for e in pred.top_k], atol=1e-6, rtol=0
+        )
 
 
 def test_fixed_batch_graph_still_checks_the_other_axes(plain):
@@ -94,8 +104,15 @@ def test_dynamic_batch_graph_has_no_fixed_batch(tmp_path):
     path = tmp_path / "dyn.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_plain(), (torch.randn(1, 3, SIZE, SIZE),), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+        torch.onnx.export(
+            _plain(),
+            (torch.randn(1, 3, SIZE, SIZE),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        )
     om = OnnxModel(path, mean=[0.5], std=[0.5])
     assert om.fixed_batch is None and om.run(np.zeros((5, 3, SIZE, SIZE), np.float32))[0].shape == (5, 5)
 
@@ -122,13 +139,15 @@ def softcam_fixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("softcam_fixed")
     torch.manual_seed(0)
     original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
-    sc = softcamify.convert(original, input_size=(64, 64), samples=2,
-                            class_names=["bright_lesion", "healthy", "red_lesion"]).eval()
+    sc = softcamify.convert(
+        original, input_size=(64, 64), samples=2, class_names=["bright_lesion", "healthy", "red_lesion"]
+    ).eval()
     path = root / "fixed2.onnx"
     _export_fixed(_Maps(sc), path, 2, 64, ["logits", "evidence"])
     proto = onnx.load(str(path))
-    for key, value in onnx_metadata(sc, exporter="torchscript", opset=proto.opset_import[0].version,
-                                    dynamic_spatial=False).items():
+    for key, value in onnx_metadata(
+        sc, exporter="torchscript", opset=proto.opset_import[0].version, dynamic_spatial=False
+    ).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

@@ -67,8 +67,9 @@ def test_onnx_and_safetensors_predictions_agree(models, images):
     assert [p.image for p in a.predictions] == [p.image for p in b.predictions] and len(a.predictions) == 4
     for pa, pb in zip(a.predictions, b.predictions, strict=True):
         assert [e["class"] for e in pa.top_k] == [e["class"] for e in pb.top_k]
-        np.testing.assert_allclose([e["probability"] for e in pa.top_k], [e["probability"] for e in pb.top_k],
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            [e["probability"] for e in pa.top_k], [e["probability"] for e in pb.top_k], atol=1e-4, rtol=0
+        )
         assert sum(e["probability"] for e in pa.top_k) == pytest.approx(1.0)
     assert {p.label for p in a.predictions} <= {"cat", "dog", "fish", "bird"}
     # batching does not change anything; top-k truncates
@@ -92,8 +93,12 @@ _TORCH_FREE = textwrap.dedent("""
 
 def test_predict_onnx_never_imports_torch(models, images):
     st, onnx_path = models
-    r = subprocess.run([sys.executable, "-c", _TORCH_FREE, "predict", str(onnx_path), str(images), "--json", "-k", "3"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE, "predict", str(onnx_path), str(images), "--json", "-k", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "TORCH-MODULES []" in r.stderr
     data = json.loads(r.stdout)
@@ -101,7 +106,9 @@ def test_predict_onnx_never_imports_torch(models, images):
     assert data["backend"] == "onnxruntime" and len(data["predictions"]) == 4
     for got, want in zip(data["predictions"], expected.predictions, strict=True):
         assert [e["class"] for e in got["top_k"]] == [e["class"] for e in want.top_k]
-        assert max(abs(g["probability"] - w["probability"]) for g, w in zip(got["top_k"], want.top_k, strict=True)) < 1e-4
+        assert (
+            max(abs(g["probability"] - w["probability"]) for g, w in zip(got["top_k"], want.top_k, strict=True)) < 1e-4
+        )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +122,15 @@ def plain_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("plain") / "plain.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter says it is legacy
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
     return path
 
 
@@ -139,9 +153,20 @@ def test_predict_third_party_onnx_with_a_fixed_batch_of_one(images, tmp_path, cl
     assert data["preprocessing"]["input_size"] == [3, SIZE, SIZE] and len(data["predictions"]) == 4
     cfg = data["preprocessing"]
     assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"  # what was applied, not null
-    x = np.stack([preprocess(p["image"], input_size=(SIZE, SIZE), mean=cfg["mean"], std=cfg["std"],
-                             interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"])
-                  for p in data["predictions"]])
+    x = np.stack(
+        [
+            preprocess(
+                p["image"],
+                input_size=(SIZE, SIZE),
+                mean=cfg["mean"],
+                std=cfg["std"],
+                interpolation=cfg["interpolation"],
+                crop_pct=cfg["crop_pct"],
+                crop_mode=cfg["crop_mode"],
+            )
+            for p in data["predictions"]
+        ]
+    )
     with torch.no_grad():
         want = torch.softmax(model(torch.from_numpy(x)).double(), dim=1).numpy()
     for got, probs in zip(data["predictions"], want, strict=True):
@@ -160,8 +185,9 @@ def ema_checkpoint(tmp_path_factory):
     m = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
     ema = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
     path = tmp_path_factory.mktemp("ema") / "checkpoint.pth.tar"
-    torch.save({"epoch": 3, "arch": "test_resnet", "state_dict": m.state_dict(), "state_dict_ema": ema.state_dict()},
-               path)
+    torch.save(
+        {"epoch": 3, "arch": "test_resnet", "state_dict": m.state_dict(), "state_dict_ema": ema.state_dict()}, path
+    )
     return path, m, ema
 
 
@@ -172,9 +198,20 @@ def _torch_probs(model, report) -> np.ndarray:
     from softcamify.images import preprocess
 
     cfg = report["preprocessing"]
-    x = np.stack([preprocess(p["image"], input_size=cfg["input_size"][1:], mean=cfg["mean"], std=cfg["std"],
-                             interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"])
-                  for p in report["predictions"]])
+    x = np.stack(
+        [
+            preprocess(
+                p["image"],
+                input_size=cfg["input_size"][1:],
+                mean=cfg["mean"],
+                std=cfg["std"],
+                interpolation=cfg["interpolation"],
+                crop_pct=cfg["crop_pct"],
+                crop_mode=cfg["crop_mode"],
+            )
+            for p in report["predictions"]
+        ]
+    )
     with torch.no_grad():
         return torch.softmax(model(torch.from_numpy(x)).double(), dim=1).numpy()
 
@@ -226,12 +263,31 @@ def test_predict_bad_inputs_through_the_cli(models, images, plain_onnx, tmp_path
     _fails(cli("predict", tmp_path / "nope.onnx", images), 3, "nope.onnx", "does not exist")
     # an ONNX without softcamify metadata: a clear error, then usable with explicit preprocessing
     _fails(cli("predict", plain_onnx, images), 2, "no softcamify metadata", "--mean", "--std")
-    _fails(cli("predict", plain_onnx, images, "--mean", "0.5", "--std", "0.5", "--input-size", "48"), 2,
-           "fixed input size 32×32")
-    _fails(cli("predict", plain_onnx, images, "--mean", "0.5", "--std", "0.5", "--class-names", "x,y"), 2,
-           "2 class names", "3 classes")
-    r = cli("predict", plain_onnx, images, "--mean", "0.5,0.5,0.5", "--std", "0.25", "--class-names", "x,y,z",
-            "--json", "-k", "1")
+    _fails(
+        cli("predict", plain_onnx, images, "--mean", "0.5", "--std", "0.5", "--input-size", "48"),
+        2,
+        "fixed input size 32×32",
+    )
+    _fails(
+        cli("predict", plain_onnx, images, "--mean", "0.5", "--std", "0.5", "--class-names", "x,y"),
+        2,
+        "2 class names",
+        "3 classes",
+    )
+    r = cli(
+        "predict",
+        plain_onnx,
+        images,
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25",
+        "--class-names",
+        "x,y,z",
+        "--json",
+        "-k",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["preprocessing"]["input_size"] == [3, 32, 32] and data["preprocessing"]["std"] == [0.25] * 3

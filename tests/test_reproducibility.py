@@ -22,20 +22,80 @@ from test_hostile_inputs import _image_set, invoke, run_batch
 import softcamify
 from softcamify.checkpoints import read_metadata
 
-FT = ["--num-classes", "2", "--input-size", "64", "-b", "4", "-j", "0", "--device", "cpu", "--lr", "3e-3",
-      "--epochs", "2", "--seed", "3", "--l1", "1e-4", "--augment", "medical", "--json"]
+FT = [
+    "--num-classes",
+    "2",
+    "--input-size",
+    "64",
+    "-b",
+    "4",
+    "-j",
+    "0",
+    "--device",
+    "cpu",
+    "--lr",
+    "3e-3",
+    "--epochs",
+    "2",
+    "--seed",
+    "3",
+    "--l1",
+    "1e-4",
+    "--augment",
+    "medical",
+    "--json",
+]
 VERSIONS = {"softcamify": softcamify.__version__, "torch": torch.__version__.split("+")[0], "timm": timm.__version__}
 
 
 def commands(inputs: Path, out: Path) -> list[tuple[str, list]]:
     return [
-        ("convert_weights", ["convert", "test_resnet", "-w", inputs / "w.safetensors", "--input-size", "48",
-                             "-o", out / "cw.safetensors", "--samples", "3", "--seed", "5"]),
-        ("convert_random", ["convert", "test_resnet", "--num-classes", "3", "--input-size", "32",
-                            "-o", out / "cr.safetensors", "--samples", "2"]),
+        (
+            "convert_weights",
+            [
+                "convert",
+                "test_resnet",
+                "-w",
+                inputs / "w.safetensors",
+                "--input-size",
+                "48",
+                "-o",
+                out / "cw.safetensors",
+                "--samples",
+                "3",
+                "--seed",
+                "5",
+            ],
+        ),
+        (
+            "convert_random",
+            [
+                "convert",
+                "test_resnet",
+                "--num-classes",
+                "3",
+                "--input-size",
+                "32",
+                "-o",
+                out / "cr.safetensors",
+                "--samples",
+                "2",
+            ],
+        ),
         ("export_safetensors", ["export", inputs / "model.safetensors", "-o", out / "e.safetensors"]),
-        ("export_onnx", ["export", inputs / "model.safetensors", "-o", out / "e.onnx", "--exporter", "torchscript",
-                         "--spatial", "static"]),
+        (
+            "export_onnx",
+            [
+                "export",
+                inputs / "model.safetensors",
+                "-o",
+                out / "e.onnx",
+                "--exporter",
+                "torchscript",
+                "--spatial",
+                "static",
+            ],
+        ),
         ("finetune", ["finetune", "test_resnet", inputs / "data", "-o", out / "run", *FT]),
     ]
 
@@ -55,8 +115,21 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the other process (OMP_NUM_THREADS=1)
     try:
-        assert invoke("convert", "test_resnet", "-w", inputs / "w.safetensors", "--input-size", "32",
-                      "-o", inputs / "model.safetensors", "--samples", "1").code == 0
+        assert (
+            invoke(
+                "convert",
+                "test_resnet",
+                "-w",
+                inputs / "w.safetensors",
+                "--input-size",
+                "32",
+                "-o",
+                inputs / "model.safetensors",
+                "--samples",
+                "1",
+            ).code
+            == 0
+        )
         other = run_batch(commands(inputs, there), root / "batch")  # a fresh process
         local = {cid: invoke(*argv) for cid, argv in commands(inputs, here)}  # this one
     finally:
@@ -75,12 +148,16 @@ def test_safetensors_outputs_are_byte_identical(runs, name):
 
 def test_finetuning_on_cpu_is_identical(runs):
     here, there, local, other = runs
-    a, b = torch.load(here / "run" / "last.pt", weights_only=True), torch.load(there / "run" / "last.pt",
-                                                                                weights_only=True)
+    a, b = (
+        torch.load(here / "run" / "last.pt", weights_only=True),
+        torch.load(there / "run" / "last.pt", weights_only=True),
+    )
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(),
-                                                  b["optimizer"]["state"][0].values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a["optimizer"]["state"][0].values(), b["optimizer"]["state"][0].values(), strict=True)
+    )
     best_a, best_b = load_file(here / "run" / "best.safetensors"), load_file(there / "run" / "best.safetensors")
     assert best_a.keys() == best_b.keys() and all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
@@ -95,7 +172,7 @@ def test_finetuning_on_cpu_is_identical(runs):
 def _st_meta(path: Path) -> dict:
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    return json.loads(json.loads(data[8: 8 + n])["__metadata__"]["softcamify"])
+    return json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["softcamify"])
 
 
 @pytest.mark.parametrize("name", ["cw.safetensors", "cr.safetensors", "e.safetensors", "run/best.safetensors"])

@@ -52,8 +52,25 @@ from softcamify.training.lock import Owner
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
 PY = [sys.executable, "-m", "softcamify"]
 # 3 epochs of 4 steps on 16 images at 64 px with 2 DataLoader workers: a few seconds per run
-CFG = ["--num-classes", "2", "--input-size", "64", "-b", "4", "-j", "2", "--device", "cpu", "--lr", "3e-3",
-       "--epochs", "3", "--seed", "0", "--json"]
+CFG = [
+    "--num-classes",
+    "2",
+    "--input-size",
+    "64",
+    "-b",
+    "4",
+    "-j",
+    "2",
+    "--device",
+    "cpu",
+    "--lr",
+    "3e-3",
+    "--epochs",
+    "3",
+    "--seed",
+    "0",
+    "--json",
+]
 
 
 def make_data(root: Path, n: int = 10) -> Path:
@@ -76,8 +93,14 @@ def cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def popen(*args) -> subprocess.Popen:
-    return subprocess.Popen([*PY, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ENV}, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*PY, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def error_line(stderr: str) -> str:
@@ -92,8 +115,11 @@ def error_line(stderr: str) -> str:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 class Saves:
@@ -119,7 +145,9 @@ def wait_saved(proc: subprocess.Popen, run_dir: Path, epochs: int, timeout: floa
     while saves.poll() < epochs:
         if proc.poll() is not None:
             _, err = proc.communicate()
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before epoch {epochs} was saved: {err[-2000:]}")
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before epoch {epochs} was saved: {err[-2000:]}"
+            )
         assert time.monotonic() < deadline, f"timed out waiting for epoch {epochs}"
         time.sleep(0.002)
 
@@ -134,8 +162,13 @@ def final_state(run_dir: Path) -> dict:
         for part in ("train", "val"):
             rec[part].pop("images_per_s", None)
             rec[part].pop("time_s", None)
-    return {"model": state["model"], "optimizer": state["optimizer"], "epoch": state["epoch"],
-            "best": load_file(run_dir / "best.safetensors"), "metrics": records}
+    return {
+        "model": state["model"],
+        "optimizer": state["optimizer"],
+        "epoch": state["epoch"],
+        "best": load_file(run_dir / "best.safetensors"),
+        "metrics": records,
+    }
 
 
 def assert_same_run(got: dict, want: dict) -> None:
@@ -170,6 +203,7 @@ def reference(data, tmp_path_factory) -> dict:
 # The lock
 # --------------------------------------------------------------------------------------------------
 
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (Linux)."""
     found = []
@@ -178,14 +212,17 @@ def children(pid: int) -> list[int]:
             text = stat.read_text()
         except OSError:
             continue
-        if int(text[text.rfind(")") + 2:].split()[1]) == pid:
+        if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
             found.append(int(stat.parent.name))
     return found
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("epoch, into_next", [(1, 0.0), (1, 0.4), (2, 0.0)],
-                         ids=["epoch-1-saved", "epoch-1-saved-then-40pc", "epoch-2-saved"])
+@pytest.mark.parametrize(
+    "epoch, into_next",
+    [(1, 0.0), (1, 0.4), (2, 0.0)],
+    ids=["epoch-1-saved", "epoch-1-saved-then-40pc", "epoch-2-saved"],
+)
 def test_sigkill_with_dataloader_workers_then_immediate_resume(data, reference, tmp_path, epoch, into_next):
     run_dir = tmp_path / "run"
     proc = popen("finetune", "test_resnet", data, "-o", run_dir, *CFG)
@@ -249,7 +286,7 @@ time.sleep(120)
 
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2:].split()[0]
+    return stat[stat.rfind(")") + 2 :].split()[0]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
@@ -257,8 +294,9 @@ def _state(pid: int) -> str:
 def test_stale_lock_is_taken_over_while_a_leftover_process_holds_it(tmp_path, reaped):
     import fcntl
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, **ENV})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV}
+    )
     leftover = int(holder.stdout.readline())
     try:
         with pytest.raises(OutputError, match=f"in use by another finetune run \\(pid {holder.pid}\\)"):
@@ -330,6 +368,7 @@ def test_forked_children_do_not_hold_the_lock(tmp_path):
 # The run folder inside DATA_DIR, and --resume on other data
 # --------------------------------------------------------------------------------------------------
 
+
 def test_run_folder_inside_data_dir_resumes_with_the_printed_command(tmp_path):
     data = make_data(tmp_path / "data")
     run_dir = data / "run"
@@ -362,14 +401,21 @@ def test_resume_with_another_data_dir_is_refused_naming_both(data, tmp_path):
     assert tree_digest(run_dir) == files and not (run_dir / ".lock").exists()
     # the same folder by another path (relative, through a link) is the same data
     os.symlink(data, tmp_path / "link")
-    r = subprocess.run([*PY, "finetune", "test_resnet", "link", "-o", "run", *one, "--resume", "--epochs", "2"],
-                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=300)
+    r = subprocess.run(
+        [*PY, "finetune", "test_resnet", "link", "-o", "run", *one, "--resume", "--epochs", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------------------------------
 # An image that breaks during training; torchrun's report
 # --------------------------------------------------------------------------------------------------
+
 
 def test_image_corrupted_during_training_is_one_sentence_and_resumable(tmp_path):
     data = make_data(tmp_path / "data")
@@ -433,8 +479,27 @@ def test_worker_errors_in_a_real_dataloader():
 def test_torchrun_class_mismatch_prints_one_line(tmp_path, resnet_weights):
     data = make_data(tmp_path / "data", n=4)
     run_dir = tmp_path / "run"
-    r = cli("finetune", "test_resnet", data, "-o", run_dir, "-w", resnet_weights, "--input-size", "64", "-b", "4",
-            "-j", "0", "--device", "cpu", "--epochs", "1", "--nproc", "2")
+    r = cli(
+        "finetune",
+        "test_resnet",
+        data,
+        "-o",
+        run_dir,
+        "-w",
+        resnet_weights,
+        "--input-size",
+        "64",
+        "-b",
+        "4",
+        "-j",
+        "0",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--nproc",
+        "2",
+    )
     assert r.returncode == EXIT_INPUT, r.stderr[-3000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr  # not torchrun's ChildFailedError report
@@ -446,6 +511,7 @@ def test_torchrun_class_mismatch_prints_one_line(tmp_path, resnet_weights):
 # --------------------------------------------------------------------------------------------------
 # A class that would vanish
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["finetune", "evaluate"])
 @pytest.mark.parametrize("what", ["broken-link", "file"])
@@ -462,11 +528,25 @@ def test_class_folder_that_is_a_broken_link_or_a_file_is_named(tmp_path, command
     out = tmp_path / "out"
     inputs = tree_digest(data)
     if command == "finetune":
-        r = cli("finetune", "test_resnet", data, "-o", out, "--num-classes", "3", "--input-size", "64", "-j", "0",
-                "--device", "cpu")
+        r = cli(
+            "finetune",
+            "test_resnet",
+            data,
+            "-o",
+            out,
+            "--num-classes",
+            "3",
+            "--input-size",
+            "64",
+            "-j",
+            "0",
+            "--device",
+            "cpu",
+        )
     else:
-        r = cli("evaluate", "test_resnet", data, "--num-classes", "3", "--input-size", "64", "--device", "cpu",
-                "-o", out)
+        r = cli(
+            "evaluate", "test_resnet", data, "--num-classes", "3", "--input-size", "64", "--device", "cpu", "-o", out
+        )
     assert r.returncode == EXIT_INPUT, r.stderr[-3000:]
     line = error_line(r.stderr)
     assert expected in line

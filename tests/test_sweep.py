@@ -71,9 +71,7 @@ def test_sweep_writes_runs_json_plot_report_and_the_recommended_model(swept):
     d = json.loads((out / "sweep.json").read_text())
     assert d == json.loads(json.dumps(result.to_dict()))
     assert [r["tag"] for r in d["runs"]] == ["l1=0,l2=0", "l1=0.01,l2=0"]
-    assert (
-        d["localization"] == "share_of_oracle" and d["rule"]["tiebreak"] is None
-    )  # make_lesions writes masks
+    assert d["localization"] == "share_of_oracle" and d["rule"]["tiebreak"] is None  # make_lesions writes masks
     assert d["data"]["explained_images"] > 0
     for r in d["runs"]:
         run_dir = out / "runs" / r["tag"]
@@ -132,9 +130,7 @@ def test_rule_never_picks_a_run_below_the_accuracy_floor():
     runs = [entry(1e-2, 0.85, 0.9), entry(3e-3, 0.895, 0.5), entry(0.0, 0.91, 0.4)]
     assert recommend(runs, 0.9, 0.01)["l1"] == 3e-3  # 0.85 localizes best but lost 0.05 accuracy
     assert recommend(runs, 0.9, 0.1)["l1"] == 1e-2  # a looser tolerance admits it
-    assert (
-        recommend([entry(0.0, 0.95, 0.1)], 0.96, 0.01) is not None
-    )  # 0.96 - 0.01 in floats: still on the floor
+    assert recommend([entry(0.0, 0.95, 0.1)], 0.96, 0.01) is not None  # 0.96 - 0.01 in floats: still on the floor
 
 
 def test_rule_ties_go_to_the_smaller_lambda():
@@ -286,9 +282,7 @@ def test_ctrl_c_during_a_run_saves_it_and_raises_sweep_interrupted(tmp_path, les
     class SigintAfterFirstEpoch(SweepReporter):
         def epoch_end(self, tag, record):
             if record["epoch"] == 1:
-                os.kill(
-                    os.getpid(), signal.SIGINT
-                )  # finetune's own handler: state saved, FinetuneInterrupted
+                os.kill(os.getpid(), signal.SIGINT)  # finetune's own handler: state saved, FinetuneInterrupted
 
     out = tmp_path / "out"
     with pytest.raises(SweepInterrupted, match="finetune --resume") as info:
@@ -382,12 +376,19 @@ def test_cli_bad_grid_one_sentence_exit_2_nothing_written(tmp_path, args, fragme
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize(("args", "cli_text", "param"), [
-    (["--l1", "0,-1"], "--l1 must hold values of 0 or more; got -1.", "l1"),
-    (["--l1", "0", "--tolerance", "-1"], "--tolerance must be a finite number of 0 or more; got -1.0.", "tolerance"),
-    (["--l1", "0", "--device", "cpu,tpu"], "--device 'tpu' is not understood", "device"),
-    (["--l1", "0", "--optimizer", "adam"], "--optimizer 'adam' is not one of adamw, sgd.", "optimizer"),
-])
+@pytest.mark.parametrize(
+    ("args", "cli_text", "param"),
+    [
+        (["--l1", "0,-1"], "--l1 must hold values of 0 or more; got -1.", "l1"),
+        (
+            ["--l1", "0", "--tolerance", "-1"],
+            "--tolerance must be a finite number of 0 or more; got -1.0.",
+            "tolerance",
+        ),
+        (["--l1", "0", "--device", "cpu,tpu"], "--device 'tpu' is not understood", "device"),
+        (["--l1", "0", "--optimizer", "adam"], "--optimizer 'adam' is not one of adamw, sgd.", "optimizer"),
+    ],
+)
 def test_cli_names_its_flags_for_the_sweeps_parameters(tmp_path, args, cli_text, param):
     """The sweep's library errors name l1, tolerance, devices' device, config.optimizer; the CLI prints its
     flags (nothing is loaded or written before these checks)."""
@@ -400,8 +401,13 @@ def test_cli_names_its_flags_for_the_sweeps_parameters(tmp_path, args, cli_text,
     assert r.exit_code == EXIT_USAGE, r.output
     assert cli_text in " ".join(r.output.split())
     kwargs = {"l1": [0.0, -1.0]} if param == "l1" else {"l1": [0.0]}
-    kwargs.update({"tolerance": {"tolerance": -1.0}, "device": {"devices": "cpu,tpu"},
-                   "optimizer": {"config": FinetuneConfig(optimizer="adam")}}.get(param, {}))
+    kwargs.update(
+        {
+            "tolerance": {"tolerance": -1.0},
+            "device": {"devices": "cpu,tpu"},
+            "optimizer": {"config": FinetuneConfig(optimizer="adam")},
+        }.get(param, {})
+    )
     with pytest.raises(UsageError, match="^" + param) as e:
         sweep("test_resnet", tmp_path, tmp_path / "out", **kwargs)
     assert e.value.param == param and "--" not in str(e.value)

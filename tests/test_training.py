@@ -52,8 +52,16 @@ def make_dataset(root: Path, n: int = 16, size: int = 32, seed: int = 0, classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BASE = FinetuneConfig(
-    epochs=2, batch_size=8, num_classes=2, input_size=(64, 64), workers=0, lr=3e-3, warmup_epochs=0,
-    augment="light", l1=0.0, val_split=0.25,
+    epochs=2,
+    batch_size=8,
+    num_classes=2,
+    input_size=(64, 64),
+    workers=0,
+    lr=3e-3,
+    warmup_epochs=0,
+    augment="light",
+    l1=0.0,
+    val_split=0.25,
 )
 
 
@@ -116,6 +124,7 @@ def straight(data, tmp_path_factory):
 
 
 # --- loss, schedule, statistics ------------------------------------------------------------------------
+
 
 def test_loss_is_ce_plus_batch_wide_penalties():
     g = torch.Generator().manual_seed(0)
@@ -200,6 +209,7 @@ def test_schedule_and_statistics():
 
 # --- a run and its files ------------------------------------------------------------------------------
 
+
 def test_loss_falls_and_run_folder_is_complete(plain_run):
     r = plain_run
     losses = [h["train"]["loss"] for h in r.history]
@@ -239,6 +249,7 @@ def test_l1_makes_maps_sparser(plain_run, data, tmp_path):
 
 
 # --- determinism and resume ---------------------------------------------------------------------------
+
 
 def test_resume_after_epoch_1_equals_uninterrupted_run(straight, data, tmp_path):
     result, ref = straight
@@ -310,9 +321,18 @@ def test_cuda_amp_code_path_runs_on_cpu(data, tmp_path, monkeypatch):
 
 # --- options ------------------------------------------------------------------------------------------
 
+
 def test_freeze_backbone_sgd_balanced_weights_and_early_stop(data, tmp_path):
-    cfg = replace(BASE, epochs=4, freeze_backbone=True, optimizer="sgd", class_weights="balanced", lr=None,
-                  monitor="val_acc", patience=1)
+    cfg = replace(
+        BASE,
+        epochs=4,
+        freeze_backbone=True,
+        optimizer="sgd",
+        class_weights="balanced",
+        lr=None,
+        monitor="val_acc",
+        patience=1,
+    )
     run_dir = tmp_path / "frozen"
     r = finetune("test_resnet", data, run_dir, cfg)
     assert r.stopped_early and r.epochs_completed == 2 and r.best_epoch == 1  # val_acc did not improve
@@ -348,14 +368,17 @@ def test_finetune_a_softcamify_model_again(plain_run, data, tmp_path):
         finetune(plain_run.best_path, other, tmp_path / "x", replace(BASE, num_classes=None))
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"monitor": "val_f1"}, r"^monitor 'val_f1' is not one of val_auc, val_acc, val_loss\.$"),
-    ({"optimizer": "adam"}, r"^optimizer 'adam' is not one of adamw, sgd\.$"),
-    ({"epochs": 0}, r"^epochs 0 must be at least 1\.$"),
-    ({"val_split": 1.5}, r"^val_split 1\.5 must be at least 0 and below 1\.$"),
-    ({"l1": -1.0}, r"^l1 -1\.0 must be 0 or more\.$"),
-    ({"resume": True, "force": True}, r"^resume and force contradict each other"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"monitor": "val_f1"}, r"^monitor 'val_f1' is not one of val_auc, val_acc, val_loss\.$"),
+        ({"optimizer": "adam"}, r"^optimizer 'adam' is not one of adamw, sgd\.$"),
+        ({"epochs": 0}, r"^epochs 0 must be at least 1\.$"),
+        ({"val_split": 1.5}, r"^val_split 1\.5 must be at least 0 and below 1\.$"),
+        ({"l1": -1.0}, r"^l1 -1\.0 must be 0 or more\.$"),
+        ({"resume": True, "force": True}, r"^resume and force contradict each other"),
+    ],
+)
 def test_bad_options(data, tmp_path, change, match):
     """Named as the Python caller wrote them (the CLI renders its flags: test_cli_finetune)."""
     with pytest.raises(UsageError, match=match) as e:

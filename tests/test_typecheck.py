@@ -30,7 +30,7 @@ def _fake(mod, monkeypatch, lines):
 
 A = "softcamify/a.py:3: error: Incompatible types in assignment  [assignment]"
 A2 = "softcamify/a.py:9: error: Incompatible types in assignment  [assignment]"
-B = "softcamify/b.py:1:5: error: Item \"None\" has no attribute \"x\"  [union-attr]"
+B = 'softcamify/b.py:1:5: error: Item "None" has no attribute "x"  [union-attr]'
 
 
 def test_the_error_pattern_reads_mypy_lines(tc):

@@ -51,9 +51,7 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
             raise InputError(f"{path} is not a safetensors file (too short for a header).")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > min(size - 8, 100 * 1024 * 1024):
-            raise InputError(
-                f"{path} is not a valid safetensors file (header length {n} does not fit the file)."
-            )
+            raise InputError(f"{path} is not a valid safetensors file (header length {n} does not fit the file).")
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -121,13 +119,23 @@ def read_torch(path: Path, trust_pickle: bool = False) -> Any:
         if "Unsupported global" in msg or "GLOBAL " in msg:
             raise UnsafeCheckpointError(
                 f"{path} contains pickled Python objects that would run code when loaded; "
-                "pass trust_pickle only if you trust where the file comes from.", param="trust_pickle"
+                "pass trust_pickle only if you trust where the file comes from.",
+                param="trust_pickle",
             ) from None
-        raise InputError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt or not a checkpoint)."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
-            IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (corrupt or not a checkpoint).") from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        TypeError,
+        struct.error,
+        UnicodeDecodeError,
+    ) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {first[:120]})."
@@ -138,9 +146,7 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def unwrap_checkpoint(
-    obj: Any, path: Path, ema: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict inside a checkpoint (plain, timm training, Lightning, ...) and what else it says."""
     info: dict[str, Any] = {}
     notes: list[str] = []
@@ -221,8 +227,6 @@ def _read_train_args(args: Any, info: dict[str, Any]) -> None:
         info["data_config"] = data
 
 
-
-
 def read_weights(path: str | os.PathLike, ema: bool = False, trust_pickle: bool = False):
     """(state dict, info) from a weights file of any supported format."""
     p = Path(path)
@@ -230,11 +234,11 @@ def read_weights(path: str | os.PathLike, ema: bool = False, trust_pickle: bool 
     if p.suffix == ".safetensors" or _looks_like_safetensors(p):
         meta = safetensors_metadata(p)
         if META_KEY in meta:
-            raise UsageError(f"{p} is already a softcamify model; pass it as the model, not as weights.",
-                             param="weights")
+            raise UsageError(
+                f"{p} is already a softcamify model; pass it as the model, not as weights.", param="weights"
+            )
         if ema:
-            raise UsageError(f"ema: {p} is a safetensors state dict with no EMA weights; drop ema.",
-                             param="ema")
+            raise UsageError(f"ema: {p} is a safetensors state dict with no EMA weights; drop ema.", param="ema")
         return read_safetensors(p), {"notes": []}
     obj = read_torch(p, trust_pickle)
     if isinstance(obj, nn.Module):
@@ -254,6 +258,7 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``, Lightning ``model.``)."""
+
     def score(d):
         return len(model_keys.intersection(d))
 
@@ -263,14 +268,17 @@ def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[st
         prefix = next((p for p in _STRIP_PREFIXES if current and all(k.startswith(p) for k in current)), None)
         if prefix is None:
             break
-        current = {k[len(prefix):]: v for k, v in current.items()}
+        current = {k[len(prefix) :]: v for k, v in current.items()}
         if score(current) > best_score:
             best, best_score = current, score(current)
     return best
 
 
 def float_weights(
-    sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, what: str = "Weights",
+    sd: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    path: Path,
+    what: str = "Weights",
 ) -> tuple[dict[str, torch.Tensor], int]:
     """``sd`` with the values a float model can hold faithfully, and how many tensors were dequantized.
 
@@ -314,28 +322,34 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
     sd, dequantized = float_weights(sd, own, path)
     notes = []
     if dequantized:
-        notes.append(f"{path.name} holds {dequantized} quantized tensor(s); they were dequantized with the "
-                     "scale and zero point stored with them.")
+        notes.append(
+            f"{path.name} holds {dequantized} quantized tensor(s); they were dequantized with the "
+            "scale and zero point stored with them."
+        )
     model.load_state_dict(sd, strict=False)
     bad = sources.all_finite(dict(model.state_dict()))
     if bad:
-        raise InputError(
-            f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken."
-        )
+        raise InputError(f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     return notes
 
 
 def _misfit(
-    model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str,
-    missing: list[str], unexpected: list[str], mismatched: list[str],
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    path: Path,
+    arch: str,
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[str],
 ) -> InputError:
     """The one-sentence error for weights that do not fit ``model``, with the option that would fix it."""
     own = model.state_dict()
     parts = []
     if mismatched:
         k = mismatched[0]
-        parts.append(f"{len(mismatched)} shape mismatches "
-                     f"(e.g. {k}: file {list(sd[k].shape)} vs model {list(own[k].shape)})")
+        parts.append(
+            f"{len(mismatched)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} vs model {list(own[k].shape)})"
+        )
     if missing:
         parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
     if unexpected:
@@ -345,7 +359,8 @@ def _misfit(
         return InputError(
             f"Weights {path} have their own classifier head ({replaced}), not {arch}'s: build the model in "
             "Python and pass it to softcamify.convert(), or save the whole module (torch.save(model)) and "
-            "convert that file with trust_pickle.", param="trust_pickle"
+            "convert that file with trust_pickle.",
+            param="trust_pickle",
         )
     hint, param = "", None
     if mismatched and not missing and not unexpected:
@@ -368,9 +383,7 @@ def _misfit(
     )
 
 
-def _replaced_head(
-    model: nn.Module, missing: list[str], unexpected: list[str], sd: dict[str, torch.Tensor]
-) -> str:
+def _replaced_head(model: nn.Module, missing: list[str], unexpected: list[str], sd: dict[str, torch.Tensor]) -> str:
     """A short description of the classifier a fine-tuning script put in place of the architecture's own
     (e.g. ``fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 2))``: ``fc.1.weight`` where ``fc.weight`` is
     expected), or "" when the mismatch is anything else."""

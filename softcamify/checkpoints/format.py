@@ -65,9 +65,7 @@ def serialize(model: nn.Module) -> bytes:
     from ..model import SoftCAM, current_versions
 
     if not isinstance(model, SoftCAM):
-        raise UsageError(
-            "save() takes a SoftCAM model; convert the classifier first with softcamify.convert()."
-        )
+        raise UsageError("save() takes a SoftCAM model; convert the classifier first with softcamify.convert().")
     model.meta.versions = current_versions()
     spec = getattr(model.head, "spec", None)
     model.meta.head = spec() if spec is not None else model.meta.head
@@ -104,8 +102,10 @@ def verify_checksum(path: Path, meta: dict[str, Any]) -> None:
     except OSError as e:
         raise InputError(f"Cannot read {path} ({e.strerror or e}).") from None
     if h.hexdigest() != expected:
-        raise InputError(f"{path} is corrupt: its weights do not match the checksum written with them; "
-                         "copy it again or re-create it.")
+        raise InputError(
+            f"{path} is corrupt: its weights do not match the checksum written with them; "
+            "copy it again or re-create it."
+        )
 
 
 def features_from_source(
@@ -139,7 +139,8 @@ def features_from_source(
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"This model was converted from the pickled module {p}; rebuilding it runs code from that "
-                "file, so pass trust_pickle.", param="trust_pickle"
+                "file, so pass trust_pickle.",
+                param="trust_pickle",
             )
         if not p.exists():
             raise InputError(f"This model needs its original pickled module {p}, which no longer exists.")
@@ -156,6 +157,7 @@ def features_from_source(
 
 def _check_meta(meta: Any) -> None:
     """ValueError when metadata every command relies on is malformed (a damaged or hand-edited file)."""
+
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -182,13 +184,21 @@ def _check_meta(meta: Any) -> None:
         if not isinstance(cfg.get(key), (str, type(None))):
             raise ValueError(f"{key} {cfg.get(key)!r} is not a name")
     names, k = meta.class_names, meta.num_classes
-    if not (isinstance(k, int) and k >= 1 and isinstance(names, list) and names_fit(k, len(names))
-            and all(isinstance(c, str) for c in names)):
+    if not (
+        isinstance(k, int)
+        and k >= 1
+        and isinstance(names, list)
+        and names_fit(k, len(names))
+        and all(isinstance(c, str) for c in names)
+    ):
         raise ValueError(f"class_names do not list num_classes ({k!r}) names")
 
 
 def softcam_from_state(
-    meta_dict: dict[str, Any], state: dict[str, torch.Tensor], path: Path, trust_pickle: bool = False,
+    meta_dict: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    path: Path,
+    trust_pickle: bool = False,
     module: nn.Module | None = None,
 ):
     """Rebuild a SoftCAM model from its metadata and weights (a softcamify file or a fine-tuning
@@ -198,15 +208,14 @@ def softcam_from_state(
 
     version = meta_dict.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InputError(
-            f"{path} was written by a newer softcamify (format {version}); upgrade softcamify to read it."
-        )
+        raise InputError(f"{path} was written by a newer softcamify (format {version}); upgrade softcamify to read it.")
     try:
         meta = SoftCAMMeta.from_dict(meta_dict)
         _check_meta(meta)
         size = tuple(meta.data_config.get("input_size") or ()) or None
-        features, source_head = features_from_source(meta.source, trust_pickle=trust_pickle, input_size=size,
-                                                     module=module)
+        features, source_head = features_from_source(
+            meta.source, trust_pickle=trust_pickle, input_size=size, module=module
+        )
         head = build_head(meta.head, source_head)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{path} has incomplete softcamify metadata ({type(e).__name__}: {e}).") from None
@@ -217,8 +226,10 @@ def softcam_from_state(
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        counts = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped "
-                  f"tensors, e.g. {(missing or unexpected or mismatched)[0]}")
+        counts = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped "
+            f"tensors, e.g. {(missing or unexpected or mismatched)[0]}"
+        )
         if module is not None:
             raise InputError(
                 f"The module given to load {path} is not the network it was converted from ({counts}); pass "

@@ -65,8 +65,14 @@ def _apply_train_data_config(cfg: dict[str, Any], train: dict[str, Any], input_s
         v = train.get(key)
         if v is not None:
             stats[key] = v if len(v) == channels else [sum(v) / len(v)] * channels
-    return resolve_data_config(cfg, channels=channels, input_size=size, crop_pct=train.get("crop_pct"),
-                               interpolation=train.get("interpolation"), **stats).to_dict()
+    return resolve_data_config(
+        cfg,
+        channels=channels,
+        input_size=size,
+        crop_pct=train.get("crop_pct"),
+        interpolation=train.get("interpolation"),
+        **stats,
+    ).to_dict()
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -141,8 +147,14 @@ def load_model(
                 param="weights",
             )
         read = _load_folder if path.is_dir() else _load_file
-        return read(path, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size,
-                    model_args=model_args)
+        return read(
+            path,
+            num_classes=num_classes,
+            ema=ema,
+            trust_pickle=trust_pickle,
+            input_size=input_size,
+            model_args=model_args,
+        )
     if _looks_like_path(spec_str):
         raise InputError(f"Model file {path} does not exist.")
     kind, name = sources.parse_name(spec_str)
@@ -152,8 +164,9 @@ def load_model(
         wpath = Path(weights)
         sd, info = foreign.read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
     elif ema:
-        raise UsageError("ema needs a checkpoint: pass weights or a checkpoint file as the model.",
-                         param=("ema", "weights"))
+        raise UsageError(
+            "ema needs a checkpoint: pass weights or a checkpoint file as the model.", param=("ema", "weights")
+        )
     model, k = _build_named(kind, name, sd, wpath, num_classes, model_args, info.setdefault("notes", []))
     notes = list(info.get("notes", []))
     if sd is None:
@@ -175,8 +188,7 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
     info: dict[str, Any]
     if path.suffix.lower() == ".onnx":
         raise InputError(
-            f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept "
-            ".onnx)."
+            f"{path} is an ONNX file; this command needs a PyTorch checkpoint (predict and explain accept .onnx)."
         )
     if path.suffix == ".safetensors" or foreign._looks_like_safetensors(path):
         meta = foreign.safetensors_metadata(path)
@@ -184,8 +196,15 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
             return _softcam_loaded(load(path, trust_pickle=trust_pickle), path, input_size)
         arch = meta.get("architecture") or meta.get("arch")
         if not arch and (path.parent / "config.json").exists():
-            return _load_folder(path.parent, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
-                                input_size=input_size, weights_file=path, model_args=model_args)
+            return _load_folder(
+                path.parent,
+                num_classes=num_classes,
+                ema=ema,
+                trust_pickle=trust_pickle,
+                input_size=input_size,
+                weights_file=path,
+                model_args=model_args,
+            )
         if not arch:
             raise _weights_only(path)
         sd, info = foreign.read_safetensors(path), {"notes": []}
@@ -215,12 +234,18 @@ def _softcam_loaded(model, path: Path, input_size, notes: list[str] | None = Non
     if input_size is not None:
         cfg = model.meta.data_config
         model.meta.data_config = {**cfg, "input_size": [cfg["input_size"][0], *input_size]}
-    return LoadedModel(model, dict(model.meta.source), dict(model.meta.data_config), model.class_names,
-                       str(path), list(notes or []))
+    return LoadedModel(
+        model, dict(model.meta.source), dict(model.meta.data_config), model.class_names, str(path), list(notes or [])
+    )
 
 
 def _from_weights(
-    path: Path, arch: str, sd: dict[str, torch.Tensor], info: dict[str, Any], num_classes, input_size,
+    path: Path,
+    arch: str,
+    sd: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    num_classes,
+    input_size,
     model_args: dict[str, Any],
 ) -> LoadedModel:
     """The architecture a checkpoint names, built (with its training run's arguments) and loaded."""
@@ -233,8 +258,10 @@ def _from_weights(
     if info.get("model_args") or info.get("data_config"):
         data_config = _apply_train_data_config(data_config, info.get("data_config", {}), input_size)
         used = ", ".join(f"{k2}={v!r}" for k2, v in info.get("model_args", {}).items())
-        notes.append(f"{path.name} records its training arguments: built with {used or 'the defaults'} and "
-                     "its recorded preprocessing.")
+        notes.append(
+            f"{path.name} records its training arguments: built with {used or 'the defaults'} and "
+            "its recorded preprocessing."
+        )
     return LoadedModel(
         module=model,
         source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
@@ -250,8 +277,9 @@ _QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.n
 
 
 def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
-    quantized = next(((n, m) for n, m in module.named_modules()
-                      if type(m).__module__.startswith(_QUANTIZED_MODULES)), None)
+    quantized = next(
+        ((n, m) for n, m in module.named_modules() if type(m).__module__.startswith(_QUANTIZED_MODULES)), None
+    )
     if quantized is not None:
         raise InputError(
             f"Model {path} is quantized ({quantized[0] or 'the model'} is a "
@@ -261,35 +289,45 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     module.eval()
     bad = sources.all_finite(dict(module.state_dict()))
     if bad:
-        raise InputError(
-            f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken."
-        )
+        raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
     kind = "timm" if type(module).__module__.startswith("timm.") else "module"
     source = sources.module_source(module)  # a timm / torchvision network: rebuilt by name, no pickle later
     if source["kind"] == "module":
-        source.update(path=str(path.resolve()), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                      num_classes=_num_outputs(module))
+        source.update(
+            path=str(path.resolve()),
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            num_classes=_num_outputs(module),
+        )
     else:
-        notes.append(f"It is {source['kind']}'s {source['name']}: a converted model rebuilds it by name, "
-                     f"without {path.name}.")
+        notes.append(
+            f"It is {source['kind']}'s {source['name']}: a converted model rebuilds it by name, without {path.name}."
+        )
     data_config = sources.data_config(module, kind, input_size=input_size)
     return LoadedModel(module, source, data_config, None, str(path), notes)
 
 
 def _load_folder(
-    path: Path, *, num_classes, ema, trust_pickle, input_size, weights_file: Path | None = None,
+    path: Path,
+    *,
+    num_classes,
+    ema,
+    trust_pickle,
+    input_size,
+    weights_file: Path | None = None,
     model_args=None,
 ) -> LoadedModel:
     for run_file in ("best.safetensors", "last.safetensors"):
         candidate = path / run_file
         if weights_file is None and candidate.exists() and META_KEY in foreign.safetensors_metadata(candidate):
-            return _load_file(candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle,
-                              input_size=input_size)
+            return _load_file(
+                candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
+            )
     config_path = path / "config.json"
     if not config_path.exists():
-        raise InputError(f"Folder {path} has no config.json (Hugging Face style) and no best.safetensors "
-                         "(a fine-tuning run).")
+        raise InputError(
+            f"Folder {path} has no config.json (Hugging Face style) and no best.safetensors (a fine-tuning run)."
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -309,8 +347,9 @@ def _load_folder(
     model_args = {k: v for k, v in {**cfg_args, **(model_args or {})}.items() if k != "num_classes"}
     k_cfg = config.get("num_classes")
     kind, name = sources.parse_name(arch)
-    model, k = _build_named(kind, name, sd, weights_file, num_classes or k_cfg, model_args,
-                            info.setdefault("notes", []))
+    model, k = _build_named(
+        kind, name, sd, weights_file, num_classes or k_cfg, model_args, info.setdefault("notes", [])
+    )
     labels = config.get("label_names") or config.get("id2label")  # timm's save_for_hf, or transformers' style
     if isinstance(labels, dict):
         labels = [labels.get(str(i), labels.get(i, f"class_{i}")) for i in range(k)]
@@ -324,4 +363,3 @@ def _load_folder(
         path=str(path),
         notes=list(info.get("notes", [])),
     )
-

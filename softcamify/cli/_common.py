@@ -38,7 +38,8 @@ NUM_CLASSES_OPTION = typer.Option(
 INPUT_SIZE_OPTION = typer.Option(
     None,
     "--input-size",
-    help="Input size 'H' or 'H W' (or HxW), overriding the model's data config, e.g. 128 for a model trained at 128 px.",
+    help="Input size 'H' or 'H W' (or HxW), overriding the model's data config, e.g. 128 for a model trained "
+    "at 128 px.",
 )
 WEIGHTS_OPTION = typer.Option(None, "--weights", "-w", help="Weights file for an architecture given by name.")
 EMA_OPTION = typer.Option(False, "--ema", help="Use the EMA weights (state_dict_ema) of a timm training checkpoint.")
@@ -99,8 +100,10 @@ def command(app: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[.
                 params.append(p)
                 continue
             bundles[p.name] = p.default.names
-            params += [p.replace(name=n, annotation=SHARED_OPTIONS[n][0], default=SHARED_OPTIONS[n][1])
-                       for n in p.default.names]
+            params += [
+                p.replace(name=n, annotation=SHARED_OPTIONS[n][0], default=SHARED_OPTIONS[n][1])
+                for n in p.default.names
+            ]
 
         @functools.wraps(func)
         def run(**values: Any) -> Any:
@@ -150,8 +153,12 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         task = bar.add_task(description, total=None)
 

@@ -83,8 +83,10 @@ def _inspect_table(report, data: dict) -> Table:
         t.add_row("softcamify model", f"strategy {sc.get('strategy')}, exact {sc.get('exact')}")
         t.add_row("evidence grid", _fmt(sc.get("evidence_grid")))
         if conv:
-            t.add_row("conversion", f"max |Δlogit| {_fmt(conv.get('max_abs_diff'))}, "
-                      f"top-1 agreement {_fmt(conv.get('top1_agreement'))}")
+            t.add_row(
+                "conversion",
+                f"max |Δlogit| {_fmt(conv.get('max_abs_diff'))}, top-1 agreement {_fmt(conv.get('top1_agreement'))}",
+            )
         for h in sc.get("history") or []:
             fields = (f"{k}={_fmt(v)}" for k, v in h.items() if not isinstance(v, (dict, list)))
             t.add_row("history", ", ".join(fields))
@@ -115,14 +117,20 @@ def convert(
     class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
-    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Accepted max |Δlogit| against the original (absolute part)."),
+    atol: float = typer.Option(
+        1e-4, "--atol", min=0.0, help="Accepted max |Δlogit| against the original (absolute part)."
+    ),
     rtol: float = typer.Option(
         1e-5, "--rtol", min=0.0, help="Relative part of the tolerance: atol + rtol × max |logit| (float32 round-off)."
     ),
-    strict: bool = typer.Option(False, "--strict", help="Refuse approximate conversions (only exact ones are written)."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse approximate conversions (only exact ones are written)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random verification inputs."),
     output_stride: int = typer.Option(
-        None, "--output-stride", show_default=False,
+        None,
+        "--output-stride",
+        show_default=False,
         help="Evidence grid: 32 (the model as it is), 16 or 8 for a 2× or 4× finer grid (the same "
         "weights in a dilated backbone: approximate, fine-tune before use; `inspect` lists the grids a "
         "model offers).",
@@ -147,8 +155,16 @@ def convert(
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
         loaded = load_for_cli(model, m, model_args)
         softcam = convert_model(
-            loaded, class_names=names, atol=atol, rtol=rtol, samples=samples, calibration=calibration,
-            strict=strict, seed=seed, features_layer=features_layer, classifier=classifier,
+            loaded,
+            class_names=names,
+            atol=atol,
+            rtol=rtol,
+            samples=samples,
+            calibration=calibration,
+            strict=strict,
+            seed=seed,
+            features_layer=features_layer,
+            classifier=classifier,
             output_stride=output_stride,
         )
         check_logit_scale(softcam.meta.conversion)
@@ -168,11 +184,13 @@ def _convert_table(report: dict, softcam, output: Path) -> Table:
     t.add_row("classes", _classes_text(report["num_classes"], softcam.meta.class_names))
     grid = f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input"
     if report.get("original_grid"):
-        grid += (f" (--output-stride {report['output_stride']}; "
-                 f"the original's: {_fmt(report['original_grid'])})")
+        grid += f" (--output-stride {report['output_stride']}; the original's: {_fmt(report['original_grid'])})"
     t.add_row("evidence grid", grid)
-    t.add_row("max |Δlogit|", f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
-              f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})")
+    t.add_row(
+        "max |Δlogit|",
+        f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
+        f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})",
+    )
     t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
     t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
     n = report["samples"] + report["calibration_images"]
@@ -185,8 +203,7 @@ def _grids_text(grids: dict[str, list[int]]) -> str:
     """'5×5 (--output-stride 32), 10×10 (16), 20×20 (8)': the evidence grids a classifier converts to."""
     if not grids:
         return "—"
-    parts = [f"{_fmt(g)} ({'--output-stride ' if i == 0 else ''}{s})"
-             for i, (s, g) in enumerate(grids.items())]
+    parts = [f"{_fmt(g)} ({'--output-stride ' if i == 0 else ''}{s})" for i, (s, g) in enumerate(grids.items())]
     return ", ".join(parts) + ("" if len(grids) > 1 else ": no finer grid")
 
 

@@ -95,9 +95,7 @@ def _print_summary(summary: dict) -> None:
         table.add_column(s, justify="right")
     for name in summary["classes"]:
         table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
-    table.add_row(
-        "[bold]total[/]", *(f"[bold]{sum(summary['counts'][s].values())}[/]" for s in splits)
-    )
+    table.add_row("[bold]total[/]", *(f"[bold]{sum(summary['counts'][s].values())}[/]" for s in splits))
     console.print(table)
     opts = summary["options"]
     extras = [k for k in ("ordinal", "shortcut") if opts[k]]

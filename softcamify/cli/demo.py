@@ -39,8 +39,14 @@ class ConsoleDemoReporter:
         )
 
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("[bold cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("[dim]{task.fields[text]}"), console=self.out, transient=True,
+            SpinnerColumn(),
+            TextColumn("[bold cyan]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("[dim]{task.fields[text]}"),
+            console=self.out,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task(self.label, total=None, text="")
@@ -109,23 +115,44 @@ def _summary(result) -> None:
     t.add_column("SoftCAM (converted)", justify="right")
     t.add_column("SoftCAM (fine-tuned)", justify="right")
     for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC")):
-        t.add_row(f"{label} ({cls['test_images']} test images)", _cell(cls["black_box"].get(key)),
-                  _cell(cls["converted"].get(key)), _cell(cls["fine_tuned"].get(key)))
+        t.add_row(
+            f"{label} ({cls['test_images']} test images)",
+            _cell(cls["black_box"].get(key)),
+            _cell(cls["converted"].get(key)),
+            _cell(cls["fine_tuned"].get(key)),
+        )
     conv, exp = f["conversion"], f["export"]
     t.add_row("max |Δlogit| vs black box", "", f"{conv['max_abs_diff']:.2g}", "")
-    t.add_row("ONNX max |Δ| logits / evidence", "", "", f"{exp['max_abs_diff_logits']:.2g} / {exp['max_abs_diff_evidence']:.2g}")
+    t.add_row(
+        "ONNX max |Δ| logits / evidence",
+        "",
+        "",
+        f"{exp['max_abs_diff_logits']:.2g} / {exp['max_abs_diff_evidence']:.2g}",
+    )
     console.print(t)
     loc = f.get("localization") or {}
     if loc:
         e = Table(title="localization of the true class vs lesion masks (mean over test images)", title_justify="left")
         e.add_column("method", style="bold")
-        for col in ("share of oracle ↑", "activation precision ↑", "pointing game ↑", "top-k precision ↑",
-                    "deletion AUC ↓", "images"):
+        for col in (
+            "share of oracle ↑",
+            "activation precision ↑",
+            "pointing game ↑",
+            "top-k precision ↑",
+            "deletion AUC ↓",
+            "images",
+        ):
             e.add_column(col, justify="right")
         for label, m in loc.items():
-            e.add_row(label, _cell(m.get("share_of_oracle")), _cell(m.get("activation_precision")),
-                      _cell(m.get("pointing_game")), _cell(m.get("topk_precision")), _cell(m.get("deletion_auc")),
-                      str(m.get("images")))
+            e.add_row(
+                label,
+                _cell(m.get("share_of_oracle")),
+                _cell(m.get("activation_precision")),
+                _cell(m.get("pointing_game")),
+                _cell(m.get("topk_precision")),
+                _cell(m.get("deletion_auc")),
+                str(m.get("images")),
+            )
         console.print(e)
         if f.get("comparison"):
             console.print(f["comparison"]["text"])
@@ -149,8 +176,12 @@ def demo(
         Path("softcamify-demo"), "--output", "-o", help="Output folder (new or empty unless --force)."
     ),
     fast: bool = typer.Option(False, "--fast", help="Tiny sizes (a few dozen images, one epoch): seconds, for tests."),
-    update_docs: bool = typer.Option(False, "--update-docs", hidden=True,
-                                     help="Copy the report's figure to docs/images/demo_overlay.png (developers)."),
+    update_docs: bool = typer.Option(
+        False,
+        "--update-docs",
+        hidden=True,
+        help="Copy the report's figure to docs/images/demo_overlay.png (developers).",
+    ),
     o: Shared = Shared("device", *ENDING),
 ) -> None:
     """Run the whole pipeline on a shipped black-box classifier and a generated lesion dataset; write a report.
@@ -166,8 +197,10 @@ def demo(
         out = err_console if o.json_ else console
         rep = ConsoleDemoReporter(out, bars=True, verbose=not o.json_ or out.is_terminal)
         if not o.json_:
-            console.print(f"[bold]softcamify demo[/]: an ordinary black-box classifier becomes self-explainable "
-                          f"→ {output}/{'  (fast settings)' if fast else ''}")
+            console.print(
+                f"[bold]softcamify demo[/]: an ordinary black-box classifier becomes self-explainable "
+                f"→ {output}/{'  (fast settings)' if fast else ''}"
+            )
         try:
             result = run_demo(output, fast=fast, device=o.device, force=o.force, reporter=_adapter(rep))
         finally:

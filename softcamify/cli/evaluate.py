@@ -37,51 +37,78 @@ def _cell(v) -> str:
 @command(app)
 def evaluate(
     model: str = typer.Argument(
-        ..., help="A softcamify .safetensors (or any convertible checkpoint), or an .onnx export (no baselines).",
+        ...,
+        help="A softcamify .safetensors (or any convertible checkpoint), or an .onnx export (no baselines).",
         show_default=False,
     ),
     data_dir: Path = typer.Argument(
-        ..., help="A dataset root with train/val/test class folders, or one folder of class folders.", show_default=False
+        ...,
+        help="A dataset root with train/val/test class folders, or one folder of class folders.",
+        show_default=False,
     ),
-    split: str = typer.Option("test", "--split", help="Split of a dataset root (a flat class-folder layout is used whole)."),
+    split: str = typer.Option(
+        "test", "--split", help="Split of a dataset root (a flat class-folder layout is used whole)."
+    ),
     masks: Path = typer.Option(
         None, "--masks", help="Mask folder mirroring DATA_DIR's paths; nonzero = foreground (default: DATA_DIR/masks)."
     ),
     baselines: str = typer.Option(
-        None, "--baselines", help="Post-hoc methods on the same model via pytorch-grad-cam, e.g. gradcam,layercam,scorecam "
+        None,
+        "--baselines",
+        help="Post-hoc methods on the same model via pytorch-grad-cam, e.g. gradcam,layercam,scorecam "
         "(also gradcam++, xgradcam, hirescam, eigencam, eigengradcam, gradcamelementwise).",
     ),
     original: str = typer.Option(
-        None, "--original", help="The original black-box checkpoint (or timm name): classification and baselines for it too."
+        None,
+        "--original",
+        help="The original black-box checkpoint (or timm name): classification and baselines for it too.",
     ),
     original_weights: Path = typer.Option(
-        None, "--original-weights", help="Weights of the --original architecture (a weights-only file, e.g. a timm state dict)."
+        None,
+        "--original-weights",
+        help="Weights of the --original architecture (a weights-only file, e.g. a timm state dict).",
     ),
     ordinal: bool = typer.Option(False, "--ordinal", help="Ordered classes (grades): add quadratic kappa."),
     output: Path = typer.Option(
-        None, "--output", "-o", help="Report folder: index.html (tables, curves, overlays), metrics.json, per_image.json."
+        None,
+        "--output",
+        "-o",
+        help="Report folder: index.html (tables, curves, overlays), metrics.json, per_image.json.",
     ),
     patch_size: int = typer.Option(
-        None, "--patch-size", min=1, help="Top-k patch size in input pixels (default: 33/512 of the input side, as the paper)."
+        None,
+        "--patch-size",
+        min=1,
+        help="Top-k patch size in input pixels (default: 33/512 of the input side, as the paper).",
     ),
-    patch_stride: int = typer.Option(None, "--patch-stride", min=1, help="Top-k patch grid stride (default: patch × 8/33)."),
+    patch_stride: int = typer.Option(
+        None, "--patch-stride", min=1, help="Top-k patch grid stride (default: patch × 8/33)."
+    ),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the top-k patch precision (pooled over images)."),
     topk_threshold: float = typer.Option(
-        None, "--topk-threshold", help="Pick only grid values above this (the paper: 1 on raw logit maps; default: none)."
+        None,
+        "--topk-threshold",
+        help="Pick only grid values above this (the paper: 1 on raw logit maps; default: none).",
     ),
     steps: int = typer.Option(20, "--steps", min=1, help="Deletion / insertion steps."),
     pointing_tolerance: int = typer.Option(
-        0, "--pointing-tolerance", min=0, help="Pointing game: a hit within this many pixels of the mask (Zhang et al.: 15)."
+        0,
+        "--pointing-tolerance",
+        min=0,
+        help="Pointing game: a hit within this many pixels of the mask (Zhang et al.: 15).",
     ),
     oracle_grid: str = typer.Option(
-        None, "--oracle-grid",
+        None,
+        "--oracle-grid",
         help="Common reference grid HxW (or N) for share of oracle: each mask average-pooled to it is "
         "the best map on that grid (default: the model's evidence grid).",
     ),
     max_images: int = typer.Option(
         None, "--max-images", min=0, help="Explanation metrics on at most N annotated images (classification uses all)."
     ),
-    examples: int = typer.Option(6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."),
+    examples: int = typer.Option(
+        6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     o: Shared = Shared("device", *MODEL, *ENDING),
 ) -> None:
@@ -91,15 +118,32 @@ def evaluate(
         from ..io import cleanup_on_failure
 
         # a full disk or Ctrl-C while the report is written leaves no partial report folder
-        with cleanup_on_failure(output) if output is not None else contextlib.nullcontext(), \
-                progress_bar("evaluating") as update:
+        with (
+            cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
+            progress_bar("evaluating") as update,
+        ):
             result = run_evaluate(
-                model, data_dir, split=split, masks=masks, baselines=baselines, original=original, ordinal=ordinal,
-                patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-                steps=steps, pointing_tolerance=pointing_tolerance,
-                oracle_grid=parse_pair(oracle_grid, "--oracle-grid", "grid cells"), max_images=max_images,
-                batch_size=batch_size, examples=examples, out_dir=output, force=o.force,
-                original_weights=original_weights, progress=lambda stage, done, total: update(done, total),
+                model,
+                data_dir,
+                split=split,
+                masks=masks,
+                baselines=baselines,
+                original=original,
+                ordinal=ordinal,
+                patch_size=patch_size,
+                patch_stride=patch_stride,
+                topk=topk,
+                topk_threshold=topk_threshold,
+                steps=steps,
+                pointing_tolerance=pointing_tolerance,
+                oracle_grid=parse_pair(oracle_grid, "--oracle-grid", "grid cells"),
+                max_images=max_images,
+                batch_size=batch_size,
+                examples=examples,
+                out_dir=output,
+                force=o.force,
+                original_weights=original_weights,
+                progress=lambda stage, done, total: update(done, total),
                 **model_kwargs(o),
             )
         emit(o.json_, result.to_dict(), lambda: _show(result))
@@ -125,8 +169,9 @@ def _show(result) -> None:
     for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
         pc.add_column(h, justify="left" if h == "class" else "right")
     for p in c["per_class"]:
-        pc.add_row(escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]),
-                   _cell(p["roc_auc"]))
+        pc.add_row(
+            escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"])
+        )
     console.print(pc)
     summaries = result.method_summaries()
     if summaries and summaries[0]["images"]:
@@ -138,9 +183,11 @@ def _show(result) -> None:
             e.add_row(*r)
         console.print(e)
         grid = result.settings.get("oracle_grid") or []
-        console.print("[dim]share of oracle: (activation precision − chance) / (oracle precision − "
-                      f"chance) on the common {'×'.join(str(v) for v in grid)} reference grid; "
-                      "chance = mask share[/]")
+        console.print(
+            "[dim]share of oracle: (activation precision − chance) / (oracle precision − "
+            f"chance) on the common {'×'.join(str(v) for v in grid)} reference grid; "
+            "chance = mask share[/]"
+        )
     print_notes(result.notes)
     if result.report:
         console.print(f"report: {escape(str(result.report))}")

@@ -16,20 +16,29 @@ from ._common import ENDING, MODEL, Shared, command, console, emit, handle_error
 @command(app)
 def explain(
     model: str = typer.Argument(
-        ..., help="A softcamify .safetensors, an .onnx export (runs in onnxruntime, no torch), or any convertible "
-        "checkpoint or timm name (converted on the fly).", show_default=False,
+        ...,
+        help="A softcamify .safetensors, an .onnx export (runs in onnxruntime, no torch), or any convertible "
+        "checkpoint or timm name (converted on the fly).",
+        show_default=False,
     ),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).", show_default=False),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files and/or folders (searched recursively).", show_default=False
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (new or empty, unless --force)."),
     classes: str = typer.Option(
-        "pred", "--classes", "-c", help="Overlays for: pred (the predicted class), all, or comma-separated class "
+        "pred",
+        "--classes",
+        "-c",
+        help="Overlays for: pred (the predicted class), all, or comma-separated class "
         "names or indices, e.g. 0,2. Raw maps of all classes are always written.",
     ),
     positive: bool = typer.Option(
         False, "--positive", help="Show positive evidence only (sequential colour map) instead of signed evidence."
     ),
     cmap: str = typer.Option(
-        None, "--cmap", help="Colour map: RdBu_r (default), coolwarm, bwr; with --positive: inferno (default), jet, gray."
+        None,
+        "--cmap",
+        help="Colour map: RdBu_r (default), coolwarm, bwr; with --positive: inferno (default), jet, gray.",
     ),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Overlay opacity."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -49,8 +58,16 @@ def explain(
         # an image that fails to decode, a full disk or Ctrl-C midway leaves no partial gallery
         with cleanup_on_failure(output), progress_bar(f"explaining {len(sources)} image(s)") as update:
             results = run_explain(
-                mm, sources, output, classes=classes, positive=positive, batch_size=batch_size, cmap=cmap,
-                alpha=alpha, force=o.force, progress=update,
+                mm,
+                sources,
+                output,
+                classes=classes,
+                positive=positive,
+                batch_size=batch_size,
+                cmap=cmap,
+                alpha=alpha,
+                force=o.force,
+                progress=update,
             )
         manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
         manifest["output"] = str(output)
@@ -65,8 +82,9 @@ def _show(results, mm, output: Path) -> None:
     t.add_column("overlays", overflow="fold")
     shown = results[:50]
     for r in shown:
-        t.add_row(escape(r.source), escape(r.predicted_class), f"{r.probability:.3f}",
-                  escape(", ".join(r.files["overlays"])))
+        t.add_row(
+            escape(r.source), escape(r.predicted_class), f"{r.probability:.3f}", escape(", ".join(r.files["overlays"]))
+        )
     console.print(t)
     if len(results) > len(shown):
         console.print(f"[dim]… and {len(results) - len(shown)} more (see manifest.json)[/]")

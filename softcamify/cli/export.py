@@ -29,14 +29,21 @@ def export(
         show_default=False,
     ),
     output: Path = typer.Option(..., "--output", "-o", help="OUT.onnx (validated in onnxruntime) or OUT.safetensors."),
-    opset: int = typer.Option(None, "--opset", help="ONNX opset (default: torch's; below 18 uses the TorchScript exporter)."),
+    opset: int = typer.Option(
+        None, "--opset", help="ONNX opset (default: torch's; below 18 uses the TorchScript exporter)."
+    ),
     atol: float = typer.Option(
-        1e-4, "--atol", min=0.0, help="Absolute part of the tolerance: each output (logits, evidence) must be within "
-        "atol + rtol × its largest magnitude of PyTorch's."
+        1e-4,
+        "--atol",
+        min=0.0,
+        help="Absolute part of the tolerance: each output (logits, evidence) must be within "
+        "atol + rtol × its largest magnitude of PyTorch's.",
     ),
     rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="Relative part of the tolerance (float32 round-off)."),
     exporter: str = typer.Option(
-        "auto", "--exporter", help="auto (dynamo, then TorchScript when it fails or does not validate), dynamo, torchscript."
+        "auto",
+        "--exporter",
+        help="auto (dynamo, then TorchScript when it fails or does not validate), dynamo, torchscript.",
     ),
     spatial: str = typer.Option(
         "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."
@@ -84,17 +91,23 @@ def _table(report) -> Table:
         t.add_row("exporter", f"{report.exporter}, opset {report.opset}")
         for name, dims in report.shapes.items():
             t.add_row(name, _dims(dims))
-        t.add_row("dynamic", f"batch {'yes' if report.dynamic_batch else 'no'}, "
-                             f"height/width {'yes' if report.dynamic_spatial else 'no'}")
+        t.add_row(
+            "dynamic",
+            f"batch {'yes' if report.dynamic_batch else 'no'}, "
+            f"height/width {'yes' if report.dynamic_spatial else 'no'}",
+        )
         if report.spatial_note and not report.dynamic_spatial:
             t.add_row("static size", escape(report.spatial_note))
         for ck in report.checks:
-            t.add_row(f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
-                      f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, "
-                      f"max |Δevidence| {ck['max_abs_diff_evidence']:.2g}")
+            t.add_row(
+                f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
+                f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, max |Δevidence| {ck['max_abs_diff_evidence']:.2g}",
+            )
     else:
-        t.add_row("reload check", f"max |Δlogits| {report.max_abs_diff_logits:.2g}, "
-                                  f"max |Δevidence| {report.max_abs_diff_evidence:.2g}")
+        t.add_row(
+            "reload check",
+            f"max |Δlogits| {report.max_abs_diff_logits:.2g}, max |Δevidence| {report.max_abs_diff_evidence:.2g}",
+        )
     t.add_row("atol", f"{report.atol:g} [green](passed)[/]")
     t.add_row("strategy", f"{report.strategy} ({'exact' if report.exact else 'approximate'})")
     t.add_row("classes, input", f"{report.num_classes}, {_dims(report.input_size)}")

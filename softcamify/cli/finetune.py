@@ -98,8 +98,9 @@ class ConsoleReporter:
             return
         kw: dict[str, Any] = {"completed": step}
         if running is not None:
-            kw["stats"] = (f"loss {running['loss']:.4f} · acc {running['accuracy']:.3f} · "
-                           f"{running['images_per_s']:.0f} img/s")
+            kw["stats"] = (
+                f"loss {running['loss']:.4f} · acc {running['accuracy']:.3f} · {running['images_per_s']:.0f} img/s"
+            )
         self.progress.update(self.task, **kw)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
@@ -114,8 +115,10 @@ class ConsoleReporter:
         best = " [green]★ best[/]" if record.get("best") else ""
         t = Table(
             title=f"epoch {record['epoch']}/{record['epochs']} · {tr['images_per_s']:.0f} img/s · "
-                  f"lr {record['lr']:.2e} · {record['time_s']:.1f} s{best}",
-            title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+            f"lr {record['lr']:.2e} · {record['time_s']:.1f} s{best}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
         )
         t.add_column("metric")
         t.add_column("train", justify="right")
@@ -132,8 +135,10 @@ class ConsoleReporter:
         if "kappa" in va:
             rows.append(("quadratic kappa", "", _fmt(va["kappa"])))
         rows += [("sparsity (|A| small)", "", _fmt(va["sparsity"])), ("L1 per map", "", _fmt(va["map_l1"]))]
-        rows += [(f"sens / spec {escape(pc['name'])}", "", f"{_fmt(pc['sensitivity'])} / {_fmt(pc['specificity'])}")
-                 for pc in va["per_class"]]
+        rows += [
+            (f"sens / spec {escape(pc['name'])}", "", f"{_fmt(pc['sensitivity'])} / {_fmt(pc['specificity'])}")
+            for pc in va["per_class"]
+        ]
         for r in rows:
             t.add_row(*r)
         console.print(t)
@@ -187,7 +192,7 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool, debug: bool = F
         from ..errors import UsageError
 
         raise UsageError("--nproc needs the command line `softcamify finetune …` (from Python, run torchrun).")
-    argv = _strip_nproc(argv[argv.index("finetune"):])
+    argv = _strip_nproc(argv[argv.index("finetune") :])
     cmd = torchrun_command(nproc, argv)
     env = dict(os.environ)
     fd, exit_file = tempfile.mkstemp(prefix="softcamify-exit-", suffix=".txt")
@@ -223,68 +228,103 @@ def _launch(nproc: int, output: Path, resume: bool, force: bool, debug: bool = F
 @app.command()
 def finetune(
     model: str = typer.Argument(
-        ..., help="What `convert` accepts (timm name, checkpoint, HF folder) or a softcamify model; converted first.",
+        ...,
+        help="What `convert` accepts (timm name, checkpoint, HF folder) or a softcamify model; converted first.",
         show_default=False,
     ),
     data_dir: Path = typer.Argument(
-        ..., help="Images: DATA_DIR/train/<class>/…, DATA_DIR/val/<class>/… (optional test/), or DATA_DIR/<class>/… "
-        "split by --val-split; with --labels the folder CSV paths are relative to.", show_default=False,
+        ...,
+        help="Images: DATA_DIR/train/<class>/…, DATA_DIR/val/<class>/… (optional test/), or DATA_DIR/<class>/… "
+        "split by --val-split; with --labels the folder CSV paths are relative to.",
+        show_default=False,
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Run folder: last.pt, best.safetensors, metrics.jsonl, "
-                                "summary.json.", show_default=False),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="Run folder: last.pt, best.safetensors, metrics.jsonl, summary.json.",
+        show_default=False,
+    ),
     labels: Path = typer.Option(None, "--labels", help="CSV with columns path,label (optionally split)."),
     val_split: float = typer.Option(
         None, "--val-split", help="Share held out (stratified, seeded) when there is no val split (default 0.2)."
     ),
-    augment: str = typer.Option("light", "--augment", help="none, light (crop+flip) or medical (flips, rotation, "
-                                "colour and scale jitter, as the paper)."),
-    strict_data: bool = typer.Option(False, "--strict-data", help="Fail on an unreadable image instead of skipping it."),
+    augment: str = typer.Option(
+        "light",
+        "--augment",
+        help="none, light (crop+flip) or medical (flips, rotation, colour and scale jitter, as the paper).",
+    ),
+    strict_data: bool = typer.Option(
+        False, "--strict-data", help="Fail on an unreadable image instead of skipping it."
+    ),
     weights: Path = WEIGHTS_OPTION,
-    num_classes: int = typer.Option(None, "--num-classes", min=2, help="Classes of an architecture given by name "
-                                    "(must match the data)."),
+    num_classes: int = typer.Option(
+        None, "--num-classes", min=2, help="Classes of an architecture given by name (must match the data)."
+    ),
     input_size: str = INPUT_SIZE_OPTION,
     ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
-    reset_head: bool = typer.Option(False, "--reset-head", help="Re-initialize the evidence conv for the data's "
-                                    "classes (needed when they differ from the model's)."),
+    reset_head: bool = typer.Option(
+        False,
+        "--reset-head",
+        help="Re-initialize the evidence conv for the data's classes (needed when they differ from the model's).",
+    ),
     # the default is softcamify.training.DEFAULT_L1 (written out: this module does not import torch)
-    l1: float = typer.Option(0.05, "--l1", min=0.0, help="λ1 on mean|A| / s, s the starting logit scale (sparse "
-                             "maps); the same λ means the same on any grid, class count and logit scale. "
-                             "The paper's λ is λ / (K·h·w·s): see docs/method.md, or try several with `sweep`."),
+    l1: float = typer.Option(
+        0.05,
+        "--l1",
+        min=0.0,
+        help="λ1 on mean|A| / s, s the starting logit scale (sparse "
+        "maps); the same λ means the same on any grid, class count and logit scale. "
+        "The paper's λ is λ / (K·h·w·s): see docs/method.md, or try several with `sweep`.",
+    ),
     l2: float = typer.Option(0.0, "--l2", min=0.0, help="λ2 on mean A² / s² (dense maps); see docs/method.md."),
     class_weights: str = typer.Option("none", "--class-weights", help="none or balanced (n / (K·n_c) per class)."),
     epochs: int = typer.Option(
-        None, "--epochs", min=1, help="Epochs (default 10; the paper: 70). With --resume: the run's own plan unless given."
+        None,
+        "--epochs",
+        min=1,
+        help="Epochs (default 10; the paper: 70). With --resume: the run's own plan unless given.",
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per step and process."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (Nesterov, as the paper)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 1e-4 adamw, 1e-3 sgd)."),
     min_lr: float = typer.Option(None, "--min-lr", help="Learning rate at the end of the cosine (default lr/10)."),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="(default 0.01 adamw, 5e-4 sgd); not on biases "
-                                       "and norms."),
+    weight_decay: float = typer.Option(
+        None, "--weight-decay", help="(default 0.01 adamw, 5e-4 sgd); not on biases and norms."
+    ),
     momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0, help="Linear warmup (at most half the run)."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the evidence conv."),
     device: str = DEVICE_OPTION,
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); "
-                             "ignored with a note on CPU."),
+    amp: bool = typer.Option(
+        False, "--amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); ignored with a note on CPU."
+    ),
     amp_dtype: str = typer.Option("bf16", "--amp-dtype", help="bf16 or fp16."),
-    workers: int = typer.Option(None, "--workers", "-j", min=0, help="Data loading processes (default "
-                                "min(4, CPUs-1))."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, shuffling, augmentation and init "
-                             "(same seed: bit-identical CPU runs)."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic CUDA kernels (slower); "
-                                       "CPU runs are always deterministic."),
-    monitor: str = typer.Option("val_auc", "--monitor", help="What picks best.safetensors: val_auc, val_acc or "
-                                "val_loss."),
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=0, help="Data loading processes (default min(4, CPUs-1))."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the split, shuffling, augmentation and init (same seed: bit-identical CPU runs)."
+    ),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="Deterministic CUDA kernels (slower); CPU runs are always deterministic."
+    ),
+    monitor: str = typer.Option(
+        "val_auc", "--monitor", help="What picks best.safetensors: val_auc, val_acc or val_loss."
+    ),
     patience: int = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without improvement."),
     ordinal: bool = typer.Option(False, "--ordinal", help="Classes are ordered grades: report quadratic kappa."),
-    sparsity_threshold: float = typer.Option(0.1, "--sparsity-threshold", help="|A| below this (logit units) "
-                                             "counts as near-zero evidence in the sparsity metric."),
+    sparsity_threshold: float = typer.Option(
+        0.1,
+        "--sparsity-threshold",
+        help="|A| below this (logit units) counts as near-zero evidence in the sparsity metric.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from last.pt."),
-    force: bool = typer.Option(False, "--force", "-f", help="Start over in an existing RUN_DIR (its run files "
-                               "are replaced)."),
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Start over in an existing RUN_DIR (its run files are replaced)."
+    ),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (GPUs) on this machine: launches torchrun."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No bars or tables (notes still go to stderr)."),
     json_: bool = JSON_OPTION,
@@ -367,8 +407,9 @@ def _run(options: dict[str, Any], reporter_on: bool) -> None:
         reporter: Any = Reporter()
         if reporter_on:
             show = not o.quiet and not o.json_
-            reporter = ConsoleReporter(bars=show and console.is_terminal, tables=show,
-                                       notes_to_stderr=o.quiet or o.json_)
+            reporter = ConsoleReporter(
+                bars=show and console.is_terminal, tables=show, notes_to_stderr=o.quiet or o.json_
+            )
         try:
             result = run_finetune(o.model, o.data_dir, o.output, config, reporter=reporter)
         except FinetuneInterrupted as e:
@@ -383,9 +424,8 @@ def _run(options: dict[str, Any], reporter_on: bool) -> None:
 
 def _print_resume_hint(e: BaseException) -> None:
     argv = json.loads(os.environ[ARGV_ENV]) if ARGV_ENV in os.environ else sys.argv[1:]
-    argv = argv[argv.index("finetune"):] if "finetune" in argv else ["finetune", "…"]
+    argv = argv[argv.index("finetune") :] if "finetune" in argv else ["finetune", "…"]
     argv = [a for a in argv if a not in _flags("force", "resume")]
     command = shlex.join(["softcamify", *argv, "--resume"])
     message = e.render(option_name) if isinstance(e, SoftcamifyError) else str(e)  # --resume, not resume
-    err_console.print(f"[yellow]interrupted:[/] {escape(message)}\n  {escape(command)}", highlight=False,
-                      markup=True)
+    err_console.print(f"[yellow]interrupted:[/] {escape(message)}\n  {escape(command)}", highlight=False, markup=True)

@@ -48,7 +48,8 @@ def _class_names(value: str | None) -> list[str] | None:
 @command(app)
 def predict(
     model: str = typer.Argument(
-        ..., help="An .onnx export (runs in onnxruntime, no torch) or a softcamify .safetensors / checkpoint.",
+        ...,
+        help="An .onnx export (runs in onnxruntime, no torch) or a softcamify .safetensors / checkpoint.",
         show_default=False,
     ),
     images: list[Path] = typer.Argument(
@@ -56,13 +57,21 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    mean: str = typer.Option(None, "--mean", help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the metadata)."),
-    std: str = typer.Option(None, "--std", help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the metadata)."),
+    mean: str = typer.Option(
+        None, "--mean", help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the metadata)."
+    ),
+    std: str = typer.Option(
+        None, "--std", help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the metadata)."
+    ),
     input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
     interpolation: str = typer.Option(None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ..."),
-    crop_pct: float = typer.Option(None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct)."),
+    crop_pct: float = typer.Option(
+        None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct)."
+    ),
     class_names: str = typer.Option(
-        None, "--class-names", help="Comma-separated class names, or a text file with one per line (overrides the metadata)."
+        None,
+        "--class-names",
+        help="Comma-separated class names, or a text file with one per line (overrides the metadata).",
     ),
     o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", "json_", "debug"),
 ) -> None:
@@ -72,9 +81,17 @@ def predict(
 
         size = parse_input_size(input_size)
         report = run_predict(
-            model, images, top_k=top_k, batch_size=batch_size, mean=_floats(mean, "--mean"),
-            std=_floats(std, "--std"), input_size=size, interpolation=interpolation, crop_pct=crop_pct,
-            class_names=_class_names(class_names), **model_kwargs(o),
+            model,
+            images,
+            top_k=top_k,
+            batch_size=batch_size,
+            mean=_floats(mean, "--mean"),
+            std=_floats(std, "--std"),
+            input_size=size,
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+            class_names=_class_names(class_names),
+            **model_kwargs(o),
         )
         emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)
 
@@ -88,6 +105,11 @@ def _table(report) -> Table:
     for pred in report.predictions:
         for entry in pred.top_k:
             last = entry is pred.top_k[-1] and len(pred.top_k) > 1
-            t.add_row(escape(pred.image) if entry["rank"] == 1 else "", str(entry["rank"]),
-                      escape(entry["class"]), f"{entry['probability']:.2%}", end_section=last)
+            t.add_row(
+                escape(pred.image) if entry["rank"] == 1 else "",
+                str(entry["rank"]),
+                escape(entry["class"]),
+                f"{entry['probability']:.2%}",
+                end_section=last,
+            )
     return t

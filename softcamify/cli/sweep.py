@@ -116,8 +116,7 @@ def _print_table(result) -> None:
     rec = d["recommended"]
     if rec is not None:
         console.print(
-            f"[bold green]recommended[/]: --l1 {rec['l1']:g} --l2 {rec['l2']:g} → "
-            f"{escape(str(d['paths']['best']))}"
+            f"[bold green]recommended[/]: --l1 {rec['l1']:g} --l2 {rec['l2']:g} → {escape(str(d['paths']['best']))}"
         )
     else:
         console.print("[bold yellow]no recommendation[/]: no run kept the accuracy within the tolerance")
@@ -232,7 +231,17 @@ def sweep(
         config = finetune_config(options, skip=("l1", "l2", "force"), device="auto" if devices else device)
         reporter = _ConsoleReporter(show=not quiet, to_stderr=o.json_ or quiet)
         result = run_sweep(
-            model, data_dir, output, l1s, l2s, config, tolerance=tolerance, masks=masks, devices=devices,
-            force=force, max_images=max_images, reporter=reporter,
+            model,
+            data_dir,
+            output,
+            l1s,
+            l2s,
+            config,
+            tolerance=tolerance,
+            masks=masks,
+            devices=devices,
+            force=force,
+            max_images=max_images,
+            reporter=reporter,
         )
         emit(o.json_, result.to_dict(), lambda: None if quiet else _print_table(result))

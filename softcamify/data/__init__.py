@@ -36,33 +36,37 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    'Sample',
-    'DatasetSplits',
-    'discover',
-    'verify_samples',
-    'ImageDataset',
-    'EvalTransform',
-    'build_transform',
-    'mask_path_for',
-    'default_mask_root',
-    'load_mask',
-    'class_counts',
-    'collect_image_files',
-    'make_lesions',
-    'AUGMENTATIONS',
-    'MEDICAL_ROTATION_DEGREES',
-    'SPLIT_NAMES',
-    'DEFAULT_VAL_SPLIT',
-    'MASK_DIR_NAME',
+    "Sample",
+    "DatasetSplits",
+    "discover",
+    "verify_samples",
+    "ImageDataset",
+    "EvalTransform",
+    "build_transform",
+    "mask_path_for",
+    "default_mask_root",
+    "load_mask",
+    "class_counts",
+    "collect_image_files",
+    "make_lesions",
+    "AUGMENTATIONS",
+    "MEDICAL_ROTATION_DEGREES",
+    "SPLIT_NAMES",
+    "DEFAULT_VAL_SPLIT",
+    "MASK_DIR_NAME",
 ]
 
 _TORCH_NAMES = (
-    'ImageDataset', 'EvalTransform', 'build_transform', 'AUGMENTATIONS', 'MEDICAL_ROTATION_DEGREES',
+    "ImageDataset",
+    "EvalTransform",
+    "build_transform",
+    "AUGMENTATIONS",
+    "MEDICAL_ROTATION_DEGREES",
 )
 
 
 def __getattr__(name: str) -> Any:
     # The torch part loads on first use so that `import softcamify.data` stays torch-free.
     if name in _TORCH_NAMES:
-        return getattr(importlib.import_module(f'{__name__}.torch_dataset'), name)
+        return getattr(importlib.import_module(f"{__name__}.torch_dataset"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

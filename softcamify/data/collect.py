@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..images import is_image_file
 
-__all__ = ['collect_image_files']
+__all__ = ["collect_image_files"]
 
 
 def _is_ancestor(candidate: str, real: str) -> bool:
@@ -21,8 +21,8 @@ def _is_ancestor(candidate: str, real: str) -> bool:
 
 
 def collect_image_files(
-        folder: str | os.PathLike,
-        skipped: list[tuple[Path, str]] | None = None,
+    folder: str | os.PathLike,
+    skipped: list[tuple[Path, str]] | None = None,
 ) -> list[Path]:
     """Image files under ``folder``: recursive, in walk order, one rule for hidden entries and symlinks.
 
@@ -51,8 +51,9 @@ def collect_image_files(
             continue
         visited.add(real)
         dirnames[:] = sorted(
-            d for d in dirnames
-            if not d.startswith('.') and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)
+            d
+            for d in dirnames
+            if not d.startswith(".") and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)
         )
         for name in sorted(filenames):
             if not is_image_file(name):
@@ -72,5 +73,5 @@ def _unusable(path: Path) -> str:
     try:
         st = path.stat()
     except OSError:
-        return 'broken link or unreadable'
-    return 'empty file' if st.st_size == 0 else ''
+        return "broken link or unreadable"
+    return "empty file" if st.st_size == 0 else ""

@@ -32,20 +32,27 @@ from .splits import (
     split_off_val,
 )
 
-__all__ = ['discover', 'verify_samples', 'mask_path_for', 'default_mask_root', 'MASK_DIR_NAME', 'holds_runs',
-           'RUN_FOLDER_MARKERS']
+__all__ = [
+    "discover",
+    "verify_samples",
+    "mask_path_for",
+    "default_mask_root",
+    "MASK_DIR_NAME",
+    "holds_runs",
+    "RUN_FOLDER_MARKERS",
+]
 
 # The mask tree's folder name: ``DATA_DIR/masks`` mirrors DATA_DIR (``softcamify evaluate``'s default
 # --masks).
-MASK_DIR_NAME = 'masks'
+MASK_DIR_NAME = "masks"
 
 
 # A softcamify run folder (``finetune -o``, a sweep's runs) is recognized by the files it holds: those of
 # softcamify.training.config (RUN_FILES and LOCK_NAME), repeated here because data sits below training
 # (tests/test_data.py checks that they agree).
-RUN_FOLDER_MARKERS = frozenset({'last.pt', 'best.safetensors', 'metrics.jsonl', 'summary.json', '.lock'})
+RUN_FOLDER_MARKERS = frozenset({"last.pt", "best.safetensors", "metrics.jsonl", "summary.json", ".lock"})
 # Files an operating system leaves in folders: ignored like hidden files.
-SYSTEM_FILES = frozenset({'thumbs.db', 'desktop.ini'})
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
 def _scan(folder: Path) -> list[os.DirEntry]:
@@ -54,7 +61,7 @@ def _scan(folder: Path) -> list[os.DirEntry]:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
         raise InputError(f"Folder {folder} cannot be listed: {e.strerror or e}.") from e
-    return [e for e in entries if not e.name.startswith('.') and e.name.lower() not in SYSTEM_FILES]
+    return [e for e in entries if not e.name.startswith(".") and e.name.lower() not in SYSTEM_FILES]
 
 
 def _visible_subdirs(folder: Path) -> list[Path]:
@@ -68,7 +75,7 @@ def _broken_link(entry: os.DirEntry) -> str | None:
     try:
         return os.readlink(entry.path)
     except OSError:
-        return '?'
+        return "?"
 
 
 def holds_runs(folder: str | os.PathLike) -> bool:
@@ -100,7 +107,7 @@ def _is_mask_tree(folder: Path, class_folders: Iterable[str]) -> bool:
         return False  # _scan_class_folders reports an unlistable folder
     if any(is_image_file(e.name) for e in entries):
         return False
-    subs = {e.name for e in entries if not e.name.startswith('.') and e.is_dir()}
+    subs = {e.name for e in entries if not e.name.startswith(".") and e.is_dir()}
     return bool(subs) and subs <= set(class_folders) - {folder.name}
 
 
@@ -115,9 +122,9 @@ def default_mask_root(root: str | os.PathLike) -> Path | None:
 
 
 def _scan_class_folders(
-        split_dir: Path,
-        skipped: list[tuple[Path, str]],
-        mask_trees: bool = False,
+    split_dir: Path,
+    skipped: list[tuple[Path, str]],
+    mask_trees: bool = False,
 ) -> dict[str, list[Path]]:
     """{class name: image files} for the class folders of one split folder.
 
@@ -172,54 +179,52 @@ def _check_strict(skipped: list[tuple[Path, str]], strict: bool) -> None:
 
 
 def _discover_splits(
-        root: Path,
-        split_dirs: dict[str, Path],
-        val_split: float | None,
-        seed: int,
-        class_names: Sequence[str] | None,
-        skipped: list[tuple[Path, str]],
-        min_classes: int = 2,
+    root: Path,
+    split_dirs: dict[str, Path],
+    val_split: float | None,
+    seed: int,
+    class_names: Sequence[str] | None,
+    skipped: list[tuple[Path, str]],
+    min_classes: int = 2,
 ) -> DatasetSplits:
     per_split = {name: _scan_class_folders(d, skipped) for name, d in split_dirs.items()}
-    if 'train' in per_split:
+    if "train" in per_split:
         for name, classes in per_split.items():
-            extra = sorted(set(classes) - set(per_split['train']))
+            extra = sorted(set(classes) - set(per_split["train"]))
             if extra:
                 raise InputError(
                     f"Class folder {split_dirs[name] / extra[0]} has no counterpart in "
                     f"{split_dirs['train']}; every class needs training images."
                 )
-        names = class_list(per_split['train'], class_names, str(split_dirs['train']))
+        names = class_list(per_split["train"], class_names, str(split_dirs["train"]))
     else:  # an evaluation set (val/ and/or test/ only): the union of their class folders
         found = {c for classes in per_split.values() for c in classes}
         names = class_list(found, class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
     samples = {
-        s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]]
-        for s in SPLIT_NAMES
+        s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]] for s in SPLIT_NAMES
     }
-    present = '/'.join(s for s in SPLIT_NAMES if s in split_dirs)
-    if 'val' in split_dirs or 'train' not in split_dirs:
+    present = "/".join(s for s in SPLIT_NAMES if s in split_dirs)
+    if "val" in split_dirs or "train" not in split_dirs:
         if val_split is not None:
-            raise UsageError(f"val_split conflicts with the existing split folders in {root}; drop it.",
-                             param="val_split")
+            raise UsageError(
+                f"val_split conflicts with the existing split folders in {root}; drop it.", param="val_split"
+            )
         source = f"{present} folders in {root}"
     else:
-        samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)
+        samples["train"], samples["val"], how = split_off_val(samples["train"], names, val_split, seed)
         source = f"{split_dirs['train']} {how}"
-    check_classes(names, samples, str(root), need_train='train' in split_dirs, min_classes=min_classes)
-    return DatasetSplits(
-        names, samples['train'], samples['val'], samples['test'], source, 'splits', root, skipped
-    )
+    check_classes(names, samples, str(root), need_train="train" in split_dirs, min_classes=min_classes)
+    return DatasetSplits(names, samples["train"], samples["val"], samples["test"], source, "splits", root, skipped)
 
 
 def _discover_folders(
-        root: Path,
-        val_split: float | None,
-        seed: int,
-        class_names: Sequence[str] | None,
-        skipped: list[tuple[Path, str]],
-        min_classes: int = 2,
+    root: Path,
+    val_split: float | None,
+    seed: int,
+    class_names: Sequence[str] | None,
+    skipped: list[tuple[Path, str]],
+    min_classes: int = 2,
 ) -> DatasetSplits:
     classes = _scan_class_folders(root, skipped, mask_trees=True)
     if not classes:
@@ -235,15 +240,15 @@ def _discover_folders(
     index = {n: i for i, n in enumerate(names)}
     everything = [Sample(p, index[c]) for c in sorted(classes) for p in classes[c]]
     train, val, how = split_off_val(everything, names, val_split, seed)
-    check_classes(names, {'train': train, 'val': val, 'test': []}, str(root), min_classes=min_classes)
-    return DatasetSplits(names, train, val, [], f"class folders in {root} {how}", 'folders', root, skipped)
+    check_classes(names, {"train": train, "val": val, "test": []}, str(root), min_classes=min_classes)
+    return DatasetSplits(names, train, val, [], f"class folders in {root} {how}", "folders", root, skipped)
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
     """{'train'|'val'|'test': folder} for the split folders of ``root`` (val also as valid, validation)."""
     entries = _scan(root)
     for e in entries:  # a split folder must never vanish silently (the data would be read otherwise)
-        if e.name.lower() not in ('train', 'val', 'valid', 'validation', 'test') or e.is_dir():
+        if e.name.lower() not in ("train", "val", "valid", "validation", "test") or e.is_dir():
             continue
         target = _broken_link(e)
         if target is not None:
@@ -253,24 +258,24 @@ def _split_dirs(root: Path) -> dict[str, Path]:
             )
         raise InputError(f"{e.path} is a file where a split folder is expected; make it a folder or move it out.")
     subdirs = {e.name.lower(): Path(e.path) for e in entries if e.is_dir()}
-    split_dirs = {'train': subdirs['train']} if 'train' in subdirs else {}
-    for alias in ('val', 'valid', 'validation'):
+    split_dirs = {"train": subdirs["train"]} if "train" in subdirs else {}
+    for alias in ("val", "valid", "validation"):
         if alias in subdirs:
-            split_dirs['val'] = subdirs[alias]
+            split_dirs["val"] = subdirs[alias]
             break
-    if 'test' in subdirs:
-        split_dirs['test'] = subdirs['test']
+    if "test" in subdirs:
+        split_dirs["test"] = subdirs["test"]
     return split_dirs
 
 
 def discover(
-        data_dir: str | os.PathLike | None,
-        labels_csv: str | os.PathLike | None = None,
-        val_split: float | None = None,
-        seed: int = 0,
-        strict: bool = False,
-        class_names: Sequence[str] | None = None,
-        min_classes: int = 2,
+    data_dir: str | os.PathLike | None,
+    labels_csv: str | os.PathLike | None = None,
+    val_split: float | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    class_names: Sequence[str] | None = None,
+    min_classes: int = 2,
 ) -> DatasetSplits:
     """Find the images and labels of a dataset and split them into train/val(/test).
 
@@ -297,8 +302,8 @@ def discover(
     is ever dropped silently: a broken link (an unmounted share) or a file where class (or split) folders
     are expected is an :class:`InputError` naming it; hidden entries (``.DS_Store``) and ``Thumbs.db`` /
     ``desktop.ini`` are ignored. Class folders are sorted alphabetically as torchvision's ``ImageFolder``
-    does; every split uses the training split's class list. Images may sit in nested folders below a class folder; they are
-    collected by :func:`~softcamify.data.collect.collect_image_files` (hidden files and folders and
+    does; every split uses the training split's class list. Images may sit in nested folders below a class
+    folder; they are collected by :func:`~softcamify.data.collect.collect_image_files` (hidden files and folders and
     non-image files are ignored; symlinked folders are followed, each real folder once, never a link up
     to a folder above, so no symlink loops).
     """
@@ -314,16 +319,15 @@ def discover(
                 param=("data_dir", "labels_csv"),
             )
     if labels_csv is not None:
-        result = discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped,
-                              min_classes=min_classes)
+        result = discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped, min_classes=min_classes)
     elif root is None:
-        raise UsageError("Give a dataset folder (data_dir) or a labels CSV (labels_csv).",
-                         param=("data_dir", "labels_csv"))
+        raise UsageError(
+            "Give a dataset folder (data_dir) or a labels CSV (labels_csv).", param=("data_dir", "labels_csv")
+        )
     else:
         split_dirs = _split_dirs(root)
         if split_dirs:
-            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped,
-                                      min_classes=min_classes)
+            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped, min_classes=min_classes)
         else:
             result = _discover_folders(root, val_split, seed, class_names, skipped, min_classes=min_classes)
     _check_strict(result.skipped, strict)
@@ -331,9 +335,9 @@ def discover(
 
 
 def verify_samples(
-        samples: Sequence[Sample],
-        channels: int = 3,
-        strict: bool = False,
+    samples: Sequence[Sample],
+    channels: int = 3,
+    strict: bool = False,
 ) -> tuple[list[Sample], list[tuple[Sample, str]]]:
     """Decode every image once; return ``(good, bad)`` with the reason for each bad one.
 
@@ -357,9 +361,9 @@ def verify_samples(
 
 
 def mask_path_for(
-        image_path: str | os.PathLike,
-        data_root: str | os.PathLike,
-        mask_root: str | os.PathLike,
+    image_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    mask_root: str | os.PathLike,
 ) -> Path | None:
     """The mask of ``image_path``: same path relative to ``mask_root`` as the image to ``data_root``.
 
@@ -384,4 +388,3 @@ def mask_path_for(
             if cand.is_file():
                 return cand
     return None
-

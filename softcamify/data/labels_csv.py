@@ -18,11 +18,11 @@ from .splits import (
     split_off_val,
 )
 
-__all__ = ['discover_csv']
+__all__ = ["discover_csv"]
 
-_PATH_COLUMNS = ('path', 'file', 'filename', 'image')
-_LABEL_COLUMNS = ('label', 'class', 'target')
-_SPLIT_COLUMNS = ('split', 'subset', 'fold')
+_PATH_COLUMNS = ("path", "file", "filename", "image")
+_LABEL_COLUMNS = ("label", "class", "target")
+_SPLIT_COLUMNS = ("split", "subset", "fold")
 
 #: (CSV line number, path as written, label as written, split as written in lower case or '')
 _Row = tuple[int, str, str, str]
@@ -49,10 +49,9 @@ def _read_rows(csv_path: Path) -> list[_Row]:
     if not csv_path.exists():
         raise InputError(f"Labels file {csv_path} does not exist; check labels_csv.", param="labels_csv")
     if not csv_path.is_file():
-        raise InputError(f"Labels file {csv_path} is not a file; labels_csv takes a CSV file.",
-                         param="labels_csv")
+        raise InputError(f"Labels file {csv_path} is not a file; labels_csv takes a CSV file.", param="labels_csv")
     try:
-        with open(csv_path, newline='', encoding='utf-8-sig') as fh:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fieldnames = list(reader.fieldnames or [])
             path_col = _pick_column(fieldnames, _PATH_COLUMNS)
@@ -64,8 +63,12 @@ def _read_rows(csv_path: Path) -> list[_Row]:
                     "'path' and 'label' (and optionally 'split')."
                 )
             rows = [
-                (i + 2, (r.get(path_col) or '').strip(), (r.get(label_col) or '').strip(),
-                 (r.get(split_col) or '').strip().lower() if split_col else '')
+                (
+                    i + 2,
+                    (r.get(path_col) or "").strip(),
+                    (r.get(label_col) or "").strip(),
+                    (r.get(split_col) or "").strip().lower() if split_col else "",
+                )
                 for i, r in enumerate(reader)
             ]
     except UnicodeDecodeError as e:
@@ -79,7 +82,9 @@ def _read_rows(csv_path: Path) -> list[_Row]:
 
 
 def _resolve_rows(
-        csv_path: Path, data_dir: Path | None, rows: list[_Row],
+    csv_path: Path,
+    data_dir: Path | None,
+    rows: list[_Row],
 ) -> list[tuple[int, Path, str, str]]:
     """Each row's file (relative to ``data_dir`` or else the CSV's folder) and canonical split name."""
     bases: list[Path] = []
@@ -90,23 +95,19 @@ def _resolve_rows(
     missing: list[str] = []
     for line, rel, label, split in rows:
         if not rel:
-            raise InputError(
-                f"Labels file {csv_path} line {line} has no path; fill it in or delete the line."
-            )
+            raise InputError(f"Labels file {csv_path} line {line} has no path; fill it in or delete the line.")
         if not label:
             raise InputError(f"Labels file {csv_path} line {line} has no label for {rel}; fill it in.")
         if split and split not in SPLIT_ALIASES:
-            raise InputError(
-                f"Labels file {csv_path} line {line} has split {split!r}; use train, val or test."
-            )
+            raise InputError(f"Labels file {csv_path} line {line} has split {split!r}; use train, val or test.")
         candidates = [Path(rel)] if os.path.isabs(rel) else [b / rel for b in bases]
         hit = next((c for c in candidates if c.is_file()), None)
         if hit is None:
             missing.append(rel)
             continue
-        resolved.append((line, hit, label, SPLIT_ALIASES.get(split, '')))
+        resolved.append((line, hit, label, SPLIT_ALIASES.get(split, "")))
     if missing:
-        where = ' or '.join(str(b) for b in bases)
+        where = " or ".join(str(b) for b in bases)
         raise InputError(
             f"Labels file {csv_path} names {len(missing)} file(s) that do not exist (first: {missing[0]}); "
             f"paths are relative to {where}."
@@ -115,7 +116,9 @@ def _resolve_rows(
 
 
 def _label_map(
-        csv_path: Path, labels: list[str], class_names: Sequence[str] | None,
+    csv_path: Path,
+    labels: list[str],
+    class_names: Sequence[str] | None,
 ) -> tuple[list[str], dict[str, int]]:
     """(class names, {label as written: index}): integer labels 0..K-1, or names sorted into indices."""
     if not all(_is_int(lb) for lb in labels):
@@ -124,15 +127,11 @@ def _label_map(
         return names, {lb: index[lb] for lb in labels}
     ints = [int(lb) for lb in labels]
     if min(ints) < 0:
-        raise InputError(
-            f"Labels file {csv_path} has negative label {min(ints)}; labels are 0..K-1 or names."
-        )
+        raise InputError(f"Labels file {csv_path} has negative label {min(ints)}; labels are 0..K-1 or names.")
     n = max(ints) + 1
     if class_names is not None:
         if n > len(class_names):
-            raise InputError(
-                f"Labels file {csv_path} has label {n - 1} but the model has {len(class_names)} classes."
-            )
+            raise InputError(f"Labels file {csv_path} has label {n - 1} but the model has {len(class_names)} classes.")
         names = list(class_names)
     else:
         names = [str(i) for i in range(n)]
@@ -140,7 +139,9 @@ def _label_map(
 
 
 def _one_row_per_image(
-        csv_path: Path, rows: list[tuple[int, Path, str, str]], label_of: dict[str, int],
+    csv_path: Path,
+    rows: list[tuple[int, Path, str, str]],
+    label_of: dict[str, int],
 ) -> tuple[list[tuple[int, Path, str, str]], list[str]]:
     """The rows with each image (its real path: ``a.png`` and ``./a.png`` are one image) once per split,
     and the notes about what was dropped or is suspicious.
@@ -192,13 +193,13 @@ def _one_row_per_image(
 
 
 def discover_csv(
-        csv_path: Path,
-        data_dir: Path | None,
-        val_split: float | None,
-        seed: int,
-        class_names: Sequence[str] | None,
-        skipped: list[tuple[Path, str]],
-        min_classes: int = 2,
+    csv_path: Path,
+    data_dir: Path | None,
+    val_split: float | None,
+    seed: int,
+    class_names: Sequence[str] | None,
+    skipped: list[tuple[Path, str]],
+    min_classes: int = 2,
 ) -> DatasetSplits:
     """The splits of a labels CSV (see :func:`softcamify.data.discover`); empty files go to ``skipped``."""
     resolved = _resolve_rows(csv_path, data_dir, _read_rows(csv_path))
@@ -210,20 +211,28 @@ def discover_csv(
         if has_split and not split:
             raise InputError(f"Labels file {csv_path} line {line} has no split while others do; fill it in.")
         if p.stat().st_size == 0:
-            skipped.append((p, 'empty file'))
+            skipped.append((p, "empty file"))
             continue
-        samples[split or 'train'].append(Sample(p, label_of[label]))
+        samples[split or "train"].append(Sample(p, label_of[label]))
     if has_split:
         if val_split is not None:
-            raise UsageError(f"val_split conflicts with the split column of {csv_path}; drop one of them.",
-                             param="val_split")
+            raise UsageError(
+                f"val_split conflicts with the split column of {csv_path}; drop one of them.", param="val_split"
+            )
         source = f"{csv_path} (split column)"
     else:
-        samples['train'], samples['val'], how = split_off_val(samples['train'], names, val_split, seed)
+        samples["train"], samples["val"], how = split_off_val(samples["train"], names, val_split, seed)
         source = f"{csv_path} {how}"
-    need_train = bool(samples['train']) or not has_split  # a CSV with val/test rows only is an evaluation set
+    need_train = bool(samples["train"]) or not has_split  # a CSV with val/test rows only is an evaluation set
     check_classes(names, samples, str(csv_path), need_train=need_train, min_classes=min_classes)
     return DatasetSplits(
-        names, samples['train'], samples['val'], samples['test'], source, 'csv', data_dir or csv_path.parent,
-        skipped, notes,
+        names,
+        samples["train"],
+        samples["val"],
+        samples["test"],
+        source,
+        "csv",
+        data_dir or csv_path.parent,
+        skipped,
+        notes,
     )

@@ -14,13 +14,18 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 
-__all__ = ['Sample', 'DatasetSplits', 'class_counts', 'SPLIT_NAMES', 'DEFAULT_VAL_SPLIT']
+__all__ = ["Sample", "DatasetSplits", "class_counts", "SPLIT_NAMES", "DEFAULT_VAL_SPLIT"]
 
-SPLIT_NAMES = ('train', 'val', 'test')
+SPLIT_NAMES = ("train", "val", "test")
 SPLIT_ALIASES = {
-    'train': 'train', 'training': 'train',
-    'val': 'val', 'valid': 'val', 'validation': 'val', 'dev': 'val',
-    'test': 'test', 'testing': 'test',
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
 }
 DEFAULT_VAL_SPLIT = 0.2
 
@@ -48,7 +53,7 @@ class DatasetSplits:
     val: list[Sample]
     test: list[Sample]
     source: str
-    layout: str = ''
+    layout: str = ""
     root: Path | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -65,15 +70,15 @@ class DatasetSplits:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (counts per split and class; no file lists)."""
         return {
-            'source': self.source,
-            'layout': self.layout,
-            'root': os.fspath(self.root) if self.root is not None else None,
-            'class_names': list(self.class_names),
-            'counts': {
+            "source": self.source,
+            "layout": self.layout,
+            "root": os.fspath(self.root) if self.root is not None else None,
+            "class_names": list(self.class_names),
+            "counts": {
                 s: dict(zip(self.class_names, class_counts(self.split(s), self.num_classes), strict=True))
                 for s in SPLIT_NAMES
             },
-            'skipped': [[os.fspath(p), r] for p, r in self.skipped],
+            "skipped": [[os.fspath(p), r] for p, r in self.skipped],
         }
 
 
@@ -100,10 +105,10 @@ def class_list(found: Iterable[str], class_names: Sequence[str] | None, where: s
 
 
 def split_off_val(
-        samples: list[Sample],
-        class_names: Sequence[str],
-        val_split: float | None,
-        seed: int,
+    samples: list[Sample],
+    class_names: Sequence[str],
+    val_split: float | None,
+    seed: int,
 ) -> tuple[list[Sample], list[Sample], str]:
     """``(train, val, "split 0.8/0.2 (seed 0)")``: :func:`stratified_split` with the default share when
     ``val_split`` is None, and the words every dataset description uses for it."""
@@ -113,10 +118,10 @@ def split_off_val(
 
 
 def stratified_split(
-        samples: list[Sample],
-        class_names: Sequence[str],
-        val_split: float,
-        seed: int,
+    samples: list[Sample],
+    class_names: Sequence[str],
+    val_split: float,
+    seed: int,
 ) -> tuple[list[Sample], list[Sample]]:
     """Split per class: ``round(n * val_split)`` samples (at least 1, leaving at least 1) go to val.
 
@@ -131,7 +136,7 @@ def stratified_split(
         n_val = 0
         if val_split > 0 and n >= 2:
             n_val = min(max(1, int(round(n * val_split))), n - 1)
-        rng = np.random.Generator(np.random.PCG64([int(seed), zlib.crc32(name.encode('utf-8'))]))
+        rng = np.random.Generator(np.random.PCG64([int(seed), zlib.crc32(name.encode("utf-8"))]))
         order = rng.permutation(n)
         val_idx = set(order[:n_val].tolist())
         for i, s in enumerate(members):
@@ -145,11 +150,11 @@ def check_val_split(val_split: float | None) -> None:
 
 
 def check_classes(
-        class_names: list[str],
-        splits: dict[str, list[Sample]],
-        where: str,
-        need_train: bool = True,
-        min_classes: int = 2,
+    class_names: list[str],
+    splits: dict[str, list[Sample]],
+    where: str,
+    need_train: bool = True,
+    min_classes: int = 2,
 ) -> None:
     """A usable dataset: classes, at least ``min_classes`` of them, and (``need_train``) training images
     in every class."""
@@ -159,9 +164,7 @@ def check_classes(
         raise InputError(f"{where} has only one class ({class_names[0]}); a classifier needs at least two.")
     if not need_train:
         return
-    train_counts = class_counts(splits['train'], len(class_names))
+    train_counts = class_counts(splits["train"], len(class_names))
     missing = [n for n, c in zip(class_names, train_counts, strict=True) if c == 0]
     if missing:
-        raise InputError(
-            f"Class {missing[0]!r} has no training images in {where}; add some or remove the class."
-        )
+        raise InputError(f"Class {missing[0]!r} has no training images in {where}; add some or remove the class.")

@@ -46,18 +46,18 @@ from ..errors import OutputError, UsageError
 from ..io import atomic_output, check_output_dir, make_output_dir
 from .synth_draw import render
 
-__all__ = ['make_lesions', 'LESION_KINDS', 'ORDINAL_CLASSES', 'DEFAULT_CLASSES', 'GENERATOR_NAME']
+__all__ = ["make_lesions", "LESION_KINDS", "ORDINAL_CLASSES", "DEFAULT_CLASSES", "GENERATOR_NAME"]
 
 # The generator's name in manifest.json (and in assets/demo_model.json). It names the module this lived in
 # before softcamify.data; kept as is so manifests stay byte-identical and `--force` still recognizes (and
 # cleans up) datasets written by earlier versions.
-GENERATOR_NAME = 'softcamify.datasets.make_lesions'
-DEFAULT_CLASSES = ('healthy', 'red_lesion', 'bright_lesion')
-LESION_KINDS = {'healthy': None, 'red_lesion': 'red', 'bright_lesion': 'bright'}
-ORDINAL_CLASSES = ('grade_0', 'grade_1', 'grade_2', 'grade_3')
+GENERATOR_NAME = "softcamify.datasets.make_lesions"
+DEFAULT_CLASSES = ("healthy", "red_lesion", "bright_lesion")
+LESION_KINDS = {"healthy": None, "red_lesion": "red", "bright_lesion": "bright"}
+ORDINAL_CLASSES = ("grade_0", "grade_1", "grade_2", "grade_3")
 ORDINAL_RED_COUNTS = ((0, 0), (1, 2), (3, 5), (6, 9))  # inclusive ranges per grade
-SPLITS = ('train', 'val', 'test')
-CORNERS = ('top_left', 'top_right', 'bottom_left', 'bottom_right', 'top', 'bottom', 'left', 'right')
+SPLITS = ("train", "val", "test")
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right", "top", "bottom", "left", "right")
 
 # Memory and disk. Images are drawn, written and forgotten one by one (a worker process holds one chunk of
 # them at a time, a few in flight per worker; the manifest is streamed to its file), so memory does not grow
@@ -72,13 +72,13 @@ CHUNK_PIXELS = 1 << 20  # about this many pixels per chunk of work handed to a p
 
 
 def _check_options(
-        n: int,
-        size: int,
-        classes: Sequence[str],
-        ordinal: bool,
-        contrast: float,
-        noise: float,
-        splits: Sequence[float],
+    n: int,
+    size: int,
+    classes: Sequence[str],
+    ordinal: bool,
+    contrast: float,
+    noise: float,
+    splits: Sequence[float],
 ) -> list[str]:
     if ordinal:
         if tuple(classes) not in (tuple(DEFAULT_CLASSES), tuple(ORDINAL_CLASSES)):
@@ -91,21 +91,20 @@ def _check_options(
         names = [c.strip() for c in classes if c.strip()]
         unknown = [c for c in names if c not in LESION_KINDS]
         if unknown:
-            raise UsageError(f"classes {unknown[0]!r} is not one of {', '.join(LESION_KINDS)}.",
-                             param="classes")
+            raise UsageError(f"classes {unknown[0]!r} is not one of {', '.join(LESION_KINDS)}.", param="classes")
         if len(set(names)) != len(names) or len(names) < 2:
-            got = ', '.join(names) or 'none'
+            got = ", ".join(names) or "none"
             raise UsageError(f"classes must list at least two different names, got {got}.", param="classes")
     if size < 32:
         raise UsageError(f"size {size} is too small; use at least 32 pixels.", param="size")
     if size > MAX_SIZE:
         raise UsageError(
             f"size {size} makes images of {size * size:,} pixels, more than the {MAX_PIXELS:,} softcamify reads "
-            f"(Pillow's decompression-bomb limit); use at most {MAX_SIZE}.", param="size",
+            f"(Pillow's decompression-bomb limit); use at most {MAX_SIZE}.",
+            param="size",
         )
     if n < len(names):
-        raise UsageError(f"n {n} is below the number of classes ({len(names)}); ask for more images.",
-                         param="n")
+        raise UsageError(f"n {n} is below the number of classes ({len(names)}); ask for more images.", param="n")
     if not contrast > 0:
         raise UsageError(f"contrast {contrast} must be positive (1.0 is the default).", param="contrast")
     if not noise >= 0:
@@ -123,23 +122,23 @@ def _split_of(j: int, n_class: int, splits: Sequence[float]) -> str:
     n_train = max(1, int(round(n_class * splits[0])))
     n_val = int(round(n_class * splits[1]))
     if j < n_train:
-        return 'train'
-    return 'val' if j < n_train + n_val else 'test'
+        return "train"
+    return "val" if j < n_train + n_val else "test"
 
 
 def _remove_previous(out: Path) -> None:
     """With ``force``: delete the files a previous run listed in its manifest (nothing else)."""
-    manifest = out / 'manifest.json'
+    manifest = out / "manifest.json"
     try:
-        old = json.loads(manifest.read_text(encoding='utf-8'))
+        old = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if not isinstance(old, dict) or old.get('generator') != GENERATOR_NAME:
+    if not isinstance(old, dict) or old.get("generator") != GENERATOR_NAME:
         return
     root = out.resolve()
     folders = set()
-    for item in old.get('images', []):
-        for key in ('path', 'mask'):
+    for item in old.get("images", []):
+        for key in ("path", "mask"):
             rel = item.get(key) if isinstance(item, dict) else None
             if not isinstance(rel, str):
                 continue
@@ -159,9 +158,9 @@ def _remove_previous(out: Path) -> None:
 
 
 def _bytes(n: float) -> str:
-    for unit in ('bytes', 'KB', 'MB', 'GB', 'TB'):
-        if n < 1000 or unit == 'TB':
-            return f"{n:.0f} {unit}" if unit == 'bytes' else f"{n:.1f} {unit}"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
 
@@ -171,14 +170,14 @@ def _memory() -> tuple[int | None, int | None]:
     (a container); None when unknown (not Linux)."""
     info: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):
-        with open('/proc/meminfo', encoding='ascii') as fh:
+        with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
-                key, value = line.split(':', 1)
+                key, value = line.split(":", 1)
                 info[key] = int(value.split()[0]) * 1024
-    total, available = info.get('MemTotal'), info.get('MemAvailable')
-    for limit_file in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
+    total, available = info.get("MemTotal"), info.get("MemAvailable")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):
-            with open(limit_file, encoding='ascii') as fh:
+            with open(limit_file, encoding="ascii") as fh:
                 text = fh.read().strip()
             if text.isdigit() and int(text) < 1 << 60:
                 total = int(text) if total is None else min(total, int(text))
@@ -194,7 +193,8 @@ def _check_memory(size: int) -> int:
     if total is not None and need > total:
         raise UsageError(
             f"size {size} needs about {_bytes(need)} of memory to draw one image, more than the {_bytes(total)} "
-            "here; use a smaller size.", param="size",
+            "here; use a smaller size.",
+            param="size",
         )
     return need
 
@@ -215,38 +215,38 @@ def _draw(seed: int, size: int, contrast: float, noise: float, jb: _Job) -> tupl
     """One image of ``jb``: (PNG bytes, mask PNG bytes, manifest entry)."""
     img, mask, details = render(seed, jb.index, size, jb.n_red, jb.n_bright, contrast, noise, jb.tag)
     png, mask_png = io.BytesIO(), io.BytesIO()
-    Image.fromarray(img, mode='RGB').save(png, format='PNG')
+    Image.fromarray(img, mode="RGB").save(png, format="PNG")
     del img
-    Image.fromarray(mask.astype(np.uint8) * 255, mode='L').save(mask_png, format='PNG')
-    rel_mask = f'masks/{jb.rel}'
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_png, format="PNG")
+    rel_mask = f"masks/{jb.rel}"
     item = {
-        'id': Path(jb.rel).stem,
-        'path': jb.rel,
-        'mask': rel_mask,
-        'split': jb.split,
-        'class': jb.name,
-        'label': jb.label,
-        'num_red': jb.n_red,
-        'num_bright': jb.n_bright,
+        "id": Path(jb.rel).stem,
+        "path": jb.rel,
+        "mask": rel_mask,
+        "split": jb.split,
+        "class": jb.name,
+        "label": jb.label,
+        "num_red": jb.n_red,
+        "num_bright": jb.n_bright,
         **details,
     }
     return png.getvalue(), mask_png.getvalue(), item
 
 
 def _write(out: str, item: dict[str, Any], png: bytes, mask_png: bytes) -> None:
-    with open(os.path.join(out, item['path']), 'wb') as fh:
+    with open(os.path.join(out, item["path"]), "wb") as fh:
         fh.write(png)
-    with open(os.path.join(out, item['mask']), 'wb') as fh:
+    with open(os.path.join(out, item["mask"]), "wb") as fh:
         fh.write(mask_png)
 
 
 def _run_jobs(
-        out: str,
-        seed: int,
-        size: int,
-        contrast: float,
-        noise: float,
-        jobs: Sequence[_Job],
+    out: str,
+    seed: int,
+    size: int,
+    contrast: float,
+    noise: float,
+    jobs: Sequence[_Job],
 ) -> list[dict[str, Any]]:
     """Draw and write the images (and masks) of ``jobs``, one at a time; their manifest entries, in order."""
     items = []
@@ -270,7 +270,9 @@ def _resolve_workers(workers: int | None, n: int, need: int | None = None) -> in
 
 
 def _map_chunks(
-        task: Callable[[list[_Job]], list[dict[str, Any]]], chunks: Iterable[list[_Job]], workers: int,
+    task: Callable[[list[_Job]], list[dict[str, Any]]],
+    chunks: Iterable[list[_Job]],
+    workers: int,
 ) -> Generator[dict[str, Any], None, None]:
     """The manifest entries of ``task`` over ``chunks``, in order, as they are done: in ``workers`` processes
     with at most two chunks per process in flight (serial when 1 or when processes are unavailable).
@@ -306,12 +308,12 @@ def _map_chunks(
 
 
 def _plan_jobs(
-        n: int,
-        names: Sequence[str],
-        seed: int,
-        ordinal: bool,
-        corners: dict[str, str] | None,
-        splits: Sequence[float],
+    n: int,
+    names: Sequence[str],
+    seed: int,
+    ordinal: bool,
+    corners: dict[str, str] | None,
+    splits: Sequence[float],
 ) -> Iterator[_Job]:
     """What to draw for each of the ``n`` images, one at a time: class (image i has class i mod K), split,
     lesion counts (from their own generator, seeded with ``(seed, i, 1)``) and the shortcut tag's corner
@@ -329,10 +331,10 @@ def _plan_jobs(
             n_red, n_bright = int(count_rng.integers(lo, hi + 1)), 0
         else:
             kind = LESION_KINDS[name]
-            n_red = int(count_rng.integers(2, 7)) if kind == 'red' else 0
-            n_bright = int(count_rng.integers(1, 5)) if kind == 'bright' else 0
-        tag = corners[name] if corners is not None and split == 'train' else None
-        rel = f'{split}/{name}/{i:0{width}d}.png'
+            n_red = int(count_rng.integers(2, 7)) if kind == "red" else 0
+            n_bright = int(count_rng.integers(1, 5)) if kind == "bright" else 0
+        tag = corners[name] if corners is not None and split == "train" else None
+        rel = f"{split}/{name}/{i:0{width}d}.png"
         yield _Job(i, rel, split, name, label, n_red, n_bright, tag)
 
 
@@ -345,18 +347,18 @@ def _counts(n: int, names: Sequence[str], splits: Sequence[float]) -> dict[str, 
         n_train = max(1, int(round(n_class * splits[0])))
         train = min(n_class, n_train)
         val = min(n_class, n_train + int(round(n_class * splits[1]))) - train
-        counts['train'][name], counts['val'][name], counts['test'][name] = train, val, n_class - train - val
+        counts["train"][name], counts["val"][name], counts["test"][name] = train, val, n_class - train - val
     return counts
 
 
 def _previous_bytes(out: Path) -> int:
     """Bytes of the files a previous run listed in ``out``'s manifest (what ``--force`` removes)."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        old = json.loads((out / 'manifest.json').read_text(encoding='utf-8'))
-        if old.get('generator') == GENERATOR_NAME:
+        old = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if old.get("generator") == GENERATOR_NAME:
             total = 0
-            for item in old.get('images', []):
-                for key in ('path', 'mask'):
+            for item in old.get("images", []):
+                for key in ("path", "mask"):
                     with contextlib.suppress(OSError, TypeError):
                         total += (out / item[key]).stat().st_size
             return total
@@ -379,7 +381,8 @@ def _check_disk(out: Path, n: int, size: int, first_bytes: int, force: bool) -> 
     if 0.9 * need > free:
         raise OutputError(
             f"Cannot write {n:,} images of {size} px into {out}: the disk is full (they need about "
-            f"{_bytes(need)}, {_bytes(free)} are free); lower n or size.", param=("n", "size"),
+            f"{_bytes(need)}, {_bytes(free)} are free); lower n or size.",
+            param=("n", "size"),
         )
 
 
@@ -392,24 +395,24 @@ def _manifest_head(manifest: dict[str, Any]) -> str:
 
 def _manifest_entry(item: dict[str, Any], first: bool) -> str:
     """One image entry as ``json.dumps`` with ``indent=1`` writes it at depth 2."""
-    body = json.dumps(item, indent=1).replace('\n', '\n  ')
-    return ('\n  ' if first else ',\n  ') + body
+    body = json.dumps(item, indent=1).replace("\n", "\n  ")
+    return ("\n  " if first else ",\n  ") + body
 
 
 def make_lesions(
-        out_dir: str | os.PathLike,
-        n: int = 600,
-        size: int = 128,
-        classes: Sequence[str] = DEFAULT_CLASSES,
-        seed: int = 0,
-        ordinal: bool = False,
-        shortcut: bool = False,
-        contrast: float = 1.0,
-        noise: float = 1.0,
-        splits: Sequence[float] = (0.6, 0.2, 0.2),
-        force: bool = False,
-        workers: int | None = None,
-        keep_images: bool = True,
+    out_dir: str | os.PathLike,
+    n: int = 600,
+    size: int = 128,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    seed: int = 0,
+    ordinal: bool = False,
+    shortcut: bool = False,
+    contrast: float = 1.0,
+    noise: float = 1.0,
+    splits: Sequence[float] = (0.6, 0.2, 0.2),
+    force: bool = False,
+    workers: int | None = None,
+    keep_images: bool = True,
 ) -> dict[str, Any]:
     """Write the synthetic lesion dataset to ``out_dir`` and return its manifest.
 
@@ -458,23 +461,23 @@ def make_lesions(
         for name, count in per_class.items():
             if count:
                 (out / split / name).mkdir(parents=True, exist_ok=True)
-                (out / 'masks' / split / name).mkdir(parents=True, exist_ok=True)
+                (out / "masks" / split / name).mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
-        'generator': GENERATOR_NAME,
-        'softcamify_version': __version__,
-        'seed': int(seed),
-        'size': int(size),
-        'n': int(n),
-        'classes': names,
-        'options': {
-            'ordinal': bool(ordinal),
-            'shortcut': bool(shortcut),
-            'contrast': float(contrast),
-            'noise': float(noise),
-            'splits': [float(x) for x in splits],
+        "generator": GENERATOR_NAME,
+        "softcamify_version": __version__,
+        "seed": int(seed),
+        "size": int(size),
+        "n": int(n),
+        "classes": names,
+        "options": {
+            "ordinal": bool(ordinal),
+            "shortcut": bool(shortcut),
+            "contrast": float(contrast),
+            "noise": float(noise),
+            "splits": [float(x) for x in splits],
         },
-        'shortcut': {'split': 'train', 'corners': corners} if shortcut else None,
-        'counts': counts,
+        "shortcut": {"split": "train", "corners": corners} if shortcut else None,
+        "counts": counts,
     }
     images: list[dict[str, Any]] = []
     task = functools.partial(_run_jobs, str(out), int(seed), int(size), float(contrast), float(noise))
@@ -483,8 +486,11 @@ def make_lesions(
     # the manifest is streamed to its temporary file as the images are written; 'seconds' varies between
     # runs, so it stays out of the file (manifests are reproducible too)
     # (closing: on an error or Ctrl-C the processes stop before the caller removes what was written)
-    with atomic_output(out / 'manifest.json', force=True) as tmp, open(tmp, 'w', encoding='utf-8') as fh, \
-            contextlib.closing(_map_chunks(task, chunks, _resolve_workers(workers, n, need))) as rest:
+    with (
+        atomic_output(out / "manifest.json", force=True) as tmp,
+        open(tmp, "w", encoding="utf-8") as fh,
+        contextlib.closing(_map_chunks(task, chunks, _resolve_workers(workers, n, need))) as rest,
+    ):
         fh.write(_manifest_head(manifest))
         _write(str(out), first[2], first[0], first[1])
         entries = itertools.chain([first[2]], rest)
@@ -493,8 +499,8 @@ def make_lesions(
             fh.write(_manifest_entry(item, i == 0))
             if keep_images:
                 images.append(item)
-        fh.write('\n ]\n}\n')
-    manifest['seconds'] = round(time.perf_counter() - t0, 3)
+        fh.write("\n ]\n}\n")
+    manifest["seconds"] = round(time.perf_counter() - t0, 3)
     if keep_images:
-        manifest['images'] = images
+        manifest["images"] = images
     return manifest

@@ -16,24 +16,24 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['render']
+__all__ = ["render"]
 
 # 3x5 bitmap glyphs for the shortcut tag (rows top to bottom, 3 bits each).
 _GLYPHS = {
-    'I': (0b111, 0b010, 0b010, 0b010, 0b111),
-    'D': (0b110, 0b101, 0b101, 0b101, 0b110),
-    'R': (0b110, 0b101, 0b110, 0b101, 0b101),
-    'L': (0b100, 0b100, 0b100, 0b100, 0b111),
-    '0': (0b111, 0b101, 0b101, 0b101, 0b111),
-    '1': (0b010, 0b110, 0b010, 0b010, 0b111),
-    '2': (0b111, 0b001, 0b111, 0b100, 0b111),
-    '3': (0b111, 0b001, 0b011, 0b001, 0b111),
-    '4': (0b101, 0b101, 0b111, 0b001, 0b001),
-    '5': (0b111, 0b100, 0b111, 0b001, 0b111),
-    '6': (0b111, 0b100, 0b111, 0b101, 0b111),
-    '7': (0b111, 0b001, 0b010, 0b010, 0b010),
-    '8': (0b111, 0b101, 0b111, 0b101, 0b111),
-    '9': (0b111, 0b101, 0b111, 0b001, 0b111),
+    "I": (0b111, 0b010, 0b010, 0b010, 0b111),
+    "D": (0b110, 0b101, 0b101, 0b101, 0b110),
+    "R": (0b110, 0b101, 0b110, 0b101, 0b101),
+    "L": (0b100, 0b100, 0b100, 0b100, 0b111),
+    "0": (0b111, 0b101, 0b101, 0b101, 0b111),
+    "1": (0b010, 0b110, 0b010, 0b010, 0b111),
+    "2": (0b111, 0b001, 0b111, 0b100, 0b111),
+    "3": (0b111, 0b001, 0b011, 0b001, 0b111),
+    "4": (0b101, 0b101, 0b111, 0b001, 0b001),
+    "5": (0b111, 0b100, 0b111, 0b001, 0b111),
+    "6": (0b111, 0b100, 0b111, 0b101, 0b111),
+    "7": (0b111, 0b001, 0b010, 0b010, 0b010),
+    "8": (0b111, 0b101, 0b111, 0b101, 0b111),
+    "9": (0b111, 0b101, 0b111, 0b001, 0b111),
 }
 
 
@@ -43,7 +43,7 @@ class _Lesion:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
     def to_dict(self) -> dict[str, Any]:
-        return {'type': self.kind, 'box': list(self.box)}
+        return {"type": self.kind, "box": list(self.box)}
 
 
 @lru_cache(maxsize=4)
@@ -58,19 +58,19 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
     """Low-frequency noise: a cells x cells normal grid upsampled (bicubic) to size x size."""
     small = rng.standard_normal((cells, cells), dtype=np.float32)
-    return np.asarray(Image.fromarray(small, mode='F').resize((size, size), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _draw_vessels(
-        rng: np.random.Generator,
-        size: int,
-        origin: tuple[float, float],
-        centre: tuple[float, float],
-        radius: float,
+    rng: np.random.Generator,
+    size: int,
+    origin: tuple[float, float],
+    centre: tuple[float, float],
+    radius: float,
 ) -> np.ndarray:
     """Branching dark vessels leaving the optic disc: an S x S float32 alpha in [0, 1]."""
     ss = 2  # supersampling for antialiased lines
-    layer = Image.new('L', (size * ss, size * ss), 0)
+    layer = Image.new("L", (size * ss, size * ss), 0)
     draw = ImageDraw.Draw(layer)
     step = size * 0.03
     n_main = int(rng.integers(4, 7))
@@ -102,17 +102,17 @@ def _draw_vessels(
 
 
 def _blob_shape(
-        rng: np.random.Generator,
-        r: float,
-        parts: int,
-        irregular: float,
+    rng: np.random.Generator,
+    r: float,
+    parts: int,
+    irregular: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A lesion shape in a local patch: (bool mask, float 'depth' in [0, 1], 1 at the centre).
 
     A union of ``parts`` rotated ellipses around the centre (``irregular`` scales their offsets).
     """
     half = int(math.ceil(r * (1.0 + 2.0 * irregular) + 2))
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
     depth = np.zeros_like(xx)
     for p in range(parts):
         a = r * rng.uniform(0.6, 1.0)
@@ -131,11 +131,11 @@ def _blob_shape(
 
 
 def _place(
-        rng: np.random.Generator,
-        extent: int,
-        centre: tuple[float, float],
-        radius: float,
-        avoid: list[tuple[float, float, float]],
+    rng: np.random.Generator,
+    extent: int,
+    centre: tuple[float, float],
+    radius: float,
+    avoid: list[tuple[float, float, float]],
 ) -> tuple[float, float] | None:
     """A random position inside the fundus, away from ``avoid`` circles (x, y, r)."""
     for _ in range(40):
@@ -148,20 +148,18 @@ def _place(
 
 
 def _paint_lesion(
-        img: np.ndarray,
-        mask: np.ndarray,
-        rng: np.random.Generator,
-        kind: str,
-        r: float,
-        xy: tuple[float, float],
-        contrast: float,
+    img: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    kind: str,
+    r: float,
+    xy: tuple[float, float],
+    contrast: float,
 ) -> tuple[int, int, int, int] | None:
     """Blend one lesion into ``img`` (3 x S x S, only on its shape's pixels) and mark it in ``mask``."""
     size = img.shape[1]
-    if kind == 'red':
-        shape, depth = _blob_shape(
-            rng, r, parts=int(rng.choice([1, 1, 2, 3])), irregular=rng.uniform(0.2, 0.6)
-        )
+    if kind == "red":
+        shape, depth = _blob_shape(rng, r, parts=int(rng.choice([1, 1, 2, 3])), irregular=rng.uniform(0.2, 0.6))
         colour = np.array([0.36, 0.05, 0.04], np.float32) * np.float32(rng.uniform(0.7, 1.2))
         strength = rng.uniform(0.6, 0.95)
     else:
@@ -182,10 +180,10 @@ def _paint_lesion(
         return None
     alpha = np.clip(contrast * strength * (0.7 + 0.3 * np.sqrt(depth)), 0.0, 1.0).astype(np.float32)
     alpha = np.where(shape, alpha, np.float32(0))
-    region = img[:, y0:y0 + shape.shape[0], x0:x0 + shape.shape[1]]
+    region = img[:, y0 : y0 + shape.shape[0], x0 : x0 + shape.shape[1]]
     region *= 1 - alpha
     region += alpha * colour.reshape(3, 1, 1)
-    mask[y0:y0 + shape.shape[0], x0:x0 + shape.shape[1]] |= shape
+    mask[y0 : y0 + shape.shape[0], x0 : x0 + shape.shape[1]] |= shape
     ys, xs = np.nonzero(shape)
     return int(x0 + xs.min()), int(y0 + ys.min()), int(x0 + xs.max() + 1), int(y0 + ys.max() + 1)
 
@@ -194,25 +192,25 @@ def _draw_tag(img: np.ndarray, rng: np.random.Generator, corner: str) -> list[in
     """A small burned-in, text-like tag ('ID' + two random digits) at ``corner``; returns its box."""
     size = img.shape[1]
     px = max(1, size // 128)
-    text = 'ID' + ''.join(str(d) for d in rng.integers(0, 10, size=2))
+    text = "ID" + "".join(str(d) for d in rng.integers(0, 10, size=2))
     tag_w, tag_h = (4 * len(text) - 1) * px, 5 * px
     m = max(2, size // 48)
-    x0 = {'left': m, 'right': size - m - tag_w}.get(corner.split('_')[-1], (size - tag_w) // 2)
-    y0 = {'top': m, 'bottom': size - m - tag_h}.get(corner.split('_')[0], (size - tag_h) // 2)
+    x0 = {"left": m, "right": size - m - tag_w}.get(corner.split("_")[-1], (size - tag_w) // 2)
+    y0 = {"top": m, "bottom": size - m - tag_h}.get(corner.split("_")[0], (size - tag_h) // 2)
     grey = np.float32(rng.uniform(0.8, 0.95))
     for i, ch in enumerate(text):
         for row, bits in enumerate(_GLYPHS[ch]):
             for col in range(3):
                 if bits >> (2 - col) & 1:
                     y, x = y0 + row * px, x0 + (4 * i + col) * px
-                    img[:, y:y + px, x:x + px] = grey
+                    img[:, y : y + px, x : x + px] = grey
     return [int(x0), int(y0), int(x0 + tag_w), int(y0 + tag_h)]
 
 
 def _paint_fundus(
-        rng: np.random.Generator,
-        size: int,
-        noise: float,
+    rng: np.random.Generator,
+    size: int,
+    noise: float,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
     """The lesion-free image: (3 x S x S float32, S x S disc alpha, (cx, cy, radius) of the fundus,
     (x, y, radius) of the optic disc)."""
@@ -230,9 +228,11 @@ def _paint_fundus(
     lum = (ux - np.float32(lx)) ** 2 + (uy - np.float32(ly)) ** 2
     lum *= -np.float32(rng.uniform(0.3, 0.5))
     lum += 1.0
-    lum *= 1.0 + np.float32(0.07 * noise) * _smooth_noise(rng, 5, size) + np.float32(
-        0.035 * noise
-    ) * _smooth_noise(rng, 13, size)
+    lum *= (
+        1.0
+        + np.float32(0.07 * noise) * _smooth_noise(rng, 5, size)
+        + np.float32(0.035 * noise) * _smooth_noise(rng, 13, size)
+    )
     np.clip(lum, 0.05, 1.3, out=lum)
     base = np.array([rng.uniform(0.72, 0.86), rng.uniform(0.27, 0.38), rng.uniform(0.07, 0.14)], np.float32)
 
@@ -253,9 +253,7 @@ def _paint_fundus(
     # optic disc: bright, yellowish, flat-topped, with a brighter cup
     od_r = s * rng.uniform(0.065, 0.09)
     r2 = ((xx - np.float32(odx)) ** 2 + (yy - np.float32(ody)) ** 2) / np.float32(od_r * od_r)
-    od_a = np.exp(-(r2 * r2)) * np.float32(rng.uniform(0.75, 0.95)) + np.exp(
-        -r2 / np.float32(0.12)
-    ) * np.float32(0.4)
+    od_a = np.exp(-(r2 * r2)) * np.float32(rng.uniform(0.75, 0.95)) + np.exp(-r2 / np.float32(0.12)) * np.float32(0.4)
     np.clip(od_a, 0, 1, out=od_a)
     od_col = np.array([1.0, rng.uniform(0.85, 0.95), rng.uniform(0.55, 0.7)], np.float32)
     vessel_col = (0.55, 0.75, 0.7)
@@ -272,13 +270,13 @@ def _paint_fundus(
 
 
 def _paint_lesions(
-        img: np.ndarray,
-        rng: np.random.Generator,
-        n_red: int,
-        n_bright: int,
-        contrast: float,
-        fundus: tuple[float, float, float],
-        optic_disc: tuple[float, float, float],
+    img: np.ndarray,
+    rng: np.random.Generator,
+    n_red: int,
+    n_bright: int,
+    contrast: float,
+    fundus: tuple[float, float, float],
+    optic_disc: tuple[float, float, float],
 ) -> tuple[np.ndarray, list[_Lesion]]:
     """Blend the lesions into ``img``: (bool S x S mask, the lesions drawn)."""
     size = img.shape[1]
@@ -289,9 +287,9 @@ def _paint_lesions(
     mask = np.zeros((size, size), dtype=bool)
     lesions: list[_Lesion] = []
     avoid = [(odx, ody, od_r * 1.4)]
-    kinds = ['red'] * n_red + ['bright'] * n_bright
+    kinds = ["red"] * n_red + ["bright"] * n_bright
     for kind in kinds:
-        r = s * (rng.uniform(0.016, 0.034) if kind == 'red' else rng.uniform(0.016, 0.034))
+        r = s * (rng.uniform(0.016, 0.034) if kind == "red" else rng.uniform(0.016, 0.034))
         extent = int(math.ceil(r * 2.2 + 2))
         xy = _place(rng, extent, (cx, cy), radius, avoid)
         if xy is None:  # crowded: put it anywhere inside (it may touch another lesion)
@@ -304,14 +302,14 @@ def _paint_lesions(
 
 
 def render(
-        seed: int,
-        index: int,
-        size: int,
-        n_red: int,
-        n_bright: int,
-        contrast: float,
-        noise: float,
-        tag_corner: str | None,
+    seed: int,
+    index: int,
+    size: int,
+    n_red: int,
+    n_bright: int,
+    contrast: float,
+    noise: float,
+    tag_corner: str | None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One image: (uint8 S x S x 3, bool S x S mask, manifest details)."""
     rng = np.random.Generator(np.random.PCG64([int(seed), int(index)]))
@@ -324,13 +322,12 @@ def render(
         plane += rng.standard_normal((size, size), dtype=np.float32) * sigma
         plane *= disc
     details: dict[str, Any] = {
-        'lesions': [les.to_dict() for les in lesions],
-        'optic_disc': {'center': [round(odx, 2), round(ody, 2)], 'radius': round(od_r, 2)},
+        "lesions": [les.to_dict() for les in lesions],
+        "optic_disc": {"center": [round(odx, 2), round(ody, 2)], "radius": round(od_r, 2)},
     }
     if tag_corner is not None:
-        details['shortcut_box'] = _draw_tag(img, rng, tag_corner)
+        details["shortcut_box"] = _draw_tag(img, rng, tag_corner)
     out = np.empty((size, size, 3), np.uint8)
     for c in range(3):
         out[..., c] = np.clip(img[c] * 255.0 + 0.5, 0, 255)
     return out, mask, details
-

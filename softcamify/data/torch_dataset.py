@@ -20,9 +20,9 @@ from ..errors import UsageError
 from ..images import open_image
 from .splits import Sample
 
-__all__ = ['ImageDataset', 'EvalTransform', 'build_transform', 'AUGMENTATIONS', 'MEDICAL_ROTATION_DEGREES']
+__all__ = ["ImageDataset", "EvalTransform", "build_transform", "AUGMENTATIONS", "MEDICAL_ROTATION_DEGREES"]
 
-AUGMENTATIONS = ('none', 'light', 'medical')
+AUGMENTATIONS = ("none", "light", "medical")
 # Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code
 # (github.com/kdjoumessi/SoftCAM, configs/default.yaml) rotates by up to +-180 degrees with p=0.5, as
 # here. Lower it for images with an up direction (chest X-rays: ~15-30 degrees).
@@ -38,10 +38,10 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-            self,
-            samples: Sequence[Sample],
-            transform: Callable[[Image.Image], torch.Tensor] | None = None,
-            channels: int = 3,
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        channels: int = 3,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform if transform is not None else transforms.ToTensor()
@@ -69,8 +69,8 @@ class EvalTransform:
 
     def __init__(self, data_config: dict[str, Any]) -> None:
         cfg = _normalized_config(data_config)
-        self.channels = cfg['channels']
-        keys = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')
+        self.channels = cfg["channels"]
+        keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         self.kwargs = {k: cfg[k] for k in keys}
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
@@ -79,33 +79,33 @@ class EvalTransform:
         return torch.from_numpy(arr)
 
     def __repr__(self) -> str:
-        args = ', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())
-        return f'{self.__class__.__name__}({args}, channels={self.channels})'
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.__class__.__name__}({args}, channels={self.channels})"
 
 
 def _normalized_config(data_config: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`softcamify.images.preprocess_image` (and ``channels``) for a timm
     data config, checked by :func:`softcamify.config.resolve_data_config` (224 px ImageNet defaults for
     what it lacks)."""
-    defaults = {'input_size': (3, 224, 224), 'mean': images.IMAGENET_DEFAULT_MEAN, 'std': images.IMAGENET_DEFAULT_STD}
+    defaults = {"input_size": (3, 224, 224), "mean": images.IMAGENET_DEFAULT_MEAN, "std": images.IMAGENET_DEFAULT_STD}
     cfg = resolve_data_config({**defaults, **{k: v for k, v in data_config.items() if v is not None}})
     if cfg.channels not in (1, 3):
         raise UsageError(f"input_size {list(cfg.input_size)} must be (C, H, W) with C = 1 or 3.", param="input_size")
     return {
-        'input_size': cfg.size,
-        'channels': cfg.channels,
-        'mean': cfg.mean,
-        'std': cfg.std,
-        'interpolation': cfg.interpolation,
-        'crop_pct': cfg.crop_pct or images.DEFAULT_CROP_PCT,
-        'crop_mode': cfg.crop_mode,
+        "input_size": cfg.size,
+        "channels": cfg.channels,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "interpolation": cfg.interpolation,
+        "crop_pct": cfg.crop_pct or images.DEFAULT_CROP_PCT,
+        "crop_mode": cfg.crop_mode,
     }
 
 
 def build_transform(
-        data_config: dict[str, Any],
-        train: bool = False,
-        augment: str = 'light',
+    data_config: dict[str, Any],
+    train: bool = False,
+    augment: str = "light",
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Transform from a timm data config (``timm.data.resolve_data_config`` keys) to a C x H x W tensor.
 
@@ -122,19 +122,19 @@ def build_transform(
     """
     if augment not in AUGMENTATIONS:
         raise UsageError(f"augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.", param="augment")
-    if not train or augment == 'none':
+    if not train or augment == "none":
         return EvalTransform(data_config)
     cfg = _normalized_config(data_config)
-    size = tuple(cfg['input_size'])
-    interp = transforms.InterpolationMode(cfg['interpolation'])
-    tail = [transforms.ToTensor(), transforms.Normalize(mean=cfg['mean'], std=cfg['std'])]
-    if augment == 'light':
+    size = tuple(cfg["input_size"])
+    interp = transforms.InterpolationMode(cfg["interpolation"])
+    tail = [transforms.ToTensor(), transforms.Normalize(mean=cfg["mean"], std=cfg["std"])]
+    if augment == "light":
         tfl = [
             transforms.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
             transforms.RandomHorizontalFlip(),
         ]
     else:
-        grey = cfg['channels'] == 1
+        grey = cfg["channels"] == 1
         jitter = transforms.ColorJitter(0.2, 0.2, 0.0 if grey else 0.2, 0.0 if grey else 0.05)
         bilinear = transforms.InterpolationMode.BILINEAR
         tfl = [

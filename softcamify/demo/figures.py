@@ -23,8 +23,11 @@ def classification_figures(before: Any, after: Any) -> dict[str, Any]:
 
 def localization_methods(before: Any, after: Any) -> list[tuple[str, dict[str, Any]]]:
     """(label, method summary) for the localization table: SoftCAM fine-tuned and converted, Grad-CAM."""
-    label_of = {"softcam": "SoftCAM (fine-tuned)", "gradcam": "Grad-CAM (on SoftCAM)",
-                "original:gradcam": "Grad-CAM (black box)"}
+    label_of = {
+        "softcam": "SoftCAM (fine-tuned)",
+        "gradcam": "Grad-CAM (on SoftCAM)",
+        "original:gradcam": "Grad-CAM (black box)",
+    }
     found = {label_of.get(m["key"], m["label"]): m for m in after.method_summaries()}
     for m in before.method_summaries():
         if m["key"] == "softcam":
@@ -35,8 +38,9 @@ def localization_methods(before: Any, after: Any) -> list[tuple[str, dict[str, A
 
 def localization_figures(methods: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Per method label: the number of images and the mean of every localization metric."""
-    return {label: {"images": m["images"], **{k: v.get("mean") for k, v in m["metrics"].items()}}
-            for label, m in methods}
+    return {
+        label: {"images": m["images"], **{k: v.get("mean") for k, v in m["metrics"].items()}} for label, m in methods
+    }
 
 
 def comparison(figures: dict[str, Any]) -> dict[str, Any] | None:
@@ -46,16 +50,25 @@ def comparison(figures: dict[str, Any]) -> dict[str, Any] | None:
     if not soft or not gc:
         return None
     cls = figures["classification"]
-    d = {key: (soft.get(key) or 0.0) - (gc.get(key) or 0.0)
-         for key in ("share_of_oracle", "pointing_game", "activation_precision")}
+    d = {
+        key: (soft.get(key) or 0.0) - (gc.get(key) or 0.0)
+        for key in ("share_of_oracle", "pointing_game", "activation_precision")
+    }
     d_acc = (cls["fine_tuned"].get("accuracy") or 0.0) - (cls["black_box"].get("accuracy") or 0.0)
     better = d["share_of_oracle"] > 0 and d["pointing_game"] >= 0
     verdict = "localizes the lesions better than" if better else "does not localize the lesions better than"
-    text = (f"The fine-tuned SoftCAM {verdict} Grad-CAM on the black box: share of oracle "
-            f"{_fmt(soft.get('share_of_oracle'))} vs {_fmt(gc.get('share_of_oracle'))} "
-            f"({d['share_of_oracle']:+.3f}), pointing game {_fmt(soft.get('pointing_game'))} vs "
-            f"{_fmt(gc.get('pointing_game'))} ({d['pointing_game']:+.3f}), at a test accuracy {d_acc:+.3f} "
-            "from the black box's.")
-    return {"share_of_oracle_diff": d["share_of_oracle"], "pointing_game_diff": d["pointing_game"],
-            "activation_precision_diff": d["activation_precision"], "accuracy_diff": d_acc, "better": better,
-            "text": text}
+    text = (
+        f"The fine-tuned SoftCAM {verdict} Grad-CAM on the black box: share of oracle "
+        f"{_fmt(soft.get('share_of_oracle'))} vs {_fmt(gc.get('share_of_oracle'))} "
+        f"({d['share_of_oracle']:+.3f}), pointing game {_fmt(soft.get('pointing_game'))} vs "
+        f"{_fmt(gc.get('pointing_game'))} ({d['pointing_game']:+.3f}), at a test accuracy {d_acc:+.3f} "
+        "from the black box's."
+    )
+    return {
+        "share_of_oracle_diff": d["share_of_oracle"],
+        "pointing_game_diff": d["pointing_game"],
+        "activation_precision_diff": d["activation_precision"],
+        "accuracy_diff": d_acc,
+        "better": better,
+        "text": text,
+    }

@@ -23,8 +23,9 @@ def _label_width(labels: list[str], fnt: Any, pad: int = 8) -> int:
     return max(widths, default=0) + 2 * pad
 
 
-def _titled(tiles: list[Image.Image], titles: list[str], row_label: str = "", label_w: int = 0,
-            tile: int = 224) -> Image.Image:
+def _titled(
+    tiles: list[Image.Image], titles: list[str], row_label: str = "", label_w: int = 0, tile: int = 224
+) -> Image.Image:
     """One row: tiles side by side, each with a title above, and a label (``label_w`` px wide) on the left."""
     fnt = font(15)
     pad, title_h, line_h = 8, 24, 20
@@ -65,9 +66,21 @@ def _panel_inputs(picks: list[dict[str, Any]], cfg: dict[str, Any], data_dir: Pa
     imgs = [open_image(data_dir / it["path"], channels=3) for it in picks]
     masks = [np.asarray(Image.open(data_dir / it["mask"])) > 0 for it in picks]
     size = tuple(cfg["input_size"][1:])
-    x = np.stack([preprocess_image(im, input_size=size, mean=cfg["mean"], std=cfg["std"],
-                                   interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"],
-                                   crop_mode=cfg.get("crop_mode"), channels=3) for im in imgs])
+    x = np.stack(
+        [
+            preprocess_image(
+                im,
+                input_size=size,
+                mean=cfg["mean"],
+                std=cfg["std"],
+                interpolation=cfg["interpolation"],
+                crop_pct=cfg["crop_pct"],
+                crop_mode=cfg.get("crop_mode"),
+                channels=3,
+            )
+            for im in imgs
+        ]
+    )
     x = x.astype(np.float32)
     return imgs, masks, x
 
@@ -83,14 +96,14 @@ def _panel_maps(x: np.ndarray, labels: list[int], tuned: Any, loaded: Any, basel
     if baselines:
         from ..evaluation.baselines import PostHocExplainer, original_target
 
-        with PostHocExplainer(original_target(loaded.module, tuned.meta.data_config["input_size"]),
-                              "gradcam") as ex:
+        with PostHocExplainer(original_target(loaded.module, tuned.meta.data_config["input_size"]), "gradcam") as ex:
             gc = ex(x, labels)
     return probs, maps.numpy(), gc
 
 
-def panel_rows(picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: Path,
-               baselines: list[str]) -> list[Image.Image]:
+def panel_rows(
+    picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: Path, baselines: list[str]
+) -> list[Image.Image]:
     """One row per picked lesion image: image | SoftCAM evidence for the true class | Grad-CAM (black box)."""
     from ..evaluation.report import with_outline as _with_outline
     from ..explanations import input_view
@@ -102,8 +115,9 @@ def panel_rows(picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: P
     labels = [names.index(it["class"]) for it in picks]
     probs, maps, gc = _panel_maps(x, labels, tuned, loaded, baselines)
     preds = [int(np.argmax(p)) for p in probs]
-    labels_txt = [f"{it['class']}\npredicted:\n{names[preds[i]]}\np = {probs[i][preds[i]]:.2f}"
-                  for i, it in enumerate(picks)]
+    labels_txt = [
+        f"{it['class']}\npredicted:\n{names[preds[i]]}\np = {probs[i][preds[i]]:.2f}" for i, it in enumerate(picks)
+    ]
     label_w = _label_width(labels_txt, font(16))
     rows = []
     for i in range(len(picks)):
@@ -111,8 +125,10 @@ def panel_rows(picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: P
         grey = view.convert("L").convert("RGB")  # maps read better over a grey fundus than over a red one
         k = labels[i]
         scaled = scale_maps(maps[i])[0]
-        tiles = [_with_outline(view, masks[i], OUTLINE),
-                 _with_outline(overlay(grey, scaled[k], alpha=0.6, cmap="RdBu_r"), masks[i], OUTLINE)]
+        tiles = [
+            _with_outline(view, masks[i], OUTLINE),
+            _with_outline(overlay(grey, scaled[k], alpha=0.6, cmap="RdBu_r"), masks[i], OUTLINE),
+        ]
         titles = ["image (lesions outlined)", f"SoftCAM evidence: {names[k]}"]
         if gc is not None:
             tiles.append(_with_outline(overlay(grey, gc[i], alpha=0.6, cmap="inferno"), masks[i], OUTLINE))
@@ -121,8 +137,9 @@ def panel_rows(picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: P
     return rows
 
 
-def write_panels(out: Path, picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: Path,
-                 baselines: list[str]) -> str | None:
+def write_panels(
+    out: Path, picks: list[dict[str, Any]], tuned: Any, loaded: Any, data_dir: Path, baselines: list[str]
+) -> str | None:
     """``figures/panel.png`` (every row), ``figures/panel_<i>.png`` (one row each) and
     ``figures/overview.png`` (the first two rows: the README picture, ``--update-docs``); returns the
     panel's path relative to OUT_DIR (None when there is no lesion image to show)."""

@@ -16,10 +16,14 @@ from .results import DemoResult, grid_text
 from .settings import MODEL_FILE, POINTING_TOLERANCE, REPORT_NAME
 
 _CLASSIFICATION_COLUMNS = ["black box", "SoftCAM (converted)", "SoftCAM (fine-tuned)"]
-_LOCALIZATION_KEYS = [("share_of_oracle", "share of oracle ↑"), ("topk_precision", "top-k patch precision ↑"),
-                      ("activation_precision", "activation precision ↑"),
-                      ("pointing_game", f"pointing game ({POINTING_TOLERANCE} px) ↑"),
-                      ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑")]
+_LOCALIZATION_KEYS = [
+    ("share_of_oracle", "share of oracle ↑"),
+    ("topk_precision", "top-k patch precision ↑"),
+    ("activation_precision", "activation precision ↑"),
+    ("pointing_game", f"pointing game ({POINTING_TOLERANCE} px) ↑"),
+    ("deletion_auc", "deletion AUC ↓"),
+    ("insertion_auc", "insertion AUC ↑"),
+]
 Methods = list[tuple[str, dict[str, Any]]]
 
 
@@ -28,9 +32,10 @@ def _link(href: str, text: str) -> str:
 
 
 def _classification_rows(cls: dict[str, Any]) -> list[list[Any]]:
-    return [[label, cls["black_box"].get(k), cls["converted"].get(k), cls["fine_tuned"].get(k)]
-            for k, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                             ("roc_auc", "ROC-AUC"))]
+    return [
+        [label, cls["black_box"].get(k), cls["converted"].get(k), cls["fine_tuned"].get(k)]
+        for k, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"))
+    ]
 
 
 def _summary_text(f: dict[str, Any], info: dict[str, Any]) -> str:
@@ -40,16 +45,20 @@ def _summary_text(f: dict[str, Any], info: dict[str, Any]) -> str:
     maps_text = ""
     if hist:
         h0, h1 = hist[0], hist[-1]
-        maps_text = (f" (validation maps: mean Σ|A| per map {_fmt(h0.get('val_map_l1'), 1)} after epoch 1, "
-                     f"{_fmt(h1.get('val_map_l1'), 1)} after epoch {h1['epoch']}; share of near-zero cells "
-                     f"{_fmt(h0.get('val_sparsity'), 2)} → {_fmt(h1.get('val_sparsity'), 2)})")
+        maps_text = (
+            f" (validation maps: mean Σ|A| per map {_fmt(h0.get('val_map_l1'), 1)} after epoch 1, "
+            f"{_fmt(h1.get('val_map_l1'), 1)} after epoch {h1['epoch']}; share of near-zero cells "
+            f"{_fmt(h0.get('val_sparsity'), 2)} → {_fmt(h1.get('val_sparsity'), 2)})"
+        )
     finer = f.get("conversion_finer")
     finer_text = ""
     if finer:
-        finer_text = (f"Converted again with output stride {finer['output_stride']} (dilated last stages), "
-                      f"its evidence grid is {grid_text(finer['evidence_grid'])} instead of "
-                      f"{grid_text(finer['original_grid'])} (approximate: top-1 agreement with the black box "
-                      f"{finer['top1_agreement']:.1%} before fine-tuning). ")
+        finer_text = (
+            f"Converted again with output stride {finer['output_stride']} (dilated last stages), "
+            f"its evidence grid is {grid_text(finer['evidence_grid'])} instead of "
+            f"{grid_text(finer['original_grid'])} (approximate: top-1 agreement with the black box "
+            f"{finer['top1_agreement']:.1%} before fine-tuning). "
+        )
     recommended = (f.get("sweep") or {}).get("recommended_l1") is not None
     return (
         f"The black box is an ordinary timm {info['architecture']} classifier (global average pooling + "
@@ -63,46 +72,59 @@ def _summary_text(f: dict[str, Any], info: dict[str, Any]) -> str:
     )
 
 
-def _section_summary(result: DemoResult, info: dict[str, Any], loc_methods: Methods,
-                     panel_rel: str | None) -> str:
+def _section_summary(result: DemoResult, info: dict[str, Any], loc_methods: Methods, panel_rel: str | None) -> str:
     f = result.figures
     cls = f["classification"]
     parts = [
         R.paragraph(_summary_text(f, info)),
-        R.table(["test split", *_CLASSIFICATION_COLUMNS], _classification_rows(cls),
-                caption=f"Classification on {cls['test_images']} generated test images"),
+        R.table(
+            ["test split", *_CLASSIFICATION_COLUMNS],
+            _classification_rows(cls),
+            caption=f"Classification on {cls['test_images']} generated test images",
+        ),
     ]
     if loc_methods:
         loc = f["localization"]
-        parts.append(R.table(["localization (lesion images)", *[label for label, _ in loc_methods]],
-                             [[name, *[loc[label].get(key) for label, _ in loc_methods]]
-                              for key, name in _LOCALIZATION_KEYS],
-                             caption="Localization of the true class against the lesion masks (means; "
-                                     "section 7 has all metrics)"))
+        parts.append(
+            R.table(
+                ["localization (lesion images)", *[label for label, _ in loc_methods]],
+                [[name, *[loc[label].get(key) for label, _ in loc_methods]] for key, name in _LOCALIZATION_KEYS],
+                caption="Localization of the true class against the lesion masks (means; section 7 has all metrics)",
+            )
+        )
     if f.get("comparison"):
         parts.append(R.paragraph(f["comparison"]["text"]))
     if panel_rel:
         img = R.image_tag(panel_rel, "image, SoftCAM evidence and Grad-CAM for lesion images")
-        parts.append(R.figure(img, "Lesion test images: the fine-tuned SoftCAM's evidence for the true class "
-                                   "beside Grad-CAM on the black box (green: lesion masks)."))
+        parts.append(
+            R.figure(
+                img,
+                "Lesion test images: the fine-tuned SoftCAM's evidence for the true class "
+                "beside Grad-CAM on the black box (green: lesion masks).",
+            )
+        )
     return R.section("Summary", *parts)
 
 
 def _section_steps(result: DemoResult) -> str:
-    return R.section("Steps", R.table(["step", "result", "seconds"],
-                                      [[s.title, s.summary, round(s.seconds, 1)] for s in result.steps]))
+    return R.section(
+        "Steps",
+        R.table(["step", "result", "seconds"], [[s.title, s.summary, round(s.seconds, 1)] for s in result.steps]),
+    )
 
 
 def _section_data(result: DemoResult, steps: dict[str, Any]) -> str:
     ds = result.settings["dataset"]
     return R.section(
         "1. Data",
-        R.paragraph(f"{steps['data'].summary}. Generated by softcamify.data.synth.make_lesions (softcamify "
-                    f"datasets synth) with the settings the black box was trained with (size {ds['size']}, "
-                    f"contrast {ds['contrast']:g}, noise {ds['noise']:g}) and another seed "
-                    f"({result.settings['seed']}): fundus-like images whose classes differ only by small "
-                    "lesions (healthy, red_lesion: dark-red dots, bright_lesion: yellowish patches); every "
-                    "image has an exact lesion mask."),
+        R.paragraph(
+            f"{steps['data'].summary}. Generated by softcamify.data.synth.make_lesions (softcamify "
+            f"datasets synth) with the settings the black box was trained with (size {ds['size']}, "
+            f"contrast {ds['contrast']:g}, noise {ds['noise']:g}) and another seed "
+            f"({result.settings['seed']}): fundus-like images whose classes differ only by small "
+            "lesions (healthy, red_lesion: dark-red dots, bright_lesion: yellowish patches); every "
+            "image has an exact lesion mask."
+        ),
     )
 
 
@@ -111,9 +133,11 @@ def _sections_inspect_convert(steps: dict[str, Any]) -> list[str]:
         R.section("2. Inspect", R.table(["field", "value"], steps["inspect"].details)),
         R.section(
             "3. Convert",
-            R.paragraph("Global average pooling + linear classifier become a 1×1 evidence convolution "
-                        "initialized from the classifier's weights; the converted model is checked against "
-                        "the black box before it is saved (models/converted.safetensors)."),
+            R.paragraph(
+                "Global average pooling + linear classifier become a 1×1 evidence convolution "
+                "initialized from the classifier's weights; the converted model is checked against "
+                "the black box before it is saved (models/converted.safetensors)."
+            ),
             R.table(["check", "value"], steps["convert"].details, caption="Exactness report"),
         ),
     ]
@@ -123,60 +147,130 @@ def _finetune_charts(hist: list[dict[str, Any]]) -> list[str]:
     if not hist:
         return []
     charts = [
-        R.figure(R.line_chart_svg(
-            {"train loss": [h["train_loss"] for h in hist], "train CE": [h["train_ce"] for h in hist],
-             "val loss": [h["val_loss"] for h in hist]}, "epoch", "loss", width=420, height=240), "Loss"),
-        R.figure(R.line_chart_svg(
-            {"train accuracy": [h["train_accuracy"] for h in hist],
-             "val accuracy": [h["val_accuracy"] for h in hist]},
-            "epoch", "accuracy", width=420, height=240), "Accuracy"),
+        R.figure(
+            R.line_chart_svg(
+                {
+                    "train loss": [h["train_loss"] for h in hist],
+                    "train CE": [h["train_ce"] for h in hist],
+                    "val loss": [h["val_loss"] for h in hist],
+                },
+                "epoch",
+                "loss",
+                width=420,
+                height=240,
+            ),
+            "Loss",
+        ),
+        R.figure(
+            R.line_chart_svg(
+                {
+                    "train accuracy": [h["train_accuracy"] for h in hist],
+                    "val accuracy": [h["val_accuracy"] for h in hist],
+                },
+                "epoch",
+                "accuracy",
+                width=420,
+                height=240,
+            ),
+            "Accuracy",
+        ),
     ]
     if any(h.get("val_sparsity") is not None for h in hist):
-        charts.append(R.figure(R.line_chart_svg(
-            {"val map sparsity": [h.get("val_sparsity") for h in hist]}, "epoch", "share of |A| < 0.1",
-            width=420, height=240), "Map sparsity (validation)"))
+        charts.append(
+            R.figure(
+                R.line_chart_svg(
+                    {"val map sparsity": [h.get("val_sparsity") for h in hist]},
+                    "epoch",
+                    "share of |A| < 0.1",
+                    width=420,
+                    height=240,
+                ),
+                "Map sparsity (validation)",
+            )
+        )
     return charts
 
 
 def _section_finetune(f: dict[str, Any]) -> str:
     ftf = f["finetune"]
     hist = ftf["history"]
-    ft_rows = [[h["epoch"], h["train_loss"], h["train_ce"], h["train_l1"], h["train_accuracy"], h["val_loss"],
-                h["val_accuracy"], h.get("val_map_l1"), h.get("val_sparsity")] for h in hist]
+    ft_rows = [
+        [
+            h["epoch"],
+            h["train_loss"],
+            h["train_ce"],
+            h["train_l1"],
+            h["train_accuracy"],
+            h["val_loss"],
+            h["val_accuracy"],
+            h.get("val_map_l1"),
+            h.get("val_sparsity"),
+        ]
+        for h in hist
+    ]
     sw = f.get("sweep") or {}
-    sweep_rows = [[f"{r['l1']:g}", r.get("accuracy"), r.get("share_of_oracle"), r.get("activation_precision"),
-                   r.get("pointing_game"), r.get("sparsity"),
-                   "recommended" if r.get("recommended") else "" if r.get("qualified") else "below the floor"]
-                  for r in sw.get("runs", [])]
+    sweep_rows = [
+        [
+            f"{r['l1']:g}",
+            r.get("accuracy"),
+            r.get("share_of_oracle"),
+            r.get("activation_precision"),
+            r.get("pointing_game"),
+            r.get("sparsity"),
+            "recommended" if r.get("recommended") else "" if r.get("qualified") else "below the floor",
+        ]
+        for r in sw.get("runs", [])
+    ]
     ref = sw.get("reference") or {}
     return R.section(
         "4. Sweep λ1 and fine-tune",
-        R.paragraph(f"softcamify sweep fine-tuned the converted model once per λ1 and scored each run on the "
-                    f"validation split (sweep/index.html, sweep/pareto.png). Rule: "
-                    f"{(sw.get('rule') or {}).get('text', '')} "
-                    f"The converted model's validation accuracy is {_fmt(ref.get('accuracy'))}, so the floor "
-                    f"is {_fmt((ref.get('accuracy') or 0.0) - sw.get('tolerance', 0.0))}."),
-        R.table(["λ1", "val accuracy", "share of oracle", "activation precision", "pointing game", "sparsity",
-                 ""], sweep_rows, caption="The sweep's runs (validation split)"),
-        R.paragraph(f"CE + λ1·mean|A|/s on the evidence maps (λ1 = {ftf['l1']:g}, λ2 = {ftf['l2']:g}, s = "
-                    f"{_fmt(ftf.get('logit_scale'))} the converted model's logit scale; docs/method.md), "
-                    f"AdamW lr {ftf['lr']:g}, batch {ftf['batch_size']}, {ftf['epochs']} epoch(s) on "
-                    f"{ftf['device']} ({_fmt(ftf['train_images_per_s'], 0)} images/s); the best epoch by "
-                    f"validation loss (CE + penalty) (epoch {ftf['best_epoch']}) is kept in "
-                    "finetune/best.safetensors."),
+        R.paragraph(
+            f"softcamify sweep fine-tuned the converted model once per λ1 and scored each run on the "
+            f"validation split (sweep/index.html, sweep/pareto.png). Rule: "
+            f"{(sw.get('rule') or {}).get('text', '')} "
+            f"The converted model's validation accuracy is {_fmt(ref.get('accuracy'))}, so the floor "
+            f"is {_fmt((ref.get('accuracy') or 0.0) - sw.get('tolerance', 0.0))}."
+        ),
+        R.table(
+            ["λ1", "val accuracy", "share of oracle", "activation precision", "pointing game", "sparsity", ""],
+            sweep_rows,
+            caption="The sweep's runs (validation split)",
+        ),
+        R.paragraph(
+            f"CE + λ1·mean|A|/s on the evidence maps (λ1 = {ftf['l1']:g}, λ2 = {ftf['l2']:g}, s = "
+            f"{_fmt(ftf.get('logit_scale'))} the converted model's logit scale; docs/method.md), "
+            f"AdamW lr {ftf['lr']:g}, batch {ftf['batch_size']}, {ftf['epochs']} epoch(s) on "
+            f"{ftf['device']} ({_fmt(ftf['train_images_per_s'], 0)} images/s); the best epoch by "
+            f"validation loss (CE + penalty) (epoch {ftf['best_epoch']}) is kept in "
+            "finetune/best.safetensors."
+        ),
         *_finetune_charts(hist),
-        R.table(["epoch", "train loss", "train CE", "train mean|A|/s", "train acc", "val loss", "val acc",
-                 "val Σ|A| per map", "val sparsity"], ft_rows,
-                caption="Per epoch (finetune/metrics.jsonl); sparsity: share of map cells with |A| < 0.1"),
+        R.table(
+            [
+                "epoch",
+                "train loss",
+                "train CE",
+                "train mean|A|/s",
+                "train acc",
+                "val loss",
+                "val acc",
+                "val Σ|A| per map",
+                "val sparsity",
+            ],
+            ft_rows,
+            caption="Per epoch (finetune/metrics.jsonl); sparsity: share of map cells with |A| < 0.1",
+        ),
     )
 
 
 def _section_export(steps: dict[str, Any]) -> str:
     return R.section(
         "5. Export to ONNX",
-        R.paragraph(f"{steps['export'].summary}. Outputs logits (N×K) and evidence (N×K×h×w); class names "
-                    "and preprocessing travel in the file's metadata, so onnxruntime, numpy and Pillow are "
-                    "all a deployment needs."),
+        R.paragraph(
+            f"{steps['export'].summary}. Outputs logits (N×K) and evidence (N×K×h×w); class names "
+            "and preprocessing travel in the file's metadata, so onnxruntime, numpy and Pillow are "
+            "all a deployment needs."
+        ),
         R.table(["validation input", "result"], steps["export"].details, caption="onnxruntime vs PyTorch"),
     )
 
@@ -184,16 +278,24 @@ def _section_export(steps: dict[str, Any]) -> str:
 def _section_explain(exps: list[Any]) -> str:
     items = []
     for e in exps:
-        ovs = [{"src": f"explain/{rel}", "caption": name}
-               for name, rel in e.files.get("overlays", {}).items()]
-        items.append({"title": Path(e.source).name, "image": f"explain/{e.files['image']}",
-                      "prediction": e.predicted_class, "probability": e.probability,
-                      "label": Path(e.source).parent.name, "overlays": ovs})
+        ovs = [{"src": f"explain/{rel}", "caption": name} for name, rel in e.files.get("overlays", {}).items()]
+        items.append(
+            {
+                "title": Path(e.source).name,
+                "image": f"explain/{e.files['image']}",
+                "prediction": e.predicted_class,
+                "probability": e.probability,
+                "label": Path(e.source).parent.name,
+                "overlays": ovs,
+            }
+        )
     return R.section(
         "6. Explain",
-        R.paragraph("Evidence maps of every class from one forward pass of model.onnx in onnxruntime (no "
-                    "torch): red is evidence for the class, blue against, one colour scale per image. Full "
-                    "gallery: "),
+        R.paragraph(
+            "Evidence maps of every class from one forward pass of model.onnx in onnxruntime (no "
+            "torch): red is evidence for the class, blue against, one colour scale per image. Full "
+            "gallery: "
+        ),
         f"<p>{_link('explain/index.html', 'explain/index.html')}</p>",
         R.gallery(items, thumb_width=200, overlay_width=120),
     )
@@ -203,29 +305,47 @@ def _section_evaluate(f: dict[str, Any], loc_methods: Methods) -> str:
     from ..evaluation import metric_rows
 
     cls = f["classification"]
-    parts = [R.table(["metric", *_CLASSIFICATION_COLUMNS], _classification_rows(cls),
-                     caption=f"Classification ({cls['test_images']} test images)")]
+    parts = [
+        R.table(
+            ["metric", *_CLASSIFICATION_COLUMNS],
+            _classification_rows(cls),
+            caption=f"Classification ({cls['test_images']} test images)",
+        )
+    ]
     if loc_methods:
-        parts.append(R.table(["metric", *[label for label, _ in loc_methods]],
-                             metric_rows([m for _, m in loc_methods]),
-                             caption="Localization of the true class against the lesion masks (mean ± std; "
-                                     "top-k precision pooled over images)"))
+        parts.append(
+            R.table(
+                ["metric", *[label for label, _ in loc_methods]],
+                metric_rows([m for _, m in loc_methods]),
+                caption="Localization of the true class against the lesion masks (mean ± std; "
+                "top-k precision pooled over images)",
+            )
+        )
         es = f["evaluation_settings"]
-        parts.append(R.paragraph(
-            f"Maps compared at the {es['input_size'][1]}×{es['input_size'][2]} input (evidence grid "
-            f"{'×'.join(str(v) for v in es['evidence_grid'] or [])}; share of oracle for every method on the "
-            f"{grid_text(es.get('oracle_grid'))} grid); top-k: k = {es['topk']}, {es['patch_size']} px "
-            f"patches; deletion/insertion in {es['steps']} steps. Grad-CAM (black box) is Grad-CAM on the "
-            "original classifier's last feature map; SoftCAM (converted) is the converted model before "
-            "fine-tuning (on a GAP + linear head its maps are the classic CAM). Definitions: "
-            "docs/metrics.md.",
-            note=True))
+        parts.append(
+            R.paragraph(
+                f"Maps compared at the {es['input_size'][1]}×{es['input_size'][2]} input (evidence grid "
+                f"{'×'.join(str(v) for v in es['evidence_grid'] or [])}; share of oracle for every method on the "
+                f"{grid_text(es.get('oracle_grid'))} grid); top-k: k = {es['topk']}, {es['patch_size']} px "
+                f"patches; deletion/insertion in {es['steps']} steps. Grad-CAM (black box) is Grad-CAM on the "
+                "original classifier's last feature map; SoftCAM (converted) is the converted model before "
+                "fine-tuning (on a GAP + linear head its maps are the classic CAM). Definitions: "
+                "docs/metrics.md.",
+                note=True,
+            )
+        )
         curves = {label: m["topk_curve"] for label, m in loc_methods if m.get("topk_curve")}
         if curves:
-            parts.append(R.figure(R.line_chart_svg(curves, "k", "precision@k", width=480, height=240),
-                                  "Top-k patch precision, pooled over images"))
-    parts.append(f"<p>Full evaluation report (per-class metrics, confusion matrix, deletion/insertion "
-                 f"curves, examples): {_link('evaluate/index.html', 'evaluate/index.html')}</p>")
+            parts.append(
+                R.figure(
+                    R.line_chart_svg(curves, "k", "precision@k", width=480, height=240),
+                    "Top-k patch precision, pooled over images",
+                )
+            )
+    parts.append(
+        f"<p>Full evaluation report (per-class metrics, confusion matrix, deletion/insertion "
+        f"curves, examples): {_link('evaluate/index.html', 'evaluate/index.html')}</p>"
+    )
     return R.section("7. Evaluate", *parts)
 
 
@@ -248,8 +368,9 @@ def _section_own_data(arch: str) -> str:
     )
 
 
-def report_page(out: Path, result: DemoResult, info: dict[str, Any], exps: list[Any], loc_methods: Methods,
-                panel_rel: str | None) -> str:
+def report_page(
+    out: Path, result: DemoResult, info: dict[str, Any], exps: list[Any], loc_methods: Methods, panel_rel: str | None
+) -> str:
     """The report's HTML: a summary, the steps table, one section per step, the same steps on your data."""
     f = result.figures
     steps = {s.key: s for s in result.steps}
@@ -269,14 +390,17 @@ def report_page(out: Path, result: DemoResult, info: dict[str, Any], exps: list[
     return R.html_page(
         "softcamify demo",
         parts,
-        subtitle=(f"black box: {arch} (softcamify/assets/{MODEL_FILE.name}) · device {result.device} · "
-                  f"{'fast settings · ' if result.settings.get('fast') else ''}output {out}"),
+        subtitle=(
+            f"black box: {arch} (softcamify/assets/{MODEL_FILE.name}) · device {result.device} · "
+            f"{'fast settings · ' if result.settings.get('fast') else ''}output {out}"
+        ),
         footer=f"softcamify demo, {time.strftime('%Y-%m-%d %H:%M')}, {result.seconds:.0f} s",
     )
 
 
-def write_report(out: Path, result: DemoResult, info: dict[str, Any], exps: list[Any], loc_methods: Methods,
-                 panel_rel: str | None) -> Path:
+def write_report(
+    out: Path, result: DemoResult, info: dict[str, Any], exps: list[Any], loc_methods: Methods, panel_rel: str | None
+) -> Path:
     """``OUT_DIR/report.html``: one page with every step's result (written atomically)."""
     page = report_page(out, result, info, exps, loc_methods, panel_rel)
     return R.write_report(out / REPORT_NAME, page, force=True)
@@ -293,8 +417,11 @@ def update_docs_figure(result: DemoResult, dest: str | os.PathLike | None = None
     if dest is None:
         docs = Path(__file__).resolve().parents[2] / "docs"  # softcamify/demo/report.py -> the checkout
         if not docs.is_dir():
-            raise UsageError("Updating the docs figure needs a source checkout of softcamify (docs/ next to "
-                             "the package) or a dest to copy it to.", param="dest")
+            raise UsageError(
+                "Updating the docs figure needs a source checkout of softcamify (docs/ next to "
+                "the package) or a dest to copy it to.",
+                param="dest",
+            )
         dest = docs / "images" / "demo_overlay.png"
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -58,12 +58,21 @@ class DemoResult:
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.metrics import json_safe
 
-        return json_safe({
-            MARKER_KEY: __version__, "status": "done", "out_dir": self.out_dir, "report": self.report,
-            "device": self.device, "seconds": self.seconds,
-            "steps": [s.to_dict() for s in self.steps], "figures": self.figures, "files": self.files,
-            "settings": self.settings, "notes": self.notes,
-        })
+        return json_safe(
+            {
+                MARKER_KEY: __version__,
+                "status": "done",
+                "out_dir": self.out_dir,
+                "report": self.report,
+                "device": self.device,
+                "seconds": self.seconds,
+                "steps": [s.to_dict() for s in self.steps],
+                "figures": self.figures,
+                "files": self.files,
+                "settings": self.settings,
+                "notes": self.notes,
+            }
+        )
 
 
 class SweepProgress:
@@ -90,9 +99,12 @@ class SweepProgress:
 
     def epoch_end(self, tag: str, record: dict[str, Any]) -> None:
         v = record["val"]
-        self.rep.progress(self.index, self.total,
-                          f"run {self.index + 1}/{self.total}: {tag} · epoch {record['epoch']} · "
-                          f"val acc {v.get('accuracy', float('nan')):.2f}")
+        self.rep.progress(
+            self.index,
+            self.total,
+            f"run {self.index + 1}/{self.total}: {tag} · epoch {record['epoch']} · "
+            f"val acc {v.get('accuracy', float('nan')):.2f}",
+        )
 
     def run_end(self, run: Any) -> None:
         self.rep.progress(self.index + 1, self.total, f"run {self.index + 1}/{self.total}: {run.tag} done")

@@ -78,8 +78,10 @@ def _prepare_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     if out.is_dir() and force:
         present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
         if present and not _is_demo_dir(out):
-            raise OutputError(f"{out} holds {present[0]}, which no earlier demo wrote there (no demo.json); "
-                              "choose another out_dir.", param="out_dir")
+            raise OutputError(
+                f"{out} holds {present[0]}, which no earlier demo wrote there (no demo.json); choose another out_dir.",
+                param="out_dir",
+            )
         for name in present:
             p = out / name
             try:
@@ -139,11 +141,19 @@ def _step_data(r: _Run) -> dict[str, Any]:
     with r.step("data", "Generate a synthetic lesion dataset") as s:
         manifest = make_demo_dataset(r.data_dir, n=r.st.images, seed=DEMO_SEED, info=r.info)
         n_split = {k: sum(v.values()) for k, v in manifest["counts"].items()}
-        s.summary = (f"{manifest['n']} images at {opts['size']} px ({n_split['train']} train / "
-                     f"{n_split['val']} val / {n_split['test']} test), lesion masks in data/masks")
-        s.details = [("classes", ", ".join(r.classes)), ("generator", f"make_lesions(seed={DEMO_SEED}, "
-                     f"contrast={opts['contrast']:g}, noise={opts['noise']:g}): the black box's training "
-                     "distribution")]
+        s.summary = (
+            f"{manifest['n']} images at {opts['size']} px ({n_split['train']} train / "
+            f"{n_split['val']} val / {n_split['test']} test), lesion masks in data/masks"
+        )
+        s.details = [
+            ("classes", ", ".join(r.classes)),
+            (
+                "generator",
+                f"make_lesions(seed={DEMO_SEED}, "
+                f"contrast={opts['contrast']:g}, noise={opts['noise']:g}): the black box's training "
+                "distribution",
+            ),
+        ]
     return manifest
 
 
@@ -156,8 +166,10 @@ def _step_inspect(r: _Run) -> Any:
         with _quiet_warnings():
             ins = inspect(loaded).to_dict()
         kind = "exact" if ins["exact"] else "approximate"
-        s.summary = (f"{ins['architecture']} ({ins['parameters']:,} parameters): {ins['head']} → strategy "
-                     f"{ins['strategy']} ({kind})")
+        s.summary = (
+            f"{ins['architecture']} ({ins['parameters']:,} parameters): {ins['head']} → strategy "
+            f"{ins['strategy']} ({kind})"
+        )
         s.details = [
             ("checkpoint", f"softcamify/assets/{MODEL_FILE.name} (a plain timm state dict)"),
             ("feature map", f"{'×'.join(str(v) for v in ins['feature_shape'])} ({ins['layout']})"),
@@ -165,8 +177,11 @@ def _step_inspect(r: _Run) -> Any:
             ("pooling", str(ins["pooling"])),
             ("classifier", str(ins["classifier"])),
             ("strategy", f"{ins['strategy']} ({kind})"),
-            ("evidence grid", f"{'×'.join(str(v) for v in ins['evidence_grid'])} at "
-                              f"{'×'.join(str(v) for v in ins['input_size'][1:])} px"),
+            (
+                "evidence grid",
+                f"{'×'.join(str(v) for v in ins['evidence_grid'])} at "
+                f"{'×'.join(str(v) for v in ins['input_size'][1:])} px",
+            ),
         ]
     return loaded
 
@@ -184,16 +199,30 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
         converted_path = r.out / "models" / "converted.safetensors"
         save(converted, converted_path)
         c = converted.meta.conversion
-        r.figures["conversion"] = {k: c.get(k) for k in (
-            "exact", "strategy", "max_abs_diff", "max_rel_diff", "top1_agreement", "kl_divergence",
-            "maps_mean_diff", "samples", "calibration_images", "atol", "passed")}
-        s.summary = (f"max |Δlogit| {c['max_abs_diff']:.2g} (atol {c['atol']:g}) on {c['samples']} random + "
-                     f"{c['calibration_images']} real images, top-1 agreement {c['top1_agreement']:.0%} → "
-                     f"models/{converted_path.name}")
+        r.figures["conversion"] = {
+            k: c.get(k)
+            for k in (
+                "exact",
+                "strategy",
+                "max_abs_diff",
+                "max_rel_diff",
+                "top1_agreement",
+                "kl_divergence",
+                "maps_mean_diff",
+                "samples",
+                "calibration_images",
+                "atol",
+                "passed",
+            )
+        }
+        s.summary = (
+            f"max |Δlogit| {c['max_abs_diff']:.2g} (atol {c['atol']:g}) on {c['samples']} random + "
+            f"{c['calibration_images']} real images, top-1 agreement {c['top1_agreement']:.0%} → "
+            f"models/{converted_path.name}"
+        )
         s.details = [
             ("strategy", f"{c['strategy']} ({'exact' if c['exact'] else 'approximate'})"),
-            ("max |Δlogit|", f"{c['max_abs_diff']:.3g} (atol {c['atol']:g}: "
-                             f"{'passed' if c['passed'] else 'FAILED'})"),
+            ("max |Δlogit|", f"{c['max_abs_diff']:.3g} (atol {c['atol']:g}: {'passed' if c['passed'] else 'FAILED'})"),
             ("max relative error", f"{c['max_rel_diff']:.3g}"),
             ("top-1 agreement", f"{c['top1_agreement']:.1%}"),
             ("KL divergence", f"{c['kl_divergence']:.2g}"),
@@ -208,14 +237,28 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
             finer_path = r.out / "models" / f"converted_os{stride}.safetensors"
             save(finer, finer_path)
             fc = finer.meta.conversion
-            r.figures["conversion_finer"] = {k: fc.get(k) for k in (
-                "output_stride", "evidence_grid", "original_grid", "max_abs_diff", "top1_agreement",
-                "kl_divergence", "dilated_max_abs_diff", "exact")}
-            s.details.append((f"output stride {stride}",
-                              f"{grid_text(fc['evidence_grid'])} grid (from "
-                              f"{grid_text(fc['original_grid'])}), approximate: top-1 agreement "
-                              f"{fc['top1_agreement']:.1%}, max |Δlogit| {fc['max_abs_diff']:.2g} vs the "
-                              f"black box → models/{finer_path.name}"))
+            r.figures["conversion_finer"] = {
+                k: fc.get(k)
+                for k in (
+                    "output_stride",
+                    "evidence_grid",
+                    "original_grid",
+                    "max_abs_diff",
+                    "top1_agreement",
+                    "kl_divergence",
+                    "dilated_max_abs_diff",
+                    "exact",
+                )
+            }
+            s.details.append(
+                (
+                    f"output stride {stride}",
+                    f"{grid_text(fc['evidence_grid'])} grid (from "
+                    f"{grid_text(fc['original_grid'])}), approximate: top-1 agreement "
+                    f"{fc['top1_agreement']:.1%}, max |Δlogit| {fc['max_abs_diff']:.2g} vs the "
+                    f"black box → models/{finer_path.name}",
+                )
+            )
     return converted, converted_path, finer
 
 
@@ -224,22 +267,53 @@ def _finetune_figures(sw: Any, chosen: Any, summary: dict[str, Any], st: DemoSet
     hist = summary.get("history") or []
     return {
         "sweep": {
-            "rule": sw.rule, "tolerance": sw.tolerance, "localization": sw.localization,
-            "reference": sw.reference, "recommended_l1": sw.recommended.l1 if sw.recommended else None,
-            "runs": [{k: r.get(k) for k in ("l1", "l2", "accuracy", "share_of_oracle", "activation_precision",
-                                             "pointing_game", "sparsity", "qualified", "recommended")}
-                     for r in sw.runs],
+            "rule": sw.rule,
+            "tolerance": sw.tolerance,
+            "localization": sw.localization,
+            "reference": sw.reference,
+            "recommended_l1": sw.recommended.l1 if sw.recommended else None,
+            "runs": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "l1",
+                        "l2",
+                        "accuracy",
+                        "share_of_oracle",
+                        "activation_precision",
+                        "pointing_game",
+                        "sparsity",
+                        "qualified",
+                        "recommended",
+                    )
+                }
+                for r in sw.runs
+            ],
         },
         "finetune": {
-            "epochs": summary.get("epochs_completed"), "best_epoch": summary.get("best_epoch"),
-            "l1": chosen.l1, "l2": st.l2, "lr": st.lr, "batch_size": st.batch_size,
-            "device": summary.get("device"), "train_images_per_s": summary.get("train_images_per_s"),
+            "epochs": summary.get("epochs_completed"),
+            "best_epoch": summary.get("best_epoch"),
+            "l1": chosen.l1,
+            "l2": st.l2,
+            "lr": st.lr,
+            "batch_size": st.batch_size,
+            "device": summary.get("device"),
+            "train_images_per_s": summary.get("train_images_per_s"),
             "logit_scale": summary.get("logit_scale"),
-            "history": [{"epoch": h["epoch"], "train_loss": h["train"]["loss"], "train_ce": h["train"]["ce"],
-                         "train_l1": h["train"]["l1"], "train_accuracy": h["train"]["accuracy"],
-                         "val_loss": h["val"].get("loss"), "val_accuracy": h["val"].get("accuracy"),
-                         "val_sparsity": h["val"].get("sparsity"), "val_map_l1": h["val"].get("map_l1")}
-                        for h in hist],
+            "history": [
+                {
+                    "epoch": h["epoch"],
+                    "train_loss": h["train"]["loss"],
+                    "train_ce": h["train"]["ce"],
+                    "train_l1": h["train"]["l1"],
+                    "train_accuracy": h["train"]["accuracy"],
+                    "val_loss": h["val"].get("loss"),
+                    "val_accuracy": h["val"].get("accuracy"),
+                    "val_sparsity": h["val"].get("sparsity"),
+                    "val_map_l1": h["val"].get("map_l1"),
+                }
+                for h in hist
+            ],
         },
     }
 
@@ -252,17 +326,36 @@ def _step_finetune(r: _Run, finer: Any) -> Any:
 
     st = r.st
     with r.step("finetune", "Sweep λ1 and fine-tune with the ElasticNet penalty") as s:
-        cfg = FinetuneConfig(epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, l2=st.l2,
-                             device=str(r.dev), workers=st.workers, seed=0, monitor="val_loss",
-                             augment="light", warmup_epochs=0.0 if st.epochs < 2 else 0.5)
+        cfg = FinetuneConfig(
+            epochs=st.epochs,
+            batch_size=st.batch_size,
+            lr=st.lr,
+            l2=st.l2,
+            device=str(r.dev),
+            workers=st.workers,
+            seed=0,
+            monitor="val_loss",
+            augment="light",
+            warmup_epochs=0.0 if st.epochs < 2 else 0.5,
+        )
         with _quiet_warnings():
-            sw = sweep(finer, r.data_dir, r.out / "sweep", l1=list(st.l1), l2=[st.l2], config=cfg,
-                       tolerance=st.tolerance, reporter=SweepProgress(r.rep))
+            sw = sweep(
+                finer,
+                r.data_dir,
+                r.out / "sweep",
+                l1=list(st.l1),
+                l2=[st.l2],
+                config=cfg,
+                tolerance=st.tolerance,
+                reporter=SweepProgress(r.rep),
+            )
         chosen = sw.recommended
         if chosen is None:  # no λ kept the accuracy: the mildest one, said plainly
             chosen = min(sw.runs, key=lambda run: (run.l1, run.l2))
-            r.note(f"No λ1 of {list(st.l1)} kept the validation accuracy within {st.tolerance:g} of the "
-                   f"converted model's; the demo goes on with the mildest, λ1 = {chosen.l1:g}.")
+            r.note(
+                f"No λ1 of {list(st.l1)} kept the validation accuracy within {st.tolerance:g} of the "
+                f"converted model's; the demo goes on with the mildest, λ1 = {chosen.l1:g}."
+            )
         run_dir = Path(chosen.run_dir)
         (r.out / "finetune").mkdir(exist_ok=True)
         for name in ("best.safetensors", "metrics.jsonl", "summary.json"):
@@ -273,15 +366,22 @@ def _step_finetune(r: _Run, finer: Any) -> Any:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         r.figures.update(_finetune_figures(sw, chosen, summary, st))
         picked = "recommended" if sw.recommended is not None else "no λ1 qualified; the mildest"
-        s.summary = (f"{len(sw.runs)} runs of {st.epochs} epoch(s) (λ1 {', '.join(f'{v:g}' for v in st.l1)}) "
-                     f"on {summary.get('device')}: λ1 = {chosen.l1:g} {picked} (val accuracy "
-                     f"{_fmt(chosen.accuracy)}, share of oracle {_fmt(chosen.share_of_oracle)}) → "
-                     "finetune/best.safetensors")
-        s.details = [(f"λ1 = {run.l1:g}", f"val accuracy {_fmt(run.accuracy)}, share of oracle "
-                                          f"{_fmt(run.share_of_oracle)}, pointing {_fmt(run.pointing_game)}"
-                                          + (" · recommended" if run.recommended else "")
-                                          + ("" if run.qualified else " · below the accuracy floor"))
-                     for run in sw.runs]
+        s.summary = (
+            f"{len(sw.runs)} runs of {st.epochs} epoch(s) (λ1 {', '.join(f'{v:g}' for v in st.l1)}) "
+            f"on {summary.get('device')}: λ1 = {chosen.l1:g} {picked} (val accuracy "
+            f"{_fmt(chosen.accuracy)}, share of oracle {_fmt(chosen.share_of_oracle)}) → "
+            "finetune/best.safetensors"
+        )
+        s.details = [
+            (
+                f"λ1 = {run.l1:g}",
+                f"val accuracy {_fmt(run.accuracy)}, share of oracle "
+                f"{_fmt(run.share_of_oracle)}, pointing {_fmt(run.pointing_game)}"
+                + (" · recommended" if run.recommended else "")
+                + ("" if run.qualified else " · below the accuracy floor"),
+            )
+            for run in sw.runs
+        ]
     return tuned
 
 
@@ -294,18 +394,28 @@ def _step_export(r: _Run, tuned: Any) -> Any:
         with _quiet_warnings():
             ex = export_onnx(tuned, r.out / "model.onnx", exporter=r.st.exporter)
         tuned = tuned.to("cpu").float().eval()
-        r.figures["export"] = {"exporter": ex.exporter, "opset": ex.opset,
-                               "dynamic_spatial": ex.dynamic_spatial,
-                               "max_abs_diff_logits": ex.max_abs_diff_logits,
-                               "max_abs_diff_evidence": ex.max_abs_diff_evidence, "atol": ex.atol,
-                               "file_size": ex.file_size, "checks": ex.checks}
-        s.summary = (f"model.onnx ({ex.file_size / 1e6:.1f} MB, {ex.exporter}, opset {ex.opset}): max |Δ| "
-                     f"logits {ex.max_abs_diff_logits:.2g}, evidence {ex.max_abs_diff_evidence:.2g} "
-                     "vs PyTorch")
-        s.details = [(f"batch {ck['batch']} at {'×'.join(str(v) for v in ck['size'])}",
-                      f"max |Δ| logits {ck['max_abs_diff_logits']:.2g}, "
-                      f"evidence {ck['max_abs_diff_evidence']:.2g}")
-                     for ck in ex.checks]
+        r.figures["export"] = {
+            "exporter": ex.exporter,
+            "opset": ex.opset,
+            "dynamic_spatial": ex.dynamic_spatial,
+            "max_abs_diff_logits": ex.max_abs_diff_logits,
+            "max_abs_diff_evidence": ex.max_abs_diff_evidence,
+            "atol": ex.atol,
+            "file_size": ex.file_size,
+            "checks": ex.checks,
+        }
+        s.summary = (
+            f"model.onnx ({ex.file_size / 1e6:.1f} MB, {ex.exporter}, opset {ex.opset}): max |Δ| "
+            f"logits {ex.max_abs_diff_logits:.2g}, evidence {ex.max_abs_diff_evidence:.2g} "
+            "vs PyTorch"
+        )
+        s.details = [
+            (
+                f"batch {ck['batch']} at {'×'.join(str(v) for v in ck['size'])}",
+                f"max |Δ| logits {ck['max_abs_diff_logits']:.2g}, evidence {ck['max_abs_diff_evidence']:.2g}",
+            )
+            for ck in ex.checks
+        ]
     return tuned
 
 
@@ -317,12 +427,19 @@ def _step_explain(r: _Run, manifest: dict[str, Any]) -> list[Any]:
         per_class = max(1, -(-r.st.explain_images // len(r.classes)))
         picks = pick_images(manifest["images"], "test", per_class, r.classes)[: r.st.explain_images]
         paths = [r.data_dir / it["path"] for it in picks]
-        exps = explain(r.out / "model.onnx", paths, r.out / "explain", classes="all",
-                       title="softcamify demo: evidence maps from model.onnx (onnxruntime)",
-                       progress=lambda d, t: r.rep.progress(d, t, "images"))
+        exps = explain(
+            r.out / "model.onnx",
+            paths,
+            r.out / "explain",
+            classes="all",
+            title="softcamify demo: evidence maps from model.onnx (onnxruntime)",
+            progress=lambda d, t: r.rep.progress(d, t, "images"),
+        )
         right = sum(e.predicted_class == it["class"] for e, it in zip(exps, picks, strict=True))
-        s.summary = (f"{len(exps)} test images, maps of all {len(r.classes)} classes from one onnxruntime "
-                     f"pass ({right}/{len(exps)} predicted correctly) → explain/index.html")
+        s.summary = (
+            f"{len(exps)} test images, maps of all {len(r.classes)} classes from one onnxruntime "
+            f"pass ({right}/{len(exps)} predicted correctly) → explain/index.html"
+        )
     return exps
 
 
@@ -344,64 +461,113 @@ def _step_evaluate(r: _Run, converted: Any, tuned: Any, loaded: Any):
     with r.step("evaluate", "Evaluate: accuracy and localization vs Grad-CAM") as s:
         baselines = ["gradcam"] if _has_gradcam() else []
         if not baselines:
-            r.note("pytorch-grad-cam is not installed, so there is no Grad-CAM comparison; "
-                   "install it with pip install 'softcamify[baselines]' and rerun.")
+            r.note(
+                "pytorch-grad-cam is not installed, so there is no Grad-CAM comparison; "
+                "install it with pip install 'softcamify[baselines]' and rerun."
+            )
         # pointing game with Zhang et al.'s 15 px tolerance (about half a cell of the black box's 5 × 5 grid);
         # share of oracle on ONE grid for every method: the fine-tuned model's (the finest)
         with torch.no_grad():
-            grid = tuple(int(v) for v in tuned.forward_features(
-                torch.zeros(1, *tuned.meta.data_config["input_size"])).shape[2:])
-        common = {"split": "test", "steps": r.st.eval_steps, "max_images": r.st.eval_max_images,
-                  "pointing_tolerance": POINTING_TOLERANCE, "batch_size": 16, "device": r.dev,
-                  "oracle_grid": grid}
+            grid = tuple(
+                int(v) for v in tuned.forward_features(torch.zeros(1, *tuned.meta.data_config["input_size"])).shape[2:]
+            )
+        common = {
+            "split": "test",
+            "steps": r.st.eval_steps,
+            "max_images": r.st.eval_max_images,
+            "pointing_tolerance": POINTING_TOLERANCE,
+            "batch_size": 16,
+            "device": r.dev,
+            "oracle_grid": grid,
+        }
         with _quiet_warnings():
-            before = evaluate(converted, r.data_dir, original=loaded.module, examples=0,
-                              progress=lambda stage, d, t: r.rep.progress(d, t, f"converted model: {stage}"),
-                              **common)
-            after = evaluate(tuned, r.data_dir, baselines=baselines, original=loaded.module,
-                             out_dir=r.out / "evaluate", examples=6,
-                             progress=lambda stage, d, t: r.rep.progress(d, t, f"fine-tuned model: {stage}"),
-                             **common)
+            before = evaluate(
+                converted,
+                r.data_dir,
+                original=loaded.module,
+                examples=0,
+                progress=lambda stage, d, t: r.rep.progress(d, t, f"converted model: {stage}"),
+                **common,
+            )
+            after = evaluate(
+                tuned,
+                r.data_dir,
+                baselines=baselines,
+                original=loaded.module,
+                out_dir=r.out / "evaluate",
+                examples=6,
+                progress=lambda stage, d, t: r.rep.progress(d, t, f"fine-tuned model: {stage}"),
+                **common,
+            )
         tuned.to("cpu").eval()
         loaded.module.to("cpu")
         f = r.figures
         f["classification"] = classification_figures(before, after)
         loc_methods = localization_methods(before, after)
         f["localization"] = localization_figures(loc_methods)
-        f["evaluation_settings"] = {k: after.settings.get(k) for k in (
-            "input_size", "evidence_grid", "oracle_grid", "patch_size", "patch_stride", "topk", "steps")}
+        f["evaluation_settings"] = {
+            k: after.settings.get(k)
+            for k in ("input_size", "evidence_grid", "oracle_grid", "patch_size", "patch_stride", "topk", "steps")
+        }
         f["comparison"] = comparison(f)
         cls, loc = f["classification"], f["localization"]
-        s.summary = (f"accuracy on {cls['test_images']} test images: black box "
-                     f"{_fmt(cls['black_box']['accuracy'])}, converted {_fmt(cls['converted']['accuracy'])}, "
-                     f"fine-tuned {_fmt(cls['fine_tuned']['accuracy'])} → evaluate/index.html")
+        s.summary = (
+            f"accuracy on {cls['test_images']} test images: black box "
+            f"{_fmt(cls['black_box']['accuracy'])}, converted {_fmt(cls['converted']['accuracy'])}, "
+            f"fine-tuned {_fmt(cls['fine_tuned']['accuracy'])} → evaluate/index.html"
+        )
         for label in loc:
-            s.details.append((label, f"activation precision {_fmt(loc[label].get('activation_precision'))}, "
-                                     f"pointing game {_fmt(loc[label].get('pointing_game'))}, "
-                                     f"share of oracle {_fmt(loc[label].get('share_of_oracle'))}, "
-                                     f"top-k precision {_fmt(loc[label].get('topk_precision'))}"))
+            s.details.append(
+                (
+                    label,
+                    f"activation precision {_fmt(loc[label].get('activation_precision'))}, "
+                    f"pointing game {_fmt(loc[label].get('pointing_game'))}, "
+                    f"share of oracle {_fmt(loc[label].get('share_of_oracle'))}, "
+                    f"top-k precision {_fmt(loc[label].get('topk_precision'))}",
+                )
+            )
         if f["comparison"]:
             s.details.append(("SoftCAM vs Grad-CAM", f["comparison"]["text"]))
     return baselines, loc_methods
 
 
-def _step_report(r: _Run, fast: bool, manifest: dict[str, Any], converted_path: Path, tuned: Any,
-                 loaded: Any, baselines: list[str]) -> tuple[DemoResult, str | None]:
+def _step_report(
+    r: _Run, fast: bool, manifest: dict[str, Any], converted_path: Path, tuned: Any, loaded: Any, baselines: list[str]
+) -> tuple[DemoResult, str | None]:
     """8. The figure (figures/panel.png) and the run's :class:`DemoResult` (the page is written after it)."""
     out, st = r.out, r.st
     with r.step("report", "Write the HTML report") as s:
-        panel_rel = write_panels(out, picks_for_panels(manifest, r.classes, st.panels), tuned, loaded,
-                                 r.data_dir, baselines)
-        files = {"report": str(out / REPORT_NAME), "dataset": str(r.data_dir),
-                 "converted": str(converted_path),
-                 "fine_tuned": str(out / "finetune" / "best.safetensors"), "onnx": str(out / "model.onnx"),
-                 "explain": str(out / "explain" / "index.html"),
-                 "evaluate": str(out / "evaluate" / "index.html"),
-                 "figure": str(out / "figures" / "overview.png") if panel_rel else ""}
-        settings = {**asdict(st), "fast": fast, "seed": DEMO_SEED, "dataset": r.opts,
-                    "model": {k: r.info.get(k) for k in ("architecture", "test_accuracy", "dataset")}}
-        result = DemoResult(out_dir=str(out), report=str(out / REPORT_NAME), device=str(r.dev), seconds=0.0,
-                            steps=r.steps, figures=r.figures, files=files, settings=settings, notes=r.notes)
+        panel_rel = write_panels(
+            out, picks_for_panels(manifest, r.classes, st.panels), tuned, loaded, r.data_dir, baselines
+        )
+        files = {
+            "report": str(out / REPORT_NAME),
+            "dataset": str(r.data_dir),
+            "converted": str(converted_path),
+            "fine_tuned": str(out / "finetune" / "best.safetensors"),
+            "onnx": str(out / "model.onnx"),
+            "explain": str(out / "explain" / "index.html"),
+            "evaluate": str(out / "evaluate" / "index.html"),
+            "figure": str(out / "figures" / "overview.png") if panel_rel else "",
+        }
+        settings = {
+            **asdict(st),
+            "fast": fast,
+            "seed": DEMO_SEED,
+            "dataset": r.opts,
+            "model": {k: r.info.get(k) for k in ("architecture", "test_accuracy", "dataset")},
+        }
+        result = DemoResult(
+            out_dir=str(out),
+            report=str(out / REPORT_NAME),
+            device=str(r.dev),
+            seconds=0.0,
+            steps=r.steps,
+            figures=r.figures,
+            files=files,
+            settings=settings,
+            notes=r.notes,
+        )
         s.summary = f"{REPORT_NAME} (overlays, metric tables, the fine-tuning curve)"
     return result, panel_rel
 

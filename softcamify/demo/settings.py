@@ -21,8 +21,18 @@ SUMMARY_NAME = "demo.json"
 POINTING_TOLERANCE = 15  # px, the pointing game's tolerance in the demo's evaluation (Zhang et al. 2018)
 MARKER_KEY = "softcamify_demo"  # in demo.json: the folder holds a demo's outputs (--force may replace them)
 #: What a demo writes into OUT_DIR (``--force`` removes exactly these before a new run).
-OUTPUTS = ("data", "models", "sweep", "finetune", "explain", "evaluate", "figures", "model.onnx", REPORT_NAME,
-           SUMMARY_NAME)
+OUTPUTS = (
+    "data",
+    "models",
+    "sweep",
+    "finetune",
+    "explain",
+    "evaluate",
+    "figures",
+    "model.onnx",
+    REPORT_NAME,
+    SUMMARY_NAME,
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,32 @@ class DemoSettings:
     tolerance: float = 0.01  # the sweep's rule: accuracy a λ may cost against the converted model
 
 
-DEFAULT = DemoSettings(images=600, epochs=4, batch_size=16, lr=2e-4, l1=(0.5, 2.0, 5.0), l2=0.0,
-                       explain_images=6, eval_steps=20, eval_max_images=None, panels=4, workers=None)
-FAST = DemoSettings(images=30, epochs=1, batch_size=8, lr=2e-4, l1=(0.5, 2.0), l2=0.0, explain_images=3,
-                    eval_steps=4, eval_max_images=4, panels=2, workers=0)
+DEFAULT = DemoSettings(
+    images=600,
+    epochs=4,
+    batch_size=16,
+    lr=2e-4,
+    l1=(0.5, 2.0, 5.0),
+    l2=0.0,
+    explain_images=6,
+    eval_steps=20,
+    eval_max_images=None,
+    panels=4,
+    workers=None,
+)
+FAST = DemoSettings(
+    images=30,
+    epochs=1,
+    batch_size=8,
+    lr=2e-4,
+    l1=(0.5, 2.0),
+    l2=0.0,
+    explain_images=3,
+    eval_steps=4,
+    eval_max_images=4,
+    panels=2,
+    workers=0,
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -61,8 +93,9 @@ def model_info() -> dict[str, Any]:
     try:
         return json.loads(INFO_FILE.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise InputError(f"The demo model's description {INFO_FILE} cannot be read ({e}); "
-                         "reinstall softcamify.") from None
+        raise InputError(
+            f"The demo model's description {INFO_FILE} cannot be read ({e}); reinstall softcamify."
+        ) from None
 
 
 def load_demo_model(info: dict[str, Any] | None = None):
@@ -76,8 +109,10 @@ def load_demo_model(info: dict[str, Any] | None = None):
     if not MODEL_FILE.is_file():
         raise InputError(f"The demo model {MODEL_FILE} is missing; reinstall softcamify.")
     if not timm.is_model(info["architecture"]):
-        raise InputError(f"The demo model is timm's {info['architecture']}, which timm {timm.__version__} "
-                         "does not have; upgrade timm (pip install -U timm).")
+        raise InputError(
+            f"The demo model is timm's {info['architecture']}, which timm {timm.__version__} "
+            "does not have; upgrade timm (pip install -U timm)."
+        )
     cfg = dict(info["data_config"])
     size = tuple(int(v) for v in cfg["input_size"][1:])
     loaded = load_model(info["architecture"], weights=MODEL_FILE, input_size=size)  # type: ignore[arg-type]
@@ -97,21 +132,26 @@ def dataset_options(info: dict[str, Any] | None = None) -> dict[str, Any]:
     from ..data.synth import DEFAULT_CLASSES
 
     d = dict((info or model_info())["dataset"])
-    return {"size": int(d["size"]), "classes": list(d.get("classes") or DEFAULT_CLASSES),
-            "contrast": float(d.get("contrast", 1.0)),
-            "noise": float(d.get("noise", 1.0))}
+    return {
+        "size": int(d["size"]),
+        "classes": list(d.get("classes") or DEFAULT_CLASSES),
+        "contrast": float(d.get("contrast", 1.0)),
+        "noise": float(d.get("noise", 1.0)),
+    }
 
 
-def make_demo_dataset(out_dir: str | os.PathLike, n: int, seed: int = DEMO_SEED, force: bool = False,
-                      info: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_demo_dataset(
+    out_dir: str | os.PathLike, n: int, seed: int = DEMO_SEED, force: bool = False, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A synthetic lesion dataset from the black box's training distribution (same generator settings)."""
     from ..data.synth import make_lesions
 
     return make_lesions(out_dir, n=n, seed=seed, force=force, **dataset_options(info))
 
 
-def pick_images(items: list[dict[str, Any]], split: str, per_class: int, classes: list[str],
-                lesions_only: bool = False) -> list[dict[str, Any]]:
+def pick_images(
+    items: list[dict[str, Any]], split: str, per_class: int, classes: list[str], lesions_only: bool = False
+) -> list[dict[str, Any]]:
     """The first ``per_class`` images of each class of ``split`` (manifest order), interleaved by class."""
     by_class: dict[str, list[dict[str, Any]]] = {c: [] for c in classes}
     for it in items:

@@ -25,16 +25,33 @@ if TYPE_CHECKING:
     from .samples import evaluation_samples
     from .settings import ExplanationOptions
 
-__all__ = ["METRICS", "REFERENCES", "EvaluationResult", "ExplanationOptions", "MethodResult",
-           "classification_rows", "evaluate", "evaluation_samples", "metric_rows", "write_report"]
+__all__ = [
+    "METRICS",
+    "REFERENCES",
+    "EvaluationResult",
+    "ExplanationOptions",
+    "MethodResult",
+    "classification_rows",
+    "evaluate",
+    "evaluation_samples",
+    "metric_rows",
+    "write_report",
+]
 
 # Loaded on first use, not here: :mod:`.metrics` sits low in the package (layer 1, tests/test_layering.py),
 # imported by softcamify.explanations and softcamify.render, and importing it runs this file first; an eager
 # ``from .run import evaluate`` would import explanations back while they are still loading (an import circle).
 _HOME = {
-    "METRICS": "results", "REFERENCES": "results", "EvaluationResult": "results", "MethodResult": "results",
-    "ExplanationOptions": "settings", "evaluate": "run", "evaluation_samples": "samples",
-    "classification_rows": "report", "metric_rows": "report", "write_report": "report",
+    "METRICS": "results",
+    "REFERENCES": "results",
+    "EvaluationResult": "results",
+    "MethodResult": "results",
+    "ExplanationOptions": "settings",
+    "evaluate": "run",
+    "evaluation_samples": "samples",
+    "classification_rows": "report",
+    "metric_rows": "report",
+    "write_report": "report",
 }
 
 

@@ -50,8 +50,14 @@ METHODS: dict[str, tuple[str, str]] = {
     "eigengradcam": ("EigenGradCAM", "EigenGrad-CAM"),
     "gradcamelementwise": ("GradCAMElementWise", "Grad-CAM element-wise"),
 }
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "grad-cam": "gradcam", "score-cam": "scorecam",
-            "layer-cam": "layercam", "grad-cam++": "gradcam++"}
+_ALIASES = {
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "grad-cam": "gradcam",
+    "score-cam": "scorecam",
+    "layer-cam": "layercam",
+    "grad-cam++": "gradcam++",
+}
 
 INSTALL_HINT = "pip install 'softcamify[baselines]'"
 
@@ -79,8 +85,7 @@ def parse_methods(spec: str | Sequence[str] | None) -> list[str]:
             continue
         key = _ALIASES.get(key, key)
         if key not in METHODS:
-            raise UsageError(f"baselines: unknown method {raw!r}; choose from {', '.join(METHODS)}.",
-                             param="baselines")
+            raise UsageError(f"baselines: unknown method {raw!r}; choose from {', '.join(METHODS)}.", param="baselines")
         if key not in out:
             out.append(key)
     return out

@@ -33,9 +33,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def with_outline(
-    img: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 0)
-) -> Image.Image:
+def with_outline(img: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 0)) -> Image.Image:
     """``img`` with the outline of ``mask`` (resized to it, nearest) drawn in ``colour``."""
     big = Image.fromarray(mask.astype(np.uint8) * 255).resize(img.size, Image.Resampling.NEAREST)
     edge = _outline(np.asarray(big) > 0)
@@ -77,7 +75,10 @@ def classification_rows(c: dict[str, Any], o: dict[str, Any] | None) -> tuple[li
 
 
 def write_report(
-    result: EvaluationResult, out: Path, example_data: Sequence[dict[str, Any]], mm: Runtime,
+    result: EvaluationResult,
+    out: Path,
+    example_data: Sequence[dict[str, Any]],
+    mm: Runtime,
     force: bool = False,
 ) -> Path:
     """``index.html`` (metric tables, curves, example overlays), ``metrics.json`` and ``per_image.json``."""
@@ -127,8 +128,11 @@ def _classification_section(result: EvaluationResult) -> str:
     return R.section(
         "Classification",
         R.table(headers, rows, caption="Overall"),
-        R.table(["class", "support", "sensitivity", "specificity", "precision", "ROC-AUC"], per_class,
-                caption="Per class (one vs rest)"),
+        R.table(
+            ["class", "support", "sensitivity", "specificity", "precision", "ROC-AUC"],
+            per_class,
+            caption="Per class (one vs rest)",
+        ),
         R.table(["true \\ predicted", *names], cm, caption="Confusion matrix"),
     )
 
@@ -136,8 +140,11 @@ def _classification_section(result: EvaluationResult) -> str:
 def _explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any]) -> str:
     return R.section(
         "Explanations of the true class",
-        R.table(["metric", *[m["label"] for m in summaries]], metric_rows(summaries),
-                caption="Mean ± std over annotated images (top-k precision pooled over images)"),
+        R.table(
+            ["metric", *[m["label"] for m in summaries]],
+            metric_rows(summaries),
+            caption="Mean ± std over annotated images (top-k precision pooled over images)",
+        ),
         R.paragraph(
             f"Maps compared at the {s['input_size'][1]}×{s['input_size'][2]} input; top-k: k={s['topk']}, "
             f"{s['patch_size']} px patches, stride {s['patch_stride']}, threshold {s['topk_threshold']}; "
@@ -149,8 +156,10 @@ def _explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any])
             f"{'×'.join(str(v) for v in s.get('oracle_grid') or [])} grid.",
             note=True,
         ),
-        R.figure(R.line_chart_svg({m["label"]: m["topk_curve"] for m in summaries}, "k", "precision@k"),
-                 "Top-k patch precision, pooled"),
+        R.figure(
+            R.line_chart_svg({m["label"]: m["topk_curve"] for m in summaries}, "k", "precision@k"),
+            "Top-k patch precision, pooled",
+        ),
         *[
             R.figure(
                 R.line_chart_svg(
@@ -193,9 +202,14 @@ def _examples_section(
             ap = row[key]["activation_precision"]
             files.append({"src": rel_b, "caption": f"{label} (AP {ap:.2f})" if ap is not None else label})
         items.append(
-            {"title": Path(ex["path"]).name, "image": rel, "prediction": row["prediction"],
-             "probability": row["probability"], "label": row["label"], "overlays": files,
-             "note": "green: annotation outline; SoftCAM signed (red for, blue against), "
-                     "baselines in [0, 1]."}
+            {
+                "title": Path(ex["path"]).name,
+                "image": rel,
+                "prediction": row["prediction"],
+                "probability": row["probability"],
+                "label": row["label"],
+                "overlays": files,
+                "note": "green: annotation outline; SoftCAM signed (red for, blue against), baselines in [0, 1].",
+            }
         )
     return R.section("Examples (true-class maps)", R.gallery(items, thumb_width=200, overlay_width=150))

@@ -85,13 +85,17 @@ def _load_original(original: Any, mm: Runtime, trust_pickle: bool, weights: Any 
         module = original.module
     else:
         try:
-            module = load_model(original, weights=weights, trust_pickle=trust_pickle,
-                                input_size=tuple(mm.input_size[1:])).module
+            module = load_model(
+                original, weights=weights, trust_pickle=trust_pickle, input_size=tuple(mm.input_size[1:])
+            ).module
         except InputError as e:
             if "holds weights only" not in str(e):
                 raise
-            raise InputError(f"original {original} holds weights only; name its architecture as original and "
-                             f"give this file as original_weights.", param=("original", "original_weights")) from None
+            raise InputError(
+                f"original {original} holds weights only; name its architecture as original and "
+                f"give this file as original_weights.",
+                param=("original", "original_weights"),
+            ) from None
     module = module.to(mm.device).eval()
     with torch.no_grad():
         out = module(torch.zeros(1, *mm.input_size, device=mm.device))
@@ -187,24 +191,42 @@ def evaluate(
     t_start = time.perf_counter()
     opts = check_options(
         ExplanationOptions(
-            patch_size=patch_size, patch_stride=patch_stride, topk=topk, topk_threshold=topk_threshold,
-            steps=steps, deletion_patch=deletion_patch, sparsity_threshold=sparsity_threshold,
-            pointing_tolerance=pointing_tolerance, oracle_grid=oracle_grid, max_images=max_images,
+            patch_size=patch_size,
+            patch_stride=patch_stride,
+            topk=topk,
+            topk_threshold=topk_threshold,
+            steps=steps,
+            deletion_patch=deletion_patch,
+            sparsity_threshold=sparsity_threshold,
+            pointing_tolerance=pointing_tolerance,
+            oracle_grid=oracle_grid,
+            max_images=max_images,
         ),
         batch_size,
     )
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
     root, mask_root = _data_roots(data_dir, masks)
     methods = _baseline_methods(baselines)
-    mm = load(model, device=device, trust_pickle=trust_pickle, weights=weights,
-                        num_classes=num_classes, input_size=input_size, ema=ema)
+    mm = load(
+        model,
+        device=device,
+        trust_pickle=trust_pickle,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=input_size,
+        ema=ema,
+    )
     if (methods or original is not None) and mm.kind != "torch":
-        raise UsageError("baselines and original need a PyTorch model (.safetensors), not an .onnx file.",
-                         param=("baselines", "original"))
+        raise UsageError(
+            "baselines and original need a PyTorch model (.safetensors), not an .onnx file.",
+            param=("baselines", "original"),
+        )
     run = _setup(mm, root, mask_root, split, opts, methods, batch_size, progress)
     if original_weights is not None and not isinstance(original, str | os.PathLike):
-        raise UsageError("original_weights needs original to name the architecture (e.g. resnet50).",
-                         param=("original_weights", "original"))
+        raise UsageError(
+            "original_weights needs original to name the architecture (e.g. resnet50).",
+            param=("original_weights", "original"),
+        )
     if original is not None:
         run.original = _load_original(original, mm, trust_pickle, original_weights)
         run.orig_predict = _torch_predict(run.original, mm.device)
@@ -251,8 +273,14 @@ def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
 
 
 def _setup(
-    mm: Runtime, root: Path, mask_root: Path | None, split: str, opts: ExplanationOptions,
-    methods: list[str], batch_size: int, progress: Progress | None,
+    mm: Runtime,
+    root: Path,
+    mask_root: Path | None,
+    split: str,
+    opts: ExplanationOptions,
+    methods: list[str],
+    batch_size: int,
+    progress: Progress | None,
 ) -> _Run:
     """The images to evaluate with their model labels, and the settings (patch grid, batch sizes)."""
     notes: list[str] = []
@@ -260,8 +288,7 @@ def _setup(
     to_model, report_names = match_labels(ds_names, mm.class_names, notes, binary=mm.num_logits == 1)
     settings = resolve_settings(mm, split, opts, methods, batch_size)
     items = [Item(p, to_model[y]) for p, y in pairs]
-    return _Run(mm, root, mask_root, desc, list(ds_names), report_names, items, settings, notes, batch_size,
-                progress)
+    return _Run(mm, root, mask_root, desc, list(ds_names), report_names, items, settings, notes, batch_size, progress)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -278,7 +305,8 @@ def _compute(
     classification = M.classification_report(y_true, probs, run.report_names, ordinal=ordinal)
     orig_class = (
         M.classification_report(y_true, orig_probs, run.report_names, ordinal=ordinal)
-        if orig_probs is not None else None
+        if orig_probs is not None
+        else None
     )
     if run.settings["oracle_grid"] is None:  # one reference grid for every method of the report
         run.settings["oracle_grid"] = list(run.settings["evidence_grid"])
@@ -292,9 +320,13 @@ def _compute(
     return EvaluationResult(
         model=getattr(run.mm, "description", "") or str(model),
         backend=run.mm.kind,
-        data={"data_dir": str(run.root), "source": run.desc,
-              "masks": str(run.mask_root) if run.mask_root else None,
-              "class_names": run.report_names, "dataset_class_names": list(run.ds_names)},
+        data={
+            "data_dir": str(run.root),
+            "source": run.desc,
+            "masks": str(run.mask_root) if run.mask_root else None,
+            "class_names": run.report_names,
+            "dataset_class_names": list(run.ds_names),
+        },
         counts=counts,
         classification=classification,
         original_classification=orig_class,
@@ -362,23 +394,17 @@ def _counts(run: _Run, with_mask: int, annotated: int, explained: int) -> dict[s
         "explained": explained,
     }
     if run.mask_root is None:
-        run.notes.append(
-            "No masks (none given and no masks/ folder in DATA_DIR): classification metrics only."
-        )
+        run.notes.append("No masks (none given and no masks/ folder in DATA_DIR): classification metrics only.")
     elif not annotated:
         run.notes.append(
             f"No image of this split has a mask with foreground under {run.mask_root}: classification only."
         )
     if counts["without_mask"] and run.mask_root is not None:
-        run.notes.append(
-            f"{counts['without_mask']} image(s) have no mask and were evaluated for classification only."
-        )
+        run.notes.append(f"{counts['without_mask']} image(s) have no mask and were evaluated for classification only.")
     return counts
 
 
-def _methods(
-    run: _Run, methods: list[str]
-) -> tuple[list[MethodResult], list[tuple[MethodResult, Any, Predict]]]:
+def _methods(run: _Run, methods: list[str]) -> tuple[list[MethodResult], list[tuple[MethodResult, Any, Predict]]]:
     """SoftCAM's result first, then one per post-hoc method on the SoftCAM model and on the original."""
     results = [MethodResult("softcam", "SoftCAM", "softcam")]
     explainers: list[tuple[MethodResult, Any, Predict]] = []
@@ -403,8 +429,12 @@ def _methods(
 
 
 def _explain(
-    run: _Run, explained: Sequence[int], probs: np.ndarray, results: list[MethodResult],
-    explainers: Sequence[tuple[MethodResult, Any, Predict]], examples: int,
+    run: _Run,
+    explained: Sequence[int],
+    probs: np.ndarray,
+    results: list[MethodResult],
+    explainers: Sequence[tuple[MethodResult, Any, Predict]],
+    examples: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pass 2 on the annotated images: every method's metrics go to its records; returns the per-image rows
     and the report's example data."""
@@ -427,19 +457,23 @@ def _explain(
             post[res.key] = ex(x, labels)
             res.seconds += time.perf_counter() - t0
         refs = [reference_values(_mask(it), run.settings["oracle_grid"]) for it in chunk]
-        rows = [_image_row(it, probs[i], run.report_names, ref)
-                for it, i, ref in zip(chunk, idx, refs, strict=True)]
+        rows = [_image_row(it, probs[i], run.report_names, ref) for it, i, ref in zip(chunk, idx, refs, strict=True)]
         for res in results:
-            sals = [maps[j, it.label] if res.key == "softcam" else post[res.key][j]
-                    for j, it in enumerate(chunk)]
+            sals = [maps[j, it.label] if res.key == "softcam" else post[res.key][j] for j, it in enumerate(chunk)]
             _score(run, res, x, sals, chunk, refs, rows)
         for j, row in enumerate(rows):
             per_image.append(M.json_safe(row))
             if len(example_data) < examples:
                 example_data.append(
-                    {"image": opened[j], "mask": chunk[j].mask, "label": chunk[j].label,
-                     "path": chunk[j].path, "maps": maps[j], "post": {k: v[j] for k, v in post.items()},
-                     "row": row}
+                    {
+                        "image": opened[j],
+                        "mask": chunk[j].mask,
+                        "label": chunk[j].label,
+                        "path": chunk[j].path,
+                        "maps": maps[j],
+                        "post": {k: v[j] for k, v in post.items()},
+                        "row": row,
+                    }
                 )
         if run.progress is not None:
             run.progress("explaining", min(start + batch_size, n_ex), n_ex)
@@ -467,8 +501,13 @@ def _image_row(it: Item, p: np.ndarray, names: Sequence[str], ref: dict[str, flo
 
 
 def _score(
-    run: _Run, res: MethodResult, x: np.ndarray, sals: Sequence[np.ndarray], chunk: Sequence[Item],
-    refs: Sequence[dict[str, float]], rows: Sequence[dict[str, Any]],
+    run: _Run,
+    res: MethodResult,
+    x: np.ndarray,
+    sals: Sequence[np.ndarray],
+    chunk: Sequence[Item],
+    refs: Sequence[dict[str, float]],
+    rows: Sequence[dict[str, Any]],
 ) -> None:
     """One method's metrics on one chunk of images, added to its records and to each image's row."""
     predict = run.mm.predict_proba if res.model == "softcam" else run.orig_predict

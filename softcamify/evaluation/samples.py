@@ -48,8 +48,7 @@ def evaluation_samples(
             have = [s for s in SPLIT_NAMES if splits.split(s)]
             if not have:
                 raise InputError(f"{root} has no images in its split folders.")
-            raise InputError(f"{root} has no {split} images; set split to {' or '.join(have)}.",
-                             param="split")
+            raise InputError(f"{root} has no {split} images; set split to {' or '.join(have)}.", param="split")
         desc = f"{split} split of {root}"
     else:
         samples = sorted(splits.train + splits.val + splits.test, key=lambda s: str(s.path))
@@ -81,14 +80,11 @@ def match_labels(
     model = list(model_names)
     if set(ds_names) <= set(model):
         return [model.index(n) for n in ds_names], model
-    if (binary and len(ds_names) == 2 and model[1] in ds_names
-            and model[0] in ("negative", f"not_{model[1]}")):
+    if binary and len(ds_names) == 2 and model[1] in ds_names and model[0] in ("negative", f"not_{model[1]}"):
         # a single-logit model named by its positive class (softcamify.binary): the other folder is the
         # negative
         other = next(d for d in ds_names if d != model[1])
-        notes.append(
-            f"The model names only its positive class ({model[1]}); {other} is read as its negative class."
-        )
+        notes.append(f"The model names only its positive class ({model[1]}); {other} is read as its negative class.")
         return [0 if d == other else 1 for d in ds_names], [other, model[1]]
 
     def norm(name: str) -> str:
@@ -96,9 +92,11 @@ def match_labels(
 
     folded = [norm(m) for m in model]
     if len(set(folded)) == len(folded) and all(norm(d) in folded for d in ds_names):
-        notes.append("The dataset's class folders match the model's classes only when case is ignored ("
-                     + ", ".join(f"{d}→{model[folded.index(norm(d))]}" for d in ds_names if d not in model)
-                     + ").")
+        notes.append(
+            "The dataset's class folders match the model's classes only when case is ignored ("
+            + ", ".join(f"{d}→{model[folded.index(norm(d))]}" for d in ds_names if d not in model)
+            + ")."
+        )
         return [folded.index(norm(d)) for d in ds_names], model
     unknown = [d for d in ds_names if norm(d) not in folded]
     if len(unknown) < len(ds_names):

@@ -29,7 +29,11 @@ def localisation_metrics(
         "gini": M.gini(norm),
     }
     topk = M.topk_patch_precision(
-        saliency, mask, k=s["topk"], patch=s["patch_size"], stride=s["patch_stride"],
+        saliency,
+        mask,
+        k=s["topk"],
+        patch=s["patch_size"],
+        stride=s["patch_stride"],
         threshold=s["topk_threshold"],
     )
     rec["topk_precision"] = topk.precision
@@ -63,15 +67,36 @@ def faithfulness_metrics(
     if not batched:
         out = []
         for j in range(n):
-            d_auc, d_curve = M.deletion_insertion(predict, x[j], saliencies[j], targets[j], baseline=0.0,
-                                                  mode="deletion", batch_size=s["batch_size"], **common)
-            i_auc, i_curve = M.deletion_insertion(predict, x[j], saliencies[j], targets[j], baseline="blur",
-                                                  mode="insertion", batch_size=s["batch_size"], **common)
+            d_auc, d_curve = M.deletion_insertion(
+                predict,
+                x[j],
+                saliencies[j],
+                targets[j],
+                baseline=0.0,
+                mode="deletion",
+                batch_size=s["batch_size"],
+                **common,
+            )
+            i_auc, i_curve = M.deletion_insertion(
+                predict,
+                x[j],
+                saliencies[j],
+                targets[j],
+                baseline="blur",
+                mode="insertion",
+                batch_size=s["batch_size"],
+                **common,
+            )
             out.append((d_auc, d_curve, i_auc, i_curve))
         return out
     res = M.deletion_insertion_batch(
-        predict, [*x[:n], *x[:n]], [*saliencies, *saliencies], [*targets, *targets],
-        baseline=[0.0] * n + ["blur"] * n, mode=["deletion"] * n + ["insertion"] * n,
-        batch_size=s["deletion_batch_size"], **common,
+        predict,
+        [*x[:n], *x[:n]],
+        [*saliencies, *saliencies],
+        [*targets, *targets],
+        baseline=[0.0] * n + ["blur"] * n,
+        mode=["deletion"] * n + ["insertion"] * n,
+        batch_size=s["deletion_batch_size"],
+        **common,
     )
     return [(res[j][0], res[j][1], res[n + j][0], res[n + j][1]) for j in range(n)]

@@ -48,8 +48,9 @@ def check_options(opts: ExplanationOptions, batch_size: int) -> ExplanationOptio
     if opts.max_images is not None and opts.max_images < 0:
         raise UsageError(f"max_images must be 0 or more, got {opts.max_images}.", param="max_images")
     if opts.pointing_tolerance < 0:
-        raise UsageError(f"pointing_tolerance must be 0 or more pixels, got {opts.pointing_tolerance}.",
-                         param="pointing_tolerance")
+        raise UsageError(
+            f"pointing_tolerance must be 0 or more pixels, got {opts.pointing_tolerance}.", param="pointing_tolerance"
+        )
     if opts.oracle_grid is not None:
         return replace(opts, oracle_grid=M.as_grid(opts.oracle_grid, "oracle_grid"))
     return opts
@@ -65,13 +66,14 @@ def resolve_settings(
     scaled_stride = d_stride if opts.patch_size is None else max(1, round(patch * 8 / 33))
     stride = int(opts.patch_stride or scaled_stride)
     if patch > min(in_hw):
-        raise UsageError(f"patch_size {patch} is larger than the {in_hw[0]}×{in_hw[1]} input.",
-                         param="patch_size")
+        raise UsageError(f"patch_size {patch} is larger than the {in_hw[0]}×{in_hw[1]} input.", param="patch_size")
     grid = opts.oracle_grid
     if grid is not None and (grid[0] > in_hw[0] or grid[1] > in_hw[1]):
-        raise UsageError(f"oracle_grid {grid[0]}×{grid[1]} is finer than the "
-                         f"{in_hw[0]}×{in_hw[1]} input; give at most one cell per input pixel.",
-                         param="oracle_grid")
+        raise UsageError(
+            f"oracle_grid {grid[0]}×{grid[1]} is finer than the "
+            f"{in_hw[0]}×{in_hw[1]} input; give at most one cell per input pixel.",
+            param="oracle_grid",
+        )
     # Perturbed inputs per forward in deletion/insertion: forward-only (no autograd), so a GPU takes 4× the
     # batch (fewer, fuller launches); on a CPU larger batches only spill the caches (measured 1.5× slower per
     # image at 4× on the demo model, benchmarks/evaluate_speed.py), so it keeps the batch size.

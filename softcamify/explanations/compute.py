@@ -138,8 +138,12 @@ class Explanation:
 
 
 def iter_explanations(
-    rt: Runtime, sources: Sequence[ImageSource], selection: str | list[int], positive: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+    rt: Runtime,
+    sources: Sequence[ImageSource],
+    selection: str | list[int],
+    positive: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[Explanation, Image.Image]]:
     """(explanation, opened image) for each source in order, one forward pass per batch; nothing is
     written. ``selection`` is what :func:`parse_classes` returns."""
@@ -169,8 +173,7 @@ def _explain_batch(
         i = start + j
         p = probs[j]
         pred = int(np.argmax(p))
-        sel = ([pred] if selection == "pred" else list(range(rt.num_classes)) if selection == "all"
-               else selection)
+        sel = [pred] if selection == "pred" else list(range(rt.num_classes)) if selection == "all" else selection
         _, vmin, vmax = scale_maps(maps[j], positive=positive)
         ex = Explanation(
             source=describe(src, i),

@@ -86,15 +86,20 @@ def parse_classes(spec: str | int | Sequence[str | int] | None, class_names: Seq
         elif isinstance(item, (int, np.integer)) or (isinstance(item, str) and re.fullmatch(r"-?\d+", item)):
             idx = int(item)
             if not 0 <= idx < k:
-                raise UsageError(f"classes: class index {idx} is out of range; the model has {k} classes (0–{k - 1}).",
-                                 param="classes")
+                raise UsageError(
+                    f"classes: class index {idx} is out of range; the model has {k} classes (0–{k - 1}).",
+                    param="classes",
+                )
         else:
             shown = ", ".join(names[:12]) + (", …" if k > 12 else "")
             if item == "":
-                raise UsageError("classes has an empty entry; give pred, all, or comma-separated names or indices.",
-                                 param="classes")
-            raise UsageError(f"classes: unknown class {item!r}; the model's classes are {shown} (or indices 0–{k - 1}).",
-                             param="classes")
+                raise UsageError(
+                    "classes has an empty entry; give pred, all, or comma-separated names or indices.", param="classes"
+                )
+            raise UsageError(
+                f"classes: unknown class {item!r}; the model's classes are {shown} (or indices 0–{k - 1}).",
+                param="classes",
+            )
         if idx not in out:
             out.append(idx)
     return out

@@ -61,11 +61,15 @@ def explain(
         raise UsageError(f"alpha must be between 0 and 1, got {alpha}.", param="alpha")
     cmap = cmap or (POSITIVE_CMAP if positive else DIVERGING_CMAP)
     if positive and is_diverging(cmap):
-        raise UsageError(f"positive needs a sequential colour map, not the diverging {cmap!r} (try inferno).",
-                         param=("positive", "cmap"))
+        raise UsageError(
+            f"positive needs a sequential colour map, not the diverging {cmap!r} (try inferno).",
+            param=("positive", "cmap"),
+        )
     if not positive and not is_diverging(cmap):
-        raise UsageError(f"Signed maps need a diverging colour map, not {cmap!r}; set positive or use RdBu_r.",
-                         param=("cmap", "positive"))
+        raise UsageError(
+            f"Signed maps need a diverging colour map, not {cmap!r}; set positive or use RdBu_r.",
+            param=("cmap", "positive"),
+        )
     sources = collect_images(images)
     writer = None
     if out_dir is not None:

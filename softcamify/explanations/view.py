@@ -11,9 +11,7 @@ from PIL import Image
 from .. import images as _images
 
 
-def input_view(
-    img: Image.Image, data_config: dict[str, Any], min_side: int = 224, max_side: int = 1024
-) -> Image.Image:
+def input_view(img: Image.Image, data_config: dict[str, Any], min_side: int = 224, max_side: int = 1024) -> Image.Image:
     """The part of ``img`` the model's eval transform keeps, as RGB, at (about) the original resolution.
 
     The resize + center crop of the eval transform is undone: the crop box is mapped back to the

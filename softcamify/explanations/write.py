@@ -22,8 +22,16 @@ class ExplanationWriter:
     (:meth:`finish`). The folder is checked (empty or new unless ``force``) when the writer is made,
     before any model is loaded."""
 
-    def __init__(self, out_dir: str | os.PathLike, *, force: bool = False, alpha: float = 0.5,
-                 cmap: str = "RdBu_r", html: bool = True, title: str | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        force: bool = False,
+        alpha: float = 0.5,
+        cmap: str = "RdBu_r",
+        html: bool = True,
+        title: str | None = None,
+    ):
         from ..io import check_output_dir
 
         self.out = check_output_dir(out_dir, force=force)
@@ -94,8 +102,15 @@ def _manifest(results: Sequence[Explanation], rt: Runtime, selection: Any, posit
 
 
 def _write_index(
-    out: Path, results: Sequence[Explanation], rt: Runtime, selection: Any, positive: bool, cmap: str,
-    force: bool, html: bool, title: str | None,
+    out: Path,
+    results: Sequence[Explanation],
+    rt: Runtime,
+    selection: Any,
+    positive: bool,
+    cmap: str,
+    force: bool,
+    html: bool,
+    title: str | None,
 ) -> None:
     import json
 

@@ -19,8 +19,19 @@ from .safetensors import export_safetensors
 from .validate import second_spatial_size, validate_onnx
 
 __all__ = [
-    "DEFAULT_ATOL", "DEFAULT_RTOL", "EXPORTERS", "SPATIAL_MODES", "ExportError", "ExportReport", "clean_error_text",
-    "export", "export_onnx", "export_safetensors", "onnx_metadata", "second_spatial_size", "strip_ansi",
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
+    "EXPORTERS",
+    "SPATIAL_MODES",
+    "ExportError",
+    "ExportReport",
+    "clean_error_text",
+    "export",
+    "export_onnx",
+    "export_safetensors",
+    "onnx_metadata",
+    "second_spatial_size",
+    "strip_ansi",
     "validate_onnx",
 ]
 

@@ -35,7 +35,7 @@ def clean_error_text(error: BaseException | str, limit: int = 240) -> str:
     if _SUMMARY in lines and lines.index(_SUMMARY) + 1 < len(lines):
         i = lines.index(_SUMMARY) + 1
         m = _EXC_CLASS.match(lines[i])
-        kind, cause = (f"{m.group(1)}: ", lines[i][m.end():]) if m else ("", lines[i])
+        kind, cause = (f"{m.group(1)}: ", lines[i][m.end() :]) if m else ("", lines[i])
         if cause.endswith(":") and i + 1 < len(lines) and lines[i + 1].startswith("- "):
             cause = lines[i + 1][2:]  # "Found the following conflicts …:" — the first of them says more
         cause = kind + cause

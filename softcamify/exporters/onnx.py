@@ -123,8 +123,16 @@ def _export_dynamo(module: nn.Module, x: torch.Tensor, opset: int | None, dynami
     if dynamic_spatial:
         axes.update({2: dim.DYNAMIC, 3: dim.DYNAMIC})
     program = torch.onnx.export(
-        module, (x,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[LOGITS_NAME, EVIDENCE_NAME],
-        opset_version=opset, dynamic_shapes={"input": axes}, optimize=True, verbose=False,
+        module,
+        (x,),
+        None,
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[LOGITS_NAME, EVIDENCE_NAME],
+        opset_version=opset,
+        dynamic_shapes={"input": axes},
+        optimize=True,
+        verbose=False,
     )
     proto = program.model_proto
     if not isinstance(proto, onnx.ModelProto):  # onnx_ir based versions return their own proto type
@@ -142,8 +150,15 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
         axes[EVIDENCE_NAME].update({2: "evidence_height", 3: "evidence_width"})
     buf = io.BytesIO()
     torch.onnx.export(
-        module, (x,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[LOGITS_NAME, EVIDENCE_NAME],
-        opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
+        module,
+        (x,),
+        buf,
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[LOGITS_NAME, EVIDENCE_NAME],
+        opset_version=opset,
+        dynamic_axes=axes,
+        do_constant_folding=True,
     )
     return onnx.load_from_string(buf.getvalue())
 
@@ -194,18 +209,24 @@ def _plan(exporter: str, spatial: str, opset: int | None) -> tuple[list[tuple[st
 
         highest = onnx.defs.onnx_opset_version()
         if not 7 <= opset <= highest:
-            raise UsageError(f"opset {opset} is not between 7 and {highest} (the newest this onnx knows).",
-                             param="opset")
+            raise UsageError(
+                f"opset {opset} is not between 7 and {highest} (the newest this onnx knows).", param="opset"
+            )
     # TorchScript first: it exports in seconds where the dynamo exporter takes minutes on TF-"same" padding
     # (benchmarks/export_time.py); dynamo is the fallback when TorchScript fails or does not validate
     exporters = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     if opset is not None and opset < DYNAMO_MIN_OPSET and "dynamo" in exporters:
         if exporter == "dynamo":
-            raise UsageError(f"exporter dynamo writes opset {DYNAMO_MIN_OPSET} or newer; drop opset {opset} "
-                             "or use exporter torchscript.", param=("exporter", "opset"))
+            raise UsageError(
+                f"exporter dynamo writes opset {DYNAMO_MIN_OPSET} or newer; drop opset {opset} "
+                "or use exporter torchscript.",
+                param=("exporter", "opset"),
+            )
         exporters.remove("dynamo")
-        notes.append(f"opset {opset} < {DYNAMO_MIN_OPSET}: torch's dynamo exporter cannot write it, so the "
-                     "TorchScript exporter was used.")
+        notes.append(
+            f"opset {opset} < {DYNAMO_MIN_OPSET}: torch's dynamo exporter cannot write it, so the "
+            "TorchScript exporter was used."
+        )
     spatials = {"auto": [True, False], "dynamic": [True], "static": [False]}[spatial]
     return [(e, s) for e in exporters for s in spatials], notes
 
@@ -284,8 +305,16 @@ def export_onnx(
 
 
 def _first_valid_export(
-    tmp: Path, plan: list[tuple[str, bool]], module: nn.Module, example: torch.Tensor, sc: SoftCAM,
-    opset: int | None, atol: float, rtol: float, seed: int, attempts: list[dict[str, Any]],
+    tmp: Path,
+    plan: list[tuple[str, bool]],
+    module: nn.Module,
+    example: torch.Tensor,
+    sc: SoftCAM,
+    opset: int | None,
+    atol: float,
+    rtol: float,
+    seed: int,
+    attempts: list[dict[str, Any]],
 ) -> tuple[str, bool, Any, list[dict[str, Any]]]:
     """Try ``plan``'s (exporter, dynamic spatial) pairs in order until one exports and validates.
 
@@ -314,14 +343,22 @@ def _first_valid_export(
 def _check_weight_size(sc: SoftCAM) -> None:
     """Refuse models whose weights alone would exceed protobuf's 2 GB limit (no external-data export yet)."""
     n_bytes = sum(p.numel() * p.element_size() for p in sc.parameters()) + sum(
-        b.numel() * b.element_size() for b in sc.buffers())
+        b.numel() * b.element_size() for b in sc.buffers()
+    )
     if n_bytes > _MAX_PROTO_BYTES * 0.95:
-        raise ExportError(f"{sc.meta.architecture} has {n_bytes / 1e9:.1f} GB of weights; ONNX files above "
-                          "2 GB need external data, which softcamify export does not write yet.")
+        raise ExportError(
+            f"{sc.meta.architecture} has {n_bytes / 1e9:.1f} GB of weights; ONNX files above "
+            "2 GB need external data, which softcamify export does not write yet."
+        )
 
 
 def _export_attempt(
-    tmp: Path, module: nn.Module, example: torch.Tensor, sc: SoftCAM, name: str, dynamic_spatial: bool,
+    tmp: Path,
+    module: nn.Module,
+    example: torch.Tensor,
+    sc: SoftCAM,
+    name: str,
+    dynamic_spatial: bool,
     opset: int | None,
 ) -> Any:
     """Export with one exporter, stamp softcamify's metadata, write the graph to ``tmp``; return the proto.
@@ -343,8 +380,10 @@ def _export_attempt(
     for key, value in onnx_metadata(sc, exporter=name, opset=got, dynamic_spatial=dynamic_spatial).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = (f"SoftCAM {sc.meta.architecture} exported by softcamify {__version__}: "
-                        "input -> logits, evidence (mean over h, w of evidence = logits).")
+    proto.doc_string = (
+        f"SoftCAM {sc.meta.architecture} exported by softcamify {__version__}: "
+        "input -> logits, evidence (mean over h, w of evidence = logits)."
+    )
     data = proto.SerializeToString()
     if len(data) > _MAX_PROTO_BYTES:
         raise AttemptFailed("export", "the graph is larger than protobuf's 2 GB limit")
@@ -357,17 +396,22 @@ def _spatial_note(attempts: list[dict[str, Any]], dynamic_spatial: bool) -> str 
     if dynamic_spatial:
         return None
     dyn = [a for a in attempts if a["spatial"] == "dynamic"]
-    return ("height and width are static (spatial static)." if not dyn else
-            f"height and width are static: the dynamic-size export failed ({dyn[-1]['error'].rstrip('.')}).")
+    return (
+        "height and width are static (spatial static)."
+        if not dyn
+        else f"height and width are static: the dynamic-size export failed ({dyn[-1]['error'].rstrip('.')})."
+    )
 
 
-def _final_error(arch: str, attempts: list[dict[str, Any]], failures: list[AttemptFailed], atol: float,
-                 rtol: float) -> Exception:
+def _final_error(
+    arch: str, attempts: list[dict[str, Any]], failures: list[AttemptFailed], atol: float, rtol: float
+) -> Exception:
     tried = "; ".join(f"{a['exporter']}/{a['spatial']}: {a['error']}" for a in attempts)
     mismatches = [f for f in failures if f.stage in ("mismatch", "size") and f.figures.get("checks")]
     if mismatches:
         return ValidationError(
             f"The ONNX export of {arch} does not match PyTorch within atol {atol:g} + rtol {rtol:g} × scale "
-            f"({tried}); nothing was written.", param=("atol", "rtol"),
+            f"({tried}); nothing was written.",
+            param=("atol", "rtol"),
         )
     return ExportError(f"No exporter could export {arch} to a working ONNX graph ({tried}); nothing was written.")

@@ -54,15 +54,38 @@ def export_safetensors(
             got_l, got_m = reloaded.forward_maps(x)
         on_logits, on_evidence = agreement(got_l, ref_l, atol, rtol), agreement(got_m, ref_m, atol, rtol)
         if not (on_logits.passed and on_evidence.passed):
-            raise ValidationError(f"The reloaded {out.name} differs from the model ({on_logits.phrase('logits')}, "
-                                  f"{on_evidence.phrase('evidence')}); nothing was written.", param=("atol", "rtol"))
+            raise ValidationError(
+                f"The reloaded {out.name} differs from the model ({on_logits.phrase('logits')}, "
+                f"{on_evidence.phrase('evidence')}); nothing was written.",
+                param=("atol", "rtol"),
+            )
         dl, dm = on_logits.max_abs_diff, on_evidence.max_abs_diff
     return ExportReport(
-        format="safetensors", output=str(out), architecture=sc.meta.architecture, strategy=sc.meta.strategy,
-        exact=bool(sc.meta.exact), num_classes=int(sc.meta.num_classes), input_size=[c, h, w], atol=atol,
-        rtol=rtol, passed=True, max_abs_diff_logits=dl, max_abs_diff_evidence=dm,
-        checks=[{"batch": 2, "size": [h, w], "max_abs_diff_logits": dl, "max_abs_diff_evidence": dm,
-                 "scale_logits": on_logits.scale, "scale_evidence": on_evidence.scale,
-                 "allowed_logits": on_logits.allowed, "allowed_evidence": on_evidence.allowed}],
-        file_size=out.stat().st_size, seconds=round(time.perf_counter() - t0, 2), notes=notes,
+        format="safetensors",
+        output=str(out),
+        architecture=sc.meta.architecture,
+        strategy=sc.meta.strategy,
+        exact=bool(sc.meta.exact),
+        num_classes=int(sc.meta.num_classes),
+        input_size=[c, h, w],
+        atol=atol,
+        rtol=rtol,
+        passed=True,
+        max_abs_diff_logits=dl,
+        max_abs_diff_evidence=dm,
+        checks=[
+            {
+                "batch": 2,
+                "size": [h, w],
+                "max_abs_diff_logits": dl,
+                "max_abs_diff_evidence": dm,
+                "scale_logits": on_logits.scale,
+                "scale_evidence": on_evidence.scale,
+                "allowed_logits": on_logits.allowed,
+                "allowed_evidence": on_evidence.allowed,
+            }
+        ],
+        file_size=out.stat().st_size,
+        seconds=round(time.perf_counter() - t0, 2),
+        notes=notes,
     )

@@ -29,7 +29,6 @@ class AttemptFailed(Exception):
         self.figures = figures or {}
 
 
-
 def second_spatial_size(h: int, w: int) -> tuple[int, int]:
     """The other input size a spatially dynamic export is validated at (larger, non-square)."""
     return h + 32, w + 64
@@ -59,8 +58,15 @@ def validate_onnx(
         raise cls(f"{path}: {e}.") from None
 
 
-def check_onnx(path: Path, model: SoftCAM, atol: float, rtol: float, dynamic_spatial: bool | None, seed: int,
-               intra_op_threads: int | None) -> list[dict[str, Any]]:
+def check_onnx(
+    path: Path,
+    model: SoftCAM,
+    atol: float,
+    rtol: float,
+    dynamic_spatial: bool | None,
+    seed: int,
+    intra_op_threads: int | None,
+) -> list[dict[str, Any]]:
     """:func:`validate_onnx`, raising :class:`AttemptFailed` (an export attempt's failure) instead."""
     import onnx
     import onnxruntime as ort
@@ -79,7 +85,9 @@ def check_onnx(path: Path, model: SoftCAM, atol: float, rtol: float, dynamic_spa
         raise AttemptFailed("runtime", f"onnxruntime cannot load it: {clean_error_text(e)}") from None
     names = [o.name for o in session.get_outputs()]
     if [i.name for i in session.get_inputs()] != [INPUT_NAME] or names[:2] != [LOGITS_NAME, EVIDENCE_NAME]:
-        raise AttemptFailed("graph", f"unexpected input/output names {[i.name for i in session.get_inputs()]} -> {names}")
+        raise AttemptFailed(
+            "graph", f"unexpected input/output names {[i.name for i in session.get_inputs()]} -> {names}"
+        )
     if dynamic_spatial is None:
         dynamic_spatial = not all(isinstance(d, int) for d in session.get_inputs()[0].shape[2:])
     c, h, w = (int(v) for v in model.meta.data_config["input_size"])
@@ -100,11 +108,14 @@ def check_onnx(path: Path, model: SoftCAM, atol: float, rtol: float, dynamic_spa
         try:
             logits, maps = session.run([LOGITS_NAME, EVIDENCE_NAME], {INPUT_NAME: x.numpy()})
         except Exception as e:
-            raise AttemptFailed(stage, f"onnxruntime fails at batch {batch}, {hh}×{ww}: {clean_error_text(e)}") from None
+            raise AttemptFailed(
+                stage, f"onnxruntime fails at batch {batch}, {hh}×{ww}: {clean_error_text(e)}"
+            ) from None
         if logits.shape != tuple(ref_logits.shape) or maps.shape != tuple(ref_maps.shape):
             raise AttemptFailed(
-                stage, f"output shapes {list(logits.shape)}, {list(maps.shape)} at batch {batch}, {hh}×{ww} differ "
-                f"from PyTorch's {list(ref_logits.shape)}, {list(ref_maps.shape)}"
+                stage,
+                f"output shapes {list(logits.shape)}, {list(maps.shape)} at batch {batch}, {hh}×{ww} differ "
+                f"from PyTorch's {list(ref_logits.shape)}, {list(ref_maps.shape)}",
             )
         on_logits = agreement(logits, ref_logits, atol, rtol)
         on_evidence = agreement(maps, ref_maps, atol, rtol)

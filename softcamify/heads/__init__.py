@@ -41,8 +41,18 @@ from .graph import (
 
 __all__ = [
     "backbone_of",
-    "HeadPlan", "ModelParts", "Strategy", "STRATEGIES", "EvidenceHead", "analyze", "split_model",
-    "build_head", "register", "get_strategy", "NotApplicable", "Context",
+    "HeadPlan",
+    "ModelParts",
+    "Strategy",
+    "STRATEGIES",
+    "EvidenceHead",
+    "analyze",
+    "split_model",
+    "build_head",
+    "register",
+    "get_strategy",
+    "NotApplicable",
+    "Context",
 ]
 
 
@@ -144,15 +154,17 @@ def split_model(
     except Exception as e:
         raise ConversionError(
             f"{type(model).__name__} could not be traced with torch.fx ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            f"name the cut with {_naming_hint(model)}.", param=CUT_PARAMS
+            f"name the cut with {_naming_hint(model)}.",
+            param=CUT_PARAMS,
         ) from e
     try:
         pool, feat = find_global_pool(gm)
         features = extract(gm, None, feat)
         head = extract(gm, feat, output_node(gm))
     except ValueError as e:
-        raise ConversionError(f"{type(model).__name__}: {e}; name the cut with {_naming_hint(model)}.",
-                              param=CUT_PARAMS) from e
+        raise ConversionError(
+            f"{type(model).__name__}: {e}; name the cut with {_naming_hint(model)}.", param=CUT_PARAMS
+        ) from e
     return ModelParts(features, head, head, "fx", "NCHW", None, steps_of(head))
 
 
@@ -176,8 +188,7 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
         if name is not None and name not in modules:
             close = [repr(n) for n in modules if n and (name in n or n in name)][:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UsageError(f"{param} {name!r} is not a module of {type(model).__name__}{hint}.",
-                             param=param)
+            raise UsageError(f"{param} {name!r} is not a module of {type(model).__name__}{hint}.", param=param)
     try:
         gm = trace(model)
     except Exception:
@@ -199,11 +210,19 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
             except ValueError:
                 pass
     if not (features_layer and classifier):
-        raise UsageError("This model cannot be cut automatically: pass both features_layer and classifier.",
-                         param=CUT_PARAMS)
+        raise UsageError(
+            "This model cannot be cut automatically: pass both features_layer and classifier.", param=CUT_PARAMS
+        )
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), modules[classifier])
-    return ModelParts(HookedFeatures(model, features_layer), head, _try_trace(head), "hooked", "NCHW", None,
-                      steps_of(g) if (g := _try_trace(head)) is not None else [])
+    return ModelParts(
+        HookedFeatures(model, features_layer),
+        head,
+        _try_trace(head),
+        "hooked",
+        "NCHW",
+        None,
+        steps_of(g) if (g := _try_trace(head)) is not None else [],
+    )
 
 
 def _token_parts(model, features, head, tokens, size, described) -> ModelParts:
@@ -224,7 +243,9 @@ def _token_parts(model, features, head, tokens, size, described) -> ModelParts:
         "patch": list(patch) if patch else None,
         "reads_prefix": head_reads_prefix(head, torch.randn_like(tokens), prefix),
     }
-    return ModelParts(TokenGrid(features, prefix, patch), grid_head, _try_trace(grid_head), "timm", "NHWC", info, described)
+    return ModelParts(
+        TokenGrid(features, prefix, patch), grid_head, _try_trace(grid_head), "timm", "NHWC", info, described
+    )
 
 
 def _summarize(steps: list[Step]) -> tuple[str | None, list[str], str | None]:
@@ -236,7 +257,8 @@ def _summarize(steps: list[Step]) -> tuple[str | None, list[str], str | None]:
     between = [
         s.detail
         for s in steps[pool_idx + 1 : end]
-        if s.role in (NORM, ACT, CONV, AFFINE, LINEAR) or s.detail.startswith(("Dropout", "Flatten", "flatten", "dropout"))
+        if s.role in (NORM, ACT, CONV, AFFINE, LINEAR)
+        or s.detail.startswith(("Dropout", "Flatten", "flatten", "dropout"))
     ]
     return pooling, between, classifier
 
@@ -274,7 +296,9 @@ def analyze(
                 param="input_size",
             ) from e
         if f.ndim != 4:
-            raise ConversionError(f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a feature map.")
+            raise ConversionError(
+                f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a feature map."
+            )
         logits = parts.head(f)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ConversionError("The head does not return a B×K tensor of logits.")

@@ -28,23 +28,78 @@ COMBINE = "combine"  # several tensors combined (add of two heads, cat, ...)
 OTHER = "other"
 
 _ACT_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU,
-    nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Softplus, nn.SELU, nn.CELU, nn.GLU, nn.Hardtanh, nn.Softmax,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.SELU,
+    nn.CELU,
+    nn.GLU,
+    nn.Hardtanh,
+    nn.Softmax,
 )
 _ACT_FUNCS = {
-    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.elu, F.leaky_relu,
-    F.mish, F.softplus, F.selu, F.celu, F.glu, F.hardtanh, F.softmax, torch.relu, torch.sigmoid,
-    torch.tanh, torch.softmax, torch.nn.functional.relu_,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.tanh,
+    F.elu,
+    F.leaky_relu,
+    F.mish,
+    F.softplus,
+    F.selu,
+    F.celu,
+    F.glu,
+    F.hardtanh,
+    F.softmax,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.softmax,
+    torch.nn.functional.relu_,
 }
 _ACT_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax", "sigmoid_", "tanh_"}
 _PASS_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, operator.getitem, getattr, F.dropout, torch.clone}
-_PASS_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "clone", "size", "dim", "float", "to", "type_as"}
+_PASS_METHODS = {
+    "flatten",
+    "view",
+    "reshape",
+    "squeeze",
+    "contiguous",
+    "clone",
+    "size",
+    "dim",
+    "float",
+    "to",
+    "type_as",
+}
 _SCALAR_OPS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.mul, torch.div, torch.sub}
 _NORM_TYPE_NAMES = {
-    "LayerNorm": "layernorm", "LayerNorm2d": "layernorm", "LayerNormFp32": "layernorm",
-    "LayerNorm2dFp32": "layernorm", "LayerNormExp2d": "layernorm",
-    "RmsNorm": "rmsnorm", "RmsNorm2d": "rmsnorm", "RmsNormFp32": "rmsnorm", "RmsNorm2dFp32": "rmsnorm",
-    "SimpleNorm": "simplenorm", "SimpleNorm2d": "simplenorm", "SimpleNormFp32": "simplenorm",
+    "LayerNorm": "layernorm",
+    "LayerNorm2d": "layernorm",
+    "LayerNormFp32": "layernorm",
+    "LayerNorm2dFp32": "layernorm",
+    "LayerNormExp2d": "layernorm",
+    "RmsNorm": "rmsnorm",
+    "RmsNorm2d": "rmsnorm",
+    "RmsNormFp32": "rmsnorm",
+    "RmsNorm2dFp32": "rmsnorm",
+    "SimpleNorm": "simplenorm",
+    "SimpleNorm2d": "simplenorm",
+    "SimpleNormFp32": "simplenorm",
     "SimpleNorm2dFp32": "simplenorm",
 }
 
@@ -165,13 +220,19 @@ def _classify_module(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     m = modules[node.target]
     name = type(m).__name__
     target = str(node.target)
-    if name == "SelectAdaptivePool2d" or name.startswith("FastAdaptive") or name in (
-        "AdaptiveAvgMaxPool2d",
-        "AdaptiveCatAvgMaxPool2d",
+    if (
+        name == "SelectAdaptivePool2d"
+        or name.startswith("FastAdaptive")
+        or name
+        in (
+            "AdaptiveAvgMaxPool2d",
+            "AdaptiveCatAvgMaxPool2d",
+        )
     ):
-        kind = _pool_detail_from_select(m) if name == "SelectAdaptivePool2d" else (
-            "catavgmax" if "Cat" in name else "avgmax" if "AvgMax" in name
-            else "max" if "Max" in name else "avg"
+        kind = (
+            _pool_detail_from_select(m)
+            if name == "SelectAdaptivePool2d"
+            else ("catavgmax" if "Cat" in name else "avgmax" if "AvgMax" in name else "max" if "Max" in name else "avg")
         )
         if kind == "none":
             return Step(PASS, "no pooling", target)
@@ -179,31 +240,41 @@ def _classify_module(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if _is_global(m.output_size):
             return Step(POOL, "global avg pool", target, {"kind": "avg"})
-        return Step(POOL, f"adaptive avg pool to {m.output_size}", target,
-                    {"kind": "grid", "size": m.output_size})
+        return Step(POOL, f"adaptive avg pool to {m.output_size}", target, {"kind": "grid", "size": m.output_size})
     if isinstance(m, nn.AdaptiveMaxPool2d):
-        return Step(POOL, "global max pool" if _is_global(m.output_size) else "adaptive max pool", target,
-                    {"kind": "max" if _is_global(m.output_size) else "grid"})
+        return Step(
+            POOL,
+            "global max pool" if _is_global(m.output_size) else "adaptive max pool",
+            target,
+            {"kind": "max" if _is_global(m.output_size) else "grid"},
+        )
     if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-        return Step(POOL, f"{name}(kernel={m.kernel_size})", target,
-                    {"kind": "fixed", "kernel": m.kernel_size})
+        return Step(POOL, f"{name}(kernel={m.kernel_size})", target, {"kind": "fixed", "kernel": m.kernel_size})
     kind = norm_kind(m)
     if kind is not None:
         return Step(NORM, f"{name}({kind})", target, {"kind": kind})
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return Step(AFFINE, f"{name}", target)
     if isinstance(m, nn.Linear):
-        return Step(LINEAR, f"Linear({m.in_features}→{m.out_features})", target,
-                    {"in": m.in_features, "out": m.out_features})
+        return Step(
+            LINEAR, f"Linear({m.in_features}→{m.out_features})", target, {"in": m.in_features, "out": m.out_features}
+        )
     if isinstance(m, nn.Conv2d):
         k = tuple(m.kernel_size)
         if k == (1, 1) and m.groups == 1:
-            return Step(LINEAR, f"Conv2d 1×1({m.in_channels}→{m.out_channels})", target,
-                        {"in": m.in_channels, "out": m.out_channels})
-        return Step(CONV, f"Conv2d {k[0]}×{k[1]}({m.in_channels}→{m.out_channels})", target,
-                    {"in": m.in_channels, "out": m.out_channels, "kernel": list(k)})
-    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten,
-                      nn.Unflatten)):
+            return Step(
+                LINEAR,
+                f"Conv2d 1×1({m.in_channels}→{m.out_channels})",
+                target,
+                {"in": m.in_channels, "out": m.out_channels},
+            )
+        return Step(
+            CONV,
+            f"Conv2d {k[0]}×{k[1]}({m.in_channels}→{m.out_channels})",
+            target,
+            {"in": m.in_channels, "out": m.out_channels, "kernel": list(k)},
+        )
+    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)):
         return Step(PASS, name, target)
     if isinstance(m, _ACT_MODULES) or name in ("GELUTanh", "QuickGELU", "HardSwish", "HardSigmoid", "Swish"):
         return Step(ACT, name, target)

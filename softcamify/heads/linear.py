@@ -44,6 +44,7 @@ STRATEGY = register(
         name="linear",
         exact=True,
         build=build,
-        description="average pool → affine head (Linear / 1×1 conv, dropout, flatten, BatchNorm) folded into a 1×1 evidence conv",
+        description="average pool → affine head (Linear / 1×1 conv, dropout, flatten, BatchNorm) folded into a "
+        "1×1 evidence conv",
     )
 )

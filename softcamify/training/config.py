@@ -178,8 +178,10 @@ class FinetuneInterrupted(SoftcamifyError):
         self.epoch, self.step, self.steps, self.saved = epoch, step, steps, saved
         where = f"epoch {epoch}, step {step}/{steps}" if step else f"the end of epoch {epoch - 1}"
         if saved:
-            msg = (f"Interrupted; the state at {where} is saved in {self.run_dir / LAST_NAME}: "
-                   f"rerun it with resume to continue.")
+            msg = (
+                f"Interrupted; the state at {where} is saved in {self.run_dir / LAST_NAME}: "
+                f"rerun it with resume to continue."
+            )
         else:
             msg = "Interrupted before training started; nothing was saved."
         super().__init__(msg, param="resume" if saved else None)
@@ -211,9 +213,9 @@ class Reporter:
         pass
 
 
-
 def check_config(c: FinetuneConfig) -> None:
     """Refuse an option value a run cannot use (a :class:`UsageError` naming the field, in ``param``)."""
+
     def positive(name: str, value: Any, allow_zero: bool = False) -> None:
         if value is None:
             return
@@ -255,8 +257,7 @@ def check_config(c: FinetuneConfig) -> None:
     if c.num_classes is not None and int(c.num_classes) < 2:
         raise UsageError(f"num_classes {c.num_classes} must be at least 2.", param="num_classes")
     if c.resume and c.force:
-        raise UsageError("resume and force contradict each other; pass one of them.",
-                         param=("resume", "force"))
+        raise UsageError("resume and force contradict each other; pass one of them.", param=("resume", "force"))
 
 
 def finite(obj: Any) -> Any:

@@ -94,7 +94,6 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, len(self.inner) - self.skip)
 
 
-
 _CARRIED = re.compile(r"<softcamify-error:([A-Za-z0-9+/=]+)>")
 
 
@@ -126,8 +125,12 @@ class WorkerError(InputError):
     @classmethod
     def carrying(cls, err: SoftcamifyError) -> WorkerError:
         """The error a worker raises for ``err`` (its text, what torch ships, is the encoded original)."""
-        data = {"type": type(err).__name__, "message": err.message, "params": list(err.params),
-                "exit_code": err.exit_code}
+        data = {
+            "type": type(err).__name__,
+            "message": err.message,
+            "params": list(err.params),
+            "exit_code": err.exit_code,
+        }
         e = cls(f"<softcamify-error:{base64.b64encode(json.dumps(data).encode()).decode()}>")
         e.args = (e.encoded,)
         return e
@@ -209,14 +212,19 @@ def build_loaders(
     drop_last = per_rank > bs and per_rank % bs == 1  # a last batch of one breaks BatchNorm
     steps = per_rank // bs if drop_last else math.ceil(per_rank / bs)
     gen = torch.Generator()
-    loader_kw: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory,
-                                 "persistent_workers": workers > 0,
-                                 "worker_init_fn": worker_init if workers > 0 else None}
+    loader_kw: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": workers > 0,
+        "worker_init_fn": worker_init if workers > 0 else None,
+    }
     if workers > 0:  # an image that fails in a worker: one sentence, not the worker's traceback
         train_ds, val_ds = CarryErrors(train_ds), CarryErrors(val_ds)
-    train = torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=drop_last,
-                                        generator=gen, **loader_kw)
+    train = torch.utils.data.DataLoader(
+        train_ds, batch_size=bs, sampler=sampler, drop_last=drop_last, generator=gen, **loader_kw
+    )
     val_index = list(range(ctx.rank, len(val_ds), ctx.world))
-    val = torch.utils.data.DataLoader(val_ds, batch_size=bs, sampler=val_index,
-                                      generator=torch.Generator().manual_seed(seed), **loader_kw)
+    val = torch.utils.data.DataLoader(
+        val_ds, batch_size=bs, sampler=val_index, generator=torch.Generator().manual_seed(seed), **loader_kw
+    )
     return Loaders(train, val, sampler, gen, bs, steps)

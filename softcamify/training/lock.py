@@ -63,7 +63,7 @@ def _start_time(pid: int) -> str | None:
             stat = fh.read().decode("ascii", "replace")
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, …; the 20th is starttime
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …; the 20th is starttime
     return fields[19] if len(fields) > 19 else None
 
 
@@ -74,7 +74,7 @@ def _process_state(pid: int) -> str | None:
             stat = fh.read().decode("ascii", "replace")
     except OSError:
         return None
-    rest = stat[stat.rfind(")") + 2:].split()
+    rest = stat[stat.rfind(")") + 2 :].split()
     return rest[0] if rest else None
 
 

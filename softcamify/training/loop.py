@@ -117,9 +117,16 @@ class EpochOutcome:
         """The epoch's ``train`` entry of metrics.jsonl."""
         v = self.totals.tolist()
         cnt = max(v[5], 1.0)
-        return {"loss": v[0] / cnt, "ce": v[1] / cnt, "l1": v[2] / cnt, "l2": v[3] / cnt,
-                "accuracy": v[4] / cnt, "images": int(v[5]), "time_s": self.time_s,
-                "images_per_s": self.images / max(self.time_s, 1e-9)}
+        return {
+            "loss": v[0] / cnt,
+            "ce": v[1] / cnt,
+            "l1": v[2] / cnt,
+            "l2": v[3] / cnt,
+            "accuracy": v[4] / cnt,
+            "images": int(v[5]),
+            "time_s": self.time_s,
+            "images_per_s": self.images / max(self.time_s, 1e-9),
+        }
 
 
 def _train_step(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -175,8 +182,12 @@ def train_one_epoch(t: Trainer, epoch: int, skip: int, partial: torch.Tensor | N
         if now - last_show > 0.5 or step == steps:
             last_show = now
             v = acc.tolist()
-            running = {"loss": v[0] / max(count, 1), "accuracy": v[4] / max(count, 1),
-                       "images_per_s": images / max(now - t0, 1e-9), "lr": t.scheduler.get_last_lr()[0]}
+            running = {
+                "loss": v[0] / max(count, 1),
+                "accuracy": v[4] / max(count, 1),
+                "images_per_s": images / max(now - t0, 1e-9),
+                "lr": t.scheduler.get_last_lr()[0],
+            }
         t.reporter.step(step, steps, images, running)
         if step < steps and (not ctx.enabled or step % STOP_SYNC_EVERY == 0):
             if distributed.all_reduce_max_flag(ctx, t.stop.requested, t.device):
@@ -205,29 +216,48 @@ def validate(t: Trainer, class_names: list[str]) -> dict[str, Any]:
         ce = F.cross_entropy(logits, y, reduction="none")
         w = t.class_weight[y] if t.class_weight is not None else torch.ones_like(ce)
         flat = maps.flatten(1)  # the penalty's terms, as in elasticnet_loss
-        sums += torch.stack([(w * ce).sum(), w.sum(), flat.abs().mean(1).sum() / t.scale,
-                             flat.square().mean(1).sum() / t.scale**2,
-                             torch.tensor(float(y.shape[0]), device=device)]).double()
+        sums += torch.stack(
+            [
+                (w * ce).sum(),
+                w.sum(),
+                flat.abs().mean(1).sum() / t.scale,
+                flat.square().mean(1).sum() / t.scale**2,
+                torch.tensor(float(y.shape[0]), device=device),
+            ]
+        ).double()
         stats += map_statistics(maps, c.sparsity_threshold)
         probs.append(torch.softmax(logits, 1).cpu())
         labels.append(y.cpu())
     p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, len(class_names)))
     lab = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
-    sums = distributed.all_reduce_sum(t.ctx, sums).tolist()
-    stats = distributed.all_reduce_sum(t.ctx, stats).tolist()
+    totals: list[float] = distributed.all_reduce_sum(t.ctx, sums).tolist()
+    counts: list[float] = distributed.all_reduce_sum(t.ctx, stats).tolist()
     parts = distributed.all_gather_objects(t.ctx, (p, lab))
     p = np.concatenate([a for a, _ in parts])
     lab = np.concatenate([b for _, b in parts])
     rep = classification_report(lab, p, class_names, ordinal=c.ordinal)
-    n = max(sums[4], 1.0)
-    ce = sums[0] / max(sums[1], 1e-12)
+    n = max(totals[4], 1.0)
+    ce = totals[0] / max(totals[1], 1e-12)
     out = {
-        "loss": ce + c.l1 * sums[2] / n + c.l2 * sums[3] / n, "ce": ce, "l1": sums[2] / n, "l2": sums[3] / n,
-        "accuracy": rep["accuracy"], "balanced_accuracy": rep["balanced_accuracy"], "auc": rep["roc_auc"],
-        "sparsity": stats[0] / max(stats[1], 1.0), "map_l1": stats[2] / max(stats[3], 1.0),
+        "loss": ce + c.l1 * totals[2] / n + c.l2 * totals[3] / n,
+        "ce": ce,
+        "l1": totals[2] / n,
+        "l2": totals[3] / n,
+        "accuracy": rep["accuracy"],
+        "balanced_accuracy": rep["balanced_accuracy"],
+        "auc": rep["roc_auc"],
+        "sparsity": counts[0] / max(counts[1], 1.0),
+        "map_l1": counts[2] / max(counts[3], 1.0),
         "n": int(rep["n"]),
-        "per_class": [{"name": pc["name"], "support": pc["support"], "sensitivity": pc["sensitivity"],
-                       "specificity": pc["specificity"]} for pc in rep["per_class"]],
+        "per_class": [
+            {
+                "name": pc["name"],
+                "support": pc["support"],
+                "sensitivity": pc["sensitivity"],
+                "specificity": pc["specificity"],
+            }
+            for pc in rep["per_class"]
+        ],
     }
     if c.ordinal:
         out["kappa"] = rep.get("quadratic_kappa")
@@ -271,15 +301,23 @@ class Progress:
 
     @classmethod
     def from_state(cls, st: dict[str, Any]) -> Progress:
-        return cls(epoch=int(st["epoch"]), step=int(st.get("step", 0)), history=list(st.get("history") or []),
-                   best_value=st.get("best_value"), best_epoch=st.get("best_epoch"),
-                   bad_epochs=int(st.get("bad_epochs", 0)))
+        return cls(
+            epoch=int(st["epoch"]),
+            step=int(st.get("step", 0)),
+            history=list(st.get("history") or []),
+            best_value=st.get("best_value"),
+            best_epoch=st.get("best_epoch"),
+            bad_epochs=int(st.get("bad_epochs", 0)),
+        )
 
     def update(self, epoch: int, value: float | None, mode: str) -> bool:
         """Count epoch ``epoch`` (1-based) with monitored ``value``; True when it is the new best."""
         best = self.best_value
-        improved = value is not None and math.isfinite(value) and (
-            best is None or (value > best if mode == "max" else value < best))
+        improved = (
+            value is not None
+            and math.isfinite(value)
+            and (best is None or (value > best if mode == "max" else value < best))
+        )
         undefined = value is None or not math.isfinite(value)
         if self.best_value is None and undefined and self.best_epoch is None:
             improved = True  # the monitored metric is undefined: keep the first epoch

@@ -102,12 +102,14 @@ def map_statistics(maps: torch.Tensor, threshold: float = DEFAULT_SPARSITY_THRES
     the mean L1 norm ``Σ_{h,w} |A_k|`` of one class map. Sums, so they add up over batches and ranks.
     """
     a = maps.detach().float().abs()
-    return torch.stack([
-        (a < threshold).sum().double(),
-        torch.tensor(float(a.numel()), dtype=torch.float64, device=a.device),
-        a.sum(dtype=torch.float64),
-        torch.tensor(float(a.shape[0] * a.shape[1]), dtype=torch.float64, device=a.device),
-    ])
+    return torch.stack(
+        [
+            (a < threshold).sum().double(),
+            torch.tensor(float(a.numel()), dtype=torch.float64, device=a.device),
+            a.sum(dtype=torch.float64),
+            torch.tensor(float(a.shape[0] * a.shape[1]), dtype=torch.float64, device=a.device),
+        ]
+    )
 
 
 def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[float]:

@@ -122,8 +122,16 @@ def make_optimizer(groups: list[dict[str, Any]], c: FinetuneConfig) -> torch.opt
 class _Run:
     """One call of :func:`finetune` in one process; its methods are the run's steps, in order."""
 
-    def __init__(self, model, data_dir, run_dir, cfg: FinetuneConfig, reporter: Reporter,
-                 ctx: distributed.DistContext, device: torch.device):
+    def __init__(
+        self,
+        model,
+        data_dir,
+        run_dir,
+        cfg: FinetuneConfig,
+        reporter: Reporter,
+        ctx: distributed.DistContext,
+        device: torch.device,
+    ):
         self.model_spec = model
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.run_dir = Path(run_dir)
@@ -163,8 +171,10 @@ class _Run:
 
         on_main(self.ctx, check)
         if self.lock is not None and self.lock.took_over_from is not None:
-            self.note(f"Took over the lock of {self.run_dir}: its run ({self.lock.took_over_from.describe()}) "
-                      "no longer exists.")
+            self.note(
+                f"Took over the lock of {self.run_dir}: its run ({self.lock.took_over_from.describe()}) "
+                "no longer exists."
+            )
         if self.cfg.resume:
             self.state = load_state(self.last_path)
             self.check_resumed_data(self.state)
@@ -185,14 +195,22 @@ class _Run:
         if now == then:
             return
         if then is None:
-            raise UsageError(f"The run in {self.run_dir} was started without data_dir, but data_dir {self.data_dir} "
-                             "was given; resume it without data_dir.", param="data_dir")
+            raise UsageError(
+                f"The run in {self.run_dir} was started without data_dir, but data_dir {self.data_dir} "
+                "was given; resume it without data_dir.",
+                param="data_dir",
+            )
         if now is None:
-            raise UsageError(f"The run in {self.run_dir} was started on data_dir {then}, but none was given; "
-                             "resume it with that data_dir.", param="data_dir")
-        raise UsageError(f"data_dir {self.data_dir} is not the folder the run in {self.run_dir} was started on "
-                         f"({then}); resume it with that data_dir, or start a new run in another folder.",
-                         param="data_dir")
+            raise UsageError(
+                f"The run in {self.run_dir} was started on data_dir {then}, but none was given; "
+                "resume it with that data_dir.",
+                param="data_dir",
+            )
+        raise UsageError(
+            f"data_dir {self.data_dir} is not the folder the run in {self.run_dir} was started on "
+            f"({then}); resume it with that data_dir, or start a new run in another folder.",
+            param="data_dir",
+        )
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
         raw = state.get("config") or {}
@@ -200,8 +218,10 @@ class _Run:
         current = self.cfg
         defaults = FinetuneConfig(optimizer=current.optimizer).resolved()
         changed = [
-            f.name for f in fields(FinetuneConfig)
-            if f.name not in RESUME_OVERRIDABLE and getattr(current, f.name) != getattr(stored, f.name)
+            f.name
+            for f in fields(FinetuneConfig)
+            if f.name not in RESUME_OVERRIDABLE
+            and getattr(current, f.name) != getattr(stored, f.name)
             and getattr(current, f.name) != getattr(defaults, f.name)
         ]
         for name in RESUME_OVERRIDABLE:
@@ -209,17 +229,24 @@ class _Run:
                 continue  # not given again: the run's own plan
             setattr(stored, name, getattr(current, name))
         if changed:
-            self.note("Resuming with the run's stored settings; ignored the new "
-                      + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + ".")
+            self.note(
+                "Resuming with the run's stored settings; ignored the new "
+                + ", ".join(f"--{n.replace('_', '-')}" for n in changed)
+                + "."
+            )
         if raw.get("epochs") is not None and int(raw["epochs"]) != int(stored.epochs):
             how = "stretched" if int(stored.epochs) > int(raw["epochs"]) else "shortened"
-            self.note(f"Resuming with --epochs {stored.epochs} (the run was planned for {raw['epochs']}): "
-                      f"the learning-rate schedule is {how} from here on.")
+            self.note(
+                f"Resuming with --epochs {stored.epochs} (the run was planned for {raw['epochs']}): "
+                f"the learning-rate schedule is {how} from here on."
+            )
         self.cfg = stored.resolved()
         spec = state.get("model_spec")
         if isinstance(self.model_spec, (str, os.PathLike)) and spec and str(self.model_spec) != spec:
-            self.note(f"The run was started from MODEL {spec}; the weights come from {LAST_NAME}, so MODEL "
-                      "must be the same architecture.")
+            self.note(
+                f"The run was started from MODEL {spec}; the weights come from {LAST_NAME}, so MODEL "
+                "must be the same architecture."
+            )
 
     def load_model(self):
         from ..conversion import as_softcam
@@ -230,16 +257,23 @@ class _Run:
         if isinstance(spec, SoftCAM):
             spec = copy.deepcopy(spec)
         sc, loaded = as_softcam(
-            spec, weights=c.weights, num_classes=c.num_classes, input_size=c.input_size, ema=c.ema,
-            trust_pickle=c.trust_pickle, strict=False,
+            spec,
+            weights=c.weights,
+            num_classes=c.num_classes,
+            input_size=c.input_size,
+            ema=c.ema,
+            trust_pickle=c.trust_pickle,
+            strict=False,
         )
         for n in loaded.notes:
             self.note(n)
         if not sc.meta.exact and not sc.meta.conversion.get("head_reset"):
             conv = sc.meta.conversion or {}
             if conv.get("max_abs_diff") is not None:
-                self.note(f"{sc.meta.architecture} converts only approximately ({sc.meta.strategy}, max "
-                          f"|Δlogit| {conv['max_abs_diff']:.3g}); fine-tuning adapts the evidence maps.")
+                self.note(
+                    f"{sc.meta.architecture} converts only approximately ({sc.meta.strategy}, max "
+                    f"|Δlogit| {conv['max_abs_diff']:.3g}); fine-tuning adapts the evidence maps."
+                )
         return sc
 
     def load_data_and_model(self):
@@ -296,8 +330,24 @@ class _Run:
         warmup = int(round(float(c.warmup_epochs) * loaders.steps))
         factor = cosine_with_warmup(total_steps, warmup, c.min_lr / c.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        t = Trainer(c, ctx, device, sc, net, opt, sched, scaler, trainable, hw.autocast(), hw.channels_last,
-                    class_weight, self.scale, loaders, self.reporter, self.stop)
+        t = Trainer(
+            c,
+            ctx,
+            device,
+            sc,
+            net,
+            opt,
+            sched,
+            scaler,
+            trainable,
+            hw.autocast(),
+            hw.channels_last,
+            class_weight,
+            self.scale,
+            loaders,
+            self.reporter,
+            self.stop,
+        )
         return t, weights_list
 
     def resume(self, t: Trainer) -> Progress:
@@ -314,7 +364,8 @@ class _Run:
             started = f" ({st['model_spec']})" if st.get("model_spec") else ""
             raise InputError(
                 f"{self.last_path} does not fit model ({len(misfit)} missing or mis-shaped tensors, e.g. "
-                f"{misfit[0]}); resume with the model the run started from{started}.", param="model"
+                f"{misfit[0]}); resume with the model the run started from{started}.",
+                param="model",
             )
         t.model.load_state_dict(saved)
         t.optimizer.load_state_dict(st["optimizer"])
@@ -323,15 +374,18 @@ class _Run:
             t.scaler.load_state_dict(st["scaler"])
         p = Progress.from_state(st)
         if p.step and st.get("steps") != steps:
-            raise InputError(f"{self.last_path} was saved mid-epoch with {st.get('steps')} steps per epoch "
-                             f"but the data now gives {steps}; the dataset or batch size changed.")
+            raise InputError(
+                f"{self.last_path} was saved mid-epoch with {st.get('steps')} steps per epoch "
+                f"but the data now gives {steps}; the dataset or batch size changed."
+            )
         if p.step:
             p.partial = st.get("partial")
             rngs = st.get("rng") or []
             if len(rngs) == self.ctx.world:
                 set_rng_state(rngs[self.ctx.rank])
-        self.note(f"Resuming {self.run_dir} at epoch {p.epoch + 1}"
-                  + (f", step {p.step}/{steps}" if p.step else "") + ".")
+        self.note(
+            f"Resuming {self.run_dir} at epoch {p.epoch + 1}" + (f", step {p.step}/{steps}" if p.step else "") + "."
+        )
         if p.epoch >= int(c.epochs):
             self.note(f"The run already completed {p.epoch} epoch(s); raise --epochs to train further.")
         elif st.get("stopped_early") and c.patience is not None and p.bad_epochs >= int(c.patience):
@@ -352,21 +406,46 @@ class _Run:
     def start_info(self, t: Trainer, hw: Hardware, data_info: dict[str, Any], progress: Progress) -> dict:
         sc = t.model
         return {
-            "model": sc.meta.architecture, "strategy": sc.meta.strategy, "classes": list(sc.meta.class_names),
-            "device": str(self.device), "world_size": self.ctx.world, "amp": hw.amp_name,
-            "channels_last": hw.channels_last, "workers": hw.workers, "steps_per_epoch": t.loaders.steps,
-            "data": data_info, "config": self.cfg.to_dict(), "logit_scale": self.scale,
-            "run_dir": str(self.run_dir), "resumed_from": progress.epoch if self.state is not None else None,
+            "model": sc.meta.architecture,
+            "strategy": sc.meta.strategy,
+            "classes": list(sc.meta.class_names),
+            "device": str(self.device),
+            "world_size": self.ctx.world,
+            "amp": hw.amp_name,
+            "channels_last": hw.channels_last,
+            "workers": hw.workers,
+            "steps_per_epoch": t.loaders.steps,
+            "data": data_info,
+            "config": self.cfg.to_dict(),
+            "logit_scale": self.scale,
+            "run_dir": str(self.run_dir),
+            "resumed_from": progress.epoch if self.state is not None else None,
         }
 
     # -- training -------------------------------------------------------------------------------------
-    def save(self, t: Trainer, p: Progress, epoch: int, step: int, partial: torch.Tensor | None,
-             stopped_early: bool = False) -> None:
-        save_state(self.last_path, self.ctx, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                   scaler=t.scaler, config=self.cfg, epoch=epoch, step=step, steps=t.loaders.steps,
-                   history=p.history, best_value=p.best_value, best_epoch=p.best_epoch,
-                   bad_epochs=p.bad_epochs, partial=partial, stopped_early=stopped_early,
-                   model_spec=self.model_spec, data_dir=self.data_dir)
+    def save(
+        self, t: Trainer, p: Progress, epoch: int, step: int, partial: torch.Tensor | None, stopped_early: bool = False
+    ) -> None:
+        save_state(
+            self.last_path,
+            self.ctx,
+            model=t.model,
+            optimizer=t.optimizer,
+            scheduler=t.scheduler,
+            scaler=t.scaler,
+            config=self.cfg,
+            epoch=epoch,
+            step=step,
+            steps=t.loaders.steps,
+            history=p.history,
+            best_value=p.best_value,
+            best_epoch=p.best_epoch,
+            bad_epochs=p.bad_epochs,
+            partial=partial,
+            stopped_early=stopped_early,
+            model_spec=self.model_spec,
+            data_dir=self.data_dir,
+        )
 
     def end_epoch(self, t: Trainer, p: Progress, epoch: int, out: EpochOutcome, splits) -> bool:
         """Validate epoch ``epoch`` (0-based), keep the best model, log the epoch, write last.pt.
@@ -377,22 +456,35 @@ class _Run:
         value = val.get(monitor_key)
         improved = p.update(epoch + 1, value, mode)
         record = {
-            "epoch": epoch + 1, "epochs": int(c.epochs), "lr": t.scheduler.get_last_lr()[0],
-            "train": out.record(), "val": val, "monitor": c.monitor, "value": value, "best": improved,
-            "best_epoch": p.best_epoch, "best_value": p.best_value,
+            "epoch": epoch + 1,
+            "epochs": int(c.epochs),
+            "lr": t.scheduler.get_last_lr()[0],
+            "train": out.record(),
+            "val": val,
+            "monitor": c.monitor,
+            "value": value,
+            "best": improved,
+            "best_epoch": p.best_epoch,
+            "best_value": p.best_value,
             "time_s": time.perf_counter() - out.started,
         }
         p.history.append(finite(record))
         if improved:
-            on_main(self.ctx, lambda: save_best(self.best_path, t.model, c, record, splits, self.scale,
-                                                self.ctx.world, self.data_dir))
+            on_main(
+                self.ctx,
+                lambda: save_best(
+                    self.best_path, t.model, c, record, splits, self.scale, self.ctx.world, self.data_dir
+                ),
+            )
         on_main(self.ctx, lambda: append_jsonl(self.metrics_path, record))
         stop_now = p.should_stop(c, epoch + 1)
         self.save(t, p, epoch + 1, 0, None, stopped_early=stop_now)
         self.reporter.epoch_end(p.history[-1])
         if stop_now:
-            self.note(f"Stopped early after epoch {epoch + 1}: {c.monitor} did not improve for "
-                      f"{c.patience} epoch(s) (best {p.best_value:.4g} at epoch {p.best_epoch}).")
+            self.note(
+                f"Stopped early after epoch {epoch + 1}: {c.monitor} did not improve for "
+                f"{c.patience} epoch(s) (best {p.best_value:.4g} at epoch {p.best_epoch})."
+            )
         return stop_now
 
     def fit(self, t: Trainer, p: Progress, splits) -> tuple[bool, float, int]:
@@ -429,8 +521,17 @@ class _Run:
             return err
         return type(err)(f"{err.message.rstrip('.')}, then continue the run with --resume.", param=err.params)
 
-    def result(self, t: Trainer, p: Progress, hw: Hardware, data_info: dict[str, Any], stopped_early: bool,
-               train_time: float, train_images: int, t_start: float) -> FinetuneResult:
+    def result(
+        self,
+        t: Trainer,
+        p: Progress,
+        hw: Hardware,
+        data_info: dict[str, Any],
+        stopped_early: bool,
+        train_time: float,
+        train_images: int,
+        t_start: float,
+    ) -> FinetuneResult:
         """The result (its model: the best one on rank 0; other ranks keep the last weights)."""
         sc, history, c = t.model, p.history, self.cfg
         completed = len(history)
@@ -444,14 +545,29 @@ class _Run:
         distributed.barrier(self.ctx)
         tput = train_images / train_time if train_time > 0 else float("nan")
         return FinetuneResult(
-            run_dir=str(self.run_dir), best_path=str(self.best_path) if self.best_path.exists() else None,
-            last_path=str(self.last_path), metrics_path=str(self.metrics_path), monitor=c.monitor,
-            best_epoch=p.best_epoch, best_value=p.best_value, epochs_completed=completed,
-            epochs_planned=int(c.epochs), stopped_early=stopped_early or p.already_stopped,
-            resumed_from=p.epoch if self.state is not None else None, train_images_per_s=tput,
-            elapsed_s=time.perf_counter() - t_start, best=best_record, last=history[-1] if history else None,
-            data=data_info, config=c.to_dict(), world_size=self.ctx.world, device=str(self.device),
-            amp=hw.amp_name, logit_scale=self.scale, notes=list(self.notes), history=history,
+            run_dir=str(self.run_dir),
+            best_path=str(self.best_path) if self.best_path.exists() else None,
+            last_path=str(self.last_path),
+            metrics_path=str(self.metrics_path),
+            monitor=c.monitor,
+            best_epoch=p.best_epoch,
+            best_value=p.best_value,
+            epochs_completed=completed,
+            epochs_planned=int(c.epochs),
+            stopped_early=stopped_early or p.already_stopped,
+            resumed_from=p.epoch if self.state is not None else None,
+            train_images_per_s=tput,
+            elapsed_s=time.perf_counter() - t_start,
+            best=best_record,
+            last=history[-1] if history else None,
+            data=data_info,
+            config=c.to_dict(),
+            world_size=self.ctx.world,
+            device=str(self.device),
+            amp=hw.amp_name,
+            logit_scale=self.scale,
+            notes=list(self.notes),
+            history=history,
             model=result_model,
         )
 
@@ -465,8 +581,12 @@ class _Run:
         progress = self.resume(t)
         self.open_run_dir(progress)
         data_info = splits.to_dict()
-        data_info.update(train_images=len(splits.train), val_images=len(splits.val), skipped_images=n_skipped,
-                         class_weights=weights_list)
+        data_info.update(
+            train_images=len(splits.train),
+            val_images=len(splits.val),
+            skipped_images=n_skipped,
+            class_weights=weights_list,
+        )
         self.reporter.start(self.start_info(t, hw, data_info, progress))
         stopped_early, train_time, train_images = self.fit(t, progress, splits)
         result = self.result(t, progress, hw, data_info, stopped_early, train_time, train_images, t_start)

@@ -43,14 +43,14 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool = False, force: bool 
     ``resume`` needs ``last.pt`` in it."""
     p = Path(run_dir)
     if resume and force:
-        raise UsageError("resume and force contradict each other; pass one of them.",
-                         param=("resume", "force"))
+        raise UsageError("resume and force contradict each other; pass one of them.", param=("resume", "force"))
     if p.exists() and not p.is_dir():
         raise OutputError(f"Run folder {p} is a file; run_dir must be a folder.", param="run_dir")
     if resume:
         if not p.exists():
-            raise InputError(f"Run folder {p} does not exist, so there is nothing to continue; drop resume.",
-                             param="resume")
+            raise InputError(
+                f"Run folder {p} does not exist, so there is nothing to continue; drop resume.", param="resume"
+            )
         if not (p / LAST_NAME).is_file():
             raise InputError(
                 f"Run folder {p} has no {LAST_NAME} to continue from; start a new run without resume.",
@@ -64,8 +64,9 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool = False, force: bool 
                     f"Run folder {p} already holds a run; pass resume to continue it or force to start over.",
                     param=("resume", "force"),
                 )
-            raise OutputError(f"Run folder {p} is not empty; pass force to write the run into it anyway.",
-                              param="force")
+            raise OutputError(
+                f"Run folder {p} is not empty; pass force to write the run into it anyway.", param="force"
+            )
     probe = p if p.exists() else p.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -117,9 +118,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"{p} does not exist.") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one input error
-        raise InputError(
-            f"{p} is not a readable finetune state ({type(e).__name__}); it may be truncated."
-        ) from None
+        raise InputError(f"{p} is not a readable finetune state ({type(e).__name__}); it may be truncated.") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"{p} is not a softcamify finetune state (last.pt).")
     if int(state.get("version", 0)) > STATE_VERSION:
@@ -194,11 +193,27 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in keep), force=True)
 
 
-def save_state(path: Path, ctx: distributed.DistContext, *, model, optimizer, scheduler, scaler,
-               config: FinetuneConfig, epoch: int, step: int, steps: int, history: list[dict[str, Any]],
-               best_value: float | None, best_epoch: int | None, bad_epochs: int,
-               partial: torch.Tensor | None, stopped_early: bool, model_spec: Any,
-               data_dir: Path | None) -> None:
+def save_state(
+    path: Path,
+    ctx: distributed.DistContext,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    config: FinetuneConfig,
+    epoch: int,
+    step: int,
+    steps: int,
+    history: list[dict[str, Any]],
+    best_value: float | None,
+    best_epoch: int | None,
+    bad_epochs: int,
+    partial: torch.Tensor | None,
+    stopped_early: bool,
+    model_spec: Any,
+    data_dir: Path | None,
+) -> None:
     """Write last.pt (every rank's RNG state is gathered; rank 0 writes atomically)."""
     rngs = distributed.all_gather_objects(ctx, rng_state())
     if not ctx.is_main:
@@ -237,8 +252,9 @@ def save_state(path: Path, ctx: distributed.DistContext, *, model, optimizer, sc
     distributed.barrier(ctx)
 
 
-def save_best(path: Path, sc, c: FinetuneConfig, record: dict[str, Any], splits, scale: float, world: int,
-              data_dir: Path | None) -> None:
+def save_best(
+    path: Path, sc, c: FinetuneConfig, record: dict[str, Any], splits, scale: float, world: int, data_dir: Path | None
+) -> None:
     """Write best.safetensors: the model, with the run's settings and scores added to its history."""
     from ..checkpoints import save
     from ..model import SoftCAM

@@ -21,8 +21,9 @@ from .config import FinetuneConfig
 Note = Callable[[str], None]
 
 
-def discover_splits(data_dir: str | os.PathLike | Path | None, cfg: FinetuneConfig,
-                    class_names: Sequence[str] | None = None):
+def discover_splits(
+    data_dir: str | os.PathLike | Path | None, cfg: FinetuneConfig, class_names: Sequence[str] | None = None
+):
     """The run's train/val splits (:func:`softcamify.data.discover` with the run's labels, split and seed)."""
     from ..data import discover
 
@@ -73,8 +74,8 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
     k = len(names)
     if c.num_classes is not None and int(c.num_classes) != len(found):
         raise UsageError(
-            f"num_classes {c.num_classes} does not match the {len(found)} classes in the data "
-            f"({', '.join(found)}).", param="num_classes"
+            f"num_classes {c.num_classes} does not match the {len(found)} classes in the data ({', '.join(found)}).",
+            param="num_classes",
         )
     if c.reset_head:
         sc.reset_head(len(found), found)
@@ -87,7 +88,8 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
         raise InputError(
             f"The model has {k} classes{' (one logit: binary)' if is_binary(sc.meta.num_classes) else ''} "
             f"but the data has {len(found)} ({', '.join(found)}); pass reset_head "
-            "to re-initialize the evidence conv for them.", param="reset_head"
+            "to re-initialize the evidence conv for them.",
+            param="reset_head",
         )
     if generic:
         sc.meta.class_names = found
@@ -96,7 +98,8 @@ def match_classes(sc, splits, data_dir, cfg: FinetuneConfig, note: Note):
         return sc, splits
     raise InputError(
         f"The model's classes ({', '.join(names)}) differ from the data's ({', '.join(found)}); pass "
-        "reset_head to re-initialize the evidence conv for the data's classes.", param="reset_head"
+        "reset_head to re-initialize the evidence conv for the data's classes.",
+        param="reset_head",
     )
 
 
@@ -109,7 +112,7 @@ def _bad_images(splits, channels: int, ctx: distributed.DistContext) -> list[tup
     ]
     mine = everything[ctx.rank :: ctx.world]
     threads = max(1, min(8, os.cpu_count() or 1))
-    chunks = [mine[i :: threads] for i in range(threads)] if len(mine) > 64 else [mine]
+    chunks = [mine[i::threads] for i in range(threads)] if len(mine) > 64 else [mine]
 
     def work(chunk):
         _, bad = verify_samples([s for _, _, s in chunk], channels=channels, strict=False)
@@ -131,11 +134,11 @@ def verify_splits(splits, channels: int, cfg: FinetuneConfig, ctx: distributed.D
     bad = _bad_images(splits, channels, ctx)
     skipped = list(splits.skipped)
     if cfg.strict_data and skipped:
-        raise InputError(f"Image {skipped[0][0]} is unusable ({skipped[0][1]}); strict_data refuses it.",
-                         param="strict_data")
+        raise InputError(
+            f"Image {skipped[0][0]} is unusable ({skipped[0][1]}); strict_data refuses it.", param="strict_data"
+        )
     if cfg.strict_data and bad:
-        raise InputError(f"{bad[0][3].rstrip('.')} (strict_data refuses unreadable images).",
-                         param="strict_data")
+        raise InputError(f"{bad[0][3].rstrip('.')} (strict_data refuses unreadable images).", param="strict_data")
     drop = {(split, i) for split, i, _, _ in bad}
     splits.train = [s for i, s in enumerate(splits.train) if ("train", i) not in drop]
     splits.val = [s for i, s in enumerate(splits.val) if ("val", i) not in drop]
@@ -164,10 +167,13 @@ def check_splits(splits, note: Note) -> None:
     missing = [n for i, n in enumerate(splits.class_names) if i not in val_classes]
     if missing and len(val_classes) >= 2:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        note(f"Class {missing[0]!r}{more} has no validation images (too few images to split off one): its "
-             "validation sensitivity is undefined; add images or a val folder.")
+        note(
+            f"Class {missing[0]!r}{more} has no validation images (too few images to split off one): its "
+            "validation sensitivity is undefined; add images or a val folder."
+        )
     if len(val_classes) < 2:
         raise InputError(
             f"The validation split has only one class ({splits.class_names[val_classes[0]]}); add validation "
-            "images of the other classes or raise val_split.", param="val_split"
+            "images of the other classes or raise val_split.",
+            param="val_split",
         )

@@ -142,8 +142,7 @@ def check_tolerance(tolerance: float) -> float:
     """``tolerance`` as a float: finite and ≥ 0 (a :class:`UsageError` naming it otherwise)."""
     tol = finite_or_none(tolerance)
     if tol is None or tol < 0:
-        raise UsageError(f"tolerance must be a finite number of 0 or more; got {tolerance}.",
-                         param="tolerance")
+        raise UsageError(f"tolerance must be a finite number of 0 or more; got {tolerance}.", param="tolerance")
     return tol
 
 
@@ -164,8 +163,7 @@ def recommend(
     qualified = [
         r
         for r in runs
-        if finite_or_none(r["accuracy"]) is not None
-        and (floor is None or finite_or_none(r["accuracy"]) >= floor)
+        if finite_or_none(r["accuracy"]) is not None and (floor is None or finite_or_none(r["accuracy"]) >= floor)
     ]
     if not qualified:
         return None
@@ -261,9 +259,7 @@ def sweep(
     sc = _starting_model(model, cfg, notes)
     splits, val = val_samples(sc, data_dir, cfg, notes)
     data_root = Path(data_dir) if data_dir is not None else splits.root
-    mask_root = (
-        Path(masks) if masks is not None else (default_mask_root(data_dir) if data_dir is not None else None)
-    )
+    mask_root = Path(masks) if masks is not None else (default_mask_root(data_dir) if data_dir is not None else None)
     # the runs get the converted model; its input size and weights are already applied
     run_cfg = replace(cfg, weights=None, input_size=None, ema=False, force=bool(force), resume=False)
 
@@ -305,7 +301,8 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
     if cfg.reset_head:
         raise UsageError(
             "A sweep compares runs with the starting model, so reset_head does not apply; fine-tune once "
-            "with reset_head and sweep from its best.safetensors.", param="reset_head"
+            "with reset_head and sweep from its best.safetensors.",
+            param="reset_head",
         )
     cfg.l1, cfg.l2 = l1s[0], l2s[0]
     check_config(cfg.resolved())
@@ -314,11 +311,11 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
 
 def _check_folders(data_dir: Any, masks: Any) -> None:
     if masks is not None and not Path(masks).is_dir():
-        raise InputError(f"Mask folder {masks} does not exist or is not a folder; check masks.",
-                         param="masks")
+        raise InputError(f"Mask folder {masks} does not exist or is not a folder; check masks.", param="masks")
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise InputError(f"Dataset folder {data_dir} does not exist or is not a folder; check data_dir.",
-                         param="data_dir")
+        raise InputError(
+            f"Dataset folder {data_dir} does not exist or is not a folder; check data_dir.", param="data_dir"
+        )
 
 
 def _starting_model(model: Any, cfg: Any, notes: list[str]) -> Any:
@@ -348,18 +345,14 @@ def _score_reference(
     ref["score"], ref["tiebreak"] = rule_keys(ref, with_masks)
     ref["model"] = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     if with_masks and ref["share_of_oracle"] is None:
-        notes.append(
-            "evaluate reported no share_of_oracle for SoftCAM, so runs cannot be ranked by localization."
-        )
+        notes.append("evaluate reported no share_of_oracle for SoftCAM, so runs cannot be ranked by localization.")
     if not with_masks:
         where = (
             "no mask folder"
             if mask_root is None
             else f"no validation image has a mask with foreground under {mask_root}"
         )
-        notes.append(
-            f"Localization without masks ({where}): runs are ranked by map sparsity, ties by flip stability."
-        )
+        notes.append(f"Localization without masks ({where}): runs are ranked by map sparsity, ties by flip stability.")
     return ref
 
 

@@ -222,9 +222,7 @@ def _draw_points(
 def _draw_legend(p: _Plot) -> None:
     """One row between the title and the plot, right-aligned: it never covers a point."""
     draw, small = p.draw, p.small
-    entries = [
-        ("front", "Pareto front"), ("recommended", "recommended"), ("reference", "reference (no fine-tuning)")
-    ]
+    entries = [("front", "Pareto front"), ("recommended", "recommended"), ("reference", "reference (no fine-tuning)")]
     widths = [20 + draw.textlength(text, font=small) for _, text in entries]
     x = p.left + p.pw - sum(widths) - 18 * (len(entries) - 1)
     y = p.top - 22
@@ -263,9 +261,7 @@ _RUN_COLUMNS = [
 def _run_row(name: str, r: Mapping[str, Any], ref_row: bool = False) -> list[Any]:
     """One row of the runs table (the reference row has no λ and no rule columns)."""
     rule: list[Any] = (
-        ["—"] * 3
-        if ref_row
-        else [bool(r.get("qualified")), bool(r.get("pareto")), "★" if r.get("recommended") else ""]
+        ["—"] * 3 if ref_row else [bool(r.get("qualified")), bool(r.get("pareto")), "★" if r.get("recommended") else ""]
     )
     lams = ["—", "—"] if ref_row else [r.get("l1"), r.get("l2")]
     return [name, *lams, *(r.get(k) for k in SCORE_KEYS), *rule]

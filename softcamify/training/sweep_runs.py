@@ -63,11 +63,7 @@ def resolve_devices(devices: str | Sequence[str] | None, config_device: str = "a
                 return [f"cuda:{i}" for i in range(n)]
         dev = resolve_device(spec)
         return [str(dev)]
-    items = (
-        [d.strip() for d in devices.split(",")]
-        if isinstance(devices, str)
-        else [str(d).strip() for d in devices]
-    )
+    items = [d.strip() for d in devices.split(",")] if isinstance(devices, str) else [str(d).strip() for d in devices]
     items = [d for d in items if d]
     if not items:
         raise UsageError("devices must name at least one device (cpu, cuda, cuda:N).", param="devices")
@@ -123,8 +119,7 @@ def map_on_devices(
                 results[i] = value
 
     threads = [
-        threading.Thread(target=worker, args=(d,), name=f"sweep-{d}", daemon=True)
-        for d in devices[: len(items)]
+        threading.Thread(target=worker, args=(d,), name=f"sweep-{d}", daemon=True) for d in devices[: len(items)]
     ]
     for t in threads:
         t.start()
@@ -227,9 +222,7 @@ class Runner:
             tiebreak=tie,
             best_epoch=res.best_epoch,
             epochs_completed=res.epochs_completed,
-            finetune_val=json_safe(
-                {k: v for k, v in ((res.best or {}).get("val") or {}).items() if k != "per_class"}
-            ),
+            finetune_val=json_safe({k: v for k, v in ((res.best or {}).get("val") or {}).items() if k != "per_class"}),
             elapsed_s=time.perf_counter() - t0,
             notes=notes,
         )

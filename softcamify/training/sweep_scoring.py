@@ -140,9 +140,7 @@ def map_scores(
 
 
 def _safe_folder_name(name: str) -> bool:
-    return (
-        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
-    )
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -166,8 +164,7 @@ def build_val_view(
     bad = next((n for n in class_names if not _safe_folder_name(str(n))), None)
     if bad is not None:
         raise InputError(
-            f"Class name {bad!r} cannot be a folder name, which the sweep's validation scoring needs; "
-            "rename the class."
+            f"Class name {bad!r} cannot be a folder name, which the sweep's validation scoring needs; rename the class."
         )
     masks_dir = root / "masks" if mask_root is not None else None
     with_mask = 0
@@ -205,8 +202,9 @@ def val_samples(model: Any, data_dir: Any, cfg: Any, notes: list[str]):
     channels = int(model.meta.data_config["input_size"][0])
     good, bad = verify_samples(splits.val, channels=channels)
     if cfg.strict_data and bad:  # named as the sweep's caller named it (verify_samples says strict)
-        raise InputError(f"{bad[0][1].rstrip('.')}; run without strict_data to skip unreadable images.",
-                         param="strict_data")
+        raise InputError(
+            f"{bad[0][1].rstrip('.')}; run without strict_data to skip unreadable images.", param="strict_data"
+        )
     if bad or splits.skipped:
         notes.append(
             f"{len(bad) + len(splits.skipped)} unreadable image(s) are left out, as finetune leaves them "
@@ -272,9 +270,7 @@ def score_model(
         "explained_images": int(ev.counts.get("explained", 0)),
         "images": int(ev.counts.get("images", 0)),
     }
-    ms = map_scores(
-        model, samples, device=device, batch_size=int(cfg.batch_size), threshold=cfg.sparsity_threshold
-    )
+    ms = map_scores(model, samples, device=device, batch_size=int(cfg.batch_size), threshold=cfg.sparsity_threshold)
     out.update(
         sparsity=ms["sparsity"],
         map_l1=ms["map_l1"],

@@ -173,9 +173,7 @@ def quadratic_kappa(y_true: Any, y_pred: Any, num_classes: int) -> float:
     return float(1.0 - (w * o).sum() / den)
 
 
-def classification_report(
-    y_true: Any, probs: Any, class_names: Sequence[str], ordinal: bool = False
-) -> dict[str, Any]:
+def classification_report(y_true: Any, probs: Any, class_names: Sequence[str], ordinal: bool = False) -> dict[str, Any]:
     """All classification metrics in one JSON-safe dict (predictions are ``argmax(probs)``).
 
     Keys: ``n``, ``num_classes``, ``class_names``, ``accuracy``, ``balanced_accuracy``, ``roc_auc``

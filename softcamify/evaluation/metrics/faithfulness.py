@@ -38,8 +38,15 @@ class _Curve:
 
 
 def _prepare_curve(
-    image: Any, saliency: Any, target: int, steps: int, patch: int, baseline: Baseline, mode: str,
-    patch_score: str, blur_sigma: float,
+    image: Any,
+    saliency: Any,
+    target: int,
+    steps: int,
+    patch: int,
+    baseline: Baseline,
+    mode: str,
+    patch_score: str,
+    blur_sigma: float,
 ) -> _Curve:
     if mode not in ("deletion", "insertion"):
         raise UsageError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
@@ -72,9 +79,7 @@ def _prepare_curve(
         fill = -np.inf if patch_score == "max" else np.nan
         padded = np.pad(sal, ((0, pad_h), (0, pad_w)), constant_values=fill)
         blocks = padded.reshape(ny, patch, nx, patch)
-        tile_score = (
-            blocks.max(axis=(1, 3)) if patch_score == "max" else np.nanmean(blocks, axis=(1, 3))
-        ).ravel()
+        tile_score = (blocks.max(axis=(1, 3)) if patch_score == "max" else np.nanmean(blocks, axis=(1, 3))).ravel()
     order = np.argsort(-tile_score, kind="stable")
     rank = np.empty(n_tiles, dtype=np.int64)
     rank[order] = np.arange(n_tiles)
@@ -119,13 +124,15 @@ def deletion_insertion_batch(
     tgts = [int(t) for t in targets]
     n = len(imgs)
     if len(sals) != n or len(tgts) != n:
-        raise UsageError(f"images, saliencies and targets must have one entry per image, got {n}, "
-                         f"{len(sals)} and {len(tgts)}.")
+        raise UsageError(
+            f"images, saliencies and targets must have one entry per image, got {n}, {len(sals)} and {len(tgts)}."
+        )
     modes = [mode] * n if isinstance(mode, str) else list(mode)
     bases = list(baseline) if isinstance(baseline, (list, tuple)) else [baseline] * n
     if len(modes) != n or len(bases) != n:
-        raise UsageError(f"mode and baseline must be one value or one per image ({n}), got {len(modes)} and "
-                         f"{len(bases)}.")
+        raise UsageError(
+            f"mode and baseline must be one value or one per image ({n}), got {len(modes)} and {len(bases)}."
+        )
     curves = [
         _prepare_curve(imgs[i], sals[i], tgts[i], steps, patch, bases[i], modes[i], patch_score, blur_sigma)
         for i in range(n)
@@ -193,6 +200,15 @@ def deletion_insertion(
     if isinstance(baseline, (list, tuple)):
         baseline = np.asarray(baseline, dtype=np.float32)  # one array, not one baseline per image
     return deletion_insertion_batch(
-        predict_fn, [image], [saliency], [target], steps=steps, patch=patch, baseline=baseline, mode=mode,
-        batch_size=batch_size, patch_score=patch_score, blur_sigma=blur_sigma,
+        predict_fn,
+        [image],
+        [saliency],
+        [target],
+        steps=steps,
+        patch=patch,
+        baseline=baseline,
+        mode=mode,
+        batch_size=batch_size,
+        patch_score=patch_score,
+        blur_sigma=blur_sigma,
     )[0]
