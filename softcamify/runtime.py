@@ -287,9 +287,9 @@ def load_softcam(
     ``weights``, ``num_classes``, ``ema``, ``strict``, ``atol`` and ``output_stride`` go to it).
     """
     if is_onnx_path(model):
-        raise UsageError(
-            f"model {os.fspath(model)} is an ONNX file; this needs a PyTorch model (a softcamify "
-            ".safetensors, a checkpoint or an architecture name).",
+        raise InputError(
+            f"model {os.fspath(model)} is an ONNX file; this needs a PyTorch model (a softcamify .safetensors, a "
+            "checkpoint or an architecture name).",
             param="model",
         )
     from .conversion import DEFAULT_ATOL, as_softcam

@@ -451,7 +451,7 @@ def test_batched_deletion_insertion_equals_the_per_image_path(lesions, monkeypat
     import softcamify.evaluation.run as E
 
     calls: list[int] = []
-    model = E.load_map_model(lesions["model"], device="cpu")
+    model = E.load(lesions["model"], device="cpu")
     orig_predict = model.predict_proba
 
     def counting(x):
