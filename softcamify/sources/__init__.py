@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import resolve_data_config
-from .errors import InputError, UsageError
+from ..config import resolve_data_config
+from ..errors import InputError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
