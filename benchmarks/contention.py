@@ -4,7 +4,9 @@
     python benchmarks/contention.py --jobs predict-onnx --hogs 2
 
 Each job (a real ``softcamify`` command in its own process) is timed alone, then beside ``--hogs``
-CPU-bound processes (default: one per core) — the situation of a shared CI runner. Printed per job and
+CPU-bound processes (default: one per core) — the situation of a shared CI runner. ``--hog torch`` (the
+default) makes them other torch jobs, each with its own thread pool (as other fine-tunes or evaluations
+would be); ``--hog python`` single-threaded Python loops. Printed per job and
 thread setting: seconds alone, seconds beside the hogs, and their ratio. With as many hogs as cores, a
 fair share of the CPU gives a ratio of about 2 (the job gets half the cores); much more than that is
 time lost to threads that spin while they wait for each other.
@@ -41,7 +43,16 @@ SETTINGS = {
 JOBS = ("predict-onnx", "evaluate", "finetune")
 
 
-def _hog(stop) -> None:  # pragma: no cover - runs in a child process
+def _hog(stop, kind: str) -> None:  # pragma: no cover - runs in a child process
+    """``python``: one core of pure Python; ``torch``: another torch job (matrix products on torch's
+    default thread pool, as a second fine-tune or evaluation on the same machine would run)."""
+    if kind == "torch":
+        import torch
+
+        a = torch.randn(384, 384)
+        while not stop.is_set():
+            a = torch.tanh(a @ a)
+        return
     x = 0
     while not stop.is_set():
         for _ in range(100_000):
@@ -67,8 +78,19 @@ def _argv(job: str, paths: dict[str, Path], out: Path) -> list[str]:
         return ["predict", str(paths["onnx"]), str(paths["data"] / "test"), "--json"]
     if job == "evaluate":
         return ["evaluate", str(paths["model"]), str(paths["data"]), "-o", str(out), "--force", "--json"]
-    return ["finetune", str(paths["model"]), str(paths["data"]), "-o", str(out), "--epochs", "1", "--workers", "1",
-            "--force", "--json"]
+    return [
+        "finetune",
+        str(paths["model"]),
+        str(paths["data"]),
+        "-o",
+        str(out),
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        "--force",
+        "--json",
+    ]
 
 
 def _time(argv: list[str], env: dict[str, str]) -> float:
@@ -84,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="CPU-bound processes beside the job")
-    p.add_argument("--images", type=int, default=96, help="synthetic images (half for training)")
+    p.add_argument(
+        "--hog",
+        choices=("python", "torch"),
+        default="torch",
+        help="what they run: pure Python (one core each) or torch (its own thread pool each)",
+    )
+    p.add_argument("--images", type=int, default=192, help="synthetic images (half for training)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 env = {**base, **SETTINGS[name]}
                 alone = _time(cmd, env)
                 stop = mp.Event()
-                hogs = [mp.Process(target=_hog, args=(stop,), daemon=True) for _ in range(args.hogs)]
+                hogs = [mp.Process(target=_hog, args=(stop, args.hog), daemon=True) for _ in range(args.hogs)]
                 for h in hogs:
                     h.start()
                 try:
@@ -110,12 +138,23 @@ def main(argv: list[str] | None = None) -> int:
                     stop.set()
                     for h in hogs:
                         h.join(5)
-                row = {"job": job, "setting": name, "alone_s": round(alone, 2), "busy_s": round(busy, 2),
-                       "ratio": round(busy / alone, 2), "hogs": args.hogs, "cpus": os.cpu_count()}
+                row = {
+                    "job": job,
+                    "setting": name,
+                    "alone_s": round(alone, 2),
+                    "busy_s": round(busy, 2),
+                    "ratio": round(busy / alone, 2),
+                    "hogs": args.hogs,
+                    "cpus": os.cpu_count(),
+                }
                 rows.append(row)
-                print(json.dumps(row) if args.json else
-                      f"{job:14s} {name:11s} alone {alone:6.2f} s   beside {args.hogs} hogs {busy:6.2f} s   "
-                      f"ratio {busy / alone:5.2f}", flush=True)
+                print(
+                    json.dumps(row)
+                    if args.json
+                    else f"{job:14s} {name:11s} alone {alone:6.2f} s   beside {args.hogs} {args.hog} hogs "
+                    f"{busy:6.2f} s   ratio {busy / alone:5.2f}",
+                    flush=True,
+                )
     return 0
 
 

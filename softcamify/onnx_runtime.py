@@ -28,6 +28,7 @@ from .binary import names_fit
 from .config import DATA_KEYS, resolve_data_config
 from .errors import InputError, UsageError
 from .io import META_KEY  # the whole SoftCAMMeta JSON (plus an "export" entry)
+from .threads import tune_onnxruntime
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
@@ -125,8 +126,7 @@ class OnnxModel:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no warnings on stderr for a deployment run
-        if intra_op_threads:
-            opts.intra_op_num_threads = int(intra_op_threads)
+        tune_onnxruntime(opts, intra_op_threads)  # no spinning threads on a busy machine
         if _metadata_only:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "softcamify.binary",
         "softcamify.distributed",
         "softcamify.tolerance",
+        "softcamify.threads",
     ),
     # 1 images and data: decoding, preprocessing (its one config), datasets, drawing, metrics on arrays, HTML
     (
@@ -71,6 +72,7 @@ TORCH_FREE = (
     "softcamify.io",
     "softcamify.binary",
     "softcamify.tolerance",
+    "softcamify.threads",
     "softcamify.config",
     "softcamify.runtime",
     "softcamify.explanations",

@@ -83,5 +83,8 @@ def install_sigterm_handler() -> None:
 
 
 def main() -> None:
+    from ..threads import configure_process
+
+    configure_process()  # before torch or onnxruntime start their thread pools (softcamify.threads)
     install_sigterm_handler()
     app()

@@ -34,6 +34,7 @@ def _cell(v) -> str:
     return str(v)
 
 
+# Long only by its typer option declarations (each option written once, here); the body is ~25 lines.
 @command(app)
 def evaluate(
     model: str = typer.Argument(

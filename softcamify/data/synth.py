@@ -399,6 +399,8 @@ def _manifest_entry(item: dict[str, Any], first: bool) -> str:
     return ("\n  " if first else ",\n  ") + body
 
 
+# Long by its signature and its docstring (the dataset's layout and every option); the body, about 45
+# lines, checks options and streams images to disk through the helpers above.
 def make_lesions(
     out_dir: str | os.PathLike,
     n: int = 600,

@@ -72,3 +72,59 @@ def comparison(figures: dict[str, Any]) -> dict[str, Any] | None:
         "better": better,
         "text": text,
     }
+
+
+def finetune_figures(sw: Any, chosen: Any, summary: dict[str, Any], st: Any) -> dict[str, Any]:
+    """``figures["sweep"]`` and ``figures["finetune"]`` from the sweep and the chosen run's summary."""
+    hist = summary.get("history") or []
+    return {
+        "sweep": {
+            "rule": sw.rule,
+            "tolerance": sw.tolerance,
+            "localization": sw.localization,
+            "reference": sw.reference,
+            "recommended_l1": sw.recommended.l1 if sw.recommended else None,
+            "runs": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "l1",
+                        "l2",
+                        "accuracy",
+                        "share_of_oracle",
+                        "activation_precision",
+                        "pointing_game",
+                        "sparsity",
+                        "qualified",
+                        "recommended",
+                    )
+                }
+                for r in sw.runs
+            ],
+        },
+        "finetune": {
+            "epochs": summary.get("epochs_completed"),
+            "best_epoch": summary.get("best_epoch"),
+            "l1": chosen.l1,
+            "l2": st.l2,
+            "lr": st.lr,
+            "batch_size": st.batch_size,
+            "device": summary.get("device"),
+            "train_images_per_s": summary.get("train_images_per_s"),
+            "logit_scale": summary.get("logit_scale"),
+            "history": [
+                {
+                    "epoch": h["epoch"],
+                    "train_loss": h["train"]["loss"],
+                    "train_ce": h["train"]["ce"],
+                    "train_l1": h["train"]["l1"],
+                    "train_accuracy": h["train"]["accuracy"],
+                    "val_loss": h["val"].get("loss"),
+                    "val_accuracy": h["val"].get("accuracy"),
+                    "val_sparsity": h["val"].get("sparsity"),
+                    "val_map_l1": h["val"].get("map_l1"),
+                }
+                for h in hist
+            ],
+        },
+    }

@@ -1,5 +1,9 @@
 """:func:`run_demo`: the demo's eight steps, one function each, sharing one :class:`_Run` (output folder,
-settings, reporter, and what the steps record: :class:`StepResult` s, notes, figures)."""
+settings, reporter, and what the steps record: :class:`StepResult` s, notes, figures).
+
+Why this module is long: the demo's eight steps, one function each, in the order they run (settings, figures,
+panels and the report live in their own modules); ruff format writes each argument on its own line.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import OutputError
 from ..report import format_fixed as _fmt
-from .figures import classification_figures, comparison, localization_figures, localization_methods
+from .figures import classification_figures, comparison, finetune_figures, localization_figures, localization_methods
 from .panels import write_panels
 from .report import write_report
 from .results import DemoReporter, DemoResult, StepResult, SweepProgress, grid_text
@@ -262,62 +266,6 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
     return converted, converted_path, finer
 
 
-def _finetune_figures(sw: Any, chosen: Any, summary: dict[str, Any], st: DemoSettings) -> dict[str, Any]:
-    """``figures["sweep"]`` and ``figures["finetune"]`` from the sweep and the chosen run's summary."""
-    hist = summary.get("history") or []
-    return {
-        "sweep": {
-            "rule": sw.rule,
-            "tolerance": sw.tolerance,
-            "localization": sw.localization,
-            "reference": sw.reference,
-            "recommended_l1": sw.recommended.l1 if sw.recommended else None,
-            "runs": [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "l1",
-                        "l2",
-                        "accuracy",
-                        "share_of_oracle",
-                        "activation_precision",
-                        "pointing_game",
-                        "sparsity",
-                        "qualified",
-                        "recommended",
-                    )
-                }
-                for r in sw.runs
-            ],
-        },
-        "finetune": {
-            "epochs": summary.get("epochs_completed"),
-            "best_epoch": summary.get("best_epoch"),
-            "l1": chosen.l1,
-            "l2": st.l2,
-            "lr": st.lr,
-            "batch_size": st.batch_size,
-            "device": summary.get("device"),
-            "train_images_per_s": summary.get("train_images_per_s"),
-            "logit_scale": summary.get("logit_scale"),
-            "history": [
-                {
-                    "epoch": h["epoch"],
-                    "train_loss": h["train"]["loss"],
-                    "train_ce": h["train"]["ce"],
-                    "train_l1": h["train"]["l1"],
-                    "train_accuracy": h["train"]["accuracy"],
-                    "val_loss": h["val"].get("loss"),
-                    "val_accuracy": h["val"].get("accuracy"),
-                    "val_sparsity": h["val"].get("sparsity"),
-                    "val_map_l1": h["val"].get("map_l1"),
-                }
-                for h in hist
-            ],
-        },
-    }
-
-
 def _step_finetune(r: _Run, finer: Any) -> Any:
     """4. Sweep λ1 on the finer model; the recommended run (or the mildest) is the fine-tuned model."""
     from ..checkpoints import load
@@ -364,7 +312,7 @@ def _step_finetune(r: _Run, finer: Any) -> Any:
         for n in sw.notes:
             r.note(n)
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        r.figures.update(_finetune_figures(sw, chosen, summary, st))
+        r.figures.update(finetune_figures(sw, chosen, summary, st))
         picked = "recommended" if sw.recommended is not None else "no λ1 qualified; the mildest"
         s.summary = (
             f"{len(sw.runs)} runs of {st.epochs} epoch(s) (λ1 {', '.join(f'{v:g}' for v in st.l1)}) "

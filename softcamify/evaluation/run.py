@@ -20,6 +20,9 @@ positive evidence (ReLU, min–max scaled), the form every method shares (pytorc
 exactly that), so the numbers are comparable across methods. Deletion replaces the top-ranked
 ``patch × patch`` tiles by 0 (the dataset mean colour after normalization); insertion starts from a
 blurred image and restores the top tiles; the curve reads the softmax probability of the true class.
+
+Why this module is long: evaluate's steps (setup, classification, maps per method, scoring) in the order they
+run; metrics, samples, scoring, results and the report are their own modules.
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ def _torch_predict(module: Any, device: Any) -> Predict:
     return predict
 
 
+# Long by its signature (every option of softcamify evaluate, keyword-only) and its docstring; the body is
+# the named steps below, about 40 lines.
 def evaluate(
     model: Any,
     data_dir: str | os.PathLike,

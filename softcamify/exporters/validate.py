@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError, ValidationError
 from ..model import SoftCAM
 from ..onnx_runtime import EVIDENCE_NAME, INPUT_NAME, LOGITS_NAME
+from ..threads import tune_onnxruntime
 from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
 from .messages import clean_error_text
 
@@ -77,8 +78,7 @@ def check_onnx(
         raise AttemptFailed("check", f"onnx.checker rejected the graph: {clean_error_text(e)}") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
+    tune_onnxruntime(opts, intra_op_threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:

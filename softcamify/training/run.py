@@ -10,12 +10,10 @@ checkpoint, metrics line, ``last.pt``, early stopping) → the result and ``summ
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import time
 import warnings
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,13 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import InputError, SoftcamifyError, UsageError
+from ..errors import InputError, SoftcamifyError
 from .config import (
     BEST_NAME,
     DEFAULT_EPOCHS,
     LAST_NAME,
     METRICS_NAME,
     MONITORS,
-    RESUME_KEEP_UNLESS_GIVEN,
-    RESUME_OVERRIDABLE,
     FinetuneConfig,
     FinetuneInterrupted,
     FinetuneResult,
@@ -39,6 +35,7 @@ from .config import (
     check_config,
     finite,
 )
+from .hardware import Hardware, amp_plan, make_optimizer, param_groups
 from .loaders import SeededDataset, WorkerError, build_loaders, default_workers, seed_all
 from .loop import (
     EpochOutcome,
@@ -51,6 +48,7 @@ from .loop import (
     validate,
 )
 from .loss import balanced_class_weights, cosine_with_warmup
+from .resume import check_resumed_data, merge_resumed_config, restore
 from .rundir import (
     RunLock,
     append_jsonl,
@@ -60,63 +58,9 @@ from .rundir import (
     open_run_dir,
     save_best,
     save_state,
-    set_rng_state,
     write_summary,
 )
 from .splits import check_splits, discover_splits, match_classes, verify_splits
-
-
-def amp_plan(device: torch.device, c: FinetuneConfig) -> tuple[torch.dtype | None, str | None]:
-    """The autocast dtype for ``--amp`` (None: float32) and a note for the user, if any.
-
-    CUDA only: bf16 (no loss scaling) where the GPU has it, else fp16 with a GradScaler; elsewhere a no-op.
-    """
-    if not c.amp:
-        return None, None
-    if device.type != "cuda":
-        return None, f"--amp only applies on CUDA; training in float32 on {device.type}."
-    if c.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
-        return torch.float16, "This GPU has no bfloat16: --amp uses float16 with gradient scaling."
-    return (torch.bfloat16 if c.amp_dtype == "bf16" else torch.float16), None
-
-
-@dataclass
-class Hardware:
-    """How the run uses its device: autocast dtype (None: float32), channels-last, loader workers."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    workers: int
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def amp_name(self) -> str | None:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype) if self.amp_dtype else None
-
-    def autocast(self):
-        """A factory of autocast contexts (a no-op one in float32)."""
-        if self.amp_dtype:
-            return lambda: torch.autocast(self.device.type, dtype=self.amp_dtype)
-        return contextlib.nullcontext
-
-
-def param_groups(sc, weight_decay: float) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """The trainable parameters, and their optimizer groups: no weight decay on biases and norms."""
-    trainable = [p for p in sc.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim > 1]
-    no_decay = [p for p in trainable if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return trainable, [g for g in groups if g["params"]]
-
-
-def make_optimizer(groups: list[dict[str, Any]], c: FinetuneConfig) -> torch.optim.Optimizer:
-    if c.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0)
-    return torch.optim.AdamW(groups, lr=c.lr)
 
 
 class _Run:
@@ -183,70 +127,12 @@ class _Run:
             self.cfg.epochs = DEFAULT_EPOCHS
 
     def check_resumed_data(self, state: dict[str, Any]) -> None:
-        """A resumed run continues on the data it started on: another data_dir is refused, naming both."""
-        if "data_dir_real" in state:
-            then = state["data_dir_real"]
-        else:  # last.pt of an earlier version: the folder as given, comparable only when absolute
-            given = state.get("data_dir")
-            if given is not None and not os.path.isabs(given):
-                return
-            then = os.path.realpath(given) if given is not None else None
-        now = os.path.realpath(self.data_dir) if self.data_dir is not None else None
-        if now == then:
-            return
-        if then is None:
-            raise UsageError(
-                f"The run in {self.run_dir} was started without data_dir, but data_dir {self.data_dir} "
-                "was given; resume it without data_dir.",
-                param="data_dir",
-            )
-        if now is None:
-            raise UsageError(
-                f"The run in {self.run_dir} was started on data_dir {then}, but none was given; "
-                "resume it with that data_dir.",
-                param="data_dir",
-            )
-        raise UsageError(
-            f"data_dir {self.data_dir} is not the folder the run in {self.run_dir} was started on "
-            f"({then}); resume it with that data_dir, or start a new run in another folder.",
-            param="data_dir",
-        )
+        check_resumed_data(self.run_dir, self.data_dir, state)
 
     def merge_resumed_config(self, state: dict[str, Any]) -> None:
-        raw = state.get("config") or {}
-        stored = FinetuneConfig.from_dict(raw)
-        current = self.cfg
-        defaults = FinetuneConfig(optimizer=current.optimizer).resolved()
-        changed = [
-            f.name
-            for f in fields(FinetuneConfig)
-            if f.name not in RESUME_OVERRIDABLE
-            and getattr(current, f.name) != getattr(stored, f.name)
-            and getattr(current, f.name) != getattr(defaults, f.name)
-        ]
-        for name in RESUME_OVERRIDABLE:
-            if name in RESUME_KEEP_UNLESS_GIVEN and getattr(current, name) is None:
-                continue  # not given again: the run's own plan
-            setattr(stored, name, getattr(current, name))
-        if changed:
-            self.note(
-                "Resuming with the run's stored settings; ignored the new "
-                + ", ".join(f"--{n.replace('_', '-')}" for n in changed)
-                + "."
-            )
-        if raw.get("epochs") is not None and int(raw["epochs"]) != int(stored.epochs):
-            how = "stretched" if int(stored.epochs) > int(raw["epochs"]) else "shortened"
-            self.note(
-                f"Resuming with --epochs {stored.epochs} (the run was planned for {raw['epochs']}): "
-                f"the learning-rate schedule is {how} from here on."
-            )
-        self.cfg = stored.resolved()
-        spec = state.get("model_spec")
-        if isinstance(self.model_spec, (str, os.PathLike)) and spec and str(self.model_spec) != spec:
-            self.note(
-                f"The run was started from MODEL {spec}; the weights come from {LAST_NAME}, so MODEL "
-                "must be the same architecture."
-            )
+        self.cfg, notes = merge_resumed_config(self.cfg, state, self.model_spec)
+        for n in notes:
+            self.note(n)
 
     def load_model(self):
         from ..conversion import as_softcam
@@ -353,45 +239,10 @@ class _Run:
     def resume(self, t: Trainer) -> Progress:
         """Load ``last.pt`` (a resumed run) into the model, optimizer, schedule and scaler; returns where
         the run stands."""
-        st = self.state
-        if st is None:
-            return Progress()
-        c, steps = self.cfg, t.loaders.steps
-        saved, own = st.get("model") or {}, t.model.state_dict()
-        misfit = [k for k in own if k not in saved or saved[k].shape != own[k].shape]
-        misfit += [k for k in saved if k not in own]
-        if misfit:
-            started = f" ({st['model_spec']})" if st.get("model_spec") else ""
-            raise InputError(
-                f"{self.last_path} does not fit model ({len(misfit)} missing or mis-shaped tensors, e.g. "
-                f"{misfit[0]}); resume with the model the run started from{started}.",
-                param="model",
-            )
-        t.model.load_state_dict(saved)
-        t.optimizer.load_state_dict(st["optimizer"])
-        t.scheduler.load_state_dict(st["scheduler"])
-        if t.scaler.is_enabled() and st.get("scaler"):
-            t.scaler.load_state_dict(st["scaler"])
-        p = Progress.from_state(st)
-        if p.step and st.get("steps") != steps:
-            raise InputError(
-                f"{self.last_path} was saved mid-epoch with {st.get('steps')} steps per epoch "
-                f"but the data now gives {steps}; the dataset or batch size changed."
-            )
-        if p.step:
-            p.partial = st.get("partial")
-            rngs = st.get("rng") or []
-            if len(rngs) == self.ctx.world:
-                set_rng_state(rngs[self.ctx.rank])
-        self.note(
-            f"Resuming {self.run_dir} at epoch {p.epoch + 1}" + (f", step {p.step}/{steps}" if p.step else "") + "."
-        )
-        if p.epoch >= int(c.epochs):
-            self.note(f"The run already completed {p.epoch} epoch(s); raise --epochs to train further.")
-        elif st.get("stopped_early") and c.patience is not None and p.bad_epochs >= int(c.patience):
-            self.note(f"The run stopped early after epoch {p.epoch}; raise --patience to train further.")
-            p.already_stopped = True
-        return p
+        progress, notes = restore(t, self.state, self.cfg, self.last_path, self.run_dir, self.ctx)
+        for n in notes:
+            self.note(n)
+        return progress
 
     def open_run_dir(self, progress: Progress) -> None:
         """Create and lock the run folder; clear an old run under --force; cut a resumed run's metrics."""
