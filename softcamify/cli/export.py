@@ -43,7 +43,7 @@ def export(
     exporter: str = typer.Option(
         "auto",
         "--exporter",
-        help="auto (dynamo, then TorchScript when it fails or does not validate), dynamo, torchscript.",
+        help="auto (TorchScript, then dynamo when it fails or does not validate), torchscript, dynamo.",
     ),
     spatial: str = typer.Option(
         "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."

@@ -248,7 +248,7 @@ def export_onnx(
 ) -> ExportReport:
     """Export ``model`` (a SoftCAM model or anything :func:`load_softcam` takes) to a validated ONNX file.
 
-    ``exporter``: ``auto`` (dynamo, then TorchScript), ``dynamo`` or ``torchscript``. ``spatial``:
+    ``exporter``: ``auto`` (TorchScript, then dynamo), ``torchscript`` or ``dynamo``. ``spatial``:
     ``auto`` (dynamic height/width when the export validates at a second size, else static),
     ``dynamic`` or ``static``. ``opset``: None for torch's default. Raises :class:`ValidationError`
     (nothing written) when no export matches PyTorch within ``atol`` and :class:`ExportError` when no
