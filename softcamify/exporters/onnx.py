@@ -277,21 +277,15 @@ def export_onnx(
         shapes = _shapes(proto)
         final_opset = _opset(proto)
 
-    return ExportReport(
-        format="onnx",
-        output=str(out),
-        architecture=sc.meta.architecture,
-        strategy=sc.meta.strategy,
-        exact=bool(sc.meta.exact),
-        num_classes=int(sc.meta.num_classes),
-        input_size=[c, h, w],
+    return ExportReport.passed_for(
+        "onnx",
+        out,
+        sc,
         atol=atol,
         rtol=rtol,
-        passed=True,
-        max_abs_diff_logits=max(ck["max_abs_diff_logits"] for ck in checks),
-        max_abs_diff_evidence=max(ck["max_abs_diff_evidence"] for ck in checks),
         checks=checks,
-        file_size=out.stat().st_size,
+        started=t0,
+        notes=notes,
         exporter=name,
         opset=final_opset,
         dynamic_batch=isinstance(shapes[INPUT_NAME][0], str),
@@ -299,8 +293,6 @@ def export_onnx(
         spatial_note=spatial_note,
         shapes=shapes,
         attempts=attempts,
-        seconds=round(time.perf_counter() - t0, 2),
-        notes=notes,
     )
 
 

@@ -120,6 +120,21 @@ class FinetuneConfig:
             kw["input_size"] = tuple(int(v) for v in kw["input_size"])
         return cls(**kw)
 
+    def starting_model(self, model: Any) -> tuple[Any, Any]:
+        """``model`` as :func:`softcamify.conversion.as_softcam` makes it with this config's ``weights``,
+        ``num_classes``, ``input_size``, ``ema`` and ``trust_pickle`` (not strict): ``(SoftCAM, LoadedModel)``."""
+        from ..conversion import as_softcam
+
+        return as_softcam(
+            model,
+            weights=self.weights,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            ema=self.ema,
+            trust_pickle=self.trust_pickle,
+            strict=False,
+        )
+
     def resolved(self) -> FinetuneConfig:
         """A copy with the optimizer-dependent defaults filled in."""
         c = copy.deepcopy(self)

@@ -135,22 +135,12 @@ class _Run:
             self.note(n)
 
     def load_model(self):
-        from ..conversion import as_softcam
         from ..model import SoftCAM
 
-        c = self.cfg
         spec = self.model_spec
         if isinstance(spec, SoftCAM):
             spec = copy.deepcopy(spec)
-        sc, loaded = as_softcam(
-            spec,
-            weights=c.weights,
-            num_classes=c.num_classes,
-            input_size=c.input_size,
-            ema=c.ema,
-            trust_pickle=c.trust_pickle,
-            strict=False,
-        )
+        sc, loaded = self.cfg.starting_model(spec)
         for n in loaded.notes:
             self.note(n)
         if not sc.meta.exact and not sc.meta.conversion.get("head_reset"):
