@@ -29,6 +29,7 @@ from .splits import (
     check_classes,
     check_val_split,
     class_list,
+    hold_out_val,
     split_off_val,
 )
 
@@ -205,15 +206,15 @@ def _discover_splits(
         s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]] for s in SPLIT_NAMES
     }
     present = "/".join(s for s in SPLIT_NAMES if s in split_dirs)
-    if "val" in split_dirs or "train" not in split_dirs:
-        if val_split is not None:
-            raise UsageError(
-                f"val_split conflicts with the existing split folders in {root}; drop it.", param="val_split"
-            )
-        source = f"{present} folders in {root}"
-    else:
-        samples["train"], samples["val"], how = split_off_val(samples["train"], names, val_split, seed)
-        source = f"{split_dirs['train']} {how}"
+    source = hold_out_val(
+        samples,
+        names,
+        val_split,
+        seed,
+        fixed=f"{present} folders in {root}" if "val" in split_dirs or "train" not in split_dirs else None,
+        conflict=f"val_split conflicts with the existing split folders in {root}; drop it.",
+        split_from=str(split_dirs.get("train")),
+    )
     check_classes(names, samples, str(root), need_train="train" in split_dirs, min_classes=min_classes)
     return DatasetSplits(names, samples["train"], samples["val"], samples["test"], source, "splits", root, skipped)
 
