@@ -54,6 +54,10 @@ DEFAULT_EPOCHS = 10
 # ----------------------------------------------------------------------------------------------------
 
 
+#: The fields of :class:`FinetuneConfig` that say how the starting model is loaded (``convert``'s options).
+MODEL_OPTIONS = ("weights", "num_classes", "input_size", "ema", "trust_pickle")
+
+
 @dataclass
 class FinetuneConfig:
     """Every option of a fine-tuning run (the CLI options of ``softcamify finetune``, one to one).
@@ -121,19 +125,11 @@ class FinetuneConfig:
         return cls(**kw)
 
     def starting_model(self, model: Any) -> tuple[Any, Any]:
-        """``model`` as :func:`softcamify.conversion.as_softcam` makes it with this config's ``weights``,
-        ``num_classes``, ``input_size``, ``ema`` and ``trust_pickle`` (not strict): ``(SoftCAM, LoadedModel)``."""
+        """``model`` as :func:`softcamify.conversion.as_softcam` makes it with this config's
+        :data:`MODEL_OPTIONS` (not strict): ``(SoftCAM, LoadedModel)``."""
         from ..conversion import as_softcam
 
-        return as_softcam(
-            model,
-            weights=self.weights,
-            num_classes=self.num_classes,
-            input_size=self.input_size,
-            ema=self.ema,
-            trust_pickle=self.trust_pickle,
-            strict=False,
-        )
+        return as_softcam(model, **{k: getattr(self, k) for k in MODEL_OPTIONS}, strict=False)
 
     def resolved(self) -> FinetuneConfig:
         """A copy with the optimizer-dependent defaults filled in."""
