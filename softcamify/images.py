@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -133,6 +134,26 @@ def to_channels(img: Image.Image, channels: int = 3) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+@contextmanager
+def _decoded(p: Path) -> Iterator[Image.Image]:
+    """The first frame of image file ``p``, fully decoded and EXIF-oriented (malformed EXIF: as stored).
+
+    Pillow's decompression-bomb limit is an error here (the warning too), and the file stays open until
+    the block ends; :func:`open_image` and :func:`load_mask` read every image file through this.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(p) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF: keep the pixels as stored
+                oriented = im
+            yield oriented
+
+
 def open_image(path: PathLike, channels: int = 3) -> Image.Image:
     """Read an image file fully and return it as 'L' (``channels=1``) or 'RGB' (``channels=3``).
 
@@ -153,17 +174,8 @@ def open_image(path: PathLike, channels: int = 3) -> Image.Image:
     except OSError as e:
         raise InputError(f"Image {p} cannot be read: {e.strerror or e}.") from e
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
-                im.load()
-                try:
-                    im = ImageOps.exif_transpose(im)
-                except Exception:  # malformed EXIF: keep the pixels as stored
-                    pass
-                return to_channels(im, channels)
+        with _decoded(p) as im:
+            return to_channels(im, channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(
             f"Image {p} has more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS}); "
@@ -392,22 +404,13 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None) -> np.ndarray
     if not p.is_file():
         raise InputError(f"Mask {p} does not exist or is not a file; check masks.", param="masks")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
-                im.load()
-                try:
-                    im = ImageOps.exif_transpose(im)
-                except Exception:
-                    pass
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA")
-                elif im.mode in ("La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGBA" if im.mode in ("La", "RGBa") else "RGB")
-                arr = np.asarray(im)
-                mode = im.mode
+        with _decoded(p) as im:
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA")
+            elif im.mode in ("La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if im.mode in ("La", "RGBa") else "RGB")
+            arr = np.asarray(im)
+            mode = im.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"Mask {p} has more pixels than Pillow's safety limit; downscale it first.") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:

@@ -106,27 +106,19 @@ def predict(
     *,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    input_size: Sequence[int] | None = None,
-    interpolation: str | None = None,
-    crop_pct: float | None = None,
-    crop_mode: str | None = None,
-    class_names: Sequence[str] | None = None,
     device: str | None = "cpu",
-    trust_pickle: bool = False,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    ema: bool = False,
+    **options: Any,
 ) -> PredictionReport:
     """Top-k classes with probabilities for every image (folders are walked recursively, sorted).
 
     ``model``: an ``.onnx`` export (onnxruntime; torch is never imported), a softcamify
     ``.safetensors``, a fine-tuning checkpoint or anything else softcamify converts (PyTorch).
-    Preprocessing comes from the model's metadata; the keyword arguments override it (and are
-    required for an ONNX file without softcamify metadata). ``weights``, ``num_classes`` and ``ema``
-    (the EMA weights of a training checkpoint) build a PyTorch model as ``convert`` does; they do not
-    apply to an ``.onnx`` file.
+    Preprocessing comes from the model's metadata; the keyword ``options`` (``mean``, ``std``,
+    ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``class_names``, ``trust_pickle``,
+    ``weights``, ``num_classes``, ``ema``) are :func:`softcamify.runtime.load`'s, which opens the model:
+    the preprocessing ones override the metadata (and are required for an ONNX file without softcamify
+    metadata); ``weights``, ``num_classes`` and ``ema`` (the EMA weights of a training checkpoint) build
+    a PyTorch model as ``convert`` does and do not apply to an ``.onnx`` file.
     """
     from .runtime import load
 
@@ -135,22 +127,7 @@ def predict(
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}.", param="batch_size")
     paths = collect_images(images)
-    rt = load(
-        model,
-        mean=mean,
-        std=std,
-        input_size=input_size,
-        interpolation=interpolation,
-        crop_pct=crop_pct,
-        crop_mode=crop_mode,
-        class_names=class_names,
-        device=device,
-        trust_pickle=trust_pickle,
-        weights=weights,
-        num_classes=num_classes,
-        ema=ema,
-        require_evidence=False,
-    )
+    rt = load(model, device=device, require_evidence=False, **options)
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

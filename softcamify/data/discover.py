@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, UsageError
@@ -29,6 +30,7 @@ from .splits import (
     check_classes,
     check_val_split,
     class_list,
+    hold_out_val,
     split_off_val,
 )
 
@@ -178,16 +180,19 @@ def _check_strict(skipped: list[tuple[Path, str]], strict: bool) -> None:
         )
 
 
-def _discover_splits(
-    root: Path,
-    split_dirs: dict[str, Path],
-    val_split: float | None,
-    seed: int,
-    class_names: Sequence[str] | None,
-    skipped: list[tuple[Path, str]],
-    min_classes: int = 2,
-) -> DatasetSplits:
-    per_split = {name: _scan_class_folders(d, skipped) for name, d in split_dirs.items()}
+@dataclass
+class _Asked:
+    """What :func:`discover` asks of a folder layout; ``skipped`` collects the files it passes over."""
+
+    val_split: float | None
+    seed: int
+    class_names: Sequence[str] | None
+    min_classes: int
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _discover_splits(root: Path, split_dirs: dict[str, Path], ask: _Asked) -> DatasetSplits:
+    per_split = {name: _scan_class_folders(d, ask.skipped) for name, d in split_dirs.items()}
     if "train" in per_split:
         for name, classes in per_split.items():
             extra = sorted(set(classes) - set(per_split["train"]))
@@ -196,37 +201,30 @@ def _discover_splits(
                     f"Class folder {split_dirs[name] / extra[0]} has no counterpart in "
                     f"{split_dirs['train']}; every class needs training images."
                 )
-        names = class_list(per_split["train"], class_names, str(split_dirs["train"]))
+        names = class_list(per_split["train"], ask.class_names, str(split_dirs["train"]))
     else:  # an evaluation set (val/ and/or test/ only): the union of their class folders
         found = {c for classes in per_split.values() for c in classes}
-        names = class_list(found, class_names, str(root))
+        names = class_list(found, ask.class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
     samples = {
         s: [Sample(p, index[c]) for c in sorted(per_split.get(s, {})) for p in per_split[s][c]] for s in SPLIT_NAMES
     }
     present = "/".join(s for s in SPLIT_NAMES if s in split_dirs)
-    if "val" in split_dirs or "train" not in split_dirs:
-        if val_split is not None:
-            raise UsageError(
-                f"val_split conflicts with the existing split folders in {root}; drop it.", param="val_split"
-            )
-        source = f"{present} folders in {root}"
-    else:
-        samples["train"], samples["val"], how = split_off_val(samples["train"], names, val_split, seed)
-        source = f"{split_dirs['train']} {how}"
-    check_classes(names, samples, str(root), need_train="train" in split_dirs, min_classes=min_classes)
-    return DatasetSplits(names, samples["train"], samples["val"], samples["test"], source, "splits", root, skipped)
+    source = hold_out_val(
+        samples,
+        names,
+        ask.val_split,
+        ask.seed,
+        fixed=f"{present} folders in {root}" if "val" in split_dirs or "train" not in split_dirs else None,
+        conflict=f"val_split conflicts with the existing split folders in {root}; drop it.",
+        split_from=str(split_dirs.get("train")),
+    )
+    check_classes(names, samples, str(root), need_train="train" in split_dirs, min_classes=ask.min_classes)
+    return DatasetSplits(names, samples["train"], samples["val"], samples["test"], source, "splits", root, ask.skipped)
 
 
-def _discover_folders(
-    root: Path,
-    val_split: float | None,
-    seed: int,
-    class_names: Sequence[str] | None,
-    skipped: list[tuple[Path, str]],
-    min_classes: int = 2,
-) -> DatasetSplits:
-    classes = _scan_class_folders(root, skipped, mask_trees=True)
+def _discover_folders(root: Path, ask: _Asked) -> DatasetSplits:
+    classes = _scan_class_folders(root, ask.skipped, mask_trees=True)
     if not classes:
         loose = any(is_image_file(e.name) for e in os.scandir(root))
         hint = ""
@@ -236,12 +234,12 @@ def _discover_folders(
             f"{root} contains no class folders{hint}; expected {root}/<class>/<image files>.",
             param="labels_csv" if loose else None,
         )
-    names = class_list(classes, class_names, str(root))
+    names = class_list(classes, ask.class_names, str(root))
     index = {n: i for i, n in enumerate(names)}
     everything = [Sample(p, index[c]) for c in sorted(classes) for p in classes[c]]
-    train, val, how = split_off_val(everything, names, val_split, seed)
-    check_classes(names, {"train": train, "val": val, "test": []}, str(root), min_classes=min_classes)
-    return DatasetSplits(names, train, val, [], f"class folders in {root} {how}", "folders", root, skipped)
+    train, val, how = split_off_val(everything, names, ask.val_split, ask.seed)
+    check_classes(names, {"train": train, "val": val, "test": []}, str(root), min_classes=ask.min_classes)
+    return DatasetSplits(names, train, val, [], f"class folders in {root} {how}", "folders", root, ask.skipped)
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
@@ -308,7 +306,7 @@ def discover(
     to a folder above, so no symlink loops).
     """
     check_val_split(val_split)
-    skipped: list[tuple[Path, str]] = []
+    ask = _Asked(val_split, seed, class_names, min_classes)
     root = Path(data_dir) if data_dir is not None else None
     if root is not None:
         if not root.exists():
@@ -319,7 +317,9 @@ def discover(
                 param=("data_dir", "labels_csv"),
             )
     if labels_csv is not None:
-        result = discover_csv(Path(labels_csv), root, val_split, seed, class_names, skipped, min_classes=min_classes)
+        result = discover_csv(
+            Path(labels_csv), root, val_split, seed, class_names, ask.skipped, min_classes=min_classes
+        )
     elif root is None:
         raise UsageError(
             "Give a dataset folder (data_dir) or a labels CSV (labels_csv).", param=("data_dir", "labels_csv")
@@ -327,9 +327,9 @@ def discover(
     else:
         split_dirs = _split_dirs(root)
         if split_dirs:
-            result = _discover_splits(root, split_dirs, val_split, seed, class_names, skipped, min_classes=min_classes)
+            result = _discover_splits(root, split_dirs, ask)
         else:
-            result = _discover_folders(root, val_split, seed, class_names, skipped, min_classes=min_classes)
+            result = _discover_folders(root, ask)
     _check_strict(result.skipped, strict)
     return result
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
 from .splits import (
     SPLIT_ALIASES,
     SPLIT_NAMES,
@@ -15,7 +15,7 @@ from .splits import (
     Sample,
     check_classes,
     class_list,
-    split_off_val,
+    hold_out_val,
 )
 
 __all__ = ["discover_csv"]
@@ -214,15 +214,15 @@ def discover_csv(
             skipped.append((p, "empty file"))
             continue
         samples[split or "train"].append(Sample(p, label_of[label]))
-    if has_split:
-        if val_split is not None:
-            raise UsageError(
-                f"val_split conflicts with the split column of {csv_path}; drop one of them.", param="val_split"
-            )
-        source = f"{csv_path} (split column)"
-    else:
-        samples["train"], samples["val"], how = split_off_val(samples["train"], names, val_split, seed)
-        source = f"{csv_path} {how}"
+    source = hold_out_val(
+        samples,
+        names,
+        val_split,
+        seed,
+        fixed=f"{csv_path} (split column)" if has_split else None,
+        conflict=f"val_split conflicts with the split column of {csv_path}; drop one of them.",
+        split_from=str(csv_path),
+    )
     need_train = bool(samples["train"]) or not has_split  # a CSV with val/test rows only is an evaluation set
     check_classes(names, samples, str(csv_path), need_train=need_train, min_classes=min_classes)
     return DatasetSplits(

@@ -117,6 +117,31 @@ def split_off_val(
     return train, val, f"split {1 - vs:g}/{vs:g} (seed {seed})"
 
 
+def hold_out_val(
+    samples: dict[str, list[Sample]],
+    class_names: Sequence[str],
+    val_split: float | None,
+    seed: int,
+    *,
+    fixed: str | None,
+    conflict: str,
+    split_from: str,
+) -> str:
+    """Where a dataset's validation split comes from, in the words its description uses.
+
+    ``fixed``: the description of the splits the dataset fixes itself (split folders, a split column),
+    or None; a ``val_split`` beside them is a :class:`UsageError` saying ``conflict``. Otherwise
+    ``samples["train"]`` is split (:func:`split_off_val`) into ``samples["train"]`` and ``samples["val"]``
+    and the description is ``split_from`` followed by how.
+    """
+    if fixed is not None:
+        if val_split is not None:
+            raise UsageError(conflict, param="val_split")
+        return fixed
+    samples["train"], samples["val"], how = split_off_val(samples["train"], class_names, val_split, seed)
+    return f"{split_from} {how}"
+
+
 def stratified_split(
     samples: list[Sample],
     class_names: Sequence[str],

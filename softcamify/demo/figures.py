@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..report import format_fixed as _fmt
+from .results import pick
 
 CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "roc_auc")
 
@@ -15,9 +16,9 @@ def classification_figures(before: Any, after: Any) -> dict[str, Any]:
     bb = after.original_classification or {}
     return {
         "test_images": after.counts["images"],
-        "black_box": {k: bb.get(k) for k in CLASSIFICATION_KEYS},
-        "converted": {k: before.classification.get(k) for k in CLASSIFICATION_KEYS},
-        "fine_tuned": {k: after.classification.get(k) for k in CLASSIFICATION_KEYS},
+        "black_box": pick(bb, CLASSIFICATION_KEYS),
+        "converted": pick(before.classification, CLASSIFICATION_KEYS),
+        "fine_tuned": pick(after.classification, CLASSIFICATION_KEYS),
     }
 
 
@@ -85,9 +86,9 @@ def finetune_figures(sw: Any, chosen: Any, summary: dict[str, Any], st: Any) -> 
             "reference": sw.reference,
             "recommended_l1": sw.recommended.l1 if sw.recommended else None,
             "runs": [
-                {
-                    k: r.get(k)
-                    for k in (
+                pick(
+                    r,
+                    (
                         "l1",
                         "l2",
                         "accuracy",
@@ -97,8 +98,8 @@ def finetune_figures(sw: Any, chosen: Any, summary: dict[str, Any], st: Any) -> 
                         "sparsity",
                         "qualified",
                         "recommended",
-                    )
-                }
+                    ),
+                )
                 for r in sw.runs
             ],
         },

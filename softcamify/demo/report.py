@@ -143,48 +143,38 @@ def _sections_inspect_convert(steps: dict[str, Any]) -> list[str]:
     ]
 
 
+def _epoch_chart(series: dict[str, list[Any]], ylabel: str, title: str) -> str:
+    """A figure of per-epoch values (one line per ``series`` entry) with the report's chart size."""
+    return R.figure(R.line_chart_svg(series, "epoch", ylabel, width=420, height=240), title)
+
+
 def _finetune_charts(hist: list[dict[str, Any]]) -> list[str]:
     if not hist:
         return []
     charts = [
-        R.figure(
-            R.line_chart_svg(
-                {
-                    "train loss": [h["train_loss"] for h in hist],
-                    "train CE": [h["train_ce"] for h in hist],
-                    "val loss": [h["val_loss"] for h in hist],
-                },
-                "epoch",
-                "loss",
-                width=420,
-                height=240,
-            ),
+        _epoch_chart(
+            {
+                "train loss": [h["train_loss"] for h in hist],
+                "train CE": [h["train_ce"] for h in hist],
+                "val loss": [h["val_loss"] for h in hist],
+            },
+            "loss",
             "Loss",
         ),
-        R.figure(
-            R.line_chart_svg(
-                {
-                    "train accuracy": [h["train_accuracy"] for h in hist],
-                    "val accuracy": [h["val_accuracy"] for h in hist],
-                },
-                "epoch",
-                "accuracy",
-                width=420,
-                height=240,
-            ),
+        _epoch_chart(
+            {
+                "train accuracy": [h["train_accuracy"] for h in hist],
+                "val accuracy": [h["val_accuracy"] for h in hist],
+            },
+            "accuracy",
             "Accuracy",
         ),
     ]
     if any(h.get("val_sparsity") is not None for h in hist):
         charts.append(
-            R.figure(
-                R.line_chart_svg(
-                    {"val map sparsity": [h.get("val_sparsity") for h in hist]},
-                    "epoch",
-                    "share of |A| < 0.1",
-                    width=420,
-                    height=240,
-                ),
+            _epoch_chart(
+                {"val map sparsity": [h.get("val_sparsity") for h in hist]},
+                "share of |A| < 0.1",
                 "Map sparsity (validation)",
             )
         )

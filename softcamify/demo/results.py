@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -111,6 +112,11 @@ class SweepProgress:
 
     def end(self, result: Any) -> None:
         pass
+
+
+def pick(d: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """``{key: d.get(key)}`` for ``keys``, in that order (None for a key ``d`` lacks): a figure's fields."""
+    return {k: d.get(k) for k in keys}
 
 
 def grid_text(g: Any) -> str:

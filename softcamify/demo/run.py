@@ -23,7 +23,7 @@ from ..report import format_fixed as _fmt
 from .figures import classification_figures, comparison, finetune_figures, localization_figures, localization_methods
 from .panels import write_panels
 from .report import write_report
-from .results import DemoReporter, DemoResult, StepResult, SweepProgress, grid_text
+from .results import DemoReporter, DemoResult, StepResult, SweepProgress, grid_text, pick
 from .settings import (
     DEFAULT,
     DEFAULT_OUT_DIR,
@@ -203,9 +203,9 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
         converted_path = r.out / "models" / "converted.safetensors"
         save(converted, converted_path)
         c = converted.meta.conversion
-        r.figures["conversion"] = {
-            k: c.get(k)
-            for k in (
+        r.figures["conversion"] = pick(
+            c,
+            (
                 "exact",
                 "strategy",
                 "max_abs_diff",
@@ -217,8 +217,8 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
                 "calibration_images",
                 "atol",
                 "passed",
-            )
-        }
+            ),
+        )
         s.summary = (
             f"max |Δlogit| {c['max_abs_diff']:.2g} (atol {c['atol']:g}) on {c['samples']} random + "
             f"{c['calibration_images']} real images, top-1 agreement {c['top1_agreement']:.0%} → "
@@ -241,9 +241,9 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
             finer_path = r.out / "models" / f"converted_os{stride}.safetensors"
             save(finer, finer_path)
             fc = finer.meta.conversion
-            r.figures["conversion_finer"] = {
-                k: fc.get(k)
-                for k in (
+            r.figures["conversion_finer"] = pick(
+                fc,
+                (
                     "output_stride",
                     "evidence_grid",
                     "original_grid",
@@ -252,8 +252,8 @@ def _step_convert(r: _Run, loaded: Any) -> tuple[Any, Path, Any]:
                     "kl_divergence",
                     "dilated_max_abs_diff",
                     "exact",
-                )
-            }
+                ),
+            )
             s.details.append(
                 (
                     f"output stride {stride}",
@@ -453,10 +453,10 @@ def _step_evaluate(r: _Run, converted: Any, tuned: Any, loaded: Any):
         f["classification"] = classification_figures(before, after)
         loc_methods = localization_methods(before, after)
         f["localization"] = localization_figures(loc_methods)
-        f["evaluation_settings"] = {
-            k: after.settings.get(k)
-            for k in ("input_size", "evidence_grid", "oracle_grid", "patch_size", "patch_stride", "topk", "steps")
-        }
+        f["evaluation_settings"] = pick(
+            after.settings,
+            ("input_size", "evidence_grid", "oracle_grid", "patch_size", "patch_stride", "topk", "steps"),
+        )
         f["comparison"] = comparison(f)
         cls, loc = f["classification"], f["localization"]
         s.summary = (
@@ -503,7 +503,7 @@ def _step_report(
             "fast": fast,
             "seed": DEMO_SEED,
             "dataset": r.opts,
-            "model": {k: r.info.get(k) for k in ("architecture", "test_accuracy", "dataset")},
+            "model": pick(r.info, ("architecture", "test_accuracy", "dataset")),
         }
         result = DemoResult(
             out_dir=str(out),

@@ -115,6 +115,20 @@ def _quiet(log: io.StringIO):
             lg.setLevel(lvl)
 
 
+def _torch_export(module: nn.Module, x: torch.Tensor, f: Any, opset: int | None, **exporter_options: Any) -> Any:
+    """``torch.onnx.export`` of ``module`` on ``x`` to ``f`` with the graph's input and output names (what
+    :mod:`softcamify.onnx_runtime` looks for); ``exporter_options`` pick and set up the exporter."""
+    return torch.onnx.export(
+        module,
+        (x,),
+        f,
+        input_names=[INPUT_NAME],
+        output_names=[LOGITS_NAME, EVIDENCE_NAME],
+        opset_version=opset,
+        **exporter_options,
+    )
+
+
 def _export_dynamo(module: nn.Module, x: torch.Tensor, opset: int | None, dynamic_spatial: bool):
     import onnx
 
@@ -122,17 +136,8 @@ def _export_dynamo(module: nn.Module, x: torch.Tensor, opset: int | None, dynami
     axes: dict[int, Any] = {0: dim("batch", min=1)}
     if dynamic_spatial:
         axes.update({2: dim.DYNAMIC, 3: dim.DYNAMIC})
-    program = torch.onnx.export(
-        module,
-        (x,),
-        None,
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[LOGITS_NAME, EVIDENCE_NAME],
-        opset_version=opset,
-        dynamic_shapes={"input": axes},
-        optimize=True,
-        verbose=False,
+    program = _torch_export(
+        module, x, None, opset, dynamo=True, dynamic_shapes={"input": axes}, optimize=True, verbose=False
     )
     proto = program.model_proto
     if not isinstance(proto, onnx.ModelProto):  # onnx_ir based versions return their own proto type
@@ -149,17 +154,7 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
         axes[INPUT_NAME].update({2: "height", 3: "width"})
         axes[EVIDENCE_NAME].update({2: "evidence_height", 3: "evidence_width"})
     buf = io.BytesIO()
-    torch.onnx.export(
-        module,
-        (x,),
-        buf,
-        dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[LOGITS_NAME, EVIDENCE_NAME],
-        opset_version=opset,
-        dynamic_axes=axes,
-        do_constant_folding=True,
-    )
+    _torch_export(module, x, buf, opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -277,21 +272,15 @@ def export_onnx(
         shapes = _shapes(proto)
         final_opset = _opset(proto)
 
-    return ExportReport(
-        format="onnx",
-        output=str(out),
-        architecture=sc.meta.architecture,
-        strategy=sc.meta.strategy,
-        exact=bool(sc.meta.exact),
-        num_classes=int(sc.meta.num_classes),
-        input_size=[c, h, w],
+    return ExportReport.passed_for(
+        "onnx",
+        out,
+        sc,
         atol=atol,
         rtol=rtol,
-        passed=True,
-        max_abs_diff_logits=max(ck["max_abs_diff_logits"] for ck in checks),
-        max_abs_diff_evidence=max(ck["max_abs_diff_evidence"] for ck in checks),
         checks=checks,
-        file_size=out.stat().st_size,
+        started=t0,
+        notes=notes,
         exporter=name,
         opset=final_opset,
         dynamic_batch=isinstance(shapes[INPUT_NAME][0], str),
@@ -299,8 +288,6 @@ def export_onnx(
         spatial_note=spatial_note,
         shapes=shapes,
         attempts=attempts,
-        seconds=round(time.perf_counter() - t0, 2),
-        notes=notes,
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConversionError
 from .messages import strip_ansi
+
+if TYPE_CHECKING:
+    from ..model import SoftCAM
 
 
 class ExportError(ConversionError):
@@ -40,6 +45,44 @@ class ExportReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     rtol: float = 1e-5  # tolerance: max |Δ| ≤ atol + rtol × max |output|, per output (softcamify.tolerance)
+
+    @classmethod
+    def passed_for(
+        cls,
+        format: str,
+        output: Path,
+        sc: SoftCAM,
+        *,
+        atol: float,
+        rtol: float,
+        checks: list[dict[str, Any]],
+        started: float,
+        notes: list[str],
+        **details: Any,
+    ) -> ExportReport:
+        """The report of ``sc`` exported to ``output`` (written) that passed every one of ``checks``: the
+        model's facts, the largest differences over the checks, the file's size and the seconds since
+        ``started`` (a :func:`time.perf_counter` value); ``details`` are the format's own fields."""
+        meta = sc.meta
+        return cls(
+            format=format,
+            output=str(output),
+            architecture=meta.architecture,
+            strategy=meta.strategy,
+            exact=bool(meta.exact),
+            num_classes=int(meta.num_classes),
+            input_size=[int(v) for v in meta.data_config["input_size"]],
+            atol=atol,
+            rtol=rtol,
+            passed=True,
+            max_abs_diff_logits=max(ck["max_abs_diff_logits"] for ck in checks),
+            max_abs_diff_evidence=max(ck["max_abs_diff_evidence"] for ck in checks),
+            checks=checks,
+            file_size=output.stat().st_size,
+            seconds=round(time.perf_counter() - started, 2),
+            notes=notes,
+            **details,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

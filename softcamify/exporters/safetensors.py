@@ -60,19 +60,12 @@ def export_safetensors(
                 param=("atol", "rtol"),
             )
         dl, dm = on_logits.max_abs_diff, on_evidence.max_abs_diff
-    return ExportReport(
-        format="safetensors",
-        output=str(out),
-        architecture=sc.meta.architecture,
-        strategy=sc.meta.strategy,
-        exact=bool(sc.meta.exact),
-        num_classes=int(sc.meta.num_classes),
-        input_size=[c, h, w],
+    return ExportReport.passed_for(
+        "safetensors",
+        out,
+        sc,
         atol=atol,
         rtol=rtol,
-        passed=True,
-        max_abs_diff_logits=dl,
-        max_abs_diff_evidence=dm,
         checks=[
             {
                 "batch": 2,
@@ -85,7 +78,6 @@ def export_safetensors(
                 "allowed_evidence": on_evidence.allowed,
             }
         ],
-        file_size=out.stat().st_size,
-        seconds=round(time.perf_counter() - t0, 2),
+        started=t0,
         notes=notes,
     )

@@ -54,6 +54,10 @@ DEFAULT_EPOCHS = 10
 # ----------------------------------------------------------------------------------------------------
 
 
+#: The fields of :class:`FinetuneConfig` that say how the starting model is loaded (``convert``'s options).
+MODEL_OPTIONS = ("weights", "num_classes", "input_size", "ema", "trust_pickle")
+
+
 @dataclass
 class FinetuneConfig:
     """Every option of a fine-tuning run (the CLI options of ``softcamify finetune``, one to one).
@@ -119,6 +123,13 @@ class FinetuneConfig:
         if kw.get("input_size") is not None:
             kw["input_size"] = tuple(int(v) for v in kw["input_size"])
         return cls(**kw)
+
+    def starting_model(self, model: Any) -> tuple[Any, Any]:
+        """``model`` as :func:`softcamify.conversion.as_softcam` makes it with this config's
+        :data:`MODEL_OPTIONS` (not strict): ``(SoftCAM, LoadedModel)``."""
+        from ..conversion import as_softcam
+
+        return as_softcam(model, **{k: getattr(self, k) for k in MODEL_OPTIONS}, strict=False)
 
     def resolved(self) -> FinetuneConfig:
         """A copy with the optimizer-dependent defaults filled in."""

@@ -56,25 +56,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot; Linux), or None where unknown."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after "pid (comm) ": state, ppid, … (Linux); [] where unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read().decode("ascii", "replace")
     except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …; the 20th is starttime
+        return []
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot; Linux), or None where unknown."""
+    fields = _stat_fields(pid)  # the 20th is starttime
     return fields[19] if len(fields) > 19 else None
 
 
 def _process_state(pid: int) -> str | None:
     """The state letter of process ``pid`` (Linux: R, S, Z, …), or None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    rest = stat[stat.rfind(")") + 2 :].split()
+    rest = _stat_fields(pid)
     return rest[0] if rest else None
 
 

@@ -135,22 +135,12 @@ class _Run:
             self.note(n)
 
     def load_model(self):
-        from ..conversion import as_softcam
         from ..model import SoftCAM
 
-        c = self.cfg
         spec = self.model_spec
         if isinstance(spec, SoftCAM):
             spec = copy.deepcopy(spec)
-        sc, loaded = as_softcam(
-            spec,
-            weights=c.weights,
-            num_classes=c.num_classes,
-            input_size=c.input_size,
-            ema=c.ema,
-            trust_pickle=c.trust_pickle,
-            strict=False,
-        )
+        sc, loaded = self.cfg.starting_model(spec)
         for n in loaded.notes:
             self.note(n)
         if not sc.meta.exact and not sc.meta.conversion.get("head_reset"):
@@ -279,19 +269,10 @@ class _Run:
     ) -> None:
         save_state(
             self.last_path,
-            self.ctx,
-            model=t.model,
-            optimizer=t.optimizer,
-            scheduler=t.scheduler,
-            scaler=t.scaler,
-            config=self.cfg,
+            t,
+            p,
             epoch=epoch,
             step=step,
-            steps=t.loaders.steps,
-            history=p.history,
-            best_value=p.best_value,
-            best_epoch=p.best_epoch,
-            bad_epochs=p.bad_epochs,
             partial=partial,
             stopped_early=stopped_early,
             model_spec=self.model_spec,

@@ -16,7 +16,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from .config import (
     finite,
 )
 from .lock import RunLock as RunLock  # the lock has its own module; it is still importable from here
+
+if TYPE_CHECKING:
+    from .loop import Progress, Trainer
 
 
 def check_run_dir(run_dir: str | os.PathLike, resume: bool = False, force: bool = False) -> Path:
@@ -195,26 +198,20 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
 
 def save_state(
     path: Path,
-    ctx: distributed.DistContext,
+    t: Trainer,
+    p: Progress,
     *,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    config: FinetuneConfig,
     epoch: int,
     step: int,
-    steps: int,
-    history: list[dict[str, Any]],
-    best_value: float | None,
-    best_epoch: int | None,
-    bad_epochs: int,
     partial: torch.Tensor | None,
     stopped_early: bool,
     model_spec: Any,
     data_dir: Path | None,
 ) -> None:
-    """Write last.pt (every rank's RNG state is gathered; rank 0 writes atomically)."""
+    """Write last.pt: the trainer's model, optimizer, schedule, scaler and config, the progress's history
+    and early-stopping state, at ``epoch`` / ``step`` (every rank's RNG state is gathered; rank 0 writes
+    atomically). :meth:`Progress.from_state` reads it back."""
+    ctx, model, scaler = t.ctx, t.model, t.scaler
     rngs = distributed.all_gather_objects(ctx, rng_state())
     if not ctx.is_main:
         distributed.barrier(ctx)
@@ -227,23 +224,23 @@ def save_state(
         "softcamify": __version__,
         "epoch": int(epoch),  # completed epochs
         "step": int(step),  # optimizer steps done in epoch ``epoch`` (0: at an epoch boundary)
-        "steps": int(steps),
+        "steps": int(t.loaders.steps),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": rngs,
         "partial": partial.cpu() if partial is not None else None,
-        "config": config.to_dict(),
+        "config": t.cfg.to_dict(),
         "model_spec": str(model_spec) if isinstance(model_spec, (str, os.PathLike)) else None,
         "data_dir": str(data_dir) if data_dir is not None else None,
         "data_dir_real": os.path.realpath(data_dir) if data_dir is not None else None,  # what --resume checks
         "class_names": list(model.meta.class_names),
         "meta": json.dumps(model.meta.to_dict(), sort_keys=True),
-        "history": history,
-        "best_value": best_value,
-        "best_epoch": best_epoch,
-        "bad_epochs": int(bad_epochs),
+        "history": p.history,
+        "best_value": p.best_value,
+        "best_epoch": p.best_epoch,
+        "bad_epochs": int(p.bad_epochs),
         "stopped_early": bool(stopped_early),
         "world_size": ctx.world,
     }

@@ -320,17 +320,7 @@ def _check_folders(data_dir: Any, masks: Any) -> None:
 
 def _starting_model(model: Any, cfg: Any, notes: list[str]) -> Any:
     """The converted starting model (exactly as ``convert``), on the CPU, in eval mode."""
-    from ..conversion import as_softcam
-
-    sc, loaded = as_softcam(
-        model,
-        weights=cfg.weights,
-        num_classes=cfg.num_classes,
-        input_size=cfg.input_size,
-        ema=cfg.ema,
-        trust_pickle=cfg.trust_pickle,
-        strict=False,
-    )
+    sc, loaded = cfg.starting_model(model)
     notes.extend(n for n in loaded.notes if n not in notes)
     return sc.cpu().eval()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -192,16 +192,7 @@ class TopKResult:
         return [self.precision_at(i) for i in range(1, self.picks + 1)]
 
     def as_dict(self) -> dict[str, Any]:
-        return json_safe(
-            {
-                "precision": self.precision,
-                "hits": self.hits,
-                "picks": self.picks,
-                "hit_flags": self.hit_flags,
-                "boxes": self.boxes,
-                "scores": self.scores,
-            }
-        )
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def topk_patch_precision(
