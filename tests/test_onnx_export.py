@@ -62,6 +62,11 @@ def test_every_converted_test_model_exports_and_matches_pytorch(name, tmp_path):
     assert out.is_file() and report.passed and report.output == str(out)
     assert report.exporter in ("dynamo", "torchscript") and report.dynamic_batch
     assert report.shapes["input"][0] == "batch" and report.shapes["logits"] == ["batch", 5]
+    # readable dims whichever exporter wrote them: the class axis is K, the spatial ones are named
+    grid = ["evidence_height", "evidence_width"] if report.dynamic_spatial else report.shapes["evidence"][2:]
+    assert report.shapes["evidence"] == ["batch", 5, *grid] and all(isinstance(d, int) for d in grid) != (
+        report.dynamic_spatial
+    )
     assert report.max_abs_diff_logits <= ATOL and report.max_abs_diff_evidence <= ATOL
     assert {ck["batch"] for ck in report.checks} >= {1, 3}
     # independent check: two batch sizes, and a second (odd) image size when the export is dynamic

@@ -159,10 +159,8 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
 
 
 def _rename_dynamic_dims(proto) -> None:
-    """Readable dimension names in the dynamo exporter's graph: its input symbols (``s16``, ``s82``) become
-    ``height``/``width`` everywhere they appear, and the evidence output's symbolic expressions
-    (``((height - 1)//32) + 1`` — thousands of characters for TF-"same" padding) ``evidence_height`` /
-    ``evidence_width``, as the TorchScript exporter names them."""
+    """Readable input dimension names in the dynamo exporter's graph: its symbols (``s16``, ``s82``) become
+    ``height``/``width`` everywhere they appear (outputs: :func:`_name_output_dims`)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {}
     for axis, label in ((2, "height"), (3, "width")):
@@ -174,12 +172,24 @@ def _rename_dynamic_dims(proto) -> None:
             for d in vi.type.tensor_type.shape.dim:
                 if d.dim_param:
                     d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
+
+
+def _name_output_dims(proto, num_classes: int) -> None:
+    """The outputs' dims as a reader expects them, whichever exporter wrote them: ``logits`` [batch, K],
+    ``evidence`` [batch, K, evidence_height, evidence_width]. The class axis is the model's K (the
+    TorchScript exporter may leave it symbolic, ``ReduceMeanlogits_dim_1``); a symbolic spatial axis of
+    the evidence (the dynamo exporter writes ``((height - 1)//32) + 1``, thousands of characters for
+    TF-"same" padding) is named ``evidence_height`` / ``evidence_width``."""
     for out in proto.graph.output:
-        if out.name == EVIDENCE_NAME:
-            out_dims = out.type.tensor_type.shape.dim
-            for axis, label in ((2, "evidence_height"), (3, "evidence_width")):
-                if len(out_dims) > axis and out_dims[axis].dim_param:
-                    out_dims[axis].dim_param = label
+        dims = out.type.tensor_type.shape.dim
+        labels = {0: "batch", 2: "evidence_height", 3: "evidence_width"} if out.name == EVIDENCE_NAME else {0: "batch"}
+        if out.name not in (LOGITS_NAME, EVIDENCE_NAME):
+            continue
+        if len(dims) > 1 and dims[1].dim_param:
+            dims[1].dim_value = int(num_classes)  # clears dim_param (a oneof)
+        for axis, label in labels.items():
+            if len(dims) > axis and dims[axis].dim_param:
+                dims[axis].dim_param = label
 
 
 def _shapes(proto) -> dict[str, list[Any]]:
@@ -358,6 +368,7 @@ def _export_attempt(
         with _quiet(log), torch.no_grad():
             fn = _export_dynamo if name == "dynamo" else _export_torchscript
             proto = fn(module, example, opset, dynamic_spatial)
+        _name_output_dims(proto, sc.meta.num_classes)
     except Exception as e:
         raise AttemptFailed("export", f"the {name} exporter failed: {clean_error_text(e)}") from None
     got = _opset(proto)
