@@ -166,8 +166,8 @@ def test_gates_pass_just_under_the_measured_values(lesions, measured, tmp_path):
     under = ",".join(
         f"{k}={max(0.0, m[k] - 1e-3):.6f}" for k in ("accuracy", "sensitivity[healthy]", "activation_precision")
     )
-    junit = tmp_path / "report.xml"
     out = tmp_path / "report"
+    junit = out / "gates.xml"  # in the report folder, which does not exist yet
     r = _evaluate(
         lesions,
         "--fail-under",

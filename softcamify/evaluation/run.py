@@ -221,7 +221,7 @@ def evaluate(
     )
     gates = parse_gates(fail_under, fail_over)
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
-    junit_path = check_output_path(junit, force=force) if junit is not None else None
+    junit_path = _junit_path(junit, out, force)
     root, mask_root = _data_roots(data_dir, masks)
     methods = _baseline_methods(baselines)
     keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
@@ -284,6 +284,17 @@ def _data_roots(data_dir: str | os.PathLike, masks: str | os.PathLike | None) ->
     else:
         mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
     return root, mask_root
+
+
+def _junit_path(junit: str | os.PathLike | None, out: Path | None, force: bool) -> Path | None:
+    """The JUnit file, checked; a file directly in the report folder (checked with it, perhaps not created
+    yet) is fine."""
+    if junit is None:
+        return None
+    path = Path(junit)
+    if out is not None and path.parent.resolve() == out.resolve():
+        return path
+    return check_output_path(path, force=force)
 
 
 def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
