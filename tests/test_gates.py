@@ -157,6 +157,8 @@ def _junit(path):
     assert suites[0].get("tests") == root.get("tests") == str(len(cases))
     assert suites[0].get("failures") == root.get("failures") == str(len(failures))
     assert all(f.get("message") for f in failures)
+    assert all(tc.get("name") and tc.get("classname") and tc.get("time") for tc in cases)
+    assert float(suites[0].get("time")) > 0 and suites[0].get("timestamp")
     return cases, failures
 
 

@@ -16,6 +16,7 @@ A gate whose value is undefined (no annotated image, a class without images) fai
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -298,23 +299,27 @@ def require_gates(outcomes: Sequence[GateOutcome]) -> None:
 
 
 def junit_xml(
-    outcomes: Sequence[GateOutcome], *, suite: str = "softcamify evaluate", properties: Mapping[str, Any] | None = None
+    outcomes: Sequence[GateOutcome],
+    *,
+    suite: str = "softcamify evaluate",
+    properties: Mapping[str, Any] | None = None,
+    seconds: float = 0.0,
 ) -> bytes:
     """The gates as a JUnit XML report: one ``testsuite``, a ``testcase`` per gate, a ``failure`` per failed
-    gate (the layout CI systems render)."""
+    gate (the layout CI systems render); ``seconds`` is the suite's time (the evaluation's)."""
     failures = sum(not o.passed for o in outcomes)
     counts = {"tests": str(len(outcomes)), "failures": str(failures), "errors": "0", "skipped": "0"}
-    root = ET.Element("testsuites", {"name": "softcamify", **counts})
-    ts = ET.SubElement(root, "testsuite", {"name": suite, **counts})
+    root = ET.Element("testsuites", {"name": "softcamify", **counts, "time": f"{seconds:.3f}"})
+    stamp = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()
+    ts = ET.SubElement(root, "testsuite", {"name": suite, **counts, "time": f"{seconds:.3f}", "timestamp": stamp})
     if properties:
         props = ET.SubElement(ts, "properties")
         for k, v in properties.items():
             ET.SubElement(props, "property", {"name": str(k), "value": str(v)})
     for o in outcomes:
         g = o.gate
-        tc = ET.SubElement(
-            ts, "testcase", {"classname": "softcamify.gates", "name": f"{g.name} {g.op} {g.threshold:g}"}
-        )
+        name = f"{g.name} {g.op} {g.threshold:g}"
+        tc = ET.SubElement(ts, "testcase", {"classname": "softcamify.gates", "name": name, "time": "0"})
         if not o.passed:
             failure = ET.SubElement(tc, "failure", {"message": o.message, "type": g.option})
             failure.text = f"value: {o.value}\nrequired: {g.op} {g.threshold!r} ({g.option})"
@@ -330,6 +335,7 @@ def write_junit(
     force: bool = False,
     *,
     properties: Mapping[str, Any] | None = None,
+    seconds: float = 0.0,
 ) -> Path:
     """Write :func:`junit_xml` atomically (never over an existing file without ``force``)."""
-    return write_bytes_atomic(path, junit_xml(outcomes, properties=properties), force=force)
+    return write_bytes_atomic(path, junit_xml(outcomes, properties=properties, seconds=seconds), force=force)

@@ -258,8 +258,8 @@ def evaluate(
     if out is not None:
         write_report(result, out, result.examples, mm, force=force)
     if junit_path is not None:
-        props = {"model": result.model, "data": run.desc, "seconds": f"{result.settings['seconds']:.1f}"}
-        write_junit(result.gates, junit_path, force=force, properties=props)
+        props = {"model": result.model, "data": run.desc}
+        write_junit(result.gates, junit_path, force=force, properties=props, seconds=result.settings["seconds"])
     return result
 
 
