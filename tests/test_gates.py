@@ -229,7 +229,9 @@ def test_gates_fail_just_over_the_measured_values(lesions, measured, tmp_path):
     cases, failures = _junit(junit)  # the reports are still written when a gate fails
     assert len(cases) == 3 and len(failures) == 2
     assert [bool(tc.findall("failure")) for tc in cases] == [False, True, True]
-    assert (out / "index.html").is_file() and json.loads((out / "metrics.json").read_text())["gates"] == data["gates"]
+    assert json.loads((out / "metrics.json").read_text())["gates"] == data["gates"]
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Quality gates" in page and "2 of 3 failed" in page
     assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 
