@@ -266,3 +266,24 @@ def test_unknown_names_are_usage_errors_before_the_work(lesions, tmp_path, args,
     for w in words:
         assert w in r.stderr
     assert not out.exists() and not (tmp_path / "j.xml").exists()
+
+
+def test_library_gates_from_a_mapping(lesions, measured, tmp_path):
+    from softcamify.evaluation import evaluate
+
+    junit = tmp_path / "gates.xml"
+    res = evaluate(
+        lesions["model"],
+        lesions["data"],
+        steps=2,
+        device="cpu",
+        fail_under={"accuracy": measured["accuracy"], "softcam.activation_precision": 1.0},
+        junit=junit,
+    )
+    assert [(o.gate.name, o.passed) for o in res.gates] == [("accuracy", True), ("softcam.activation_precision", False)]
+    assert res.to_dict()["gates"][0]["value"] == pytest.approx(measured["accuracy"])
+    assert res.junit == str(junit)
+    _, failures = _junit(junit)
+    assert len(failures) == 1
+    with pytest.raises(GateFailed, match="1 of 2 quality gates failed: softcam.activation_precision"):
+        require_gates(res.gates)
