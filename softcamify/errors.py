@@ -18,6 +18,7 @@ EXIT_CONVERSION = 4  # the head cannot be converted (exactly, under --strict)
 EXIT_VALIDATION = 5  # an output did not reproduce the original within tolerance (convert, export)
 EXIT_OUTPUT = 6  # the output exists (no --force), or cannot be written
 EXIT_UNSAFE = 7  # loading would execute pickled code and --trust-pickle was not given
+EXIT_GATE = 8  # a quality gate failed (evaluate --fail-under / --fail-over); the reports are still written
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT)
 
 
@@ -96,6 +97,12 @@ class UnsafeCheckpointError(InputError):
     """The checkpoint needs pickle to load; that would run code from the file."""
 
     exit_code = EXIT_UNSAFE
+
+
+class GateFailed(SoftcamifyError):
+    """A quality gate failed: a metric is under its ``fail_under`` or over its ``fail_over`` threshold."""
+
+    exit_code = EXIT_GATE
 
 
 def _rebuild(cls: type[SoftcamifyError], message: str, params: tuple[str, ...]) -> SoftcamifyError:

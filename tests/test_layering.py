@@ -95,6 +95,7 @@ TORCH_FREE = (
     "softcamify.prediction",
     "softcamify.evaluation.run",
     "softcamify.evaluation.results",
+    "softcamify.evaluation.gates",
     "softcamify.evaluation.samples",
     "softcamify.evaluation.scoring",
     "softcamify.evaluation.settings",

@@ -111,11 +111,26 @@ def evaluate(
         6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    fail_under: str = typer.Option(
+        None,
+        "--fail-under",
+        help="Quality gates: exit 8 when a metric is under its threshold, e.g. accuracy=0.95,"
+        "sensitivity[malignant]=0.8,activation_precision=0.3,gradcam.pointing_game=0.5 (docs/ci.md).",
+    ),
+    fail_over: str = typer.Option(
+        None,
+        "--fail-over",
+        help="Gates on lower-is-better metrics: exit 8 when a metric is over its threshold, e.g. deletion_auc=0.2.",
+    ),
+    junit: Path = typer.Option(
+        None, "--junit", help="Write the gates as a JUnit XML report (one testcase per gate) for CI systems."
+    ),
     o: Shared = Shared("device", *MODEL, *ENDING),
 ) -> None:
     """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
     with handle_errors(o.debug):
         from ..evaluation import evaluate as run_evaluate
+        from ..evaluation.gates import require_gates
         from ..io import cleanup_on_failure
 
         # a full disk or Ctrl-C while the report is written leaves no partial report folder
@@ -145,9 +160,13 @@ def evaluate(
                 force=o.force,
                 original_weights=original_weights,
                 progress=lambda stage, done, total: update(done, total),
+                fail_under=fail_under,
+                fail_over=fail_over,
+                junit=junit,
                 **model_kwargs(o),
             )
         emit(o.json_, result.to_dict(), lambda: _show(result))
+        require_gates(result.gates)  # after the output: a failed gate exits 8 with the reports written
 
 
 def _show(result) -> None:
@@ -190,5 +209,15 @@ def _show(result) -> None:
             "chance = mask share[/]"
         )
     print_notes(result.notes)
+    if result.gates:
+        g = Table(title="quality gates", title_justify="left")
+        for h in ("gate", "value", "required", "result"):
+            g.add_column(h, justify="left" if h in ("gate", "result") else "right")
+        for out in result.gates:
+            verdict = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
+            g.add_row(escape(out.gate.name), _cell(out.value), f"{out.gate.op} {out.gate.threshold:g}", verdict)
+        console.print(g)
     if result.report:
         console.print(f"report: {escape(str(result.report))}")
+    if result.junit:
+        console.print(f"JUnit report: {escape(str(result.junit))}")

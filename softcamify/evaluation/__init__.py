@@ -7,7 +7,8 @@ The modules, in the order of one run:
 * :mod:`.settings` — the explanation metrics' options, checked and resolved for the model's input;
 * :mod:`.baselines` — post-hoc CAM methods through pytorch-grad-cam (imports torch);
 * :mod:`.scoring` — the metrics of one chunk of maps; :mod:`.run` — :func:`evaluate`, its steps;
-* :mod:`.results` — what ``evaluate`` returns; :mod:`.report` — table rows and :func:`write_report`.
+* :mod:`.results` — what ``evaluate`` returns; :mod:`.report` — table rows and :func:`write_report`;
+* :mod:`.gates` — quality gates on a result (``fail_under``/``fail_over``) and their JUnit XML report.
 
 ``evaluate`` computes and returns an :class:`EvaluationResult`; ``write_report`` writes it (``evaluate``
 calls it when given ``out_dir``).
@@ -19,6 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .gates import Gate, GateOutcome, check_gates, parse_gates, require_gates, write_junit
     from .report import classification_rows, metric_rows, write_report
     from .results import METRICS, REFERENCES, EvaluationResult, MethodResult
     from .run import evaluate
@@ -30,11 +32,17 @@ __all__ = [
     "REFERENCES",
     "EvaluationResult",
     "ExplanationOptions",
+    "Gate",
+    "GateOutcome",
     "MethodResult",
+    "check_gates",
     "classification_rows",
     "evaluate",
     "evaluation_samples",
     "metric_rows",
+    "parse_gates",
+    "require_gates",
+    "write_junit",
     "write_report",
 ]
 
@@ -52,6 +60,12 @@ _HOME = {
     "classification_rows": "report",
     "metric_rows": "report",
     "write_report": "report",
+    "Gate": "gates",
+    "GateOutcome": "gates",
+    "check_gates": "gates",
+    "parse_gates": "gates",
+    "require_gates": "gates",
+    "write_junit": "gates",
 }
 
 

@@ -85,7 +85,10 @@ def write_report(
     make_output_dir(out)
     result.report = str(out / "index.html")
     summaries = result.method_summaries()
-    parts = [_data_section(result), _classification_section(result)]
+    parts = [_data_section(result)]
+    if result.gates:
+        parts.append(_gates_section(result))
+    parts.append(_classification_section(result))
     if summaries and summaries[0]["images"]:
         parts.append(_explanation_section(summaries, result.settings))
     if example_data:
@@ -114,6 +117,16 @@ def _data_section(result: EvaluationResult) -> str:
         ),
         *[R.paragraph(note, note=True) for note in result.notes],
     )
+
+
+def _gates_section(result: EvaluationResult) -> str:
+    rows = [
+        [o.gate.name, o.value, f"{o.gate.op} {o.gate.threshold:g}", "pass" if o.passed else "FAIL"]
+        for o in result.gates
+    ]
+    failed = sum(not o.passed for o in result.gates)
+    verdict = f"{failed} of {len(rows)} failed" if failed else f"all {len(rows)} passed"
+    return R.section("Quality gates", R.table(["gate", "value", "required", "result"], rows, caption=verdict))
 
 
 def _classification_section(result: EvaluationResult) -> str:

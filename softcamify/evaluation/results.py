@@ -102,6 +102,9 @@ class EvaluationResult:
     #: not part of ``to_dict()``
     examples: list[dict[str, Any]] = field(default_factory=list)
     report: str | None = None
+    #: the quality gates judged on this result (:class:`~softcamify.evaluation.gates.GateOutcome`), in order
+    gates: list[Any] = field(default_factory=list)
+    junit: str | None = None
 
     def method_summaries(self) -> list[dict[str, Any]]:
         return [m.summary(int(self.settings["topk"])) for m in self.methods]
@@ -124,5 +127,7 @@ class EvaluationResult:
                 "settings": self.settings,
                 "notes": self.notes,
                 "report": self.report,
+                "gates": [g.to_dict() for g in self.gates],
+                "junit": self.junit,
             }
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,10 @@ import numpy as np
 
 from .. import images as _images
 from ..errors import InputError, UsageError
-from ..io import check_output_dir
+from ..io import check_output_dir, check_output_path
 from ..runtime import Runtime, load, softmax
 from . import metrics as M
+from .gates import check_gate_targets, check_gates, parse_gates, write_junit
 from .report import write_report
 from .results import EvaluationResult, MethodResult
 from .samples import Item, align_mask, evaluation_samples, match_labels
@@ -158,6 +159,9 @@ def evaluate(
     ema: bool = False,
     original_weights: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    fail_under: str | Mapping[str, float] | None = None,
+    fail_over: str | Mapping[str, float] | None = None,
+    junit: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
 
@@ -190,6 +194,12 @@ def evaluate(
             ``model`` is converted on the fly.
         original_weights: weights for ``original`` given as an architecture name (a weights-only file).
         progress: called as ``progress(stage, done, total)``.
+        fail_under, fail_over: quality gates (:mod:`softcamify.evaluation.gates`), e.g.
+            ``"accuracy=0.95,sensitivity[malignant]=0.8"``: a metric must be at least (``fail_under``) or at
+            most (``fail_over``) its threshold. They are checked before the passes (unknown metric, method or
+            class: :class:`UsageError`) and judged in ``result.gates``; a failed gate raises nothing here
+            (:func:`~softcamify.evaluation.gates.require_gates` does).
+        junit: write the gates as a JUnit XML report there (atomically; ``force`` to overwrite).
     """
     # Longer than 80 lines only by its keyword API (one parameter per CLI option) and their documentation; the
     # work is done by the steps below, in this order (the order in which invalid arguments are reported).
@@ -209,9 +219,13 @@ def evaluate(
         ),
         batch_size,
     )
+    gates = parse_gates(fail_under, fail_over)
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
+    junit_path = _junit_path(junit, out, force)
     root, mask_root = _data_roots(data_dir, masks)
     methods = _baseline_methods(baselines)
+    keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
+    check_gate_targets(gates, methods=keys, ordinal=ordinal, original=original is not None)
     mm = load(
         model,
         device=device,
@@ -227,6 +241,7 @@ def evaluate(
             param=("baselines", "original"),
         )
     run = _setup(mm, root, mask_root, split, opts, methods, batch_size, progress)
+    check_gate_targets(gates, class_names=run.report_names)
     if original_weights is not None and not isinstance(original, str | os.PathLike):
         raise UsageError(
             "original_weights needs original to name the architecture (e.g. resnet50).",
@@ -237,8 +252,14 @@ def evaluate(
         run.orig_predict = _torch_predict(run.original, mm.device)
     result = _compute(run, model, methods, ordinal, examples, opts.max_images)
     result.settings["seconds"] = time.perf_counter() - t_start
+    result.gates = check_gates(result, gates)
+    if junit_path is not None:
+        result.junit = str(junit_path)
     if out is not None:
         write_report(result, out, result.examples, mm, force=force)
+    if junit_path is not None:
+        props = {"model": result.model, "data": run.desc}
+        write_junit(result.gates, junit_path, force=force, properties=props, seconds=result.settings["seconds"])
     return result
 
 
@@ -263,6 +284,17 @@ def _data_roots(data_dir: str | os.PathLike, masks: str | os.PathLike | None) ->
     else:
         mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
     return root, mask_root
+
+
+def _junit_path(junit: str | os.PathLike | None, out: Path | None, force: bool) -> Path | None:
+    """The JUnit file, checked; a file directly in the report folder (checked with it, perhaps not created
+    yet) is fine."""
+    if junit is None:
+        return None
+    path = Path(junit)
+    if out is not None and path.parent.resolve() == out.resolve():
+        return path
+    return check_output_path(path, force=force)
 
 
 def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
