@@ -106,7 +106,7 @@ def _build_named(
         current = _num_outputs(model)
         if num_classes is not None and num_classes != current:
             model = sources.build(kind, name, num_classes, model_args)
-        arch = f"{kind}:{name}" if kind != "timm" else name
+        arch = f"{kind}:{name}" if kind not in ("timm", "import") else name
         said = foreign.load_weights_into(model, sd, weights_path or Path("?"), arch)
         if notes is not None:
             notes.extend(said)
@@ -225,11 +225,8 @@ def _load_with_module(
         raise InputError(f"With module, the model is a weights file; {path} is a folder.")
     sd, info = foreign.read_weights(path, ema=ema, trust_pickle=trust_pickle)
     notes = info.setdefault("notes", [])
-    model = sources.build("import", module, num_classes, model_args)
-    said = foreign.load_weights_into(model, sd, path, module)
-    notes.extend(said)
-    model.eval()
-    source = {"kind": "import", "name": module, "num_classes": _num_outputs(model), "model_args": model_args}
+    model, k = _build_named("import", module, sd, path, num_classes, model_args, notes)
+    source = {"kind": "import", "name": module, "num_classes": k, "model_args": model_args}
     return LoadedModel(
         module=model,
         source=source,

@@ -159,8 +159,31 @@ def candidates(model: nn.Module, first_channels: int | None):
         return
     params, _ = _params(target(cls))
     args: dict[str, Any] = {"in_channels": c} if "in_channels" in params or "SE" in cls else {}
+    args.update(_layer_args(model))
     if cls == "EfficientNetBN":
         for model_name in _EFFICIENTNETS:
             yield {"kind": KIND, "name": cls, "num_classes": k, "model_args": {"model_name": model_name, **args}}
         return
     yield {"kind": KIND, "name": cls, "num_classes": k, "model_args": args}
+
+
+def _layer_args(model: nn.Module) -> dict[str, Any]:
+    """Constructor arguments read off a DenseNet's or SENet's layers (sizes and depths of its blocks)."""
+    features = getattr(model, "features", None)
+    if type(model).__name__.startswith("DenseNet") and isinstance(features, nn.Module):
+        blocks = [m for n, m in features.named_children() if n.startswith("denseblock")]
+        conv0 = getattr(features, "conv0", None)
+        if not blocks or not isinstance(conv0, nn.Conv2d):
+            return {}
+        layers = blocks[0][0].layers  # the first dense layer: norm1, relu1, conv1 (bottleneck), …, conv2
+        growth = int(layers.conv2.out_channels)
+        return {
+            "init_features": int(conv0.out_channels),
+            "growth_rate": growth,
+            "block_config": [len(b) for b in blocks],
+            "bn_size": int(layers.conv1.out_channels) // growth,
+        }
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if type(model).__name__.startswith("SE") and all(isinstance(s, nn.Sequential) for s in stages):
+        return {"layers": [len(s) for s in stages if isinstance(s, nn.Sequential)]}
+    return {}
