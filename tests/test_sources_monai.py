@@ -24,7 +24,13 @@ from softcamify.tolerance import allowed
 
 monai_nets = pytest.importorskip("monai.networks.nets")
 
-SMALL_DENSENET = {"spatial_dims": 2, "in_channels": 1, "init_features": 8, "growth_rate": 4, "block_config": [1, 1, 1, 1]}
+SMALL_DENSENET = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "init_features": 8,
+    "growth_rate": 4,
+    "block_config": [1, 1, 1, 1],
+}
 
 
 def _args_text(args: dict) -> str:
@@ -96,7 +102,8 @@ def test_monai_state_dicts_convert_exactly_through_the_cli(name, build, args, tm
     original = build().eval()
     torch.save(original.state_dict(), tmp_path / "weights.pt")  # the way MONAI users save
     out = tmp_path / "sc.safetensors"
-    report = _convert(f"monai:{name}", "--weights", tmp_path / "weights.pt", "--model-args", _args_text(args), "-o", out)
+    weights = tmp_path / "weights.pt"
+    report = _convert(f"monai:{name}", "--weights", weights, "--model-args", _args_text(args), "-o", out)
     assert report["exact"] is True and report["num_classes"] == 3
     assert f"monai {name}" in report["compared_with"] and "weights.pt" in report["compared_with"]
     assert any("guessed" in n and "mean 0.5" in n for n in report["notes"])
