@@ -206,7 +206,7 @@ def test_monai_names_without_monai_installed_name_the_extra(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-OWN_NET = '''
+OWN_NET = """
 import torch
 from torch import nn
 
@@ -220,7 +220,7 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(self.body(x)), 1))
-'''
+"""
 
 
 def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path):
