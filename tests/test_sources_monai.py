@@ -267,3 +267,19 @@ def test_module_must_name_an_nn_module_class(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
     with pytest.raises(InputError, match="not an nn.Module class"):
         load_model(tmp_path / "w.pth", module="subprocess:run", model_args={"args": "echo pwned", "shell": True})
+
+
+def test_monai_vit_class_token_head_is_refused_not_called_exact():
+    """MONAI's ViT reads its class token through a Tanh head and returns a tuple: no exact conversion; softcamify
+    refuses it (an approximate per-patch conversion as for timm class-token models is not offered yet)."""
+    pytest.importorskip("einops")
+    from softcamify.errors import ConversionError
+
+    torch.manual_seed(0)
+    vit = monai_nets.ViT(
+        in_channels=1, img_size=64, patch_size=16, spatial_dims=2, classification=True, num_classes=3,
+        hidden_size=32, mlp_dim=64, num_layers=1, num_heads=4,
+    ).eval()  # fmt: skip
+    for strict in (True, False):
+        with pytest.raises(ConversionError):
+            softcamify.convert(vit, input_size=(64, 64), samples=1, strict=strict)
