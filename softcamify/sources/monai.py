@@ -171,7 +171,7 @@ def _layer_args(model: nn.Module) -> dict[str, Any]:
     """Constructor arguments read off a DenseNet's or SENet's layers (sizes and depths of its blocks)."""
     features = getattr(model, "features", None)
     if type(model).__name__.startswith("DenseNet") and isinstance(features, nn.Module):
-        blocks = [m for n, m in features.named_children() if n.startswith("denseblock")]
+        blocks: list[Any] = [m for n, m in features.named_children() if n.startswith("denseblock")]
         conv0 = getattr(features, "conv0", None)
         if not blocks or not isinstance(conv0, nn.Conv2d):
             return {}
