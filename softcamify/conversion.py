@@ -522,6 +522,10 @@ def _verify(
         **stats,
     )
     report.notes.append(f"verified against {compared_with}.")
+    # a guessed preprocessing (MONAI records none) stays visible in the file's metadata
+    kind = str(target.source.get("kind"))
+    _, h, w = data_config["input_size"]
+    report.notes += sources.data_notes(target.module, kind, (int(h), int(w)))
     _add_notes(report, inputs.shape[0], stats, exact, strategy, reason)
     meta.conversion = report.to_dict()
     if not report.passed:

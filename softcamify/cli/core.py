@@ -174,7 +174,7 @@ def convert(
         save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)
-        report["notes"] = list(loaded.notes) + list(report.get("notes") or [])
+        report["notes"] = list(dict.fromkeys([*loaded.notes, *(report.get("notes") or [])]))
         if softcam.meta.source.get("kind") == "module":
             report["notes"].append(
                 f"{output.name} records only the class {softcam.meta.source.get('class')}: commands cannot rebuild "
