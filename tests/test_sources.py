@@ -49,3 +49,15 @@ def test_own_classes_are_imported_only_as_nn_modules():
         sources.build("import", "os:system", None, {"command": "true"})
     net = sources.build("import", "torch.nn:Linear", None, {"in_features": 2, "out_features": 3})
     assert net.out_features == 3
+
+
+def test_the_report_says_what_exact_was_measured_against(resnet_weights):
+    """A state dict converted under an architecture name is compared with that rebuild, and says so."""
+    import softcamify
+    from softcamify.checkpoints import load_model
+
+    loaded = load_model("test_resnet", weights=resnet_weights, input_size=(64, 64))
+    sc = softcamify.convert(loaded, samples=2)
+    said = f"timm test_resnet rebuilt from the state dict {resnet_weights.name}"
+    assert sc.meta.conversion["compared_with"] == said
+    assert f"verified against {said}." in sc.meta.conversion["notes"]

@@ -237,6 +237,11 @@ def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path)
         sys.path.remove(str(code))
     torch.save(original.state_dict(), tmp_path / "tiny.pth")
     env = {"PYTHONPATH": f"{code}:{Path(softcamify.__file__).parent.parent}"}
+    r = run_cli(
+        "inspect", tmp_path / "tiny.pth", "--module", "my_nets:TinyNet", "--model-args", "width=6", "--json", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["exact"] is True and json.loads(r.stdout)["source"]["kind"] == "import"
     out = tmp_path / "tiny.safetensors"
     report = _convert(
         tmp_path / "tiny.pth", "--module", "my_nets:TinyNet", "--model-args", "width=6", "-o", out, env=env
@@ -269,17 +274,29 @@ def test_module_must_name_an_nn_module_class(tmp_path):
         load_model(tmp_path / "w.pth", module="subprocess:run", model_args={"args": "echo pwned", "shell": True})
 
 
-def test_monai_vit_class_token_head_is_refused_not_called_exact():
-    """MONAI's ViT reads its class token through a Tanh head and returns a tuple: no exact conversion; softcamify
-    refuses it (an approximate per-patch conversion as for timm class-token models is not offered yet)."""
+def test_monai_vit_converts_approximately_and_is_refused_under_strict(tmp_path):
+    """MONAI's ViT reads its class token through a Tanh head (and returns a tuple): like timm's class-token
+    models it converts only approximately, per patch, and strict refuses it."""
     pytest.importorskip("einops")
     from softcamify.errors import ConversionError
 
     torch.manual_seed(0)
-    vit = monai_nets.ViT(
-        in_channels=1, img_size=64, patch_size=16, spatial_dims=2, classification=True, num_classes=3,
-        hidden_size=32, mlp_dim=64, num_layers=1, num_heads=4,
-    ).eval()  # fmt: skip
-    for strict in (True, False):
-        with pytest.raises(ConversionError):
-            softcamify.convert(vit, input_size=(64, 64), samples=1, strict=strict)
+    args = {"in_channels": 1, "img_size": 64, "patch_size": 16, "spatial_dims": 2, "classification": True}
+    small = {"hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 4}
+    vit = monai_nets.ViT(**args, **small, num_classes=3).eval()
+    torch.save(vit.state_dict(), tmp_path / "vit.pt")
+    loaded = load_model("monai:ViT", weights=tmp_path / "vit.pt", model_args={**args, **small}, input_size=(64, 64))
+    assert loaded.source["num_classes"] == 3
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), vit(x)[0])  # the logits of the user's ViT
+    with pytest.raises(ConversionError, match="class token.*refused under strict"):
+        softcamify.convert(loaded, samples=2, strict=True)
+    sc = softcamify.convert(loaded, samples=2)
+    assert sc.meta.strategy == "tokens" and sc.meta.exact is False
+    back = softcamify.load(softcamify.save(sc, tmp_path / "vit.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), sc(x))
+        assert back.forward_maps(x)[1].shape == (2, 3, 4, 4)  # one evidence cell per 16-px patch
+    with pytest.raises(ConversionError):  # the in-memory MONAI ViT itself (a tuple output) is not converted
+        softcamify.convert(vit, input_size=(64, 64), samples=1)

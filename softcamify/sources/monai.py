@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import InputError, UsageError
@@ -112,6 +113,8 @@ def build(name: str, num_classes: int | None, model_args: dict[str, Any]) -> nn.
         model_args[classes] = int(num_classes)
     elif classes in params and inspect.signature(obj).parameters[classes].default is inspect.Parameter.empty:
         model_args.setdefault(classes, 2)  # required by the constructor: weights given later set the real count
+    if name == "ViT":
+        obj = _vit_classifier()
     try:
         return obj(**model_args)
     except (TypeError, ValueError, AssertionError) as e:
@@ -187,3 +190,47 @@ def _layer_args(model: nn.Module) -> dict[str, Any]:
     if type(model).__name__.startswith("SE") and all(isinstance(s, nn.Sequential) for s in stages):
         return {"layers": [len(s) for s in stages if isinstance(s, nn.Sequential)]}
     return {}
+
+
+_VIT: type[nn.Module] | None = None
+
+
+def _vit_classifier() -> type[nn.Module]:
+    """MONAI's ViT as a classifier: the same parameters (state dicts load as they are), ``forward`` returning
+    the logits only (MONAI returns ``(logits, hidden states)``), and timm's ``forward_features`` /
+    ``forward_head`` split so the class-token head converts approximately, per patch, like timm's ViTs."""
+    global _VIT
+    if _VIT is None:
+        from monai.networks.nets import ViT
+
+        class ViTClassifier(ViT):
+            num_prefix_tokens = 1
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                if not hasattr(self, "classification_head"):
+                    raise ValueError("ViT is a classifier only with classification=True")
+                patch = kwargs.get("patch_size", 16)
+                patch = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
+                # what timm's patch_embed says: read by the token strategies (not a module: no extra weights)
+                object.__setattr__(self, "patch_embed", type("PatchInfo", (), {"patch_size": patch})())
+
+            def forward_features(self, x):
+                x = self.patch_embedding(x)
+                if hasattr(self, "cls_token"):
+                    x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+                for blk in self.blocks:
+                    x = blk(x)
+                return self.norm(x)
+
+            def forward_head(self, x, pre_logits: bool = False):
+                return x[:, 0] if pre_logits else self.classification_head(x[:, 0])
+
+            def forward(self, x):
+                return self.forward_head(self.forward_features(x))
+
+            def reset_classifier(self, num_classes: int = 0) -> None:
+                self.classification_head = nn.Sequential()  # no layers: the identity
+
+        _VIT = ViTClassifier
+    return _VIT
