@@ -45,8 +45,10 @@ def test_describe_names_the_source_and_its_arguments():
 def test_own_classes_are_imported_only_as_nn_modules():
     with pytest.raises(UsageError, match="package.module:Class"):
         sources.build("import", "not a spec")
-    with pytest.raises(InputError, match="not an nn.Module class"):
+    with pytest.raises(InputError, match="not a network class"):
         sources.build("import", "os:system", None, {"command": "true"})
+    with pytest.raises(InputError, match="not an nn.Module class"):
+        sources.build("import", "torch.nn.functional:relu", None, {})
     net = sources.build("import", "torch.nn:Linear", None, {"in_features": 2, "out_features": 3})
     assert net.out_features == 3
 

@@ -270,8 +270,10 @@ def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path)
 
 def test_module_must_name_an_nn_module_class(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
-    with pytest.raises(InputError, match="not an nn.Module class"):
+    with pytest.raises(InputError, match="not a network class"):
         load_model(tmp_path / "w.pth", module="subprocess:run", model_args={"args": "echo pwned", "shell": True})
+    with pytest.raises(InputError, match="not an nn.Module class"):
+        load_model(tmp_path / "w.pth", module="torch:manual_seed", model_args={"seed": 1})
 
 
 def test_monai_vit_converts_approximately_and_is_refused_under_strict(tmp_path):

@@ -7,7 +7,9 @@ subclasses are constructed, so a file's metadata cannot make softcamify call an 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
 from typing import Any
 
 from torch import nn
@@ -28,6 +30,14 @@ def split(spec: str) -> tuple[str, str]:
 
 def target(spec: str) -> type[nn.Module]:
     module_name, qualname = split(spec)
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top.startswith("_"):
+        # no network class lives there, and some of them act when imported (antigravity, this)
+        raise InputError(f"{spec} is not a network class (the standard library has none).", param="module")
+    if importlib.util.find_spec(top) is None:  # found without running anything
+        raise InputError(
+            f"Cannot import {module_name!r} for {spec}; install it or add its folder to PYTHONPATH.", param="module"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
