@@ -171,7 +171,7 @@ def load_model(
         wpath = Path(weights)
         bundle = monai_bundle_root(wpath)
         if bundle is not None:  # a MONAI bundle's weights: its network_def is compared with the name given
-            wpath = bundle / "models" / "model.pt"
+            wpath = monai_bundle.weights_file(bundle) if wpath.is_dir() else wpath
             info_notes = _bundle_disagreement(bundle, kind, name, model_args)
         else:
             info_notes = []
