@@ -147,6 +147,11 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
+    if type(model).__name__ == "ViT" and type(model).__module__.startswith("monai."):
+        raise ConversionError(
+            "MONAI's ViT module returns (logits, hidden states), not logits; save its state_dict and convert it "
+            "as monai:ViT with its model_args (an approximate, per-patch conversion)."
+        )
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     cfg = sources.data_config(model, kind, input_size=input_size)

@@ -300,5 +300,5 @@ def test_monai_vit_converts_approximately_and_is_refused_under_strict(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(x), sc(x))
         assert back.forward_maps(x)[1].shape == (2, 3, 4, 4)  # one evidence cell per 16-px patch
-    with pytest.raises(ConversionError):  # the in-memory MONAI ViT itself (a tuple output) is not converted
+    with pytest.raises(ConversionError, match="save its state_dict and convert it as monai:ViT"):
         softcamify.convert(vit, input_size=(64, 64), samples=1)
