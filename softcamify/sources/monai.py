@@ -25,7 +25,7 @@ NETS_MODULE = "monai.networks.nets"
 MEAN, STD = 0.5, 0.5
 DEFAULT_SIZE = 224
 GUESS_NOTE = (
-    "MONAI models record no preprocessing: softcamify guessed intensity scaling to [0, 1] (pixel / 255), then "
+    "MONAI models record no preprocessing: softcamify guessed intensities scaled to [0, 1], then "
     "mean 0.5 / std 0.5 (values in [-1, 1]), no crop, {size} px; if the model was trained with other transforms "
     "(e.g. NormalizeIntensity), pass the matching mean/std and input size."
 )
