@@ -57,6 +57,9 @@ class ConversionReport:
     output_stride: int | None = None
     original_grid: list[int] | None = None
     dilated_max_abs_diff: float | None = None
+    # what the converted model was compared with: "timm resnet18 rebuilt from the state dict w.pth", "the
+    # module as given": exact means exact against this
+    compared_with: str = "the module as given"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +142,7 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         if input_size is not None:
             cfg = dict(model.data_config)
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
-            return LoadedModel(model.module, model.source, cfg, model.class_names, model.path, list(model.notes))
+            return replace(model, data_config=cfg, notes=list(model.notes))
         return model
     if not isinstance(model, nn.Module):
         raise UsageError(f"convert() takes an nn.Module or a LoadedModel, not {type(model).__name__}.")
@@ -148,9 +151,15 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
+    if type(model).__name__ == "ViT" and type(model).__module__.startswith("monai."):
+        raise ConversionError(
+            "MONAI's ViT module returns (logits, hidden states), not logits; save its state_dict and convert it "
+            "as monai:ViT with its model_args (an approximate, per-patch conversion)."
+        )
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
-    return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])
+    cfg = sources.data_config(model, kind, input_size=input_size)
+    return LoadedModel(model, source, cfg, None, None, sources.data_notes(model, kind, input_size))
 
 
 def dilated(loaded: LoadedModel | nn.Module, output_stride: int | None) -> LoadedModel:
@@ -391,6 +400,7 @@ def convert(
         stride=stride if head_exact else None,
         output_stride=output_stride,
         original_grid=original_grid,
+        compared_with=loaded.origin,
     )
     return softcam.to(device)
 
@@ -475,6 +485,7 @@ def _verify(
     stride: int | None,
     output_stride: int | None,
     original_grid: list[int] | None,
+    compared_with: str = "the module as given",
 ) -> None:
     """Compare ``softcam`` with ``original`` on random (and calibration) inputs; store the report in ``meta``.
 
@@ -517,8 +528,14 @@ def _verify(
         output_stride=output_stride,
         original_grid=original_grid,
         dilated_max_abs_diff=dilated_diff,
+        compared_with=compared_with,
         **stats,
     )
+    report.notes.append(f"verified against {compared_with}.")
+    # a guessed preprocessing (MONAI records none) stays visible in the file's metadata
+    kind = str(target.source.get("kind"))
+    _, h, w = data_config["input_size"]
+    report.notes += sources.data_notes(target.module, kind, (int(h), int(w)))
     _add_notes(report, inputs.shape[0], stats, exact, strategy, reason)
     meta.conversion = report.to_dict()
     if not report.passed:

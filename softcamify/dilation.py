@@ -86,6 +86,8 @@ def _why_not_rebuildable(loaded: LoadedModel) -> str:
         )
     if source.get("kind") == "module":
         return f"a {source.get('class', 'module')} is not a timm or torchvision network softcamify can rebuild by name"
+    if source.get("kind") in ("monai", "import"):
+        return f"a {source.get('name')} is not a timm or torchvision network softcamify can rebuild with a finer grid"
     return "softcamify rebuilds only timm and torchvision networks with a finer grid"
 
 

@@ -121,6 +121,11 @@ class _Custom(torch.nn.Module):
         return self.fc(self.body(x).mean((2, 3)))
 
 
+class _NeedsArgs(_Custom):
+    def __init__(self, width):
+        super().__init__()
+
+
 def test_pickled_module_needs_trust(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_model(2), path)
@@ -131,9 +136,17 @@ def test_pickled_module_needs_trust(tmp_path):
     # a pickled timm network is recognized: converted models rebuild it by name, without the pickle
     assert loaded.source["kind"] == "timm" and loaded.source["name"] == "test_resnet"
     assert _same_logits(loaded.module, _model(2))
-    torch.save(_Custom().eval(), tmp_path / "custom.pt")  # a class of the user's own stays a pickled module
+    # an importable class of the user's own is recorded as package.module:Class, never as the pickle's path
+    torch.save(_Custom().eval(), tmp_path / "custom.pt")
     custom = load_model(tmp_path / "custom.pt", trust_pickle=True)
-    assert custom.source["kind"] == "module" and custom.source["path"].endswith("custom.pt")
+    assert custom.source["kind"] == "import" and custom.source["name"].endswith(":_Custom")
+    assert "path" not in custom.source
+
+    # a class softcamify cannot build without knowing its arguments: only its name, and a way out
+    torch.save(_NeedsArgs(4).eval(), tmp_path / "local.pt")
+    local = load_model(tmp_path / "local.pt", trust_pickle=True)
+    assert local.source["kind"] == "module" and "path" not in local.source
+    assert any("module='package.module:Class'" in n for n in local.notes)
 
 
 class _Evil:

@@ -130,9 +130,11 @@ def features_from_source(
     elif kind == "module" and not source.get("path"):
         raise InputError(
             f"This model was converted from an in-memory {source.get('class', 'nn.Module')} that softcamify "
-            "cannot rebuild by name; load it in Python with softcamify.load(path, module=<that classifier>)."
+            "cannot rebuild by name; load it in Python with softcamify.load(path, module=<that classifier>), "
+            "or convert its state dict with module='package.module:Class' and its model_args for a file that "
+            "rebuilds itself."
         )
-    elif kind in ("timm", "torchvision"):
+    elif kind in sources.KINDS:  # timm, torchvision, monai, import (a class of the user's own)
         model = sources.build(kind, source["name"], source.get("num_classes"), source.get("model_args") or {})
     elif kind == "module":
         p = Path(source.get("path", ""))

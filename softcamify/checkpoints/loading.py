@@ -8,7 +8,6 @@ downloads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from .. import sources
 from ..config import resolve_data_config
 from ..errors import InputError, UsageError
 from ..io import META_KEY
+from . import bundle as monai_bundle
 from . import foreign
 from .format import load, softcam_from_training_checkpoint
 
@@ -38,6 +38,8 @@ class LoadedModel:
     class_names: list[str] | None = None
     path: str | None = None
     notes: list[str] = field(default_factory=list)
+    # what the module is, in words, for the conversion report ("timm resnet18 rebuilt from w.pth")
+    origin: str = "the module as given"
 
     @property
     def is_softcam(self) -> bool:
@@ -76,7 +78,7 @@ def _apply_train_data_config(cfg: dict[str, Any], train: dict[str, Any], input_s
 
 
 def _looks_like_path(spec: str) -> bool:
-    if spec.startswith(sources._HUB_PREFIXES) or spec.startswith(("timm:", "torchvision:", "tv:")):
+    if spec.startswith(sources._HUB_PREFIXES) or spec.lower().startswith(sources.NAME_PREFIXES):
         return False
     return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
 
@@ -104,7 +106,7 @@ def _build_named(
         current = _num_outputs(model)
         if num_classes is not None and num_classes != current:
             model = sources.build(kind, name, num_classes, model_args)
-        arch = f"{kind}:{name}" if kind != "timm" else name
+        arch = f"{kind}:{name}" if kind not in ("timm", "import") else name
         said = foreign.load_weights_into(model, sd, weights_path or Path("?"), arch)
         if notes is not None:
             notes.extend(said)
@@ -131,15 +133,20 @@ def load_model(
     trust_pickle: bool = False,
     input_size: tuple[int, int] | None = None,
     model_args: dict[str, Any] | None = None,
+    module: str | None = None,
 ) -> LoadedModel:
     """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
 
     ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
-    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``.
+    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``. ``module``
+    (``"package.module:Class"``) names a class of your own: it is imported (never unpickled), built with
+    ``model_args`` and given the weights of ``spec`` (a state dict or checkpoint file).
     """
     model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     spec_str = os.fspath(spec)
     path = Path(spec_str)
+    if module is not None:
+        return _load_with_module(module, path, weights, num_classes, ema, trust_pickle, input_size, model_args)
     if path.exists():
         if weights is not None:
             raise UsageError(
@@ -162,7 +169,14 @@ def load_model(
     info: dict[str, Any] = {"notes": []}
     if weights is not None:
         wpath = Path(weights)
+        bundle = monai_bundle_root(wpath)
+        if bundle is not None:  # a MONAI bundle's weights: its network_def is compared with the name given
+            wpath = monai_bundle.weights_file(bundle) if wpath.is_dir() else wpath
+            info_notes = _bundle_disagreement(bundle, kind, name, model_args)
+        else:
+            info_notes = []
         sd, info = foreign.read_weights(wpath, ema=ema, trust_pickle=trust_pickle)
+        info.setdefault("notes", []).extend(info_notes)
     elif ema:
         raise UsageError(
             "ema needs a checkpoint: pass weights or a checkpoint file as the model.", param=("ema", "weights")
@@ -172,6 +186,7 @@ def load_model(
     if sd is None:
         notes.append(f"{name} has random weights (no --weights given).")
     source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
+    notes += sources.data_notes(model, kind, input_size)
     return LoadedModel(
         module=model,
         source=source,
@@ -179,7 +194,52 @@ def load_model(
         class_names=info.get("class_names"),
         path=str(wpath) if wpath else None,
         notes=notes,
+        origin=_origin(source, wpath),
     )
+
+
+def _origin(source: dict[str, Any], weights: Path | None) -> str:
+    built = sources.describe({**source, "model_args": source.get("model_args")})
+    if weights is None:
+        return f"{built} built with random weights"
+    return f"{built} rebuilt from the state dict {weights.name}"
+
+
+def _load_with_module(
+    module: str, path: Path, weights, num_classes, ema, trust_pickle, input_size, model_args
+) -> LoadedModel:
+    """A class of the user's own (``package.module:Class``, imported) with the weights of ``path``."""
+    if weights is not None and path != Path(os.fspath(weights)):
+        raise UsageError(
+            "module takes the weights file as the model; pass it once, not also as weights.", param="weights"
+        )
+    sources.source_module("import").split(module)
+    if not path.exists():
+        if _looks_like_path(str(path)):
+            raise InputError(f"Weights file {path} does not exist.")
+        raise UsageError(
+            f"With module, the model is the weights file of {module} (a state dict or checkpoint), not {str(path)!r}.",
+            param="module",
+        )
+    if path.is_dir():
+        raise InputError(f"With module, the model is a weights file; {path} is a folder.")
+    sd, info = foreign.read_weights(path, ema=ema, trust_pickle=trust_pickle)
+    notes = info.setdefault("notes", [])
+    model, k = _build_named("import", module, sd, path, num_classes, model_args, notes)
+    source = {"kind": "import", "name": module, "num_classes": k, "model_args": model_args}
+    return LoadedModel(
+        module=model,
+        source=source,
+        data_config=sources.data_config(model, "import", input_size=input_size),
+        class_names=info.get("class_names"),
+        path=str(path),
+        notes=list(notes),
+        origin=f"{module}({_args_text(model_args)}) built with the weights of {path.name}",
+    )
+
+
+def _args_text(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
 def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_args=None) -> LoadedModel:
@@ -262,13 +322,15 @@ def _from_weights(
             f"{path.name} records its training arguments: built with {used or 'the defaults'} and "
             "its recorded preprocessing."
         )
+    source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
     return LoadedModel(
         module=model,
-        source={"kind": kind, "name": name, "num_classes": k, "model_args": model_args},
+        source=source,
         data_config=data_config,
         class_names=info.get("class_names"),
         path=str(path),
-        notes=notes,
+        notes=notes + sources.data_notes(model, kind, input_size),
+        origin=_origin(source, path),
     )
 
 
@@ -291,20 +353,71 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     if bad:
         raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
-    kind = "timm" if type(module).__module__.startswith("timm.") else "module"
-    source = sources.module_source(module)  # a timm / torchvision network: rebuilt by name, no pickle later
+    # a timm / torchvision / MONAI network or an importable class: rebuilt by name, never from the pickle
+    source = sources.module_source(module)
+    kind = "timm" if type(module).__module__.startswith("timm.") else source["kind"]
     if source["kind"] == "module":
-        source.update(
-            path=str(path.resolve()),
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            num_classes=_num_outputs(module),
+        source["num_classes"] = _num_outputs(module)
+        notes.append(
+            f"softcamify cannot rebuild this {source['class']} by name, so a converted file could not be read "
+            f"without {path.name}: save its state_dict and convert it with module='package.module:Class' "
+            "and its model_args instead."
         )
     else:
-        notes.append(
-            f"It is {source['kind']}'s {source['name']}: a converted model rebuilds it by name, without {path.name}."
-        )
+        notes.append(f"It is {sources.describe(source)}: a converted model rebuilds it by name, without {path.name}.")
     data_config = sources.data_config(module, kind, input_size=input_size)
-    return LoadedModel(module, source, data_config, None, str(path), notes)
+    notes += sources.data_notes(module, kind, input_size)
+    return LoadedModel(module, source, data_config, None, str(path), notes, origin=f"the pickled module {path.name}")
+
+
+def monai_bundle_root(path: Path) -> Path | None:
+    return monai_bundle.bundle_root(path)
+
+
+def _bundle_disagreement(root: Path, kind: str, name: str, model_args: dict[str, Any]) -> list[str]:
+    """A note when the architecture named now is not the one the bundle's network_def describes."""
+    try:
+        b_name, b_args = monai_bundle.network_def(root)
+    except InputError as e:
+        return [f"The bundle's network_def could not be read ({e}); built {kind}:{name} as named."]
+    b_args = {k: v for k, v in b_args.items() if k not in ("out_channels", "num_classes")}
+    given = {k: v for k, v in model_args.items() if k in b_args}
+    if kind == "monai" and name == b_name and all(b_args.get(k) == v for k, v in given.items()):
+        return []
+    described = sources.describe({"kind": "monai", "name": b_name, "model_args": b_args})
+    return [
+        f"The bundle's configs/inference.json describes {described}, but {kind}:{name} was named: built "
+        f"{kind}:{name} as named; leave the name out (softcamify convert {root}) to build the bundle's network."
+    ]
+
+
+def _load_bundle(root: Path, *, num_classes, input_size, model_args) -> LoadedModel:
+    """A MONAI bundle: the network of ``network_def`` (monai.networks.nets only) with ``models/model.pt``."""
+    name, b_args = monai_bundle.network_def(root)
+    classes_arg = sources.source_module("monai").classes_argument(name)
+    recorded = b_args.pop(classes_arg, None)
+    b_args.pop("pretrained", None)
+    args = {**b_args, **(model_args or {})}
+    wpath = monai_bundle.weights_file(root)
+    sd, info = foreign.read_weights(wpath)  # weights_only: a bundle never needs pickle
+    notes = info.setdefault("notes", [])
+    k_given = num_classes or (recorded if isinstance(recorded, int) else None)
+    model, k = _build_named("monai", name, sd, wpath, k_given, args, notes)
+    source = {"kind": "monai", "name": name, "num_classes": k, "model_args": args}
+    notes.append(f"{root.name} is a MONAI bundle: built {sources.describe(source)} from its configs/inference.json.")
+    notes += sources.data_notes(model, "monai", input_size)
+    return LoadedModel(
+        module=model,
+        source=source,
+        data_config=sources.data_config(model, "monai", input_size=input_size),
+        class_names=None,
+        path=str(root),
+        notes=list(notes),
+        origin=f"{sources.describe(source)} built from the bundle's network_def with {WEIGHTS_TEXT}",
+    )
+
+
+WEIGHTS_TEXT = "models/model.pt"
 
 
 def _load_folder(
@@ -323,10 +436,13 @@ def _load_folder(
             return _load_file(
                 candidate, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
             )
+    if weights_file is None and monai_bundle.bundle_root(path) == path:
+        return _load_bundle(path, num_classes=num_classes, input_size=input_size, model_args=model_args)
     config_path = path / "config.json"
     if not config_path.exists():
         raise InputError(
-            f"Folder {path} has no config.json (Hugging Face style) and no best.safetensors (a fine-tuning run)."
+            f"Folder {path} has no config.json (Hugging Face style), no configs/inference.json (a MONAI bundle) "
+            "and no best.safetensors (a fine-tuning run)."
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -362,4 +478,6 @@ def _load_folder(
         class_names=class_names,
         path=str(path),
         notes=list(info.get("notes", [])),
+        origin=f"{sources.describe({'kind': kind, 'name': name, 'model_args': model_args})} rebuilt from "
+        f"{weights_file.name}",
     )

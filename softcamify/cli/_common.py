@@ -54,6 +54,12 @@ MODEL_ARGS_OPTION = typer.Option(
     help="Constructor arguments for an architecture given by name, as key=value pairs separated by commas "
     "(e.g. in_chans=1,global_pool=max) or a JSON object.",
 )
+MODULE_OPTION = typer.Option(
+    None,
+    "--module",
+    help="A network class of your own, as package.module:Class (imported, never unpickled), built with "
+    "--model-args; MODEL is then its weights file (a state dict or checkpoint).",
+)
 FEATURES_LAYER_OPTION = typer.Option(
     None, "--features-layer", help="Module whose output is the last feature map (when the head cannot be found)."
 )

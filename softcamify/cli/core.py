@@ -15,6 +15,7 @@ from ._common import (
     FEATURES_LAYER_OPTION,
     MODEL,
     MODEL_ARGS_OPTION,
+    MODULE_OPTION,
     Shared,
     check_logit_scale,
     command,
@@ -26,8 +27,8 @@ from ._common import (
 
 MODEL_ARG = typer.Argument(
     ...,
-    help="A timm name (resnet50), torchvision:NAME, a .safetensors/.pth checkpoint, a Hugging Face style folder, "
-    "or a softcamify model.",
+    help="A timm name (resnet50), torchvision:NAME, monai:NAME, a .safetensors/.pth checkpoint, a Hugging Face "
+    "style folder, a MONAI bundle folder, or a softcamify model (with --module: the weights of your own class).",
     show_default=False,
 )
 
@@ -40,12 +41,12 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, m, model_args: str | None = None):
+def load_for_cli(model: str, m, model_args: str | None = None, module: str | None = None):
     """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle)."""
     from ..checkpoints import load_model
 
     kwargs = model_kwargs(m)  # --input-size is checked before --model-args
-    return load_model(model, **kwargs, model_args=parse_model_args(model_args))
+    return load_model(model, **kwargs, model_args=parse_model_args(model_args), module=module)
 
 
 @command(app)
@@ -53,6 +54,7 @@ def inspect(
     model: str = MODEL_ARG,
     m: Shared = Shared(*MODEL),
     model_args: str = MODEL_ARGS_OPTION,
+    module: str = MODULE_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
     o: Shared = Shared("json_", "debug"),
@@ -61,7 +63,7 @@ def inspect(
     with handle_errors(o.debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, m, model_args)
+        loaded = load_for_cli(model, m, model_args, module)
         report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
         emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
@@ -112,6 +114,7 @@ def convert(
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
     m: Shared = Shared(*MODEL),
     model_args: str = MODEL_ARGS_OPTION,
+    module: str = MODULE_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
     class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
@@ -153,7 +156,7 @@ def convert(
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        loaded = load_for_cli(model, m, model_args)
+        loaded = load_for_cli(model, m, model_args, module)
         softcam = convert_model(
             loaded,
             class_names=names,
@@ -171,7 +174,13 @@ def convert(
         save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)
-        report["notes"] = list(loaded.notes) + list(report.get("notes") or [])
+        report["notes"] = list(dict.fromkeys([*loaded.notes, *(report.get("notes") or [])]))
+        if softcam.meta.source.get("kind") == "module":
+            report["notes"].append(
+                f"{output.name} records only the class {softcam.meta.source.get('class')}: commands cannot rebuild "
+                f"it; load it in Python with softcamify.load(path, module=<that classifier>), or convert the "
+                "state dict with --module package.module:Class --model-args … for a file every command reads."
+            )
         emit(o.json_, report, lambda: _convert_table(report, softcam, output), report["notes"])
 
 

@@ -424,6 +424,9 @@ def find_global_pool(gm: fx.GraphModule, start: fx.Node | None = None) -> tuple[
     for _ in range(64):
         step = classify(node, modules)
         inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
+        if step.role == PASS and inputs and node.args and isinstance(node.args[0], fx.Node):
+            # x.view(x.size(0), -1) (MONAI's ResNet): the shape arguments are bookkeeping, not a branch
+            inputs = [node.args[0]]
         if step.role == POOL:
             if not inputs:
                 break

@@ -1,89 +1,83 @@
-"""Building a classifier from a name (timm or torchvision), with random weights, and its data config.
+"""Building a classifier from a name, with random weights, and its data config: one module per source.
 
-Nothing here downloads: models are created with ``pretrained=False`` / ``weights=None`` and weights
-come only from files the user names.
+``timm`` and ``torchvision`` (core dependencies), ``monai`` (the optional extra ``softcamify[monai]``) and
+``import`` (a class of the user's own, ``package.module:Class``, imported, never unpickled). Each module
+offers the same few functions (``build``, ``is_known``, ``names``, ``data_defaults``, ``stride_args``,
+``candidates``); the functions here dispatch by kind. Nothing here downloads: models are created with
+``pretrained=False`` / ``weights=None`` and weights come only from files the user names.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
+import importlib
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import resolve_data_config
-from ..errors import InputError, UsageError
+from ..errors import InputError
+from ._util import first_conv_channels, suggest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "http://", "https://")
+KINDS = ("timm", "torchvision", "monai", "import")  # the registry: kind -> softcamify.sources.<module>
+_MODULES = {"timm": "timm", "torchvision": "torchvision", "monai": "monai", "import": "imported"}
+_ALIASES = {"tv": "torchvision", "torchvision": "torchvision", "timm": "timm", "monai": "monai"}
+NAME_PREFIXES = tuple(f"{a}:" for a in _ALIASES)  # names, never paths
+
+
+def source_module(kind: str) -> ModuleType:
+    """The module of a source kind (``timm``, ``torchvision``, ``monai``, ``import``)."""
+    if kind not in _MODULES:
+        raise InputError(f"Unknown model source kind {kind!r}; softcamify knows {', '.join(KINDS)}.")
+    return importlib.import_module(f"{__name__}.{_MODULES[kind]}")
 
 
 def parse_name(spec: str) -> tuple[str, str]:
-    """'torchvision:resnet50' -> ('torchvision', 'resnet50'); 'timm:x' or 'x' -> ('timm', 'x')."""
+    """'torchvision:resnet50' -> ('torchvision', 'resnet50'); 'monai:DenseNet121' -> ('monai', 'DenseNet121');
+    'timm:x' or 'x' -> ('timm', 'x')."""
     if spec.startswith(_HUB_PREFIXES):
         raise InputError(
             f"{spec!r} names a model on a hub; softcamify never downloads: download it and pass the file or folder."
         )
     if ":" in spec:
         kind, name = spec.split(":", 1)
-        kind = kind.lower()
-        if kind in ("tv", "torchvision"):
-            return "torchvision", name
-        if kind == "timm":
-            return "timm", name
-        raise InputError(f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME or a file path.")
+        if kind.lower() in _ALIASES:
+            return _ALIASES[kind.lower()], name
+        raise InputError(
+            f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME, monai:NAME or a file path "
+            "(a class of your own: module='package.module:Class')."
+        )
     return "timm", spec
 
 
 def is_known_name(spec: str) -> bool:
     try:
         kind, name = parse_name(spec)
+        return bool(source_module(kind).is_known(name))
     except InputError:
         return False
-    if kind == "torchvision":
-        return True
-    import timm
-
-    return timm.is_model(name)
 
 
 def _suggest(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    return suggest(name, candidates)
 
 
 def build(kind: str, name: str, num_classes: int | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
     """A model with random weights; ``num_classes=None`` keeps the architecture's default."""
-    model_args = dict(model_args or {})
-    if kind == "timm":
-        import timm
+    return source_module(kind).build(name, num_classes, dict(model_args or {}))
 
-        if not timm.is_model(name):
-            raise InputError(
-                f"{name!r} is neither an existing file nor a timm architecture{_suggest(name, timm.list_models())}."
-            )
-        if num_classes is not None:
-            model_args["num_classes"] = num_classes
-        try:
-            return timm.create_model(name, pretrained=False, **model_args)
-        except TypeError as e:
-            raise UsageError(f"timm cannot build {name!r} with {model_args}: {e}.") from e
-    if kind == "torchvision":
-        import torchvision
 
-        names = torchvision.models.list_models()
-        if name not in names:
-            raise InputError(f"{name!r} is not a torchvision model{_suggest(name, names)}.")
-        if num_classes is not None:
-            model_args["num_classes"] = num_classes
-        if name.startswith(("inception", "googlenet")):
-            model_args.setdefault("aux_logits", False)
-            model_args.setdefault("init_weights", True)
-        return torchvision.models.get_model(name, weights=None, **model_args)
-    raise InputError(f"unknown model source {kind!r}")
+def describe(source: dict[str, Any]) -> str:
+    """'timm resnet18', 'monai DenseNet121 (spatial_dims=2, in_channels=1)', 'mypkg.nets:Net' …"""
+    kind, name = source.get("kind"), source.get("name") or source.get("class") or "?"
+    args = ", ".join(f"{k}={v!r}" for k, v in (source.get("model_args") or {}).items())
+    text = f"{kind} {name}" if kind in _MODULES and kind != "import" else str(name)
+    return f"{text} ({args})" if args else text
 
 
 OUTPUT_STRIDES = (32, 16, 8)  # --output-stride: 32 is the model as it is; 16 and 8 dilate its last stage(s)
@@ -95,16 +89,12 @@ def stride_args(kind: str | None, model_args: dict[str, Any] | None, output_stri
     timm builders take ``output_stride`` (ResNet & co., RegNet, EfficientNet/MobileNet, ConvNeXt …);
     torchvision's ResNet builders take ``replace_stride_with_dilation`` (16: the last stage dilated,
     8: the last two). Whether a given architecture accepts them is found by building it, not by name.
-    Networks softcamify cannot rebuild by name (``kind == "module"``) have no such arguments.
+    Networks softcamify cannot rebuild by name (``kind == "module"``), MONAI's and the user's own classes
+    have no such arguments.
     """
-    args = dict(model_args or {})
-    if kind == "timm":
-        args["output_stride"] = int(output_stride)
-        return args
-    if kind == "torchvision":
-        args["replace_stride_with_dilation"] = [False, output_stride <= 8, output_stride <= 16]
-        return args
-    return None
+    if kind not in _MODULES:
+        return None
+    return source_module(kind).stride_args(dict(model_args or {}), output_stride)
 
 
 def classifier_keys(model: nn.Module) -> list[str]:
@@ -125,37 +115,15 @@ def classifier_keys(model: nn.Module) -> list[str]:
     return [last] if last else []
 
 
-def first_conv_channels(model: nn.Module) -> int | None:
-    """Image channels read by the first convolution, when that is plausibly the input layer.
-
-    Stems that rearrange the image first (TResNet's space-to-depth gives 48 channels) are not
-    image channels: only 1–4 channels count, anything else returns None.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels) if 1 <= m.in_channels <= 4 else None
-        if isinstance(m, nn.Linear):  # e.g. patch embedding as Linear: no conv seen first
-            return None
-    return None
-
-
 def data_config(
     model: nn.Module,
     kind: str,
     pretrained_cfg: dict[str, Any] | None = None,
     input_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Preprocessing the model expects (timm's data config; ImageNet defaults elsewhere), JSON-friendly."""
-    cfg: dict[str, Any]
-    if kind == "timm" or pretrained_cfg:
-        from timm.data import resolve_data_config as timm_data_config
-
-        try:
-            cfg = dict(timm_data_config(pretrained_cfg=pretrained_cfg, model=None if pretrained_cfg else model))
-        except Exception:
-            cfg = {}
-    else:
-        cfg = {}
+    """Preprocessing the model expects (timm's data config; the source's defaults, ImageNet's elsewhere),
+    JSON-friendly. :func:`data_notes` says when it is a guess."""
+    cfg, _ = _defaults(model, kind, pretrained_cfg)
     cfg.setdefault("input_size", (3, 224, 224))
     cfg.setdefault("interpolation", "bilinear")
     cfg.setdefault("mean", IMAGENET_MEAN)
@@ -180,6 +148,22 @@ def data_config(
             "crop_mode": str(cfg.get("crop_mode") or "center"),
         }
     ).to_dict()
+
+
+def _defaults(model: nn.Module, kind: str, pretrained_cfg: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    if pretrained_cfg:
+        kind = "timm"
+    if kind not in _MODULES:
+        return {}, []
+    cfg, notes = source_module(kind).data_defaults(model, pretrained_cfg)
+    return dict(cfg), list(notes)
+
+
+def data_notes(model: nn.Module, kind: str, input_size: tuple[int, int] | None = None) -> list[str]:
+    """What a reader of the data config should know: the preprocessing of a MONAI model is a guess."""
+    cfg, notes = _defaults(model, kind, None)
+    size = input_size[0] if input_size else (cfg.get("input_size") or (0, 224))[1]
+    return [n.format(size=size) for n in notes]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -213,22 +197,12 @@ def module_source(model: nn.Module) -> dict[str, Any]:
 
 
 def _candidate_sources(model: nn.Module):
-    k = getattr(model, "num_classes", None)
-    in_chans = first_conv_channels(model)
-    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head"):  # timm
-        arch = (getattr(model, "pretrained_cfg", {}) or {}).get("architecture")
-        if isinstance(arch, str):
-            args = {"in_chans": in_chans} if in_chans and in_chans != 3 else {}
-            yield {"kind": "timm", "name": arch, "num_classes": k, "model_args": args}
-    module = type(model).__module__
-    if module.startswith("torchvision.models"):
-        import torchvision
-
-        keys = classifier_keys(model)
-        k = int(dict(model.named_parameters())[keys[0]].shape[0]) if keys else None
-        for name in torchvision.models.list_models(module=torchvision.models):
-            if torchvision.models.get_model_builder(name).__module__ == module:
-                yield {"kind": "torchvision", "name": name, "num_classes": k, "model_args": {}}
+    first = first_conv_channels(model)
+    for kind in KINDS:
+        mod = _MODULES[kind]
+        if kind == "monai" and not type(model).__module__.startswith("monai."):
+            continue  # never import monai for a model that is not one
+        yield from importlib.import_module(f"{__name__}.{mod}").candidates(model, first)
 
 
 def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
@@ -257,6 +231,8 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
     rebuilt.load_state_dict(original.state_dict())
     rebuilt.eval()
     size = tuple(data_config(original, source["kind"])["input_size"])
+    if source["kind"] == "monai":  # fully convolutional and slow on the CPU at 224 px: 64 px tells them apart
+        size = (size[0], 64, 64)
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     training = original.training
     original.eval()  # compared in eval mode; the caller's model keeps its mode
