@@ -144,6 +144,13 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
+    from .sources import transformers as hf
+
+    if isinstance(model, hf.HFClassifier) or hf.is_hf_model(model):  # a ModelOutput: unwrapped to its logits
+        module, source, cfg, names, notes = hf.from_module(model)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(module, source, cfg, names, None, notes)
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     return LoadedModel(model, source, sources.data_config(model, kind, input_size=input_size), None, None, [])

@@ -132,7 +132,7 @@ def features_from_source(
             f"This model was converted from an in-memory {source.get('class', 'nn.Module')} that softcamify "
             "cannot rebuild by name; load it in Python with softcamify.load(path, module=<that classifier>)."
         )
-    elif kind in ("timm", "torchvision"):
+    elif kind in ("timm", "torchvision", "transformers"):
         model = sources.build(kind, source["name"], source.get("num_classes"), source.get("model_args") or {})
     elif kind == "module":
         p = Path(source.get("path", ""))

@@ -332,6 +332,13 @@ def _load_folder(
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{config_path} is not valid JSON.") from None
+    from ..sources import transformers as hf
+
+    if hf.is_hf_config(config):  # a transformers save_pretrained folder
+        module, source, cfg, names, notes = hf.read_folder(path, config, weights_file, num_classes)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(module, source, cfg, names, str(path), notes)
     arch = config.get("architecture") if isinstance(config, dict) else None
     if not isinstance(arch, str):
         raise InputError(f"{config_path} does not name an 'architecture' (a timm model name).")

@@ -34,6 +34,8 @@ def parse_name(spec: str) -> tuple[str, str]:
             return "torchvision", name
         if kind == "timm":
             return "timm", name
+        if kind in ("transformers", "hf-transformers"):
+            return "transformers", name
         raise InputError(f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME or a file path.")
     return "timm", spec
 
@@ -58,6 +60,10 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def build(kind: str, name: str, num_classes: int | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
     """A model with random weights; ``num_classes=None`` keeps the architecture's default."""
     model_args = dict(model_args or {})
+    if kind == "transformers":  # rebuilt from the config recorded in model_args["config"]
+        from .transformers import build as build_transformers
+
+        return build_transformers(name, num_classes, model_args)
     if kind == "timm":
         import timm
 
@@ -206,6 +212,10 @@ def module_source(model: nn.Module) -> dict[str, Any]:
     else is ``{"kind": "module"}``, which :func:`softcamify.save` refuses with a way out.
     """
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    from .transformers import HFClassifier, source_of
+
+    if isinstance(model, HFClassifier):  # its config rebuilds it exactly
+        return source_of(model)
     for candidate in _candidate_sources(model):
         if _rebuilds(model, candidate):
             return candidate
