@@ -335,6 +335,8 @@ def _load_folder(
     from ..sources import transformers as hf
 
     if hf.is_hf_config(config):  # a transformers save_pretrained folder
+        weights_file = hf.weights_of(path, weights_file)
+        foreign.read_weights(weights_file)  # a damaged file or pickled code is refused in one sentence first
         module, source, cfg, names, notes = hf.read_folder(path, config, weights_file, num_classes)
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]

@@ -38,6 +38,9 @@ SUPPORTED = {
     "ViTForImageClassification": "vit",
 }
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: PIL resample codes of ``preprocessor_config.json`` → softcamify interpolation names
 _RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bilinear"}
 
@@ -76,7 +79,7 @@ class HFClassifier(nn.Module):
                 f"(it converts {', '.join(sorted(SUPPORTED))})."
             )
         self.base = SUPPORTED[self.arch]
-        config = model.config
+        config: Any = model.config
         self.num_classes = int(config.num_labels)
         if self.base == "vit":
             self.num_prefix_tokens = 1
@@ -94,7 +97,7 @@ class HFClassifier(nn.Module):
         return getattr(self.model, self.base)(pixel_values=x).last_hidden_state
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        m = self.model
+        m: Any = self.model
         if self.base == "resnet":
             return m.classifier(m.resnet.pooler(f))
         if self.base in ("convnext", "convnextv2"):
@@ -116,9 +119,8 @@ def build(name: str, num_classes: int | None, model_args: dict[str, Any] | None)
     transformers = require()
     config = dict((model_args or {}).get("config") or {})
     if name not in SUPPORTED:
-        raise InputError(
-            f"{name!r} is not a transformers classifier softcamify converts (it converts {', '.join(sorted(SUPPORTED))})."
-        )
+        converts = ", ".join(sorted(SUPPORTED))
+        raise InputError(f"{name!r} is not a transformers classifier softcamify converts (it converts {converts}).")
     cls = getattr(transformers, name, None)
     if cls is None:
         raise InputError(f"transformers {transformers.__version__} has no {name}; upgrade transformers.")
@@ -134,7 +136,7 @@ def build(name: str, num_classes: int | None, model_args: dict[str, Any] | None)
     return HFClassifier(model.eval())
 
 
-def config_dict(model: nn.Module) -> dict[str, Any]:
+def config_dict(model: Any) -> dict[str, Any]:
     """The model's config as JSON (what rebuilds it), without what only the Hub or training need."""
     d = json.loads(model.config.to_json_string(use_diff=False))
     for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"):
@@ -170,8 +172,6 @@ def default_data_config(model: HFClassifier) -> dict[str, Any]:
     size = getattr(model.model.config, "image_size", None)
     size = int(size) if isinstance(size, int) and size > 0 else 224
     channels = int(getattr(model.model.config, "num_channels", 3) or 3)
-    from . import IMAGENET_MEAN, IMAGENET_STD
-
     mean = list(IMAGENET_MEAN) if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels
     std = list(IMAGENET_STD) if channels == 3 else [sum(IMAGENET_STD) / 3] * channels
     return {
@@ -219,7 +219,8 @@ def preprocessor_data_config(pre: dict[str, Any], channels: int) -> dict[str, An
         std = [float(v) / unit for v in pre.get("image_std", [0.5] * channels)]
     else:
         mean, std = [0.0] * channels, [1.0 / unit] * channels
-    interpolation = _RESAMPLE.get(pre.get("resample"), "bilinear") if pre.get("resample") is not None else None
+    resample = pre.get("resample")
+    interpolation = _RESAMPLE.get(resample, "bilinear") if isinstance(resample, int) else None
     return resolve_data_config(
         {"input_size": [channels, *hw], "mean": mean, "std": std},
         channels=channels,
@@ -229,40 +230,32 @@ def preprocessor_data_config(pre: dict[str, Any], channels: int) -> dict[str, An
     ).to_dict()
 
 
-def read_folder(path: Path, config: dict[str, Any], weights_file: Path | None, num_classes: int | None):
-    """(HFClassifier with the folder's weights, source, data config, class names, notes) of a
-    ``save_pretrained`` folder. Weights are read without unpickling code."""
-    from ..checkpoints import foreign
-
-    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    name = next((a for a in archs if a in SUPPORTED), archs[0] if archs else "?")
-    if name not in SUPPORTED:
-        raise InputError(
-            f"{path} holds a transformers {name}; softcamify converts {', '.join(sorted(SUPPORTED))}."
-        )
-    require()
+def weights_of(path: Path, weights_file: Path | None) -> Path:
+    """The weights file of a ``save_pretrained`` folder."""
     if weights_file is None:
         weights_file = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
     if weights_file is None:
         raise InputError(f"Folder {path} has a transformers config.json but no model.safetensors or pytorch_model.bin.")
-    sd, info = foreign.read_weights(weights_file)
+    return weights_file
+
+
+def read_folder(path: Path, config: dict[str, Any], weights_file: Path, num_classes: int | None):
+    """(HFClassifier with the folder's weights, source, data config, class names, notes) of a
+    ``save_pretrained`` folder whose ``weights_file`` the caller has checked (safetensors, or a
+    ``.bin`` that loads weights-only). Nothing is unpickled."""
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    name = next((a for a in archs if a in SUPPORTED), archs[0] if archs else "?")
+    if name not in SUPPORTED:
+        raise InputError(f"{path} holds a transformers {name}; softcamify converts {', '.join(sorted(SUPPORTED))}.")
+    require()
     k_file = config.get("num_labels") or (len(config["id2label"]) if isinstance(config.get("id2label"), dict) else None)
     if num_classes is not None and k_file is not None and num_classes != k_file:
         raise UsageError(
             f"num_classes {num_classes} disagrees with {path / 'config.json'}, which has {k_file} labels.",
             param="num_classes",
         )
-    model = build(name, None, {"config": config})
-    own = model.model.state_dict()
-    # save_pretrained writes the module's own keys; tied or persistent=False buffers may be absent
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        foreign.load_weights_into(model.model, sd, weights_file, f"transformers {name}")
-    else:
-        model.model.load_state_dict(sd, strict=False)
-    model.eval()
-    notes = list(info.get("notes", []))
+    model = _from_pretrained(name, path, weights_file)
+    notes: list[str] = []
     channels = int(config.get("num_channels", 3) or 3)
     pre_path = path / "preprocessor_config.json"
     if pre_path.exists():
@@ -280,6 +273,35 @@ def read_folder(path: Path, config: dict[str, Any], weights_file: Path | None, n
     if config.get("problem_type"):
         source["problem_type"] = config["problem_type"]
     return model, source, data_config, class_names(config), notes
+
+
+def _from_pretrained(name: str, path: Path, weights_file: Path) -> HFClassifier:
+    """transformers' own loader on the local folder (its key renames across versions), weights only, no download."""
+    import logging
+
+    transformers = require()
+    cls = getattr(transformers, name)
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)  # missing keys are reported below, in one sentence
+    try:
+        model, loading = cls.from_pretrained(
+            str(path),
+            local_files_only=True,
+            use_safetensors=weights_file.suffix == ".safetensors",
+            weights_only=True,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"transformers cannot read {path} ({str(e).splitlines()[0][:200]}).") from None
+    finally:
+        log.setLevel(level)
+    missing = [k for k in loading.get("missing_keys", []) if not k.endswith("num_batches_tracked")]
+    bad = list(loading.get("mismatched_keys", []))
+    if missing or bad:
+        what = f"{len(missing)} missing tensors (e.g. {missing[0]})" if missing else f"{len(bad)} shape mismatches"
+        raise InputError(f"Weights {weights_file} do not fit the {name} of {path / 'config.json'}: {what}.")
+    return HFClassifier(model.eval())
 
 
 def guessed_note(why: str) -> str:
