@@ -162,6 +162,12 @@ def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str
             info["arch"] = obj[key]
             break
     _read_train_args(obj.get("args"), info)
+    hparams = obj.get("hyper_parameters")  # Lightning's save_hyperparameters()
+    if isinstance(hparams, dict):
+        for key in ("arch", "architecture", "model_name", "backbone", "model", "net", "network"):
+            if isinstance(hparams.get(key), str) and hparams[key]:
+                info["recorded_arch"] = hparams[key]
+                break
     for key in ("class_names", "classes", "label_names"):
         if isinstance(obj.get(key), (list, tuple)) and all(isinstance(c, str) for c in obj[key]):
             info["class_names"] = list(obj[key])
@@ -258,20 +264,43 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``, Lightning ``model.``)."""
+    return strip_prefixes(sd, model_keys)[0]
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(``sd`` with wrapper prefixes stripped, the keys left out because they are outside the model).
+
+    A prefix shared by every key is stripped when that matches more of the model's keys; so is one shared
+    by most keys, the rest being what a training wrapper keeps beside the model (a weighted loss's
+    ``criterion.weight``, a metric's state), which is left out and returned, so that a note can list it.
+    """
 
     def score(d):
         return len(model_keys.intersection(d))
 
-    best, best_score = sd, score(sd)
-    current = sd
+    best, best_score, dropped = sd, score(sd), []
+    current, left_out = sd, []
     for _ in range(4):
         prefix = next((p for p in _STRIP_PREFIXES if current and all(k.startswith(p) for k in current)), None)
-        if prefix is None:
-            break
-        current = {k[len(prefix) :]: v for k, v in current.items()}
+        rest: list[str] = []
+        if prefix is None:  # most keys under one prefix, a few beside it
+            counts: dict[str, int] = {}
+            for k in current:
+                if "." in k:
+                    head = k.split(".", 1)[0] + "."
+                    counts[head] = counts.get(head, 0) + 1
+            shared = [p for p, n in counts.items() if n * 2 > len(current)]
+            if not shared:
+                break
+            prefix = shared[0]
+            rest = [k for k in current if not k.startswith(prefix)]
+            if any(k in model_keys for k in rest):  # they belong to the model as it is: not a wrapper
+                break
+        current = {k[len(prefix) :]: v for k, v in current.items() if k.startswith(prefix)}
+        left_out = left_out + rest
         if score(current) > best_score:
-            best, best_score = current, score(current)
-    return best
+            best, best_score, dropped = current, score(current), list(left_out)
+    return best, dropped
 
 
 def float_weights(
@@ -313,7 +342,7 @@ def float_weights(
 def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> list[str]:
     """Load a state dict, or say in one sentence why it does not fit the architecture; returns notes."""
     own = model.state_dict()
-    sd = match_prefixes(sd, set(own))
+    sd, left_out = strip_prefixes(sd, set(own))
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -321,6 +350,9 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
         raise _misfit(model, sd, path, arch, missing, unexpected, mismatched)
     sd, dequantized = float_weights(sd, own, path)
     notes = []
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        notes.append(f"{path.name} also holds {len(left_out)} tensor(s) outside the model, left out: {shown}.")
     if dequantized:
         notes.append(
             f"{path.name} holds {dequantized} quantized tensor(s); they were dequantized with the "

@@ -81,6 +81,15 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
 
 
+def _same_arch(recorded: str, kind: str, name: str) -> bool:
+    """True when an architecture recorded in a checkpoint is the one named (``timm:x``, ``x`` alike)."""
+    try:
+        k2, n2 = sources.parse_name(recorded)
+    except InputError:
+        return False
+    return n2.lower() == name.lower() and (k2 == kind or ":" not in recorded)
+
+
 def _build_named(
     kind: str,
     name: str,
@@ -169,6 +178,12 @@ def load_model(
         )
     model, k = _build_named(kind, name, sd, wpath, num_classes, model_args, info.setdefault("notes", []))
     notes = list(info.get("notes", []))
+    recorded = info.get("recorded_arch") or info.get("arch")
+    if wpath is not None and isinstance(recorded, str) and not _same_arch(recorded, kind, name):
+        notes.append(
+            f"{wpath.name} records the architecture {recorded!r}, not {spec_str!r} as given; the weights fit "
+            f"{spec_str}, so it was used."
+        )
     if sd is None:
         notes.append(f"{name} has random weights (no --weights given).")
     source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
@@ -218,6 +233,10 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
             return _softcam_loaded(trained, path, input_size, [note])
         sd, info = foreign.unwrap_checkpoint(obj, path, ema)
         arch = info.get("arch")
+        recorded = info.get("recorded_arch")
+        if not arch and isinstance(recorded, str) and sources.is_known_name(recorded):
+            arch = recorded  # a Lightning checkpoint's hyper_parameters name a known architecture
+            info["notes"].append(f"{path.name}: the architecture {recorded!r} comes from its hyper_parameters.")
         if not arch:
             raise _weights_only(path)
     return _from_weights(path, str(arch), sd, info, num_classes, input_size, model_args)
