@@ -342,11 +342,18 @@ def float_weights(
 def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> list[str]:
     """Load a state dict, or say in one sentence why it does not fit the architecture; returns notes."""
     own = model.state_dict()
+    raw_keys = list(sd)
     sd, left_out = strip_prefixes(sd, set(own))
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
+        scheme = key_scheme(raw_keys)
+        if scheme is not None and missing:
+            raise InputError(
+                f"Weights {path} do not fit {arch} ({len(missing)} missing tensors, e.g. {missing[0]}): {scheme}",
+                param="trust_pickle",
+            )
         raise _misfit(model, sd, path, arch, missing, unexpected, mismatched)
     sd, dequantized = float_weights(sd, own, path)
     notes = []
@@ -363,6 +370,32 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
     if bad:
         raise InputError(f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     return notes
+
+
+def key_scheme(keys: list[str]) -> str | None:
+    """The rest of a one-sentence error when the keys follow another library's naming, with what to do."""
+    lower = [k.lower() for k in keys]
+    if any(k.startswith(("_conv_stem.", "_blocks.")) for k in keys) or "_fc.weight" in keys:
+        return (
+            "its keys are named as lukemelas' EfficientNet-PyTorch names them (_conv_stem, _blocks, _fc), not as "
+            "timm or torchvision do; build the model with efficientnet_pytorch (EfficientNet.from_name) and pass "
+            "it to softcamify.convert(), or save it whole (torch.save(model)) and convert that file with "
+            "trust_pickle."
+        )
+    if any(("/" in k or k.endswith(":0") or k.endswith((".kernel", "/kernel", ".moving_mean"))) for k in lower):
+        return (
+            "its keys are named as Keras/TensorFlow names them (kernel, moving_mean, '/'-separated layers), not "
+            "as PyTorch does; load the weights into the PyTorch model in Python (transposing kernels) and pass "
+            "it to softcamify.convert(), or save it whole (torch.save(model)) and convert that file with "
+            "trust_pickle."
+        )
+    if keys and all(k.startswith("module.") for k in keys):
+        return (
+            "its keys carry DataParallel's module. prefix (stripped) and still do not match, so the architecture "
+            "differs; check the architecture name, or save the whole module (torch.save(model.module)) and "
+            "convert that file with trust_pickle."
+        )
+    return None
 
 
 def _misfit(

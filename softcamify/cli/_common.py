@@ -203,6 +203,44 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
     return size
 
 
+CLASS_NAMES_HELP = "Class names in classifier order: comma-separated, or a text file with one name per line"
+
+
+def parse_floats(value: str | None, option: str) -> list[float] | None:
+    """'0.485,0.456,0.406' (or spaces) -> [0.485, 0.456, 0.406]; None or '' -> None."""
+    from ..errors import UsageError
+
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return [float(v) for v in str(value).replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"{option} {value!r} is not a list of numbers like '0.485,0.456,0.406'.") from None
+
+
+def parse_class_names(value: str | None, distinct: bool = False) -> list[str] | None:
+    """The one reader of ``--class-names``: a text file with one name per line (ImageNet-size lists), or
+    comma-separated names."""
+    from ..errors import InputError, UsageError
+
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_file():
+        try:
+            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--class-names file {p} cannot be read ({e}).") from None
+    else:
+        names = [c.strip() for c in str(value).split(",")]
+    if not names or any(not n for n in names):
+        raise UsageError("--class-names must be comma-separated non-empty names, or a text file with one per line.")
+    if distinct and len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"--class-names must be distinct names; {dup!r} appears more than once.")
+    return names
+
+
 MAX_LOGIT = 1e6  # no classifier's logits come near it; float32 still resolves 0.1 there
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from . import app
 from ._common import (
+    CLASS_NAMES_HELP,
     CLASSIFIER_OPTION,
     ENDING,
     FEATURES_LAYER_OPTION,
@@ -21,6 +22,7 @@ from ._common import (
     emit,
     handle_errors,
     model_kwargs,
+    parse_class_names,
     parse_model_args,
 )
 
@@ -114,7 +116,7 @@ def convert(
     model_args: str = MODEL_ARGS_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
-    class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
+    class_names: str = typer.Option(None, "--class-names", help=CLASS_NAMES_HELP + "."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
     atol: float = typer.Option(
@@ -147,9 +149,7 @@ def convert(
         if output.suffix != ".safetensors":
             raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
         check_output_path(output, force=o.force)
-        names = [c.strip() for c in class_names.split(",")] if class_names else None
-        if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
-            raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
+        names = parse_class_names(class_names, distinct=True)
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run

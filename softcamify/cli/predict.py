@@ -13,36 +13,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import Shared, command, emit, handle_errors, model_kwargs, parse_input_size
-
-
-def _floats(value: str | None, option: str) -> list[float] | None:
-    from ..errors import UsageError
-
-    if value is None or not value.strip():
-        return None
-    try:
-        return [float(v) for v in value.replace(",", " ").split()]
-    except ValueError:
-        raise UsageError(f"{option} {value!r} is not a list of numbers like '0.485,0.456,0.406'.") from None
-
-
-def _class_names(value: str | None) -> list[str] | None:
-    from ..errors import InputError, UsageError
-
-    if value is None:
-        return None
-    p = Path(value)
-    if p.is_file():
-        try:
-            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--class-names file {p} cannot be read ({e}).") from None
-    else:
-        names = [c.strip() for c in value.split(",")]
-    if not names or any(not n for n in names):
-        raise UsageError("--class-names must be comma-separated non-empty names, or a text file with one per line.")
-    return names
+from ._common import (
+    CLASS_NAMES_HELP,
+    Shared,
+    command,
+    emit,
+    handle_errors,
+    model_kwargs,
+    parse_class_names,
+    parse_floats,
+    parse_input_size,
+)
 
 
 @command(app)
@@ -71,7 +52,7 @@ def predict(
     class_names: str = typer.Option(
         None,
         "--class-names",
-        help="Comma-separated class names, or a text file with one per line (overrides the metadata).",
+        help=CLASS_NAMES_HELP + " (overrides the metadata).",
     ),
     o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", "json_", "debug"),
 ) -> None:
@@ -85,12 +66,12 @@ def predict(
             images,
             top_k=top_k,
             batch_size=batch_size,
-            mean=_floats(mean, "--mean"),
-            std=_floats(std, "--std"),
+            mean=parse_floats(mean, "--mean"),
+            std=parse_floats(std, "--std"),
             input_size=size,
             interpolation=interpolation,
             crop_pct=crop_pct,
-            class_names=_class_names(class_names),
+            class_names=parse_class_names(class_names),
             **model_kwargs(o),
         )
         emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)
