@@ -565,20 +565,35 @@ def as_softcam(
     strict: bool = False,
     atol: float = DEFAULT_ATOL,
     output_stride: int | None = None,
+    model_args: dict[str, Any] | None = None,
+    **preprocessing: Any,
 ) -> tuple[SoftCAM, LoadedModel]:
     """A SoftCAM model from anything ``convert`` accepts; softcamify checkpoints are loaded as they are.
 
     This is what every command that needs a SoftCAM model (finetune, export, explain, evaluate) calls.
+    ``model_args`` and ``preprocessing`` (``mean``, ``std``, ``crop_pct``, ``interpolation``) are as for
+    :func:`softcamify.checkpoints.load_model`; the converted model records the preprocessing.
     """
     from .checkpoints import load_model
+    from .checkpoints.loading import PREPROCESSING, with_preprocessing
 
+    unknown = set(preprocessing) - set(PREPROCESSING)
+    if unknown:
+        raise TypeError(f"as_softcam() got unexpected keyword arguments {sorted(unknown)}")
     if isinstance(model, LoadedModel):
-        loaded = _as_loaded(model, input_size)
+        loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
     elif isinstance(model, nn.Module):
-        loaded = _as_loaded(model, input_size)
+        loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
     else:
         loaded = load_model(
-            model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
+            model,
+            weights=weights,
+            num_classes=num_classes,
+            ema=ema,
+            trust_pickle=trust_pickle,
+            input_size=input_size,
+            model_args=model_args,
+            **preprocessing,
         )
     if isinstance(loaded.module, SoftCAM):
         sc = loaded.module

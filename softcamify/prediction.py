@@ -118,6 +118,7 @@ def predict(
     weights: str | os.PathLike | None = None,
     num_classes: int | None = None,
     ema: bool = False,
+    model_args: dict[str, Any] | None = None,
 ) -> PredictionReport:
     """Top-k classes with probabilities for every image (folders are walked recursively, sorted).
 
@@ -125,8 +126,8 @@ def predict(
     ``.safetensors``, a fine-tuning checkpoint or anything else softcamify converts (PyTorch).
     Preprocessing comes from the model's metadata; the keyword arguments override it (and are
     required for an ONNX file without softcamify metadata). ``weights``, ``num_classes`` and ``ema``
-    (the EMA weights of a training checkpoint) build a PyTorch model as ``convert`` does; they do not
-    apply to an ``.onnx`` file.
+    (the EMA weights of a training checkpoint) and ``model_args`` build a PyTorch model as ``convert`` does;
+    they do not apply to an ``.onnx`` file.
     """
     from .runtime import load
 
@@ -150,6 +151,7 @@ def predict(
         num_classes=num_classes,
         ema=ema,
         require_evidence=False,
+        model_args=model_args,
     )
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):

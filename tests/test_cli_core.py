@@ -371,3 +371,50 @@ def test_class_names_from_a_file_in_convert(tmp_path, resnet_weights):
     from softcamify.checkpoints import load
 
     assert load(out).class_names == ["cat", "dog", "bird", "fish", "frog"]
+
+
+def test_guessed_preprocessing_is_noted_and_given_preprocessing_recorded(tmp_path, resnet_weights):
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "tv.pth")
+    r = run_cli("inspect", "torchvision:resnet18", "--weights", tmp_path / "tv.pth", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "preprocessing is guessed" in " ".join(r.stdout.split())
+    out = tmp_path / "o.safetensors"
+    r = run_cli(
+        "convert",
+        "torchvision:resnet18",
+        "--weights",
+        tmp_path / "tv.pth",
+        "-o",
+        out,
+        "--input-size",
+        "64",
+        "--samples",
+        "1",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25",
+        "--crop-pct",
+        "1.0",
+        "--interpolation",
+        "bicubic",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert not any("guessed" in n for n in json.loads(r.stdout)["notes"])
+    from softcamify.checkpoints import load
+
+    cfg = load(out).meta.data_config
+    assert cfg["mean"] == [0.5] * 3 and cfg["std"] == [0.25] * 3
+    assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bicubic"
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert", "export", "explain", "evaluate", "predict", "finetune"])
+def test_every_command_that_loads_an_original_takes_the_model_options(command):
+    r = run_cli(command, "--help", env={"COLUMNS": "400"})
+    assert r.returncode == 0
+    for flag in ("--model-args", "--mean", "--std", "--crop-pct", "--interpolation"):
+        assert flag in r.stdout, (command, flag)

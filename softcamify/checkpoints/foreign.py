@@ -279,7 +279,7 @@ def strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[d
         return len(model_keys.intersection(d))
 
     best, best_score, dropped = sd, score(sd), []
-    current, left_out = sd, []
+    current, left_out = sd, list[str]()
     for _ in range(4):
         prefix = next((p for p in _STRIP_PREFIXES if current and all(k.startswith(p) for k in current)), None)
         rest: list[str] = []

@@ -131,6 +131,9 @@ def _num_outputs(model: nn.Module) -> int:
     return -1
 
 
+PREPROCESSING = ("mean", "std", "crop_pct", "interpolation")  # what a user may say of an original's preprocessing
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
@@ -140,12 +143,61 @@ def load_model(
     trust_pickle: bool = False,
     input_size: tuple[int, int] | None = None,
     model_args: dict[str, Any] | None = None,
+    mean: Any = None,
+    std: Any = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> LoadedModel:
     """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
 
     ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
-    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``.
+    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``. ``mean``, ``std``,
+    ``crop_pct`` and ``interpolation`` override the preprocessing found (or guessed) for the model; a
+    converted model records them. Where nothing says how a model's images were preprocessed (torchvision
+    and pickled models, transformers folders without ``preprocessor_config.json``), a note says it was guessed.
     """
+    loaded = _load_model(
+        spec,
+        weights=weights,
+        num_classes=num_classes,
+        ema=ema,
+        trust_pickle=trust_pickle,
+        input_size=input_size,
+        model_args=model_args,
+    )
+    return with_preprocessing(loaded, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def with_preprocessing(loaded: LoadedModel, **given: Any) -> LoadedModel:
+    """``loaded`` with the preprocessing the user gave (``mean``, ``std``, ``crop_pct``, ``interpolation``),
+    checked by :func:`softcamify.config.resolve_data_config`; notes a guessed preprocessing when none is given."""
+    from ..sources.transformers import guessed_note
+
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        cfg = resolve_data_config(loaded.data_config, channels=int(loaded.data_config["input_size"][0]), **given)
+        loaded.data_config = cfg.to_dict()
+        loaded.notes = [n for n in loaded.notes if "preprocessing is guessed" not in n]
+        if set(PREPROCESSING) - set(given) and not loaded.is_softcam:
+            rest = ", ".join(k for k in PREPROCESSING if k not in given)
+            loaded.notes.append(f"The preprocessing given ({', '.join(given)}) is recorded; {rest} as found.")
+        return loaded
+    if not loaded.is_softcam and loaded.source.get("kind") in ("torchvision", "module"):
+        if not any("preprocessing is guessed" in n for n in loaded.notes):
+            loaded.notes.append(guessed_note(f"{loaded.architecture} records no preprocessing"))
+    return loaded
+
+
+def _load_model(
+    spec: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
+    trust_pickle: bool = False,
+    input_size: tuple[int, int] | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> LoadedModel:
     model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     spec_str = os.fspath(spec)
     path = Path(spec_str)

@@ -15,7 +15,7 @@ from ._common import (
     ENDING,
     FEATURES_LAYER_OPTION,
     MODEL,
-    MODEL_ARGS_OPTION,
+    ORIGINAL,
     Shared,
     check_logit_scale,
     command,
@@ -23,7 +23,6 @@ from ._common import (
     handle_errors,
     model_kwargs,
     parse_class_names,
-    parse_model_args,
 )
 
 MODEL_ARG = typer.Argument(
@@ -42,19 +41,17 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, m, model_args: str | None = None):
+def load_for_cli(model: str, m):
     """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle)."""
     from ..checkpoints import load_model
 
-    kwargs = model_kwargs(m)  # --input-size is checked before --model-args
-    return load_model(model, **kwargs, model_args=parse_model_args(model_args))
+    return load_model(model, **model_kwargs(m))
 
 
 @command(app)
 def inspect(
     model: str = MODEL_ARG,
-    m: Shared = Shared(*MODEL),
-    model_args: str = MODEL_ARGS_OPTION,
+    m: Shared = Shared(*MODEL, *ORIGINAL),
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
     o: Shared = Shared("json_", "debug"),
@@ -63,7 +60,7 @@ def inspect(
     with handle_errors(o.debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, m, model_args)
+        loaded = load_for_cli(model, m)
         report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
         emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
@@ -112,8 +109,7 @@ def _inspect_table(report, data: dict) -> Table:
 def convert(
     model: str = MODEL_ARG,
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
-    m: Shared = Shared(*MODEL),
-    model_args: str = MODEL_ARGS_OPTION,
+    m: Shared = Shared(*MODEL, *ORIGINAL),
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
     class_names: str = typer.Option(None, "--class-names", help=CLASS_NAMES_HELP + "."),
@@ -153,7 +149,7 @@ def convert(
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        loaded = load_for_cli(model, m, model_args)
+        loaded = load_for_cli(model, m)
         softcam = convert_model(
             loaded,
             class_names=names,

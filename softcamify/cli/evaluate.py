@@ -14,6 +14,7 @@ from . import explain as _explain  # noqa: F401  (registered first: --help lists
 from ._common import (
     ENDING,
     MODEL,
+    ORIGINAL,
     Shared,
     command,
     console,
@@ -110,7 +111,7 @@ def evaluate(
         6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    o: Shared = Shared("device", *MODEL, *ENDING),
+    o: Shared = Shared("device", *MODEL, *ORIGINAL, *ENDING),
 ) -> None:
     """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
     with handle_errors(o.debug):

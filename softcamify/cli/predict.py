@@ -15,13 +15,13 @@ from rich.table import Table
 from . import app
 from ._common import (
     CLASS_NAMES_HELP,
+    ORIGINAL,
     Shared,
     command,
     emit,
     handle_errors,
     model_kwargs,
     parse_class_names,
-    parse_floats,
     parse_input_size,
 )
 
@@ -38,23 +38,13 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    mean: str = typer.Option(
-        None, "--mean", help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the metadata)."
-    ),
-    std: str = typer.Option(
-        None, "--std", help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the metadata)."
-    ),
     input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
-    interpolation: str = typer.Option(None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ..."),
-    crop_pct: float = typer.Option(
-        None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct)."
-    ),
     class_names: str = typer.Option(
         None,
         "--class-names",
         help=CLASS_NAMES_HELP + " (overrides the metadata).",
     ),
-    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", "json_", "debug"),
+    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", *ORIGINAL, "json_", "debug"),
 ) -> None:
     """Top-k classes with probabilities for each image (preprocessing from the model's metadata)."""
     with handle_errors(o.debug):
@@ -66,11 +56,7 @@ def predict(
             images,
             top_k=top_k,
             batch_size=batch_size,
-            mean=parse_floats(mean, "--mean"),
-            std=parse_floats(std, "--std"),
             input_size=size,
-            interpolation=interpolation,
-            crop_pct=crop_pct,
             class_names=parse_class_names(class_names),
             **model_kwargs(o),
         )

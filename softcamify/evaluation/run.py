@@ -153,6 +153,8 @@ def evaluate(
     ema: bool = False,
     original_weights: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    model_args: dict[str, Any] | None = None,
+    **preprocessing: Any,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
 
@@ -181,8 +183,9 @@ def evaluate(
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
             ``per_image.json`` there.
-        weights, num_classes, input_size, ema: as for :func:`softcamify.checkpoints.load_model` when
-            ``model`` is converted on the fly.
+        weights, num_classes, input_size, ema, model_args, preprocessing (``mean``, ``std``, ``crop_pct``,
+            ``interpolation``): as for :func:`softcamify.checkpoints.load_model` when ``model`` is converted on
+            the fly (the preprocessing also overrides a converted model's).
         original_weights: weights for ``original`` given as an architecture name (a weights-only file).
         progress: called as ``progress(stage, done, total)``.
     """
@@ -215,6 +218,8 @@ def evaluate(
         num_classes=num_classes,
         input_size=input_size,
         ema=ema,
+        model_args=model_args,
+        **preprocessing,
     )
     if (methods or original is not None) and mm.kind != "torch":
         raise UsageError(

@@ -307,7 +307,8 @@ def _from_pretrained(name: str, path: Path, weights_file: Path) -> HFClassifier:
 def guessed_note(why: str) -> str:
     return (
         f"{why}: the preprocessing is guessed (ImageNet mean/std, crop 0.875); "
-        "give mean, std, crop_pct and interpolation if the model was trained otherwise."
+        "if the model was trained otherwise, give them (--mean, --std, --crop-pct, --interpolation; in Python "
+        "mean, std, crop_pct, interpolation)."
     )
 
 

@@ -74,6 +74,11 @@ class FinetuneConfig:
     input_size: tuple[int, int] | None = None
     ema: bool = False
     trust_pickle: bool = False
+    model_args: dict[str, Any] | None = None  # the constructor arguments of an architecture given by name
+    mean: list[float] | None = None  # preprocessing of the original classifier, when it records none
+    std: list[float] | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
     reset_head: bool = False
     # loss
     l1: float = DEFAULT_L1
