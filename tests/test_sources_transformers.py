@@ -172,3 +172,36 @@ def test_without_transformers_an_hf_folder_names_the_extra(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert "softcamify[transformers]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pickled_transformers_module_converts_and_rebuilds_without_the_pickle(tmp_path):
+    model = _model("resnet")
+    torch.save(model, tmp_path / "whole.pt")
+    out = tmp_path / "o.safetensors"
+    r = run_cli("convert", tmp_path / "whole.pt", "--trust-pickle", "-o", out, "--input-size", "64", "--samples", "1")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "whole.pt").unlink()  # the converted file rebuilds from the recorded transformers config
+    x = torch.randn(1, 3, 64, 64)
+    sc, got = _reloaded_logits(out, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_converted_folder_model_predicts_after_the_folder_is_gone(tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder = _save(_model("resnet"), tmp_path / "r", {"size": {"height": 64, "width": 64}, "resample": 2})
+    out = tmp_path / "o.safetensors"
+    r = run_cli("convert", folder, "-o", out, "--samples", "1")
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(folder)
+    moved = tmp_path / "elsewhere" / "model.safetensors"
+    moved.parent.mkdir()
+    out.rename(moved)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3)).astype(np.uint8)).save(tmp_path / "a.png")
+    r = run_cli("predict", moved, tmp_path / "a.png", "--json", "-k", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["class"] in LABELS.values()

@@ -362,6 +362,13 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     if bad:
         raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
+    from ..sources import transformers as hf
+
+    if hf.is_hf_model(module):  # rebuilt from its config later, without the pickle
+        wrapped, source, cfg, names, more = hf.from_module(module)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(wrapped, source, cfg, names, str(path), notes + more)
     kind = "timm" if type(module).__module__.startswith("timm.") else "module"
     source = sources.module_source(module)  # a timm / torchvision network: rebuilt by name, no pickle later
     if source["kind"] == "module":
