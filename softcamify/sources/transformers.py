@@ -277,25 +277,25 @@ def read_folder(path: Path, config: dict[str, Any], weights_file: Path, num_clas
 
 def _from_pretrained(name: str, path: Path, weights_file: Path) -> HFClassifier:
     """transformers' own loader on the local folder (its key renames across versions), weights only, no download."""
-    import logging
+    import inspect
 
     transformers = require()
     cls = getattr(transformers, name)
-    log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)  # missing keys are reported below, in one sentence
+    log = transformers.utils.logging
+    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()  # its warnings and progress bars: missing keys are reported below, in one sentence
+    log.disable_progress_bar()
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": weights_file.suffix == ".safetensors"}
+    if "weights_only" in inspect.signature(cls.from_pretrained).parameters:
+        kwargs["weights_only"] = True  # older versions load .bin files weights-only anyway
     try:
-        model, loading = cls.from_pretrained(
-            str(path),
-            local_files_only=True,
-            use_safetensors=weights_file.suffix == ".safetensors",
-            weights_only=True,
-            output_loading_info=True,
-        )
+        model, loading = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"transformers cannot read {path} ({str(e).splitlines()[0][:200]}).") from None
     finally:
-        log.setLevel(level)
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
     missing = [k for k in loading.get("missing_keys", []) if not k.endswith("num_batches_tracked")]
     bad = list(loading.get("mismatched_keys", []))
     if missing or bad:
