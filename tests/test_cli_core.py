@@ -412,7 +412,9 @@ def test_guessed_preprocessing_is_noted_and_given_preprocessing_recorded(tmp_pat
     assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bicubic"
 
 
-@pytest.mark.parametrize("command", ["inspect", "convert", "export", "explain", "evaluate", "predict", "finetune"])
+@pytest.mark.parametrize(
+    "command", ["inspect", "convert", "export", "explain", "evaluate", "predict", "finetune", "sweep"]
+)
 def test_every_command_that_loads_an_original_takes_the_model_options(command):
     r = run_cli(command, "--help", env={"COLUMNS": "400"})
     assert r.returncode == 0

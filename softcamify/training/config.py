@@ -111,6 +111,11 @@ class FinetuneConfig:
     resume: bool = False
     force: bool = False
 
+    def model_options(self) -> dict[str, Any]:
+        """``model_args`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam` takes them."""
+        given = {k: getattr(self, k) for k in ("mean", "std", "crop_pct", "interpolation")}
+        return {"model_args": self.model_args, **{k: v for k, v in given.items() if v is not None}}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["input_size"] is not None:

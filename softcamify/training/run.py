@@ -264,8 +264,7 @@ class _Run:
             ema=c.ema,
             trust_pickle=c.trust_pickle,
             strict=False,
-            model_args=c.model_args,
-            **{k: v for k in ("mean", "std", "crop_pct", "interpolation") if (v := getattr(c, k)) is not None},
+            **c.model_options(),
         )
         for n in loaded.notes:
             self.note(n)

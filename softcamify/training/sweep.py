@@ -330,6 +330,7 @@ def _starting_model(model: Any, cfg: Any, notes: list[str]) -> Any:
         ema=cfg.ema,
         trust_pickle=cfg.trust_pickle,
         strict=False,
+        **cfg.model_options(),
     )
     notes.extend(n for n in loaded.notes if n not in notes)
     return sc.cpu().eval()
