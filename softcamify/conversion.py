@@ -156,6 +156,13 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
             "MONAI's ViT module returns (logits, hidden states), not logits; save its state_dict and convert it "
             "as monai:ViT with its model_args (an approximate, per-patch conversion)."
         )
+    from .sources import transformers as hf
+
+    if isinstance(model, hf.HFClassifier) or hf.is_hf_model(model):  # a ModelOutput: unwrapped to its logits
+        module, source, cfg, names, notes = hf.from_module(model)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(module, source, cfg, names, None, notes)
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
     cfg = sources.data_config(model, kind, input_size=input_size)
@@ -580,20 +587,35 @@ def as_softcam(
     strict: bool = False,
     atol: float = DEFAULT_ATOL,
     output_stride: int | None = None,
+    model_args: dict[str, Any] | None = None,
+    **preprocessing: Any,
 ) -> tuple[SoftCAM, LoadedModel]:
     """A SoftCAM model from anything ``convert`` accepts; softcamify checkpoints are loaded as they are.
 
     This is what every command that needs a SoftCAM model (finetune, export, explain, evaluate) calls.
+    ``model_args`` and ``preprocessing`` (``mean``, ``std``, ``crop_pct``, ``interpolation``) are as for
+    :func:`softcamify.checkpoints.load_model`; the converted model records the preprocessing.
     """
     from .checkpoints import load_model
+    from .checkpoints.loading import PREPROCESSING, with_preprocessing
 
+    unknown = set(preprocessing) - set(PREPROCESSING)
+    if unknown:
+        raise TypeError(f"as_softcam() got unexpected keyword arguments {sorted(unknown)}")
     if isinstance(model, LoadedModel):
-        loaded = _as_loaded(model, input_size)
+        loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
     elif isinstance(model, nn.Module):
-        loaded = _as_loaded(model, input_size)
+        loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
     else:
         loaded = load_model(
-            model, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
+            model,
+            weights=weights,
+            num_classes=num_classes,
+            ema=ema,
+            trust_pickle=trust_pickle,
+            input_size=input_size,
+            model_args=model_args,
+            **preprocessing,
         )
     if isinstance(loaded.module, SoftCAM):
         sc = loaded.module

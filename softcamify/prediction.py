@@ -115,9 +115,9 @@ def predict(
     ``.safetensors``, a fine-tuning checkpoint or anything else softcamify converts (PyTorch).
     Preprocessing comes from the model's metadata; the keyword ``options`` (``mean``, ``std``,
     ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``class_names``, ``trust_pickle``,
-    ``weights``, ``num_classes``, ``ema``) are :func:`softcamify.runtime.load`'s, which opens the model:
+    ``weights``, ``num_classes``, ``ema``, ``model_args``) are :func:`softcamify.runtime.load`'s, which opens the model:
     the preprocessing ones override the metadata (and are required for an ONNX file without softcamify
-    metadata); ``weights``, ``num_classes`` and ``ema`` (the EMA weights of a training checkpoint) build
+    metadata); ``weights``, ``num_classes``, ``ema`` (the EMA weights of a training checkpoint) and ``model_args`` build
     a PyTorch model as ``convert`` does and do not apply to an ``.onnx`` file.
     """
     from .runtime import load

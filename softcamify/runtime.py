@@ -219,6 +219,7 @@ def load(
     crop_mode: str | None = None,
     class_names: Sequence[str] | None = None,
     require_evidence: bool = True,
+    model_args: dict[str, Any] | None = None,
 ) -> Runtime:
     """A :class:`Runtime` for ``model``, the one loader every command uses.
 
@@ -229,7 +230,8 @@ def load(
     (the EMA weights of a training checkpoint) build a PyTorch model and do not apply to an ``.onnx``
     file. ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` and ``crop_mode`` override
     the model's preprocessing (an ONNX file without softcamify metadata needs ``mean``, ``std`` and,
-    unless its graph fixes it, ``input_size``); ``class_names`` renames the classes.
+    unless its graph fixes it, ``input_size``); ``class_names`` renames the classes; ``model_args`` go to the
+    constructor of an architecture converted on the fly.
     ``require_evidence=False`` also accepts an ONNX classifier without an evidence output (``predict``).
     """
     if isinstance(model, Runtime):
@@ -244,7 +246,16 @@ def load(
     }
     onnx_mod = sys.modules.get(f"{__package__}.onnx_runtime")
     if is_onnx_path(model) or (onnx_mod is not None and isinstance(model, onnx_mod.OnnxModel)):
-        given = [name for name, v in (("weights", weights), ("num_classes", num_classes), ("ema", ema)) if v]
+        given = [
+            name
+            for name, v in (
+                ("weights", weights),
+                ("num_classes", num_classes),
+                ("ema", ema),
+                ("model_args", model_args),
+            )
+            if v
+        ]
         if given:
             raise UsageError(
                 f"{' and '.join(given)} do not apply to an .onnx model; they build a PyTorch model from a checkpoint.",
@@ -252,8 +263,16 @@ def load(
             )
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
     size = (int(input_size[-2]), int(input_size[-1])) if input_size is not None else None
+    overrides: dict[str, Any] = {"mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
     sc, notes = load_softcam(
-        model, weights=weights, num_classes=num_classes, input_size=size, ema=ema, trust_pickle=trust_pickle
+        model,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=size,
+        ema=ema,
+        trust_pickle=trust_pickle,
+        model_args=model_args,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     config = resolve_data_config(
         sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
@@ -278,13 +297,16 @@ def load_softcam(
     strict: bool = False,
     atol: float | None = None,
     output_stride: int | None = None,
+    model_args: dict[str, Any] | None = None,
+    **preprocessing: Any,
 ) -> tuple[Any, list[str]]:
     """The PyTorch SoftCAM model (eval mode) and notes, for ``export``, ``finetune`` and :func:`load`.
 
     ``model``: a SoftCAM module (``input_size`` then changes a copy's data config), a fine-tuning
     checkpoint (``last.pt``) or run folder, a softcamify ``.safetensors``, or any classifier
     :func:`softcamify.conversion.as_softcam` converts on the fly (checkpoint, timm/torchvision name;
-    ``weights``, ``num_classes``, ``ema``, ``strict``, ``atol`` and ``output_stride`` go to it).
+    ``weights``, ``num_classes``, ``ema``, ``strict``, ``atol``, ``output_stride``, ``model_args`` and the
+    ``preprocessing`` given (``mean``, ``std``, ``crop_pct``, ``interpolation``) go to it).
     """
     if is_onnx_path(model):
         raise InputError(
@@ -315,6 +337,8 @@ def load_softcam(
         strict=strict,
         atol=DEFAULT_ATOL if atol is None else atol,
         output_stride=output_stride,
+        model_args=model_args,
+        **preprocessing,
     )
     notes = list(loaded.notes)
     if not loaded.is_softcam:

@@ -379,3 +379,45 @@ def test_timm_training_checkpoint_with_bn_eps(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), model(x))
+
+
+def _lightning_checkpoint(path, model, **hyper_parameters):
+    """A checkpoint as Lightning's Trainer.save_checkpoint writes it for a LightningModule holding ``self.model``
+    and a weighted loss ``self.criterion = nn.CrossEntropyLoss(weight=...)`` (a buffer in its state dict)."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["criterion.weight"] = torch.tensor([1.0, 2.0, 0.5])
+    torch.save(
+        {
+            "epoch": 4,
+            "global_step": 120,
+            "pytorch-lightning_version": "2.6.0",
+            "state_dict": state,
+            "loops": {},
+            "callbacks": {},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.01}]}],
+            "lr_schedulers": [],
+            "hparams_name": "kwargs",
+            "hyper_parameters": {"lr": 0.01, **hyper_parameters},
+        },
+        path,
+    )
+    return path
+
+
+def test_lightning_checkpoint_with_a_loss_weight_loads_and_lists_the_extra_keys(tmp_path):
+    m = _model(3)
+    ckpt = _lightning_checkpoint(tmp_path / "epoch=4-step=120.ckpt", m, arch="test_resnet")
+    loaded = load_model("test_resnet", weights=ckpt)
+    assert _same_logits(loaded.module, m)
+    assert any("outside the model" in n and "criterion.weight" in n for n in loaded.notes)
+    assert not any("records the architecture" in n for n in loaded.notes)
+    alone = load_model(ckpt)  # the architecture from its hyper_parameters
+    assert alone.architecture == "test_resnet" and _same_logits(alone.module, m)
+
+
+def test_lightning_hyper_parameters_naming_another_architecture_is_noted(tmp_path):
+    ckpt = _lightning_checkpoint(tmp_path / "last.ckpt", _model(3), backbone="resnet18")
+    r = run_cli("inspect", "test_resnet", "--weights", ckpt, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "records the architecture 'resnet18'" in r.stdout + r.stderr
+    assert "criterion.weight" in r.stdout + r.stderr

@@ -319,3 +319,104 @@ def test_output_stride_on_a_model_that_cannot(tmp_path):
         "--output-stride must be 32",
         out=out,
     )
+
+
+def _one_sentence_error(r, code: int = 3) -> str:
+    assert r.returncode == code, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    text = " ".join(r.stderr.split())
+    assert text.startswith("error:") and text.count(". ") <= 2, text
+    return text
+
+
+def test_lukemelas_efficientnet_keys_are_named_with_what_to_do(tmp_path):
+    import torch
+
+    sd = {
+        "_conv_stem.weight": torch.zeros(8, 3, 3, 3),
+        "_bn0.weight": torch.ones(8),
+        "_blocks.0._depthwise_conv.weight": torch.zeros(8, 1, 3, 3),
+        "_fc.weight": torch.zeros(3, 8),
+        "_fc.bias": torch.zeros(3),
+    }
+    torch.save(sd, tmp_path / "luke.pth")
+    r = run_cli("convert", "efficientnet_b0", "--weights", tmp_path / "luke.pth", "-o", tmp_path / "o.safetensors")
+    text = _one_sentence_error(r)
+    assert "EfficientNet-PyTorch" in text and "_conv_stem" in text and "--trust-pickle" in text
+    assert "check the architecture name" not in text
+
+
+def test_keras_and_dataparallel_key_schemes_are_named(tmp_path):
+    import timm
+    import torch
+
+    keras = {"stem_conv/kernel:0": torch.zeros(3, 3, 3, 8), "stem_bn/moving_mean:0": torch.zeros(8)}
+    torch.save(keras, tmp_path / "keras.pth")
+    r = run_cli("inspect", "test_resnet", "--weights", tmp_path / "keras.pth")
+    assert "Keras/TensorFlow" in _one_sentence_error(r)
+    other = timm.create_model("test_efficientnet", num_classes=3)
+    torch.save({f"module.{k}": v for k, v in other.state_dict().items()}, tmp_path / "dp.pth")
+    r = run_cli("inspect", "test_resnet", "--weights", tmp_path / "dp.pth")
+    assert "DataParallel" in _one_sentence_error(r)
+
+
+def test_class_names_from_a_file_in_convert(tmp_path, resnet_weights):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\nfrog\n")
+    out = tmp_path / "o.safetensors"
+    r = run_cli(
+        "convert", "test_resnet", "--weights", resnet_weights, "-o", out, "--samples", "1", "--class-names", labels
+    )
+    assert r.returncode == 0, r.stderr
+    from softcamify.checkpoints import load
+
+    assert load(out).class_names == ["cat", "dog", "bird", "fish", "frog"]
+
+
+def test_guessed_preprocessing_is_noted_and_given_preprocessing_recorded(tmp_path, resnet_weights):
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "tv.pth")
+    r = run_cli("inspect", "torchvision:resnet18", "--weights", tmp_path / "tv.pth", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "preprocessing is guessed" in " ".join(r.stdout.split())
+    out = tmp_path / "o.safetensors"
+    r = run_cli(
+        "convert",
+        "torchvision:resnet18",
+        "--weights",
+        tmp_path / "tv.pth",
+        "-o",
+        out,
+        "--input-size",
+        "64",
+        "--samples",
+        "1",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25",
+        "--crop-pct",
+        "1.0",
+        "--interpolation",
+        "bicubic",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert not any("guessed" in n for n in json.loads(r.stdout)["notes"])
+    from softcamify.checkpoints import load
+
+    cfg = load(out).meta.data_config
+    assert cfg["mean"] == [0.5] * 3 and cfg["std"] == [0.25] * 3
+    assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bicubic"
+
+
+@pytest.mark.parametrize(
+    "command", ["inspect", "convert", "export", "explain", "evaluate", "predict", "finetune", "sweep"]
+)
+def test_every_command_that_loads_an_original_takes_the_model_options(command):
+    r = run_cli(command, "--help", env={"COLUMNS": "400"})
+    assert r.returncode == 0
+    for flag in ("--model-args", "--mean", "--std", "--crop-pct", "--interpolation"):
+        assert flag in r.stdout, (command, flag)

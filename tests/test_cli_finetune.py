@@ -281,3 +281,23 @@ def test_cli_names_its_flags_where_the_library_names_python_parameters(tmp_path,
         softcamify.finetune("test_resnet", tmp_path, run_dir, FinetuneConfig(**fields))
     assert api_text in str(e.value) and "--" not in str(e.value)
     assert e.value.params == (tuple(fields) or ("run_dir",))
+
+
+def test_model_args_hint_is_an_option_finetune_accepts(tmp_path):
+    """The in_chans hint names --model-args, and finetune takes it (with the preprocessing options)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    gray = timm.create_model("test_resnet", num_classes=2, in_chans=1)
+    save_file(gray.state_dict(), str(tmp_path / "gray.safetensors"))
+    root = make_dataset(tmp_path / "d", n=4)
+    args = ["test_resnet", root, "--weights", tmp_path / "gray.safetensors", "--epochs", "1", *FAST]
+    r = cli(*args, "-o", tmp_path / "run0")
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert "in_chans=1 in --model-args" in " ".join(r.stderr.split())
+    r = cli(*args, "-o", tmp_path / "run", "--model-args", "in_chans=1", "--mean", "0.3", "--std", "0.2", "--json")
+    assert r.returncode == 0, r.stderr
+    best = softcamify.load(json.loads(r.stdout)["best_path"])
+    assert best.meta.data_config["input_size"][0] == 1
+    assert best.meta.data_config["mean"] == [0.3] and best.meta.data_config["std"] == [0.2]

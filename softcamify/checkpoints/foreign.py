@@ -162,6 +162,12 @@ def unwrap_checkpoint(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str
             info["arch"] = obj[key]
             break
     _read_train_args(obj.get("args"), info)
+    hparams = obj.get("hyper_parameters")  # Lightning's save_hyperparameters()
+    if isinstance(hparams, dict):
+        for key in ("arch", "architecture", "model_name", "backbone", "model", "net", "network"):
+            if isinstance(hparams.get(key), str) and hparams[key]:
+                info["recorded_arch"] = hparams[key]
+                break
     for key in ("class_names", "classes", "label_names"):
         if isinstance(obj.get(key), (list, tuple)) and all(isinstance(c, str) for c in obj[key]):
             info["class_names"] = list(obj[key])
@@ -258,20 +264,43 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def match_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``, Lightning ``model.``)."""
+    return strip_prefixes(sd, model_keys)[0]
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(``sd`` with wrapper prefixes stripped, the keys left out because they are outside the model).
+
+    A prefix shared by every key is stripped when that matches more of the model's keys; so is one shared
+    by most keys, the rest being what a training wrapper keeps beside the model (a weighted loss's
+    ``criterion.weight``, a metric's state), which is left out and returned, so that a note can list it.
+    """
 
     def score(d):
         return len(model_keys.intersection(d))
 
-    best, best_score = sd, score(sd)
-    current = sd
+    best, best_score, dropped = sd, score(sd), []
+    current, left_out = sd, list[str]()
     for _ in range(4):
         prefix = next((p for p in _STRIP_PREFIXES if current and all(k.startswith(p) for k in current)), None)
-        if prefix is None:
-            break
-        current = {k[len(prefix) :]: v for k, v in current.items()}
+        rest: list[str] = []
+        if prefix is None:  # most keys under one prefix, a few beside it
+            counts: dict[str, int] = {}
+            for k in current:
+                if "." in k:
+                    head = k.split(".", 1)[0] + "."
+                    counts[head] = counts.get(head, 0) + 1
+            shared = [p for p, n in counts.items() if n * 2 > len(current)]
+            if not shared:
+                break
+            prefix = shared[0]
+            rest = [k for k in current if not k.startswith(prefix)]
+            if any(k in model_keys for k in rest):  # they belong to the model as it is: not a wrapper
+                break
+        current = {k[len(prefix) :]: v for k, v in current.items() if k.startswith(prefix)}
+        left_out = left_out + rest
         if score(current) > best_score:
-            best, best_score = current, score(current)
-    return best
+            best, best_score, dropped = current, score(current), list(left_out)
+    return best, dropped
 
 
 def float_weights(
@@ -313,14 +342,24 @@ def float_weights(
 def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> list[str]:
     """Load a state dict, or say in one sentence why it does not fit the architecture; returns notes."""
     own = model.state_dict()
-    sd = match_prefixes(sd, set(own))
+    raw_keys = list(sd)
+    sd, left_out = strip_prefixes(sd, set(own))
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     mismatched = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
+        scheme = key_scheme(raw_keys)
+        if scheme is not None and missing:
+            raise InputError(
+                f"Weights {path} do not fit {arch} ({len(missing)} missing tensors, e.g. {missing[0]}): {scheme}",
+                param="trust_pickle",
+            )
         raise _misfit(model, sd, path, arch, missing, unexpected, mismatched)
     sd, dequantized = float_weights(sd, own, path)
     notes = []
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        notes.append(f"{path.name} also holds {len(left_out)} tensor(s) outside the model, left out: {shown}.")
     if dequantized:
         notes.append(
             f"{path.name} holds {dequantized} quantized tensor(s); they were dequantized with the "
@@ -331,6 +370,32 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path,
     if bad:
         raise InputError(f"Weights {path} contain NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     return notes
+
+
+def key_scheme(keys: list[str]) -> str | None:
+    """The rest of a one-sentence error when the keys follow another library's naming, with what to do."""
+    lower = [k.lower() for k in keys]
+    if any(k.startswith(("_conv_stem.", "_blocks.")) for k in keys) or "_fc.weight" in keys:
+        return (
+            "its keys are named as lukemelas' EfficientNet-PyTorch names them (_conv_stem, _blocks, _fc), not as "
+            "timm or torchvision do; build the model with efficientnet_pytorch (EfficientNet.from_name) and pass "
+            "it to softcamify.convert(), or save it whole (torch.save(model)) and convert that file with "
+            "trust_pickle."
+        )
+    if any(("/" in k or k.endswith(":0") or k.endswith((".kernel", "/kernel", ".moving_mean"))) for k in lower):
+        return (
+            "its keys are named as Keras/TensorFlow names them (kernel, moving_mean, '/'-separated layers), not "
+            "as PyTorch does; load the weights into the PyTorch model in Python (transposing kernels) and pass "
+            "it to softcamify.convert(), or save it whole (torch.save(model)) and convert that file with "
+            "trust_pickle."
+        )
+    if keys and all(k.startswith("module.") for k in keys):
+        return (
+            "its keys carry DataParallel's module. prefix (stripped) and still do not match, so the architecture "
+            "differs; check the architecture name, or save the whole module (torch.save(model.module)) and "
+            "convert that file with trust_pickle."
+        )
+    return None
 
 
 def _misfit(

@@ -83,6 +83,15 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES) or spec.startswith(".")
 
 
+def _same_arch(recorded: str, kind: str, name: str) -> bool:
+    """True when an architecture recorded in a checkpoint is the one named (``timm:x``, ``x`` alike)."""
+    try:
+        k2, n2 = sources.parse_name(recorded)
+    except InputError:
+        return False
+    return n2.lower() == name.lower() and (k2 == kind or ":" not in recorded)
+
+
 def _build_named(
     kind: str,
     name: str,
@@ -124,6 +133,9 @@ def _num_outputs(model: nn.Module) -> int:
     return -1
 
 
+PREPROCESSING = ("mean", "std", "crop_pct", "interpolation")  # what a user may say of an original's preprocessing
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
@@ -134,14 +146,65 @@ def load_model(
     input_size: tuple[int, int] | None = None,
     model_args: dict[str, Any] | None = None,
     module: str | None = None,
+    mean: Any = None,
+    std: Any = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> LoadedModel:
     """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
 
     ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
     ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``. ``module``
     (``"package.module:Class"``) names a class of your own: it is imported (never unpickled), built with
-    ``model_args`` and given the weights of ``spec`` (a state dict or checkpoint file).
+    ``model_args`` and given the weights of ``spec`` (a state dict or checkpoint file). ``mean``, ``std``,
+    ``crop_pct`` and ``interpolation`` override the preprocessing found (or guessed) for the model; a
+    converted model records them. Where nothing says how a model's images were preprocessed (torchvision
+    and pickled models, transformers folders without ``preprocessor_config.json``), a note says it was guessed.
     """
+    loaded = _load_model(
+        spec,
+        weights=weights,
+        num_classes=num_classes,
+        ema=ema,
+        trust_pickle=trust_pickle,
+        input_size=input_size,
+        model_args=model_args,
+        module=module,
+    )
+    return with_preprocessing(loaded, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def with_preprocessing(loaded: LoadedModel, **given: Any) -> LoadedModel:
+    """``loaded`` with the preprocessing the user gave (``mean``, ``std``, ``crop_pct``, ``interpolation``),
+    checked by :func:`softcamify.config.resolve_data_config`; notes a guessed preprocessing when none is given."""
+    from ..sources.transformers import guessed_note
+
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        cfg = resolve_data_config(loaded.data_config, channels=int(loaded.data_config["input_size"][0]), **given)
+        loaded.data_config = cfg.to_dict()
+        loaded.notes = [n for n in loaded.notes if "preprocessing is guessed" not in n]
+        if set(PREPROCESSING) - set(given) and not loaded.is_softcam:
+            rest = ", ".join(k for k in PREPROCESSING if k not in given)
+            loaded.notes.append(f"The preprocessing given ({', '.join(given)}) is recorded; {rest} as found.")
+        return loaded
+    if not loaded.is_softcam and loaded.source.get("kind") in ("torchvision", "module"):
+        if not any("preprocessing is guessed" in n for n in loaded.notes):
+            loaded.notes.append(guessed_note(f"{loaded.architecture} records no preprocessing"))
+    return loaded
+
+
+def _load_model(
+    spec: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
+    trust_pickle: bool = False,
+    input_size: tuple[int, int] | None = None,
+    model_args: dict[str, Any] | None = None,
+    module: str | None = None,
+) -> LoadedModel:
     model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     spec_str = os.fspath(spec)
     path = Path(spec_str)
@@ -183,6 +246,12 @@ def load_model(
         )
     model, k = _build_named(kind, name, sd, wpath, num_classes, model_args, info.setdefault("notes", []))
     notes = list(info.get("notes", []))
+    recorded = info.get("recorded_arch") or info.get("arch")
+    if wpath is not None and isinstance(recorded, str) and not _same_arch(recorded, kind, name):
+        notes.append(
+            f"{wpath.name} records the architecture {recorded!r}, not {spec_str!r} as given; the weights fit "
+            f"{spec_str}, so it was used."
+        )
     if sd is None:
         notes.append(f"{name} has random weights (no --weights given).")
     source = {"kind": kind, "name": name, "num_classes": k, "model_args": model_args}
@@ -278,6 +347,10 @@ def _load_file(path: Path, *, num_classes, ema, trust_pickle, input_size, model_
             return _softcam_loaded(trained, path, input_size, [note])
         sd, info = foreign.unwrap_checkpoint(obj, path, ema)
         arch = info.get("arch")
+        recorded = info.get("recorded_arch")
+        if not arch and isinstance(recorded, str) and sources.is_known_name(recorded):
+            arch = recorded  # a Lightning checkpoint's hyper_parameters name a known architecture
+            info["notes"].append(f"{path.name}: the architecture {recorded!r} comes from its hyper_parameters.")
         if not arch:
             raise _weights_only(path)
     return _from_weights(path, str(arch), sd, info, num_classes, input_size, model_args)
@@ -353,6 +426,13 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     if bad:
         raise InputError(f"Model {path} contains NaN or Inf values in tensor {bad}; the checkpoint is broken.")
     notes = [f"{path.name} is a pickled {type(module).__name__} (loaded with --trust-pickle)."]
+    from ..sources import transformers as hf
+
+    if hf.is_hf_model(module):  # rebuilt from its config later, without the pickle
+        wrapped, source, cfg, names, more = hf.from_module(module)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(wrapped, source, cfg, names, str(path), notes + more)
     # a timm / torchvision / MONAI network or an importable class: rebuilt by name, never from the pickle
     source = sources.module_source(module)
     kind = "timm" if type(module).__module__.startswith("timm.") else source["kind"]
@@ -448,6 +528,15 @@ def _load_folder(
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{config_path} is not valid JSON.") from None
+    from ..sources import transformers as hf
+
+    if hf.is_hf_config(config):  # a transformers save_pretrained folder
+        weights_file = hf.weights_of(path, weights_file)
+        foreign.read_weights(weights_file)  # a damaged file or pickled code is refused in one sentence first
+        module, source, cfg, names, notes = hf.read_folder(path, config, weights_file, num_classes)
+        if input_size is not None:
+            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+        return LoadedModel(module, source, cfg, names, str(path), notes)
     arch = config.get("architecture") if isinstance(config, dict) else None
     if not isinstance(arch, str):
         raise InputError(f"{config_path} does not name an 'architecture' (a timm model name).")

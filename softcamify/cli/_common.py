@@ -66,6 +66,23 @@ FEATURES_LAYER_OPTION = typer.Option(
 CLASSIFIER_OPTION = typer.Option(None, "--classifier", help="The classifier module (when the head cannot be found).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one).")
 
+MEAN_OPTION = typer.Option(
+    None,
+    "--mean",
+    help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the model's; recorded in the output).",
+)
+STD_OPTION = typer.Option(
+    None,
+    "--std",
+    help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the model's; recorded in the output).",
+)
+CROP_PCT_OPTION = typer.Option(
+    None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct; overrides the model's)."
+)
+INTERPOLATION_OPTION = typer.Option(
+    None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ... (overrides the model's)."
+)
+
 # Every option several commands share, declared once: parameter name -> (type, typer option).
 SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
     "device": (str, DEVICE_OPTION),
@@ -77,9 +94,16 @@ SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
     "force": (bool, FORCE_OPTION),
     "json_": (bool, JSON_OPTION),
     "debug": (bool, DEBUG_OPTION),
+    "model_args": (str, MODEL_ARGS_OPTION),
+    "mean": (str, MEAN_OPTION),
+    "std": (str, STD_OPTION),
+    "crop_pct": (float, CROP_PCT_OPTION),
+    "interpolation": (str, INTERPOLATION_OPTION),
 }
 MODEL = ("weights", "num_classes", "input_size", "ema", "trust_pickle")  # how a model file or name is loaded
 ENDING = ("force", "json_", "debug")  # the usual last options of a command that writes
+# what a user says of an original classifier: its constructor arguments and how its images were preprocessed
+ORIGINAL = ("model_args", "mean", "std", "crop_pct", "interpolation")
 
 
 class Shared:
@@ -127,9 +151,17 @@ def command(app: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[.
 def model_kwargs(o: SimpleNamespace, **extra: Any) -> dict[str, Any]:
     """The model options of a :class:`Shared` bundle (``--device`` included) as the library's keyword
     arguments, ``--input-size`` parsed; ``extra`` joins them."""
-    kw = {k: getattr(o, k) for k in ("device", *MODEL) if hasattr(o, k)}
+    kw = {k: getattr(o, k) for k in ("device", *MODEL, *ORIGINAL) if hasattr(o, k)}
     if "input_size" in kw:
         kw["input_size"] = parse_input_size(kw["input_size"])
+    if "model_args" in kw:
+        kw["model_args"] = parse_model_args(kw["model_args"])
+    for key in ("mean", "std"):
+        if key in kw:
+            kw[key] = parse_floats(kw[key], f"--{key}")
+    for key in ("mean", "std", "crop_pct", "interpolation"):  # only what was given: a library default stays
+        if key in kw and kw[key] is None:
+            del kw[key]
     return {**kw, **extra}
 
 
@@ -207,6 +239,44 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
             "allowed (Pillow's decompression-bomb limit); give a smaller size."
         )
     return size
+
+
+CLASS_NAMES_HELP = "Class names in classifier order: comma-separated, or a text file with one name per line"
+
+
+def parse_floats(value: str | None, option: str) -> list[float] | None:
+    """'0.485,0.456,0.406' (or spaces) -> [0.485, 0.456, 0.406]; None or '' -> None."""
+    from ..errors import UsageError
+
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return [float(v) for v in str(value).replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"{option} {value!r} is not a list of numbers like '0.485,0.456,0.406'.") from None
+
+
+def parse_class_names(value: str | None, distinct: bool = False) -> list[str] | None:
+    """The one reader of ``--class-names``: a text file with one name per line (ImageNet-size lists), or
+    comma-separated names."""
+    from ..errors import InputError, UsageError
+
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_file():
+        try:
+            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--class-names file {p} cannot be read ({e}).") from None
+    else:
+        names = [c.strip() for c in str(value).split(",")]
+    if not names or any(not n for n in names):
+        raise UsageError("--class-names must be comma-separated non-empty names, or a text file with one per line.")
+    if distinct and len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"--class-names must be distinct names; {dup!r} appears more than once.")
+    return names
 
 
 MAX_LOGIT = 1e6  # no classifier's logits come near it; float32 still resolves 0.1 there

@@ -10,19 +10,20 @@ from rich.table import Table
 
 from . import app
 from ._common import (
+    CLASS_NAMES_HELP,
     CLASSIFIER_OPTION,
     ENDING,
     FEATURES_LAYER_OPTION,
     MODEL,
-    MODEL_ARGS_OPTION,
     MODULE_OPTION,
+    ORIGINAL,
     Shared,
     check_logit_scale,
     command,
     emit,
     handle_errors,
     model_kwargs,
-    parse_model_args,
+    parse_class_names,
 )
 
 MODEL_ARG = typer.Argument(
@@ -41,19 +42,17 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, m, model_args: str | None = None, module: str | None = None):
+def load_for_cli(model: str, m, module: str | None = None):
     """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle)."""
     from ..checkpoints import load_model
 
-    kwargs = model_kwargs(m)  # --input-size is checked before --model-args
-    return load_model(model, **kwargs, model_args=parse_model_args(model_args), module=module)
+    return load_model(model, **model_kwargs(m), module=module)
 
 
 @command(app)
 def inspect(
     model: str = MODEL_ARG,
-    m: Shared = Shared(*MODEL),
-    model_args: str = MODEL_ARGS_OPTION,
+    m: Shared = Shared(*MODEL, *ORIGINAL),
     module: str = MODULE_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
@@ -63,7 +62,7 @@ def inspect(
     with handle_errors(o.debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, m, model_args, module)
+        loaded = load_for_cli(model, m, module)
         report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
         emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
@@ -112,12 +111,11 @@ def _inspect_table(report, data: dict) -> Table:
 def convert(
     model: str = MODEL_ARG,
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
-    m: Shared = Shared(*MODEL),
-    model_args: str = MODEL_ARGS_OPTION,
+    m: Shared = Shared(*MODEL, *ORIGINAL),
     module: str = MODULE_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
-    class_names: str = typer.Option(None, "--class-names", help="Comma-separated class names, in classifier order."),
+    class_names: str = typer.Option(None, "--class-names", help=CLASS_NAMES_HELP + "."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
     atol: float = typer.Option(
@@ -150,13 +148,11 @@ def convert(
         if output.suffix != ".safetensors":
             raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
         check_output_path(output, force=o.force)
-        names = [c.strip() for c in class_names.split(",")] if class_names else None
-        if names is not None and (any(not n for n in names) or len(set(names)) != len(names)):
-            raise UsageError("--class-names must be distinct, non-empty, comma-separated names.")
+        names = parse_class_names(class_names, distinct=True)
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        loaded = load_for_cli(model, m, model_args, module)
+        loaded = load_for_cli(model, m, module)
         softcam = convert_model(
             loaded,
             class_names=names,

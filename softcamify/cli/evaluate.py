@@ -14,6 +14,7 @@ from . import explain as _explain  # noqa: F401  (registered first: --help lists
 from ._common import (
     ENDING,
     MODEL,
+    ORIGINAL,
     Shared,
     command,
     console,
@@ -125,7 +126,7 @@ def evaluate(
     junit: Path = typer.Option(
         None, "--junit", help="Write the gates as a JUnit XML report (one testcase per gate) for CI systems."
     ),
-    o: Shared = Shared("device", *MODEL, *ENDING),
+    o: Shared = Shared("device", *MODEL, *ORIGINAL, *ENDING),
 ) -> None:
     """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
     with handle_errors(o.debug):

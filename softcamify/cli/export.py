@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import ENDING, MODEL, Shared, check_logit_scale, command, emit, handle_errors, model_kwargs
+from ._common import ENDING, MODEL, ORIGINAL, Shared, check_logit_scale, command, emit, handle_errors, model_kwargs
 
 
 def _dims(dims) -> str:
@@ -48,7 +48,7 @@ def export(
     spatial: str = typer.Option(
         "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."
     ),
-    m: Shared = Shared(*MODEL),
+    m: Shared = Shared(*MODEL, *ORIGINAL),
     strict: bool = typer.Option(False, "--strict", help="Refuse a model that converts only approximately."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
     o: Shared = Shared(*ENDING),

@@ -23,18 +23,25 @@ from ..errors import SoftcamifyError
 from ..report import format_fixed as _fmt
 from . import app
 from ._common import (
+    CROP_PCT_OPTION,
     DEBUG_OPTION,
     DEVICE_OPTION,
     EMA_OPTION,
     INPUT_SIZE_OPTION,
+    INTERPOLATION_OPTION,
     JSON_OPTION,
+    MEAN_OPTION,
+    MODEL_ARGS_OPTION,
+    STD_OPTION,
     TRUST_PICKLE_OPTION,
     WEIGHTS_OPTION,
     console,
     err_console,
     handle_errors,
     option_name,
+    parse_floats,
     parse_input_size,
+    parse_model_args,
     print_json,
 )
 
@@ -264,6 +271,11 @@ def finetune(
     input_size: str = INPUT_SIZE_OPTION,
     ema: bool = EMA_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
+    model_args: str = MODEL_ARGS_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    crop_pct: float = CROP_PCT_OPTION,
+    interpolation: str = INTERPOLATION_OPTION,
     reset_head: bool = typer.Option(
         False,
         "--reset-head",
@@ -378,6 +390,9 @@ _TO_CONFIG: dict[str, Callable[[Any], Any]] = {
     "optimizer": str.lower,
     "amp_dtype": str.lower,
     "monitor": str.lower,
+    "model_args": parse_model_args,
+    "mean": lambda v: parse_floats(v, "--mean"),
+    "std": lambda v: parse_floats(v, "--std"),
 }
 
 

@@ -13,36 +13,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import Shared, command, emit, handle_errors, model_kwargs, parse_input_size
-
-
-def _floats(value: str | None, option: str) -> list[float] | None:
-    from ..errors import UsageError
-
-    if value is None or not value.strip():
-        return None
-    try:
-        return [float(v) for v in value.replace(",", " ").split()]
-    except ValueError:
-        raise UsageError(f"{option} {value!r} is not a list of numbers like '0.485,0.456,0.406'.") from None
-
-
-def _class_names(value: str | None) -> list[str] | None:
-    from ..errors import InputError, UsageError
-
-    if value is None:
-        return None
-    p = Path(value)
-    if p.is_file():
-        try:
-            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--class-names file {p} cannot be read ({e}).") from None
-    else:
-        names = [c.strip() for c in value.split(",")]
-    if not names or any(not n for n in names):
-        raise UsageError("--class-names must be comma-separated non-empty names, or a text file with one per line.")
-    return names
+from ._common import (
+    CLASS_NAMES_HELP,
+    ORIGINAL,
+    Shared,
+    command,
+    emit,
+    handle_errors,
+    model_kwargs,
+    parse_class_names,
+    parse_input_size,
+)
 
 
 @command(app)
@@ -57,23 +38,13 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    mean: str = typer.Option(
-        None, "--mean", help="Normalization mean per channel, e.g. 0.485,0.456,0.406 (overrides the metadata)."
-    ),
-    std: str = typer.Option(
-        None, "--std", help="Normalization std per channel, e.g. 0.229,0.224,0.225 (overrides the metadata)."
-    ),
     input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
-    interpolation: str = typer.Option(None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ..."),
-    crop_pct: float = typer.Option(
-        None, "--crop-pct", min=0.01, max=1.0, help="Center-crop fraction (timm's crop_pct)."
-    ),
     class_names: str = typer.Option(
         None,
         "--class-names",
-        help="Comma-separated class names, or a text file with one per line (overrides the metadata).",
+        help=CLASS_NAMES_HELP + " (overrides the metadata).",
     ),
-    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", "json_", "debug"),
+    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", *ORIGINAL, "json_", "debug"),
 ) -> None:
     """Top-k classes with probabilities for each image (preprocessing from the model's metadata)."""
     with handle_errors(o.debug):
@@ -85,12 +56,8 @@ def predict(
             images,
             top_k=top_k,
             batch_size=batch_size,
-            mean=_floats(mean, "--mean"),
-            std=_floats(std, "--std"),
             input_size=size,
-            interpolation=interpolation,
-            crop_pct=crop_pct,
-            class_names=_class_names(class_names),
+            class_names=parse_class_names(class_names),
             **model_kwargs(o),
         )
         emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)

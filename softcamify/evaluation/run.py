@@ -162,6 +162,8 @@ def evaluate(
     fail_under: str | Mapping[str, float] | None = None,
     fail_over: str | Mapping[str, float] | None = None,
     junit: str | os.PathLike | None = None,
+    model_args: dict[str, Any] | None = None,
+    **preprocessing: Any,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
 
@@ -190,8 +192,9 @@ def evaluate(
         examples: annotated images shown with overlays in the HTML report.
         out_dir: write ``index.html`` (tables + example overlays), ``metrics.json`` and
             ``per_image.json`` there.
-        weights, num_classes, input_size, ema: as for :func:`softcamify.checkpoints.load_model` when
-            ``model`` is converted on the fly.
+        weights, num_classes, input_size, ema, model_args, preprocessing (``mean``, ``std``, ``crop_pct``,
+            ``interpolation``): as for :func:`softcamify.checkpoints.load_model` when ``model`` is converted on
+            the fly (the preprocessing also overrides a converted model's).
         original_weights: weights for ``original`` given as an architecture name (a weights-only file).
         progress: called as ``progress(stage, done, total)``.
         fail_under, fail_over: quality gates (:mod:`softcamify.evaluation.gates`), e.g.
@@ -234,6 +237,8 @@ def evaluate(
         num_classes=num_classes,
         input_size=input_size,
         ema=ema,
+        model_args=model_args,
+        **preprocessing,
     )
     if (methods or original is not None) and mm.kind != "torch":
         raise UsageError(

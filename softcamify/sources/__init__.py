@@ -24,9 +24,22 @@ from ._util import first_conv_channels, suggest
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "http://", "https://")
-KINDS = ("timm", "torchvision", "monai", "import")  # the registry: kind -> softcamify.sources.<module>
-_MODULES = {"timm": "timm", "torchvision": "torchvision", "monai": "monai", "import": "imported"}
-_ALIASES = {"tv": "torchvision", "torchvision": "torchvision", "timm": "timm", "monai": "monai"}
+KINDS = ("timm", "torchvision", "monai", "transformers", "import")  # the registry: kind -> sources.<module>
+_MODULES = {
+    "timm": "timm",
+    "torchvision": "torchvision",
+    "monai": "monai",
+    "transformers": "transformers",
+    "import": "imported",
+}
+_ALIASES = {
+    "tv": "torchvision",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "monai": "monai",
+    "transformers": "transformers",
+    "hf-transformers": "transformers",
+}
 NAME_PREFIXES = tuple(f"{a}:" for a in _ALIASES)  # names, never paths
 
 
@@ -49,8 +62,8 @@ def parse_name(spec: str) -> tuple[str, str]:
         if kind.lower() in _ALIASES:
             return _ALIASES[kind.lower()], name
         raise InputError(
-            f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME, monai:NAME or a file path "
-            "(a class of your own: module='package.module:Class')."
+            f"{spec!r}: unknown model source {kind!r}; use timm:NAME, torchvision:NAME, monai:NAME, a file path "
+            "or a Hugging Face folder (a class of your own: module='package.module:Class')."
         )
     return "timm", spec
 
@@ -190,6 +203,10 @@ def module_source(model: nn.Module) -> dict[str, Any]:
     else is ``{"kind": "module"}``, which :func:`softcamify.save` refuses with a way out.
     """
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    from .transformers import HFClassifier, source_of
+
+    if isinstance(model, HFClassifier):  # its config rebuilds it exactly
+        return source_of(model)
     for candidate in _candidate_sources(model):
         if _rebuilds(model, candidate):
             return candidate
@@ -200,8 +217,8 @@ def _candidate_sources(model: nn.Module):
     first = first_conv_channels(model)
     for kind in KINDS:
         mod = _MODULES[kind]
-        if kind == "monai" and not type(model).__module__.startswith("monai."):
-            continue  # never import monai for a model that is not one
+        if kind in ("monai", "transformers") and not type(model).__module__.startswith(f"{kind}."):
+            continue  # never import monai or transformers for a model that is not one of theirs
         yield from importlib.import_module(f"{__name__}.{mod}").candidates(model, first)
 
 

@@ -78,6 +78,11 @@ class FinetuneConfig:
     input_size: tuple[int, int] | None = None
     ema: bool = False
     trust_pickle: bool = False
+    model_args: dict[str, Any] | None = None  # the constructor arguments of an architecture given by name
+    mean: list[float] | None = None  # preprocessing of the original classifier, when it records none
+    std: list[float] | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
     reset_head: bool = False
     # loss
     l1: float = DEFAULT_L1
@@ -110,6 +115,11 @@ class FinetuneConfig:
     resume: bool = False
     force: bool = False
 
+    def model_options(self) -> dict[str, Any]:
+        """``model_args`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam` takes them."""
+        given = {k: getattr(self, k) for k in ("mean", "std", "crop_pct", "interpolation")}
+        return {"model_args": self.model_args, **{k: v for k, v in given.items() if v is not None}}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["input_size"] is not None:
@@ -126,10 +136,10 @@ class FinetuneConfig:
 
     def starting_model(self, model: Any) -> tuple[Any, Any]:
         """``model`` as :func:`softcamify.conversion.as_softcam` makes it with this config's
-        :data:`MODEL_OPTIONS` (not strict): ``(SoftCAM, LoadedModel)``."""
+        :data:`MODEL_OPTIONS` and :meth:`model_options` (not strict): ``(SoftCAM, LoadedModel)``."""
         from ..conversion import as_softcam
 
-        return as_softcam(model, **{k: getattr(self, k) for k in MODEL_OPTIONS}, strict=False)
+        return as_softcam(model, **{k: getattr(self, k) for k in MODEL_OPTIONS}, **self.model_options(), strict=False)
 
     def resolved(self) -> FinetuneConfig:
         """A copy with the optimizer-dependent defaults filled in."""
