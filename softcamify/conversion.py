@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from . import sources
 from .binary import classes_phrase, names_fit, two_class
@@ -22,6 +23,7 @@ from .dilation import dilate, output_grids
 from .errors import ConversionError, UsageError, ValidationError
 from .heads import HeadPlan, analyze, backbone_of
 from .model import SoftCAM, SoftCAMMeta, current_versions
+from .options import PREPROCESSING, LoadOptions
 from .tolerance import DEFAULT_ATOL, DEFAULT_RTOL, allowed
 
 DEFAULT_SAMPLES = 8
@@ -579,44 +581,27 @@ def conversion_report(model: SoftCAM) -> ConversionReport:
 def as_softcam(
     model: str | os.PathLike | nn.Module | LoadedModel,
     *,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    input_size: tuple[int, int] | None = None,
-    ema: bool = False,
-    trust_pickle: bool = False,
     strict: bool = False,
     atol: float = DEFAULT_ATOL,
     output_stride: int | None = None,
-    model_args: dict[str, Any] | None = None,
-    **preprocessing: Any,
+    **options: Unpack[LoadOptions],
 ) -> tuple[SoftCAM, LoadedModel]:
     """A SoftCAM model from anything ``convert`` accepts; softcamify checkpoints are loaded as they are.
 
     This is what every command that needs a SoftCAM model (finetune, export, explain, evaluate) calls.
-    ``model_args`` and ``preprocessing`` (``mean``, ``std``, ``crop_pct``, ``interpolation``) are as for
-    :func:`softcamify.checkpoints.load_model`; the converted model records the preprocessing.
+    ``options`` (:class:`softcamify.options.LoadOptions`) are :func:`softcamify.checkpoints.load_model`'s;
+    for a module or :class:`LoadedModel` only ``input_size`` and the preprocessing ones apply. The converted
+    model records the preprocessing.
     """
     from .checkpoints import load_model
-    from .checkpoints.loading import PREPROCESSING, with_preprocessing
+    from .checkpoints.loading import with_preprocessing
 
-    unknown = set(preprocessing) - set(PREPROCESSING)
-    if unknown:
-        raise TypeError(f"as_softcam() got unexpected keyword arguments {sorted(unknown)}")
-    if isinstance(model, LoadedModel):
-        loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
-    elif isinstance(model, nn.Module):
+    input_size = options.get("input_size")
+    if isinstance(model, (LoadedModel, nn.Module)):
+        preprocessing = {k: options.get(k) for k in PREPROCESSING}
         loaded = with_preprocessing(_as_loaded(model, input_size), **preprocessing)
     else:
-        loaded = load_model(
-            model,
-            weights=weights,
-            num_classes=num_classes,
-            ema=ema,
-            trust_pickle=trust_pickle,
-            input_size=input_size,
-            model_args=model_args,
-            **preprocessing,
-        )
+        loaded = load_model(model, **options)
     if isinstance(loaded.module, SoftCAM):
         sc = loaded.module
         converted_at = (sc.meta.conversion or {}).get("output_stride") or 32

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import Unpack
 
 from .binary import classes_phrase, decision_names, names_fit, probabilities, two_class
 from .config import DataConfig, resolve_data_config
 from .errors import InputError, UsageError
+from .options import LoadOptions
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "load", "load_softcam", "softmax", "is_onnx_path"]
 
@@ -207,73 +209,43 @@ def load(
     model: Any,
     *,
     device: Any = "auto",
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    input_size: Sequence[int] | None = None,
-    ema: bool = False,
-    trust_pickle: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    interpolation: str | None = None,
-    crop_pct: float | None = None,
     crop_mode: str | None = None,
     class_names: Sequence[str] | None = None,
     require_evidence: bool = True,
-    model_args: dict[str, Any] | None = None,
+    **options: Unpack[LoadOptions],
 ) -> Runtime:
     """A :class:`Runtime` for ``model``, the one loader every command uses.
 
     ``model``: a :class:`Runtime` (returned as is); a path ending in ``.onnx`` or an opened
     :class:`~softcamify.onnx_runtime.OnnxModel` (onnxruntime, no torch); or anything :func:`load_softcam`
     takes (a SoftCAM module, softcamify ``.safetensors``, a fine-tuning checkpoint or run folder, a
-    classifier checkpoint or timm name, converted on the fly). ``weights``, ``num_classes`` and ``ema``
-    (the EMA weights of a training checkpoint) build a PyTorch model and do not apply to an ``.onnx``
-    file. ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` and ``crop_mode`` override
-    the model's preprocessing (an ONNX file without softcamify metadata needs ``mean``, ``std`` and,
-    unless its graph fixes it, ``input_size``); ``class_names`` renames the classes; ``model_args`` go to the
-    constructor of an architecture converted on the fly.
+    classifier checkpoint or name, converted on the fly). The ``options``
+    (:class:`softcamify.options.LoadOptions`): ``weights``, ``num_classes``, ``ema`` (the EMA weights of a
+    training checkpoint), ``model_args`` and ``module`` build a PyTorch model and do not apply to an ``.onnx``
+    file; ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` and ``crop_mode`` override the
+    model's preprocessing (an ONNX file without softcamify metadata needs ``mean``, ``std`` and, unless its
+    graph fixes it, ``input_size``). ``class_names`` renames the classes.
     ``require_evidence=False`` also accepts an ONNX classifier without an evidence output (``predict``).
     """
     if isinstance(model, Runtime):
         return model
-    preprocessing = {
-        "mean": mean,
-        "std": std,
-        "input_size": input_size,
-        "interpolation": interpolation,
-        "crop_pct": crop_pct,
-        "crop_mode": crop_mode,
-    }
+    given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v is not False}
+    input_size = given.get("input_size")
+    preprocessing = {k: given.get(k) for k in ("mean", "std", "input_size", "interpolation", "crop_pct")}
+    preprocessing["crop_mode"] = crop_mode
     onnx_mod = sys.modules.get(f"{__package__}.onnx_runtime")
     if is_onnx_path(model) or (onnx_mod is not None and isinstance(model, onnx_mod.OnnxModel)):
-        given = [
-            name
-            for name, v in (
-                ("weights", weights),
-                ("num_classes", num_classes),
-                ("ema", ema),
-                ("model_args", model_args),
-            )
-            if v
-        ]
-        if given:
+        builds = [k for k in ("weights", "num_classes", "ema", "model_args", "module") if given.get(k)]
+        if builds:
             raise UsageError(
-                f"{' and '.join(given)} do not apply to an .onnx model; they build a PyTorch model from a checkpoint.",
-                param=tuple(given),
+                f"{' and '.join(builds)} do not apply to an .onnx model; they build a PyTorch model from a checkpoint.",
+                param=tuple(builds),
             )
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
-    size = (int(input_size[-2]), int(input_size[-1])) if input_size is not None else None
-    overrides: dict[str, Any] = {"mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
-    sc, notes = load_softcam(
-        model,
-        weights=weights,
-        num_classes=num_classes,
-        input_size=size,
-        ema=ema,
-        trust_pickle=trust_pickle,
-        model_args=model_args,
-        **{k: v for k, v in overrides.items() if v is not None},
-    )
+    if input_size is not None:
+        given["input_size"] = (int(input_size[-2]), int(input_size[-1]))
+    sc, notes = load_softcam(model, **given)
+    mean, std, interpolation, crop_pct = (given.get(k) for k in ("mean", "std", "interpolation", "crop_pct"))
     config = resolve_data_config(
         sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
     )
@@ -289,24 +261,18 @@ def load(
 def load_softcam(
     model: Any,
     *,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    input_size: tuple[int, int] | None = None,
-    ema: bool = False,
-    trust_pickle: bool = False,
     strict: bool = False,
     atol: float | None = None,
     output_stride: int | None = None,
-    model_args: dict[str, Any] | None = None,
-    **preprocessing: Any,
+    **options: Unpack[LoadOptions],
 ) -> tuple[Any, list[str]]:
     """The PyTorch SoftCAM model (eval mode) and notes, for ``export``, ``finetune`` and :func:`load`.
 
     ``model``: a SoftCAM module (``input_size`` then changes a copy's data config), a fine-tuning
     checkpoint (``last.pt``) or run folder, a softcamify ``.safetensors``, or any classifier
-    :func:`softcamify.conversion.as_softcam` converts on the fly (checkpoint, timm/torchvision name;
-    ``weights``, ``num_classes``, ``ema``, ``strict``, ``atol``, ``output_stride``, ``model_args`` and the
-    ``preprocessing`` given (``mean``, ``std``, ``crop_pct``, ``interpolation``) go to it).
+    :func:`softcamify.conversion.as_softcam` converts on the fly (checkpoint, timm/torchvision/MONAI name,
+    Hugging Face folder); ``strict``, ``atol``, ``output_stride`` and the ``options``
+    (:class:`softcamify.options.LoadOptions`) go to it.
     """
     if is_onnx_path(model):
         raise InputError(
@@ -317,6 +283,7 @@ def load_softcam(
     from .conversion import DEFAULT_ATOL, as_softcam
     from .model import SoftCAM
 
+    input_size = options.get("input_size")
     if isinstance(model, SoftCAM):
         sc = model
         if input_size is not None:
@@ -328,17 +295,7 @@ def load_softcam(
             }
         return sc.eval(), []
     sc, loaded = as_softcam(
-        model,
-        weights=weights,
-        num_classes=num_classes,
-        input_size=input_size,
-        ema=ema,
-        trust_pickle=trust_pickle,
-        strict=strict,
-        atol=DEFAULT_ATOL if atol is None else atol,
-        output_stride=output_stride,
-        model_args=model_args,
-        **preprocessing,
+        model, strict=strict, atol=DEFAULT_ATOL if atol is None else atol, output_stride=output_stride, **options
     )
     notes = list(loaded.notes)
     if not loaded.is_softcam:

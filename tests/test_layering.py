@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
         "softcamify.distributed",
         "softcamify.tolerance",
         "softcamify.threads",
+        "softcamify.options",
     ),
     # 1 images and data: decoding, preprocessing (its one config), datasets, drawing, metrics on arrays, HTML
     (
@@ -73,6 +74,7 @@ TORCH_FREE = (
     "softcamify.binary",
     "softcamify.tolerance",
     "softcamify.threads",
+    "softcamify.options",
     "softcamify.config",
     "softcamify.runtime",
     "softcamify.explanations",

@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from .. import sources
 from ..config import resolve_data_config
 from ..errors import InputError, UsageError
 from ..io import META_KEY
+from ..options import PREPROCESSING, LoadOptions
 from . import bundle as monai_bundle
 from . import foreign
 from .format import load, softcam_from_training_checkpoint
@@ -133,45 +135,21 @@ def _num_outputs(model: nn.Module) -> int:
     return -1
 
 
-PREPROCESSING = ("mean", "std", "crop_pct", "interpolation")  # what a user may say of an original's preprocessing
-
-
-def load_model(
-    spec: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    ema: bool = False,
-    trust_pickle: bool = False,
-    input_size: tuple[int, int] | None = None,
-    model_args: dict[str, Any] | None = None,
-    module: str | None = None,
-    mean: Any = None,
-    std: Any = None,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-) -> LoadedModel:
+def load_model(spec: str | os.PathLike, **options: Unpack[LoadOptions]) -> LoadedModel:
     """Load a classifier (or a softcamify model) from a name, file or folder. Never downloads.
 
-    ``model_args`` are passed to the architecture's constructor (e.g. ``{"in_chans": 1}``,
-    ``{"global_pool": "max"}``) for models given by name or by a checkpoint's ``arch``. ``module``
-    (``"package.module:Class"``) names a class of your own: it is imported (never unpickled), built with
-    ``model_args`` and given the weights of ``spec`` (a state dict or checkpoint file). ``mean``, ``std``,
-    ``crop_pct`` and ``interpolation`` override the preprocessing found (or guessed) for the model; a
-    converted model records them. Where nothing says how a model's images were preprocessed (torchvision
-    and pickled models, transformers folders without ``preprocessor_config.json``), a note says it was guessed.
+    ``options`` (:class:`softcamify.options.LoadOptions`): ``model_args`` are passed to the architecture's
+    constructor (e.g. ``{"in_chans": 1}``, ``{"global_pool": "max"}``) for models given by name or by a
+    checkpoint's ``arch``. ``module`` (``"package.module:Class"``) names a class of your own: it is imported
+    (never unpickled), built with ``model_args`` and given the weights of ``spec`` (a state dict or
+    checkpoint file). ``mean``, ``std``, ``crop_pct`` and ``interpolation`` override the preprocessing found
+    (or guessed) for the model; a converted model records them. Where nothing says how a model's images were
+    preprocessed (torchvision and pickled models, transformers folders without ``preprocessor_config.json``),
+    a note says it was guessed.
     """
-    loaded = _load_model(
-        spec,
-        weights=weights,
-        num_classes=num_classes,
-        ema=ema,
-        trust_pickle=trust_pickle,
-        input_size=input_size,
-        model_args=model_args,
-        module=module,
-    )
-    return with_preprocessing(loaded, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+    given: dict[str, Any] = dict(options)
+    preprocessing = {k: given.pop(k) for k in PREPROCESSING if k in given}
+    return with_preprocessing(_load_model(spec, **given), **preprocessing)
 
 
 def with_preprocessing(loaded: LoadedModel, **given: Any) -> LoadedModel:
