@@ -409,3 +409,38 @@ def test_sigterm_stops_finetune_nproc_in_the_background(data, tmp_path):
     assert "--resume" in message and "--nproc 2" in message and str(run_dir / "last.pt") in message
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] >= 1
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+def test_sigterm_inside_a_fork_hook_is_delivered_a_moment_later():
+    """A SIGTERM that lands in a function whose exceptions Python ignores (logging's at-fork lock release, seen
+    once in `datasets synth`) must not be lost: it is re-delivered by a short timer, where it propagates."""
+    import signal
+    import types
+
+    from softcamify.cli import _terminate
+    from softcamify.cli._common import Terminated
+
+    def _releaseLock():  # noqa: N802 - the name logging's fork hook has
+        return sys._getframe()
+
+    hook_frame = _releaseLock()
+    assert hook_frame.f_code.co_name == "_releaseLock"
+    previous = {s: signal.getsignal(s) for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _terminate(signal.SIGTERM, hook_frame)  # deferred: no exception here
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0 and signal.getsignal(signal.SIGALRM) is _terminate
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        with pytest.raises(Terminated):  # an ordinary frame: the stop propagates
+            _terminate(
+                signal.SIGTERM,
+                types.SimpleNamespace(
+                    f_code=test_sigterm_inside_a_fork_hook_is_delivered_a_moment_later.__code__,
+                    f_globals={"__name__": __name__},
+                ),
+            )
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # a second SIGTERM cannot cut the cleanup
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, h in previous.items():
+            signal.signal(s, h)

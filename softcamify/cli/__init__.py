@@ -68,8 +68,25 @@ def _terminate(signum, frame) -> None:
     if callable(handler) and handler is not signal.default_int_handler:
         handler(signal.SIGINT, frame)
         return
+    if _swallows(frame) and hasattr(signal, "setitimer"):
+        # an exception raised here would be printed and ignored (a fork hook, a finalizer) and the command
+        # would run to its end: deliver the stop a moment later, where it propagates
+        signal.signal(signal.SIGALRM, _terminate)
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop: a second SIGTERM must not cut the cleanup
     raise Terminated
+
+
+# Functions Python calls where an exception cannot propagate ("Exception ignored in ..."): os.fork's hooks
+# (logging's lock release, threading's and random's reinit) and finalizers.
+_SWALLOWING = ("_acquireLock", "_releaseLock", "_after_at_fork_child_reinit_locks", "_after_fork", "__del__")
+
+
+def _swallows(frame) -> bool:
+    return frame is not None and (
+        frame.f_code.co_name in _SWALLOWING or frame.f_globals.get("__name__") in ("logging", "weakref")
+    )
 
 
 def install_sigterm_handler() -> None:
