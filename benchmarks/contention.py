@@ -127,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.settings:
                 env = {**base, **SETTINGS[name]}
                 alone = _time(cmd, env)
-                stop = mp.Event()
-                hogs = [mp.Process(target=_hog, args=(stop, args.hog), daemon=True) for _ in range(args.hogs)]
+                ctx = mp.get_context("spawn")  # fresh processes: a forked torch (OpenMP started) may hang
+                stop = ctx.Event()
+                hogs = [ctx.Process(target=_hog, args=(stop, args.hog), daemon=True) for _ in range(args.hogs)]
                 for h in hogs:
                     h.start()
                 try:
-                    time.sleep(0.5)
+                    time.sleep(3.0)  # the hogs are running (a spawned torch process takes a moment to start)
                     busy = _time(cmd, env)
                 finally:
                     stop.set()
