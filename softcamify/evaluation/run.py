@@ -127,7 +127,7 @@ def _torch_predict(module: Any, device: Any) -> Predict:
 
 
 # Long by its signature (every option of softcamify evaluate, keyword-only) and its docstring; the body is
-# the named steps below, about 40 lines.
+# the named steps below (setup, gates, passes, scoring, report).
 def evaluate(
     model: Any,
     data_dir: str | os.PathLike,
