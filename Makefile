@@ -31,7 +31,7 @@ typecheck: $(VENV)/.installed-dev
 	$(PY) scripts/typecheck.py
 
 test: lint typecheck
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile  # two processes, each test file in one (its fixtures built once)
 
 $(VENV)/.installed-baselines: $(VENV)/.installed
 	$(PIP) install -q -e '.[baselines]'

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "softcamify.model",
         "softcamify.heads",
         "softcamify.dilation",
+        "softcamify.conversion_reports",
         "softcamify.conversion",
     ),
     # 3 running models: the one loader and its torch / onnxruntime backends, export, predict and explain
