@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from conftest import run_cli
 
 transformers = pytest.importorskip("transformers")
 
