@@ -96,8 +96,7 @@ TARGET_SHAPE_OPTION = typer.Option(
 TARGET_SPACING_OPTION = typer.Option(
     None,
     "--target-spacing",
-    help="Volumes: resample to this voxel size in mm along the file's axes (e.g. 1.5,1.5,2); not with "
-    "--target-shape.",
+    help="Volumes: resample to this voxel size in mm along the file's axes (e.g. 1.5,1.5,2); not with --target-shape.",
 )
 
 # Every option several commands share, declared once: parameter name -> (type, typer option).

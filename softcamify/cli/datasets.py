@@ -116,9 +116,7 @@ def synth3d(
             sides = sides * 3
         t0 = time.perf_counter()
         with cleanup_on_failure(out_dir):  # a full disk or Ctrl-C leaves no partial dataset
-            manifest = make_volumes(
-                out_dir, n=n, shape=sides, seed=seed, fmt=fmt, contrast=contrast, force=o.force
-            )
+            manifest = make_volumes(out_dir, n=n, shape=sides, seed=seed, fmt=fmt, contrast=contrast, force=o.force)
         seconds = time.perf_counter() - t0
         summary = {
             "out_dir": str(out_dir),

@@ -20,7 +20,14 @@ from ..errors import UsageError
 from ..images import open_image
 from .splits import Sample
 
-__all__ = ["ImageDataset", "VolumeDataset", "EvalTransform", "build_transform", "AUGMENTATIONS", "MEDICAL_ROTATION_DEGREES"]
+__all__ = [
+    "ImageDataset",
+    "VolumeDataset",
+    "EvalTransform",
+    "build_transform",
+    "AUGMENTATIONS",
+    "MEDICAL_ROTATION_DEGREES",
+]
 
 AUGMENTATIONS = ("none", "light", "medical")
 # Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code

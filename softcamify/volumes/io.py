@@ -185,9 +185,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
     except (EOFError, OSError, ValueError, zlib.error, MemoryError) as e:
-        raise InputError(
-            f"Volume {path} is truncated or corrupt ({_reason(e)}); copy or export it again."
-        ) from e
+        raise InputError(f"Volume {path} is truncated or corrupt ({_reason(e)}); copy or export it again.") from e
     affine = np.asarray(img.affine, dtype=np.float64)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = (zooms[0], zooms[1], zooms[2]) if len(zooms) == 3 else None

@@ -94,7 +94,7 @@ def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
-def _ellipsoid(shape: tuple[int, int, int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+def _ellipsoid(shape: tuple[int, int, int], center: Any, radii: Any) -> np.ndarray:
     z, y, x = _grid(shape)
     d = ((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((x - center[2]) / radii[2]) ** 2
     return np.asarray(d <= 1.0)
@@ -123,7 +123,7 @@ def synth_volume(
         tries += 1
         radii = rng.uniform(0.10, 0.18, size=3)
         center = rng.uniform(-0.5, 0.5, size=3)
-        if np.sum(((center / np.array(body_r)) ** 2)) > 0.45:  # well inside the body
+        if np.sum((center / np.array(body_r)) ** 2) > 0.45:  # well inside the body
             continue
         blob = _ellipsoid(shape, center, radii)
         if not blob.any() or (blob & (mask | organs)).any():

@@ -230,7 +230,16 @@ def triplanar(
     for view in VIEWS:
         i = ras_idx[_VIEW_AXIS[view]]
         panels.append(
-            _panel(_slice(ras_s, view, i), _slice(ras_e, view, i), grey, vmax, _pixel_size(geometry, view), height, cmap, alpha)
+            _panel(
+                _slice(ras_s, view, i),
+                _slice(ras_e, view, i),
+                grey,
+                vmax,
+                _pixel_size(geometry, view),
+                height,
+                cmap,
+                alpha,
+            )
         )
     fnt = render.font(13)
     gap, top, bar_h = 8, 36, 40
