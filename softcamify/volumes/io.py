@@ -14,6 +14,7 @@ shape than its volume. nibabel is imported only to read or write NIfTI; without 
 
 from __future__ import annotations
 
+import gzip
 import os
 import zipfile
 import zlib
@@ -180,16 +181,30 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
     nib = require_nibabel(path)
     try:
         img = nib.load(os.fspath(path))
-    except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, OSError, ...)
-        raise InputError(f"Volume {path} is not a readable NIfTI file ({_reason(e)}); check the file.") from e
-    try:
         data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
-    except (EOFError, OSError, ValueError, zlib.error, MemoryError) as e:
-        raise InputError(f"Volume {path} is truncated or corrupt ({_reason(e)}); copy or export it again.") from e
+    except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, OSError, zlib.error, ...)
+        if _ending(path) == ".nii.gz" and _gzip_problem(path):
+            raise InputError(f"Volume {path} is {_gzip_problem(path)}; copy or export it again.") from e
+        if isinstance(e, (EOFError, zlib.error)):
+            raise InputError(f"Volume {path} is truncated or corrupt ({_reason(e)}); copy or export it again.") from e
+        raise InputError(f"Volume {path} is not a readable NIfTI file ({_reason(e)}); check the file.") from e
     affine = np.asarray(img.affine, dtype=np.float64)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = (zooms[0], zooms[1], zooms[2]) if len(zooms) == 3 else None
     return data, affine, spacing
+
+
+def _gzip_problem(path: Path) -> str:
+    """'' when ``path`` is a complete gzip stream, else what is wrong with it (read to the end, in chunks)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except EOFError:
+        return "truncated (its gzip stream ends early)"
+    except (OSError, zlib.error) as e:
+        return f"not a valid gzip file ({_reason(e)})"
+    return ""
 
 
 def _reason(e: BaseException) -> str:
