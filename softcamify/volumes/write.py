@@ -243,11 +243,13 @@ def triplanar(
         )
     fnt = render.font(13)
     gap, top, bar_h = 8, 36, 40
-    width = sum(p.width for p in panels) + gap * (len(panels) + 1)
+    head = f"through voxel {vox[0]},{vox[1]},{vox[2]}" + (" (strongest evidence)" if voxel is None else "")
+    head = f"{title}: {head}" if title else head
+    text_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(head, font=fnt))
+    width = max(sum(p.width for p in panels) + gap * (len(panels) + 1), text_w + 2 * gap)
     out = Image.new("RGB", (width, top + height + bar_h + 8), (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    head = f"through voxel {vox[0]},{vox[1]},{vox[2]}" + (" (strongest evidence)" if voxel is None else "")
-    draw.text((gap, 2), f"{title}: {head}" if title else head, fill=(0, 0, 0), font=fnt)
+    draw.text((gap, 2), head, fill=(0, 0, 0), font=fnt)
     x = gap
     for view, p in zip(VIEWS, panels, strict=True):
         draw.text((x, top - 16), view, fill=(0, 0, 0), font=fnt)
