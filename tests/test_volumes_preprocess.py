@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from softcamify.cli._common import VOLUME, Shared, command, handle_errors
+from softcamify.cli._volumes import volume_config, volume_options_given
 from softcamify.errors import InputError, UsageError
 from softcamify.volumes import (
     Volume,
@@ -153,3 +157,28 @@ def test_config_checks_and_dict_round_trip():
             VolumeConfig.from_options(**kwargs)
         assert param in e.value.params, (kwargs, e.value.params)
         assert str(e.value).endswith(".") and "\n" not in str(e.value)
+
+
+def test_cli_option_bundle():
+    """The volume options a command takes with Shared(*VOLUME): parsed into a VolumeConfig, errors name flags."""
+    app = typer.Typer()
+    seen = {}
+
+    @command(app, "run")
+    def run(o: Shared = Shared(*VOLUME)) -> None:
+        with handle_errors():
+            seen["given"] = volume_options_given(o)
+            seen["config"] = volume_config(o, channels=2)
+
+    @app.command("other")
+    def other() -> None:  # a second command, so that typer keeps "run" as a subcommand
+        pass
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--window", "-1000,400", "--target-shape", "32"])
+    assert r.exit_code == 0, r.output
+    assert seen["given"] and seen["config"] == VolumeConfig(window=(-1000, 400), target_shape=(32, 32, 32), channels=2)
+    r = runner.invoke(app, ["run"])
+    assert r.exit_code == 0 and not seen["given"] and seen["config"] == VolumeConfig(channels=2)
+    r = runner.invoke(app, ["run", "--zscore", "--window=0,1"])
+    assert r.exit_code == 2 and "--window and --zscore both scale the intensities" in r.output

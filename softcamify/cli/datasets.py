@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -95,7 +96,7 @@ def synth3d(
         None, "--format", help="nii (.nii.gz, needs nibabel) or npy (default: nii when nibabel is installed)."
     ),
     contrast: float = typer.Option(1.0, "--contrast", help="Lesion contrast factor (below 1: a harder task)."),
-    o: Shared = Shared(*ENDING),
+    o: Any = Shared(*ENDING),  # a namespace of the options when the command runs
 ) -> None:
     """Write a synthetic CT-like volume dataset (healthy / lesion) with exact lesion masks.
 
