@@ -21,6 +21,7 @@ from softcamify.volumes.write import (
     write_evidence,
     write_slice_viewer,
     write_triplanar,
+    write_volume_explanation,
 )
 
 nib = pytest.importorskip("nibabel")
@@ -155,3 +156,65 @@ def test_slice_viewer_is_self_contained(scan, tmp_path):
     assert out.read_text(encoding="utf-8") == page
     with pytest.raises(OutputError):
         write_slice_viewer(tmp_path / "viewer.html", page)
+
+
+def test_slice_viewer_script_runs(scan):
+    """The page's script in node with a stand-in DOM: moving a slider shows that slice, the switch hides the
+    overlay."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    vol, lesion = scan
+    page = slice_viewer_html(vol.array, _evidence(vol, lesion), vol.geometry, height=24, max_slices=6)
+    payload = re.search(r'id="softcamify-slices">(.*?)</script>', page, re.S).group(1)
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    starts = {v: re.search(rf'id="slider-{v}" min="0" max="\d+" value="(\d+)"', page).group(1) for v in
+              ("axial", "coronal", "sagittal")}  # fmt: skip
+    harness = f"""
+const els = {{}};
+function el(id) {{
+  if (!els[id]) els[id] = {{id, value: "0", src: "", textContent: "", checked: true, handlers: {{}},
+    addEventListener(t, f) {{ this.handlers[t] = f; }}}};
+  return els[id];
+}}
+el("softcamify-slices").textContent = {json.dumps(payload)};
+const starts = {json.dumps(starts)};
+for (const v in starts) el("slider-" + v).value = starts[v];
+globalThis.document = {{ getElementById: el }};
+{script}
+const data = JSON.parse(el("softcamify-slices").textContent);
+const out = {{start: el("img-axial").src === data.axial.overlay[Number(starts.axial)]}};
+el("slider-axial").value = "2"; el("slider-axial").handlers.input();
+out.moved = el("img-axial").src === data.axial.overlay[2];
+out.label = el("label-axial").textContent;
+el("softcamify-overlay").checked = false; el("softcamify-overlay").handlers.change();
+out.plain = el("img-coronal").src === data.coronal.plain[Number(starts.coronal)];
+console.log(JSON.stringify(out));
+"""
+    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(payload.replace("<\\/", "</"))
+    out = json.loads(r.stdout)
+    assert out == {
+        "start": True,
+        "moved": True,
+        "label": f"slice {data['axial']['index'][2]} of {data['axial']['count']}",
+        "plain": True,
+    }
+
+
+def test_write_volume_explanation_checks_every_destination_first(scan, tmp_path):
+    vol, lesion = scan
+    ev = _evidence(vol, lesion)
+    (tmp_path / "case_lesion.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="case_lesion.png already exists"):
+        write_volume_explanation(tmp_path / "case_lesion", vol, ev)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_lesion.png", "scan.nii.gz"]  # nothing written
+    out = write_volume_explanation(tmp_path / "case_lesion", vol, ev, title="lesion", window=(-160, 240), force=True)
+    assert out.evidence.name == "case_lesion.nii.gz" and out.viewer is not None and out.viewer.suffix == ".html"
+    np.testing.assert_array_equal(nib.load(str(out.evidence)).affine, vol.affine)
+    assert Image.open(out.triplanar).size[1] == 36 + 192 + 40 + 8
+    assert "softcamify-slices" in out.viewer.read_text(encoding="utf-8")

@@ -197,7 +197,7 @@ def resample(array: Any, shape: Sequence[int]) -> np.ndarray:
 
     The same values as ``torch.nn.functional.interpolate(x, shape, mode='trilinear', align_corners=False)``
     (no antialiasing when shrinking); any leading axes (``C×D×H×W``, ``K×d×h×w``) are kept. Returns float32
-    (a copy). Values stay within each input's range (a constant volume stays constant).
+    (a copy), computed in float32 as torch does; a constant volume stays exactly constant.
     """
     a = np.asarray(array)
     if a.ndim < 3 or 0 in a.shape[-3:]:
@@ -205,7 +205,7 @@ def resample(array: Any, shape: Sequence[int]) -> np.ndarray:
     target = tuple(int(s) for s in shape)
     if len(target) != 3 or min(target) < 1:
         raise UsageError(f"A resampling shape must be three positive integers (D, H, W), got {tuple(shape)}.")
-    out = a.astype(np.float64)
+    out = a.astype(np.float32)  # float32 arithmetic, as torch's: half the memory of float64 on a full CT
     for axis_from_end, n_out in zip((3, 2, 1), target, strict=True):
         axis = out.ndim - axis_from_end
         n_in = out.shape[axis]
@@ -214,8 +214,9 @@ def resample(array: Any, shape: Sequence[int]) -> np.ndarray:
         i0, i1, w = _linear_weights(n_in, n_out)
         bshape = [1] * out.ndim
         bshape[axis] = n_out
-        wb = w.reshape(bshape)
-        out = np.take(out, i0, axis=axis) * (1.0 - wb) + np.take(out, i1, axis=axis) * wb
+        wb = w.astype(np.float32).reshape(bshape)
+        lo = np.take(out, i0, axis=axis)
+        out = lo + (np.take(out, i1, axis=axis) - lo) * wb  # equal neighbours give exactly their value
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from PIL import Image, ImageDraw
 
 from .. import render, report
 from ..errors import InputError, UsageError
-from ..io import write_bytes_atomic
-from .io import VolumeGeometry, axis_codes, is_nifti_file, require_nibabel
+from ..io import check_output_path, write_bytes_atomic
+from .io import Volume, VolumeGeometry, axis_codes, is_nifti_file, require_nibabel
 
 __all__ = [
     "VIEWS",
@@ -41,6 +42,8 @@ __all__ = [
     "write_triplanar",
     "slice_viewer_html",
     "write_slice_viewer",
+    "VolumeOutputs",
+    "write_volume_explanation",
 ]
 
 VIEWS = ("axial", "coronal", "sagittal")
@@ -170,7 +173,8 @@ def _pixel_size(geometry: VolumeGeometry, view: str) -> tuple[float, float]:
 def _grey_range(scan: np.ndarray, window: Sequence[float] | None) -> tuple[float, float]:
     if window is not None:
         return float(window[0]), float(window[1])
-    lo, hi = np.percentile(scan, [0.5, 99.5])
+    step = max(1, round((scan.size / 2_000_000) ** (1 / 3)))  # about 2 M voxels are plenty for percentiles
+    lo, hi = np.percentile(scan[::step, ::step, ::step], [0.5, 99.5])
     return float(lo), float(hi) if hi > lo else float(lo) + 1.0
 
 
@@ -382,3 +386,47 @@ def write_slice_viewer(path: str | os.PathLike, html_text: str, force: bool = Fa
 def is_evidence_path(path: str | os.PathLike) -> bool:
     """True for the endings :func:`write_evidence` writes."""
     return is_nifti_file(path) or os.fspath(path).lower().endswith(".npy")
+
+
+@dataclass(frozen=True)
+class VolumeOutputs:
+    """The files :func:`write_volume_explanation` wrote for one volume and class."""
+
+    evidence: Path
+    triplanar: Path
+    viewer: Path | None
+
+
+def write_volume_explanation(
+    prefix: str | os.PathLike,
+    volume: Volume,
+    evidence: Any,
+    title: str | None = None,
+    window: Sequence[float] | None = None,
+    viewer: bool = True,
+    force: bool = False,
+) -> VolumeOutputs:
+    """The three files of one volume's evidence for one class, beside each other: ``PREFIX.nii.gz`` (the
+    evidence in the scan's geometry), ``PREFIX.png`` (:func:`triplanar`) and, with ``viewer``,
+    ``PREFIX.html`` (:func:`slice_viewer_html`).
+
+    ``evidence``: ``D×H×W`` in the scan's geometry (:func:`softcamify.volumes.evidence_to_scan`). Every
+    destination is checked before the first is written (none is replaced without ``force``); the pictures
+    and the page are computed before anything is written.
+    """
+    base = os.fspath(prefix)
+    paths = [Path(base + ".nii.gz"), Path(base + ".png")] + ([Path(base + ".html")] if viewer else [])
+    for p in paths:
+        check_output_path(p, force=force)
+    data = evidence_file_bytes(evidence, volume.geometry)
+    picture = triplanar(volume.array, evidence, volume.geometry, window=window, title=title)
+    page = (
+        slice_viewer_html(volume.array, evidence, volume.geometry, title=title or "Evidence volume", window=window)
+        if viewer
+        else ""
+    )
+    write_bytes_atomic(paths[0], data, force=force)
+    write_triplanar(paths[1], picture, force=force)
+    if viewer:
+        write_slice_viewer(paths[2], page, force=force)
+    return VolumeOutputs(paths[0], paths[1], paths[2] if viewer else None)
