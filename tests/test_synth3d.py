@@ -146,6 +146,14 @@ def test_flat_folders_csv_and_masks_of_another_ending(tmp_path):
     assert len(bad) == 1 and "bad.npy" in bad[0][1] and "2 axes" in bad[0][1]
     with pytest.raises(InputError, match="bad.npy"):
         verify_samples([s for s, _ in bad], strict=True)
+    np.save(root / "stray.npy", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputError, match=r"Volume .*stray.npy lies directly in"):
+        discover(root, volumes=True)
+    (root / "c").mkdir()
+    (root / "c" / "x.png").write_bytes(b"png")
+    (root / "stray.npy").unlink()
+    with pytest.raises(InputError, match=r"c contains no volumes \(nii.gz, nii, npy, npz\)"):
+        discover(root, volumes=True)
 
 
 def test_image_datasets_unchanged_by_volume_files(tmp_path):

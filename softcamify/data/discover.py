@@ -164,8 +164,8 @@ def _scan_class_folders(
         stray = strays[0]
         if is_volume_file(stray.name) if volumes else is_image_file(stray.name):
             raise InputError(
-                f"Image {stray} lies directly in {split_dir}, outside its class folders; move it into the "
-                "folder of its class."
+                f"{'Volume' if volumes else 'Image'} {stray} lies directly in {split_dir}, outside its class "
+                "folders; move it into the folder of its class."
             )
         raise InputError(
             f"{stray} is a file among the class folders of {split_dir}; make it a class folder of images "
