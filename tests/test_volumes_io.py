@@ -143,6 +143,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     out["channels"] = (tmp_path / "series.npy", "40 channels")
     np.save(tmp_path / "text.npy", np.array([["a"]], dtype="<U1")[None])
     out["dtype"] = (tmp_path / "text.npy", "holds <U1")
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    out["pickle"] = (tmp_path / "pickled.npy", "allow_pickle=False")  # never unpickled
     out["missing"] = (tmp_path / "nope.nii.gz", "does not exist")
     return out
 
