@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
         "softcamify.render",
         "softcamify.report",
         "softcamify.evaluation.metrics",
+        "softcamify.volumes",
         "softcamify.data",
     ),
     # 2 models: where originals come from, reading files, the SoftCAM module, heads, conversion
@@ -94,6 +95,7 @@ TORCH_FREE = (
     "softcamify.data.splits",
     "softcamify.data.synth",
     "softcamify.data.synth_draw",
+    "softcamify.volumes",
     "softcamify.onnx_runtime",
     "softcamify.prediction",
     "softcamify.evaluation.run",

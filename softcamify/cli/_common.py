@@ -83,6 +83,22 @@ INTERPOLATION_OPTION = typer.Option(
     None, "--interpolation", help="Resize filter: bilinear, bicubic, nearest, ... (overrides the model's)."
 )
 
+# How volumes (3D scans) are preprocessed: softcamify.volumes.VolumeConfig, parsed by cli/_volumes.volume_config.
+WINDOW_OPTION = typer.Option(
+    None,
+    "--window",
+    help="Volumes: intensity window LOW,HIGH, clipped and scaled to 0..1 (CT in HU: --window=-1000,400).",
+)
+ZSCORE_OPTION = typer.Option(False, "--zscore", help="Volumes: z-score each volume's intensities (MRI).")
+TARGET_SHAPE_OPTION = typer.Option(
+    None, "--target-shape", help="Volumes: resample to D,H,W voxels (e.g. 64,64,64; one number for a cube)."
+)
+TARGET_SPACING_OPTION = typer.Option(
+    None,
+    "--target-spacing",
+    help="Volumes: resample to this voxel size in mm along the file's axes (e.g. 1.5,1.5,2); not with --target-shape.",
+)
+
 # Every option several commands share, declared once: parameter name -> (type, typer option).
 SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
     "device": (str, DEVICE_OPTION),
@@ -99,11 +115,17 @@ SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
     "std": (str, STD_OPTION),
     "crop_pct": (float, CROP_PCT_OPTION),
     "interpolation": (str, INTERPOLATION_OPTION),
+    "window": (str, WINDOW_OPTION),
+    "zscore": (bool, ZSCORE_OPTION),
+    "target_shape": (str, TARGET_SHAPE_OPTION),
+    "target_spacing": (str, TARGET_SPACING_OPTION),
 }
 MODEL = ("weights", "num_classes", "input_size", "ema", "trust_pickle")  # how a model file or name is loaded
 ENDING = ("force", "json_", "debug")  # the usual last options of a command that writes
 # what a user says of an original classifier: its constructor arguments and how its images were preprocessed
 ORIGINAL = ("model_args", "mean", "std", "crop_pct", "interpolation")
+# how volumes are preprocessed (cli/_volumes.volume_config turns them into a VolumeConfig)
+VOLUME = ("window", "zscore", "target_shape", "target_spacing")
 
 
 class Shared:

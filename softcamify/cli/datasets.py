@@ -1,9 +1,11 @@
-"""``softcamify datasets``: datasets to try softcamify on (``datasets synth``: synthetic lesions)."""
+"""``softcamify datasets``: datasets to try softcamify on (``datasets synth``: synthetic lesions; ``datasets
+synth3d``: synthetic lesion volumes)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,7 +13,7 @@ from . import app
 from ._common import ENDING, Shared, command, console, emit, handle_errors
 
 datasets_app = typer.Typer(
-    help="Make datasets to try softcamify on (a synthetic lesion screening task with exact masks).",
+    help="Make datasets to try softcamify on (synthetic lesion images or volumes with exact masks).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -82,6 +84,74 @@ def synth(
             "seconds": round(seconds, 3),
         }
         emit(o.json_, summary, lambda: _print_summary(summary))
+
+
+@command(datasets_app, "synth3d")
+def synth3d(
+    out_dir: Path = typer.Argument(..., help="Output folder (created; must be empty unless --force)."),
+    n: int = typer.Option(60, "--n", min=1, help="Number of volumes (classes balanced)."),
+    shape: str = typer.Option("32,32,32", "--shape", help="Volume shape D,H,W in voxels (16 to 256 each)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical files."),
+    fmt: str = typer.Option(
+        None, "--format", help="nii (.nii.gz, needs nibabel) or npy (default: nii when nibabel is installed)."
+    ),
+    contrast: float = typer.Option(1.0, "--contrast", help="Lesion contrast factor (below 1: a harder task)."),
+    o: Any = Shared(*ENDING),  # a namespace of the options when the command runs
+) -> None:
+    """Write a synthetic CT-like volume dataset (healthy / lesion) with exact lesion masks.
+
+    Layout: OUT_DIR/{train,val,test}/<class>/<id>.nii.gz (int16 HU, 1.5 mm voxels), masks in
+    OUT_DIR/masks/... (same relative paths) and OUT_DIR/manifest.json (lesions, geometry, seed). Use
+    OUT_DIR as DATA_DIR (with the volume options, e.g. --window=-1000,400) and OUT_DIR/masks as the mask folder.
+    """
+    with handle_errors(o.debug):
+        from ..errors import UsageError
+        from ..io import cleanup_on_failure
+        from ..volumes.synth3d import make_volumes
+
+        try:
+            sides = [int(v) for v in shape.replace("x", ",").split(",") if v.strip()]
+        except ValueError as e:
+            raise UsageError(f"shape {shape!r} must be three whole numbers D,H,W.", param="shape") from e
+        if len(sides) == 1:
+            sides = sides * 3
+        t0 = time.perf_counter()
+        with cleanup_on_failure(out_dir):  # a full disk or Ctrl-C leaves no partial dataset
+            manifest = make_volumes(out_dir, n=n, shape=sides, seed=seed, fmt=fmt, contrast=contrast, force=o.force)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "out_dir": str(out_dir),
+            "manifest": str(Path(out_dir) / "manifest.json"),
+            "masks": str(Path(out_dir) / "masks"),
+            "n": manifest["n"],
+            "shape": manifest["shape"],
+            "spacing": manifest["spacing"],
+            "format": manifest["format"],
+            "seed": manifest["seed"],
+            "classes": manifest["classes"],
+            "counts": manifest["counts"],
+            "seconds": round(seconds, 3),
+        }
+        emit(o.json_, summary, lambda: _print_summary3d(summary))
+
+
+def _print_summary3d(summary: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    shape = "×".join(str(v) for v in summary["shape"])
+    table = Table(title=f"{summary['n']} volumes, {shape} voxels, seed {summary['seed']}", title_justify="left")
+    table.add_column("class")
+    splits = list(summary["counts"])
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name in summary["classes"]:
+        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    console.print(table)
+    console.print(
+        f"Wrote {escape(summary['out_dir'])} ({summary['format']}) in {summary['seconds']:.1f} s; masks in "
+        f"{escape(summary['masks'])}, manifest {escape(summary['manifest'])}."
+    )
 
 
 def _print_summary(summary: dict) -> None:

@@ -6,7 +6,7 @@
   :func:`discover`, :func:`verify_samples`, :func:`mask_path_for`, :func:`default_mask_root`
 * :mod:`~softcamify.data.labels_csv`: the labels-CSV layout; :mod:`~softcamify.data.splits`: what discovery
   returns (:class:`Sample`, :class:`DatasetSplits`) and the seeded stratified split
-* :mod:`~softcamify.data.torch_dataset`: :class:`ImageDataset`, :class:`EvalTransform`,
+* :mod:`~softcamify.data.torch_dataset`: :class:`ImageDataset`, :class:`VolumeDataset`, :class:`EvalTransform`,
   :func:`build_transform` (the only module here that imports torch)
 * :mod:`~softcamify.data.synth` and :mod:`~softcamify.data.synth_draw`: the synthetic lesion dataset
   (``softcamify datasets synth``)
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         MEDICAL_ROTATION_DEGREES,
         EvalTransform,
         ImageDataset,
+        VolumeDataset,
         build_transform,
     )
 
@@ -41,6 +42,7 @@ __all__ = [
     "discover",
     "verify_samples",
     "ImageDataset",
+    "VolumeDataset",
     "EvalTransform",
     "build_transform",
     "mask_path_for",
@@ -58,6 +60,7 @@ __all__ = [
 
 _TORCH_NAMES = (
     "ImageDataset",
+    "VolumeDataset",
     "EvalTransform",
     "build_transform",
     "AUGMENTATIONS",

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..images import is_image_file
+from ..volumes.io import is_volume_file
 
 __all__ = ["collect_image_files"]
 
@@ -23,8 +24,12 @@ def _is_ancestor(candidate: str, real: str) -> bool:
 def collect_image_files(
     folder: str | os.PathLike,
     skipped: list[tuple[Path, str]] | None = None,
+    volumes: bool = False,
 ) -> list[Path]:
     """Image files under ``folder``: recursive, in walk order, one rule for hidden entries and symlinks.
+
+    With ``volumes`` the files collected are volumes instead (:func:`softcamify.volumes.is_volume_file`:
+    ``.nii``, ``.nii.gz``, ``.npy``, ``.npz``), by the same rule.
 
     The rule:
 
@@ -42,6 +47,7 @@ def collect_image_files(
 
     An unlistable or missing ``folder`` gives an empty list; the caller says what it expected.
     """
+    wanted = is_volume_file if volumes else is_image_file
     found: list[Path] = []
     visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(os.fspath(folder), followlinks=True):
@@ -56,7 +62,7 @@ def collect_image_files(
             if not d.startswith(".") and not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), real)
         )
         for name in sorted(filenames):
-            if not is_image_file(name):
+            if not wanted(name):
                 continue
             p = Path(dirpath) / name
             if skipped is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, UsageError
 from ..images import IMAGE_EXTENSIONS, is_image_file, open_image
+from ..volumes.io import VOLUME_EXTENSIONS, is_volume_file, read_volume, volume_stem
 from .collect import collect_image_files
 from .labels_csv import discover_csv
 from .splits import (
@@ -127,6 +128,7 @@ def _scan_class_folders(
     split_dir: Path,
     skipped: list[tuple[Path, str]],
     mask_trees: bool = False,
+    volumes: bool = False,
 ) -> dict[str, list[Path]]:
     """{class name: image files} for the class folders of one split folder.
 
@@ -147,22 +149,23 @@ def _scan_class_folders(
         names = [d.name for d in subdirs]
         subdirs = [d for d in subdirs if not _is_mask_tree(d, names)]
     for sub in subdirs:
-        files = collect_image_files(sub, skipped)
+        files = collect_image_files(sub, skipped, volumes=volumes)
         if not files:
             if holds_runs(sub):
                 continue  # a softcamify run folder (e.g. finetune -o DATA_DIR/run), not a class
+            what, exts = ("volumes", VOLUME_EXTENSIONS) if volumes else ("images", IMAGE_EXTENSIONS)
             raise InputError(
-                f"Class folder {sub} contains no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
-                "add images or remove the folder."
+                f"Class folder {sub} contains no {what} ({', '.join(e[1:] for e in exts)}); "
+                f"add {what} or remove the folder."
             )
         out[sub.name] = files
     strays = [Path(e.path) for e in entries if not e.is_dir()]
     if out and strays:  # without any class folder, the caller says what it expected
         stray = strays[0]
-        if is_image_file(stray.name):
+        if is_volume_file(stray.name) if volumes else is_image_file(stray.name):
             raise InputError(
-                f"Image {stray} lies directly in {split_dir}, outside its class folders; move it into the "
-                "folder of its class."
+                f"{'Volume' if volumes else 'Image'} {stray} lies directly in {split_dir}, outside its class "
+                "folders; move it into the folder of its class."
             )
         raise InputError(
             f"{stray} is a file among the class folders of {split_dir}; make it a class folder of images "
@@ -188,11 +191,12 @@ class _Asked:
     seed: int
     class_names: Sequence[str] | None
     min_classes: int
+    volumes: bool = False
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def _discover_splits(root: Path, split_dirs: dict[str, Path], ask: _Asked) -> DatasetSplits:
-    per_split = {name: _scan_class_folders(d, ask.skipped) for name, d in split_dirs.items()}
+    per_split = {name: _scan_class_folders(d, ask.skipped, volumes=ask.volumes) for name, d in split_dirs.items()}
     if "train" in per_split:
         for name, classes in per_split.items():
             extra = sorted(set(classes) - set(per_split["train"]))
@@ -224,9 +228,9 @@ def _discover_splits(root: Path, split_dirs: dict[str, Path], ask: _Asked) -> Da
 
 
 def _discover_folders(root: Path, ask: _Asked) -> DatasetSplits:
-    classes = _scan_class_folders(root, ask.skipped, mask_trees=True)
+    classes = _scan_class_folders(root, ask.skipped, mask_trees=True, volumes=ask.volumes)
     if not classes:
-        loose = any(is_image_file(e.name) for e in os.scandir(root))
+        loose = any(is_volume_file(e.name) if ask.volumes else is_image_file(e.name) for e in os.scandir(root))
         hint = ""
         if loose:
             hint = " (it holds images directly: put them in class folders or pass a CSV as labels_csv)"
@@ -274,6 +278,7 @@ def discover(
     strict: bool = False,
     class_names: Sequence[str] | None = None,
     min_classes: int = 2,
+    volumes: bool = False,
 ) -> DatasetSplits:
     """Find the images and labels of a dataset and split them into train/val(/test).
 
@@ -289,6 +294,9 @@ def discover(
             ``skipped``). Decoding every image is :func:`verify_samples`' job.
         class_names: A fixed class order (e.g. the model's); folders or labels outside it are an error.
         min_classes: Fewer classes are an error (2 for training; 1 to evaluate on one class's images).
+        volumes: Class folders hold volumes (``.nii``, ``.nii.gz``, ``.npy``, ``.npz``;
+            :mod:`softcamify.volumes`) instead of images, in the same layouts; masks are volumes too. A labels
+            CSV may list either.
 
     A folder with a ``train``, ``val`` (``valid``, ``validation``) or ``test`` subfolder is read as split
     folders (other subfolders, e.g. ``masks``, are ignored); without ``train`` it is an evaluation set
@@ -306,7 +314,7 @@ def discover(
     to a folder above, so no symlink loops).
     """
     check_val_split(val_split)
-    ask = _Asked(val_split, seed, class_names, min_classes)
+    ask = _Asked(val_split, seed, class_names, min_classes, volumes)
     root = Path(data_dir) if data_dir is not None else None
     if root is not None:
         if not root.exists():
@@ -343,12 +351,18 @@ def verify_samples(
 
     Run it before building a DataLoader (a worker cannot skip a sample gracefully). The caller warns
     with ``len(bad)``. With ``strict=True`` the first bad file raises :class:`InputError` instead.
+    Volume files (:func:`softcamify.volumes.is_volume_file`) are read with
+    :func:`softcamify.volumes.read_volume` (its checks: rank, empty, NaN, truncated gzip), whatever
+    ``channels``.
     """
     good: list[Sample] = []
     bad: list[tuple[Sample, str]] = []
     for s in samples:
         try:
-            open_image(s.path, channels=channels)
+            if is_volume_file(s.path):
+                read_volume(s.path)
+            else:
+                open_image(s.path, channels=channels)
         except InputError as e:
             if strict:
                 raise InputError(
@@ -367,8 +381,8 @@ def mask_path_for(
 ) -> Path | None:
     """The mask of ``image_path``: same path relative to ``mask_root`` as the image to ``data_root``.
 
-    The mask may have another image extension (``a/b.jpg`` -> ``a/b.png``). None when the image is not
-    under ``data_root`` or no mask exists.
+    The mask may have another image extension (``a/b.jpg`` -> ``a/b.png``); a volume's mask another volume
+    ending (``a/b.nii.gz`` -> ``a/b.npy``). None when the image is not under ``data_root`` or no mask exists.
     """
     img = Path(os.path.abspath(image_path))
     root = Path(os.path.abspath(data_root))
@@ -382,6 +396,12 @@ def mask_path_for(
     base = Path(mask_root) / rel
     if base.is_file():
         return base
+    if is_volume_file(base):
+        for ext in VOLUME_EXTENSIONS:
+            cand = base.with_name(volume_stem(base) + ext)
+            if cand.is_file():
+                return cand
+        return None
     for ext in IMAGE_EXTENSIONS:
         for e in (ext, ext.upper()):
             cand = base.with_suffix(e)

@@ -20,7 +20,14 @@ from ..errors import UsageError
 from ..images import open_image
 from .splits import Sample
 
-__all__ = ["ImageDataset", "EvalTransform", "build_transform", "AUGMENTATIONS", "MEDICAL_ROTATION_DEGREES"]
+__all__ = [
+    "ImageDataset",
+    "VolumeDataset",
+    "EvalTransform",
+    "build_transform",
+    "AUGMENTATIONS",
+    "MEDICAL_ROTATION_DEGREES",
+]
 
 AUGMENTATIONS = ("none", "light", "medical")
 # Fundus (and dermoscopy, histology) images have no canonical orientation: the SoftCAM reference code
@@ -148,3 +155,54 @@ def build_transform(
             transforms.RandomResizedCrop(size, scale=(0.87, 1.0), interpolation=interp),
         ]
     return transforms.Compose(tfl + tail)
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Volumes (:class:`Sample` paths of ``.nii``, ``.nii.gz``, ``.npy``, ``.npz``) as ``C×D×H×W`` float tensors.
+
+    Each volume is read with :func:`softcamify.volumes.read_volume` and preprocessed with
+    :func:`softcamify.volumes.preprocess_volume` under ``config`` (channels, intensity window or z-score,
+    resampling: what the model's metadata records). ``train=True`` flips each spatial axis with probability
+    ``flip_p`` (the only augmentation: flips keep voxel sizes and intensities; they draw from torch's
+    generator, seeded per DataLoader worker). ``__getitem__`` returns ``(tensor, label, index)`` as
+    :class:`ImageDataset` does. Run :func:`~softcamify.data.discover.verify_samples` first: an unreadable
+    file raises :class:`~softcamify.errors.InputError` here.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        config: Any = None,
+        train: bool = False,
+        flip_p: float = 0.5,
+        flip_axes: Sequence[int] = (0, 1, 2),
+    ) -> None:
+        from ..volumes import VolumeConfig
+
+        if not 0.0 <= flip_p <= 1.0:
+            raise UsageError(f"flip_p must be between 0 and 1, got {flip_p}.", param="flip_p")
+        if any(a not in (0, 1, 2) for a in flip_axes):
+            raise UsageError(f"flip_axes {tuple(flip_axes)} must be spatial axes 0, 1 or 2.", param="flip_axes")
+        self.samples = list(samples)
+        self.config = config if config is not None else VolumeConfig()
+        self.train = train
+        self.flip_p = float(flip_p)
+        self.flip_axes = tuple(flip_axes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        from ..volumes import preprocess_volume, read_volume
+
+        s = self.samples[index]
+        x = torch.from_numpy(preprocess_volume(read_volume(s.path), self.config))
+        if self.train and self.flip_p > 0:
+            flips = [a + 1 for a in self.flip_axes if float(torch.rand(())) < self.flip_p]
+            if flips:
+                x = torch.flip(x, dims=flips)
+        return x.contiguous(), s.label, index
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]
