@@ -205,3 +205,54 @@ def test_converted_folder_model_predicts_after_the_folder_is_gone(tmp_path):
     r = run_cli("predict", moved, tmp_path / "a.png", "--json", "-k", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["class"] in LABELS.values()
+
+
+def test_sharded_save_pretrained_folder_loads_and_pickled_shards_are_refused(tmp_path):
+    """``save_pretrained(max_shard_size=...)`` writes ``model.safetensors.index.json`` and shards: the folder
+    converts like a single-file one; a sharded ``.bin`` whose shard holds pickled code is refused."""
+    from softcamify.checkpoints import load_model
+    from softcamify.errors import InputError
+    from softcamify.tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
+
+    model = _model("resnet")
+    folder = tmp_path / "sharded"
+    model.save_pretrained(folder, max_shard_size=4000)
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (folder / "model.safetensors.index.json").exists()
+    assert not (folder / "model.safetensors").exists()
+    loaded = load_model(folder, input_size=(64, 64))
+    assert loaded.source["kind"] == "transformers" and loaded.class_names == list(LABELS.values())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert agreement(loaded.module(x), model(pixel_values=x).logits, DEFAULT_ATOL, DEFAULT_RTOL).passed
+
+    # the same tensors as pickled .bin shards: weights-only shards load, a shard with code is refused
+    binned = tmp_path / "binned"
+    binned.mkdir()
+    (binned / "config.json").write_text((folder / "config.json").read_text())
+    sd = model.state_dict()
+    keys = list(sd)
+    halves = {
+        "pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+        "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :],
+    }
+    for name, part in halves.items():
+        torch.save({k: sd[k] for k in part}, binned / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (binned / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with torch.no_grad():
+        assert agreement(load_model(binned, input_size=(64, 64)).module(x), model(pixel_values=x).logits).passed
+    torch.save(
+        {**{k: sd[k] for k in halves["pytorch_model-00002-of-00002.bin"]}, "hook": _Pickled()},
+        binned / "pytorch_model-00002-of-00002.bin",
+    )
+    with pytest.raises(InputError, match="pytorch_model-00002-of-00002.bin"):
+        load_model(binned)
+    index["weight_map"][keys[0]] = "../elsewhere.bin"
+    (binned / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="outside its folder"):
+        load_model(binned)
+
+
+class _Pickled:
+    """Any object that is not a tensor: unpickling it would run code from the file."""

@@ -23,6 +23,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -250,6 +251,7 @@ def export_onnx(
     seed: int = 0,
     trust_pickle: bool = False,
     strict: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> ExportReport:
     """Export ``model`` (a SoftCAM model or anything :func:`load_softcam` takes) to a validated ONNX file.
 
@@ -257,7 +259,8 @@ def export_onnx(
     ``auto`` (dynamic height/width when the export validates at a second size, else static),
     ``dynamic`` or ``static``. ``opset``: None for torch's default. Raises :class:`ValidationError`
     (nothing written) when no export matches PyTorch within ``atol`` and :class:`ExportError` when no
-    exporter produces a graph at all.
+    exporter produces a graph at all. ``class_names`` rename the classes in the file's metadata (their count
+    must be the model's).
     """
     t0 = time.perf_counter()
     out = Path(output)
@@ -265,7 +268,9 @@ def export_onnx(
         raise UsageError(f"output {out} must end in .onnx for an ONNX export.", param="output")
     check_output_path(out, force=force)
     plan, notes = _plan(exporter, spatial, opset)
-    sc, load_notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
+    sc, load_notes = load_softcam(
+        model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol, class_names=class_names
+    )
     notes = load_notes + notes
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     _check_weight_size(sc)

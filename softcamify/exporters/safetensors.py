@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,10 +32,12 @@ def export_safetensors(
     seed: int = 0,
     trust_pickle: bool = False,
     strict: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> ExportReport:
     """Write the softcamify ``.safetensors`` format (as ``convert`` does), reloaded and checked before
     it is renamed into place: the reloaded model must reproduce logits and evidence within
-    ``atol + rtol × scale`` (:mod:`softcamify.tolerance`)."""
+    ``atol + rtol × scale`` (:mod:`softcamify.tolerance`). ``class_names`` rename the classes in the file's
+    metadata (their count must be the model's)."""
     from ..checkpoints import load, serialize
 
     t0 = time.perf_counter()
@@ -42,7 +45,9 @@ def export_safetensors(
     if out.suffix.lower() != ".safetensors":
         raise UsageError(f"output {out} must end in .safetensors for the softcamify format.", param="output")
     check_output_path(out, force=force)
-    sc, notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
+    sc, notes = load_softcam(
+        model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol, class_names=class_names
+    )
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
