@@ -23,6 +23,8 @@ from softcamify.errors import EXIT_INPUT, InputError
 from softcamify.tolerance import allowed
 
 monai_nets = pytest.importorskip("monai.networks.nets")
+# tiny models, CLI calls in this process: one intra-op thread is as fast, and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_DENSENET = {
     "spatial_dims": 2,

@@ -12,6 +12,8 @@ import torch
 from conftest import run_cli_here
 
 transformers = pytest.importorskip("transformers")
+# tiny models, CLI calls in this process: one intra-op thread is as fast, and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LABELS = {0: "benign", 1: "malignant", 2: "other"}
 
