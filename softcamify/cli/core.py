@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -47,6 +48,11 @@ def load_for_cli(model: str, m):
     kw = model_kwargs(m)
     kw.pop("class_names", None)
     return load_model(model, **kw)
+
+
+def _class_names(m: Any) -> list[str] | None:
+    """The names of ``--class-names`` in the shared options ``m``, parsed (a list or a file)."""
+    return model_kwargs(m).get("class_names")
 
 
 @command(app)
@@ -145,7 +151,7 @@ def convert(
         if output.suffix != ".safetensors":
             raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
         check_output_path(output, force=o.force)
-        names = model_kwargs(m)["class_names"]
+        names = _class_names(m)
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
