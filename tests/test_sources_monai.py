@@ -302,6 +302,8 @@ def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path,
     result = json.loads(r.stdout)
     softcam_acc = result["classification"]["accuracy"]
     assert result["original_classification"]["accuracy"] == pytest.approx(softcam_acc)  # an exact conversion
+    r = run_cli_here("evaluate", out, data, "--original", tmp_path / "tiny.pth", "--original-weights", out, *own)
+    assert r.returncode == 2 and "give it as --original, not as --original-weights." in r.stderr
     # finetune straight from the state dict: the run's model records the class, not a path
     _finetune(tmp_path / "tiny.pth", data, tmp_path / "run", *own)
     tuned = softcamify.checkpoints.read_metadata(tmp_path / "run" / "best.safetensors")

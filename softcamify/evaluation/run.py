@@ -247,6 +247,11 @@ def evaluate(
     methods = _baseline_methods(baselines)
     keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
     check_gate_targets(gates, methods=keys, ordinal=ordinal, original=original is not None)
+    if original_weights is not None and module is not None:
+        raise UsageError(
+            f"With module, original is the weights file of {module}; give it as original, not as original_weights.",
+            param=("original", "original_weights"),
+        )
     mm = load(
         model,
         device=device,
@@ -271,11 +276,6 @@ def evaluate(
         raise UsageError(
             "original_weights needs original to name the architecture (e.g. resnet50).",
             param=("original_weights", "original"),
-        )
-    if original_weights is not None and module is not None:
-        raise UsageError(
-            f"With module, original is the weights file of {module}; give it as original, not as original_weights.",
-            param=("original", "original_weights"),
         )
     if original is not None:
         run.original = _load_original(original, mm, trust_pickle, original_weights, module, model_args)
