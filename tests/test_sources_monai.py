@@ -304,6 +304,18 @@ def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path,
     assert result["original_classification"]["accuracy"] == pytest.approx(softcam_acc)  # an exact conversion
     r = run_cli_here("evaluate", out, data, "--original", tmp_path / "tiny.pth", "--original-weights", out, *own)
     assert r.returncode == 2 and "give it as --original, not as --original-weights." in r.stderr
+    # the library takes the same options: export straight from the state dict, with class names
+    report = softcamify.export(
+        tmp_path / "tiny.pth",
+        tmp_path / "lib.safetensors",
+        module="my_nets:TinyNet",
+        model_args={"width": 6},
+        class_names=["x", "y", "z"],
+        input_size=(64, 64),
+    )
+    assert report.exact
+    lib = softcamify.checkpoints.read_metadata(tmp_path / "lib.safetensors")
+    assert lib["source"]["name"] == "my_nets:TinyNet" and lib["class_names"] == ["x", "y", "z"]
     # finetune straight from the state dict: the run's model records the class, not a path
     _finetune(tmp_path / "tiny.pth", data, tmp_path / "run", *own)
     tuned = softcamify.checkpoints.read_metadata(tmp_path / "run" / "best.safetensors")
