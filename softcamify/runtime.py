@@ -244,18 +244,13 @@ def load(
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
     if input_size is not None:
         given["input_size"] = (int(input_size[-2]), int(input_size[-1]))
-    sc, notes = load_softcam(model, **given)
+    sc, notes = load_softcam(model, class_names=class_names, **given)
     mean, std, interpolation, crop_pct = (given.get(k) for k in ("mean", "std", "interpolation", "crop_pct"))
     config = resolve_data_config(
         sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
     )
-    if class_names is not None and not names_fit(sc.meta.num_classes, len(class_names)):
-        raise UsageError(
-            f"{len(class_names)} class names were given but the model has {classes_phrase(sc.meta.num_classes)}.",
-            param="class_names",
-        )
     desc = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
-    return TorchRuntime(sc, device, config=config, class_names=class_names, description=desc, notes=notes)
+    return TorchRuntime(sc, device, config=config, description=desc, notes=notes)
 
 
 def load_softcam(
@@ -264,6 +259,7 @@ def load_softcam(
     strict: bool = False,
     atol: float | None = None,
     output_stride: int | None = None,
+    class_names: Sequence[str] | None = None,
     **options: Unpack[LoadOptions],
 ) -> tuple[Any, list[str]]:
     """The PyTorch SoftCAM model (eval mode) and notes, for ``export``, ``finetune`` and :func:`load`.
@@ -272,7 +268,8 @@ def load_softcam(
     checkpoint (``last.pt``) or run folder, a softcamify ``.safetensors``, or any classifier
     :func:`softcamify.conversion.as_softcam` converts on the fly (checkpoint, timm/torchvision/MONAI name,
     Hugging Face folder); ``strict``, ``atol``, ``output_stride`` and the ``options``
-    (:class:`softcamify.options.LoadOptions`) go to it.
+    (:class:`softcamify.options.LoadOptions`) go to it. ``class_names`` rename the classes (a copy's
+    metadata: an export records them); their count must be the model's.
     """
     if is_onnx_path(model):
         raise InputError(
@@ -293,7 +290,7 @@ def load_softcam(
                 **sc.meta.data_config,
                 "input_size": [sc.meta.data_config["input_size"][0], *input_size],
             }
-        return sc.eval(), []
+        return _renamed(sc, class_names).eval(), []
     sc, loaded = as_softcam(
         model, strict=strict, atol=DEFAULT_ATOL if atol is None else atol, output_stride=output_stride, **options
     )
@@ -303,4 +300,19 @@ def load_softcam(
             f"{loaded.architecture} was converted to SoftCAM on the fly ({sc.meta.strategy}, "
             f"max |Δlogit| {sc.meta.conversion.get('max_abs_diff', float('nan')):.2g})."
         )
-    return sc.eval(), notes
+    return _renamed(sc, class_names).eval(), notes
+
+
+def _renamed(sc: Any, class_names: Sequence[str] | None) -> Any:
+    """``sc`` with ``class_names`` in a copy of its metadata (``sc`` itself when none are given)."""
+    if class_names is None:
+        return sc
+    if not names_fit(sc.meta.num_classes, len(class_names)):
+        raise UsageError(
+            f"{len(class_names)} class names were given but the model has {classes_phrase(sc.meta.num_classes)}.",
+            param="class_names",
+        )
+    sc = copy.copy(sc)
+    sc.meta = copy.deepcopy(sc.meta)
+    sc.meta.class_names = [str(c) for c in class_names]
+    return sc

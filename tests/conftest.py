@@ -31,6 +31,21 @@ def run_cli(
     )
 
 
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """The same command line in this process (typer's ``CliRunner``): the same commands, option parsing,
+    messages and exit codes as :func:`run_cli`, without a new Python paying its imports (seconds each, more
+    on a busy machine). For tests that need no clean process (blocked imports, signals, a module that must be
+    missing use :func:`run_cli`)."""
+    from typer.testing import CliRunner
+
+    from softcamify.cli import app
+
+    r = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(app, [str(a) for a in args])
+    if r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception  # a bug in the test's own process: show its traceback
+    return subprocess.CompletedProcess(["softcamify", *map(str, args)], r.exit_code, r.stdout, r.stderr)
+
+
 @pytest.fixture
 def cli():
     return run_cli

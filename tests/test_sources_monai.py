@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 from PIL import Image
 
 import softcamify
@@ -23,6 +23,8 @@ from softcamify.errors import EXIT_INPUT, InputError
 from softcamify.tolerance import allowed
 
 monai_nets = pytest.importorskip("monai.networks.nets")
+# tiny models, CLI calls in this process: one intra-op thread is as fast, and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_DENSENET = {
     "spatial_dims": 2,
@@ -68,10 +70,38 @@ def _bundle(root: Path, model: torch.nn.Module, network_def: dict) -> Path:
     return root
 
 
-def _convert(*args, env: dict | None = None) -> dict:
-    r = run_cli("convert", *args, "--input-size", "64", "--samples", "2", "--json", env=env)
+def _convert(*args) -> dict:
+    r = run_cli_here("convert", *args, "--input-size", "64", "--samples", "2", "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def _dataset(root: Path, classes: tuple[str, ...], n: int = 4, size: int = 48, mode: str = "L") -> Path:
+    """A tiny image-folder dataset (a bright disc marks every class but the first)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            if c:
+                cy, cx = rng.integers(8, size - 8, 2)
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12 * c] = 240
+            Image.fromarray(img if mode == "L" else np.stack([img] * 3, -1), mode).save(root / name / f"{i}.png")
+    return root
+
+
+# finetune's fastest settings: one epoch, one thread, no worker processes
+FINETUNE_FAST = ("--epochs", "1", "-b", "4", "-j", "0", "--device", "cpu", "--val-split", "0.5", "--quiet", "--json")
+
+
+def _finetune(model, data: Path, run: Path, *args) -> dict:
+    """``softcamify finetune`` for one epoch; its result (``summary``) and the fine-tuned model reloaded."""
+    r = run_cli_here("finetune", model, data, "-o", run, *FINETUNE_FAST, *args)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["epochs_completed"] == 1
+    return result
 
 
 @pytest.mark.parametrize(
@@ -128,7 +158,8 @@ def bundle_file(tmp_path_factory):
 
 
 def test_a_monai_bundle_converts_and_the_file_travels(bundle_file, tmp_path):
-    """Moved to another folder with the bundle deleted, the file goes through explain, export and predict."""
+    """Moved to another folder with the bundle deleted, the file goes through explain, export, predict and
+    finetune; ``--class-names`` name its classes in explain and in the exported file's metadata."""
     path, original = bundle_file
     moved = tmp_path / "elsewhere" / "model.safetensors"
     moved.parent.mkdir()
@@ -137,14 +168,30 @@ def test_a_monai_bundle_converts_and_the_file_travels(bundle_file, tmp_path):
     back = softcamify.load(moved)
     _assert_same(back, original)
     images = _images(tmp_path / "imgs")
-    r = run_cli("explain", moved, images, "-o", tmp_path / "maps", "--device", "cpu")
+    (tmp_path / "labels.txt").write_text("spleen\nliver\nkidney\n", encoding="utf-8")
+    r = run_cli_here(
+        "explain", moved, images, "-o", tmp_path / "maps", "--device", "cpu", "--class-names", "spleen,liver,kidney"
+    )
     assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "maps" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["spleen", "liver", "kidney"]
     assert any((tmp_path / "maps").rglob("*.png"))
-    r = run_cli("export", moved, "-o", tmp_path / "m.onnx")
+    r = run_cli_here("export", moved, "-o", tmp_path / "m.onnx", "--class-names", tmp_path / "labels.txt")
     assert r.returncode == 0, r.stderr
-    r = run_cli("predict", tmp_path / "m.onnx", images, "--json")
+    r = run_cli_here("predict", tmp_path / "m.onnx", images, "--json")
     assert r.returncode == 0, r.stderr
-    assert "img0.png" in r.stdout
+    preds = json.loads(r.stdout)["predictions"]
+    assert [p["image"].endswith(f"img{i}.png") for i, p in enumerate(preds)] == [True, True]
+    assert preds[0]["top_k"][0]["class"] in ("spleen", "liver", "kidney")  # the names the export recorded
+    # fine-tuned from the moved file alone: the run's model is a MONAI DenseNet again, with the data's classes
+    data = _dataset(tmp_path / "data", ("class_0", "class_1", "class_2"))
+    _finetune(moved, data, tmp_path / "run")
+    tuned = softcamify.load(tmp_path / "run" / "best.safetensors")
+    assert tuned.meta.source["kind"] == "monai" and tuned.meta.source["name"] == "DenseNet121"
+    assert tuned.meta.source["model_args"]["init_features"] == SMALL_DENSENET["init_features"]
+    assert tuned(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
+    before = {k: v for k, v in back.state_dict().items() if v.is_floating_point()}
+    assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items() if k in before)  # it trained
 
 
 def test_bundle_network_def_disagreeing_with_the_named_architecture_says_so(tmp_path):
@@ -223,46 +270,69 @@ class TinyNet(nn.Module):
 """
 
 
-def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path):
+def test_a_class_of_your_own_converts_with_module_and_the_file_travels(tmp_path, monkeypatch):
+    """``--module`` on inspect, convert, finetune and evaluate ``--original`` (the one declaration of the
+    original-model options); the converted file, moved with its weights deleted, goes through explain,
+    export and predict, and names the class when its module is gone."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "my_nets.py").write_text(OWN_NET, encoding="utf-8")
-    sys.path.insert(0, str(code))
-    try:
-        import my_nets
+    monkeypatch.syspath_prepend(str(code))  # importable, as PYTHONPATH makes it for the commands
+    import my_nets
 
-        torch.manual_seed(0)
-        original = my_nets.TinyNet(width=6, num_classes=3).eval()
-    finally:
-        sys.path.remove(str(code))
+    torch.manual_seed(0)
+    original = my_nets.TinyNet(width=6, num_classes=3).eval()
     torch.save(original.state_dict(), tmp_path / "tiny.pth")
-    env = {"PYTHONPATH": f"{code}:{Path(softcamify.__file__).parent.parent}"}
-    r = run_cli(
-        "inspect", tmp_path / "tiny.pth", "--module", "my_nets:TinyNet", "--model-args", "width=6", "--json", env=env
-    )
+    own = ("--module", "my_nets:TinyNet", "--model-args", "width=6")
+    r = run_cli_here("inspect", tmp_path / "tiny.pth", *own, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["exact"] is True and json.loads(r.stdout)["source"]["kind"] == "import"
     out = tmp_path / "tiny.safetensors"
-    report = _convert(
-        tmp_path / "tiny.pth", "--module", "my_nets:TinyNet", "--model-args", "width=6", "-o", out, env=env
-    )
+    report = _convert(tmp_path / "tiny.pth", *own, "-o", out, "--class-names", "a,b,c")
     assert report["exact"] is True and report["num_classes"] == 3
     assert report["compared_with"].startswith("my_nets:TinyNet(width=6)")
     meta = softcamify.checkpoints.read_metadata(out)
     assert meta["source"]["kind"] == "import" and meta["source"]["name"] == "my_nets:TinyNet"
+    assert meta["class_names"] == ["a", "b", "c"]
     assert str(tmp_path) not in json.dumps(meta["source"])  # no path: rebuilt by importing the class
+    data = _dataset(tmp_path / "data", ("a", "b", "c"), mode="RGB")
+    # evaluate: the converted file beside its original, built from the state dict with --module
+    r = run_cli_here("evaluate", out, data, "--original", tmp_path / "tiny.pth", *own, "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    softcam_acc = result["classification"]["accuracy"]
+    assert result["original_classification"]["accuracy"] == pytest.approx(softcam_acc)  # an exact conversion
+    r = run_cli_here("evaluate", out, data, "--original", tmp_path / "tiny.pth", "--original-weights", out, *own)
+    assert r.returncode == 2 and "give it as --original, not as --original-weights." in r.stderr
+    # the library takes the same options: export straight from the state dict, with class names
+    report = softcamify.export(
+        tmp_path / "tiny.pth",
+        tmp_path / "lib.safetensors",
+        module="my_nets:TinyNet",
+        model_args={"width": 6},
+        class_names=["x", "y", "z"],
+        input_size=(64, 64),
+    )
+    assert report.exact
+    lib = softcamify.checkpoints.read_metadata(tmp_path / "lib.safetensors")
+    assert lib["source"]["name"] == "my_nets:TinyNet" and lib["class_names"] == ["x", "y", "z"]
+    # finetune straight from the state dict: the run's model records the class, not a path
+    _finetune(tmp_path / "tiny.pth", data, tmp_path / "run", *own)
+    tuned = softcamify.checkpoints.read_metadata(tmp_path / "run" / "best.safetensors")
+    assert tuned["source"]["name"] == "my_nets:TinyNet" and tuned["source"]["model_args"] == {"width": 6}
     moved = tmp_path / "other" / "tiny.safetensors"
     moved.parent.mkdir()
     shutil.move(out, moved)
     (tmp_path / "tiny.pth").unlink()
     images = _images(tmp_path / "imgs")
-    r = run_cli("explain", moved, images, "-o", tmp_path / "maps", "--device", "cpu", env=env)
+    r = run_cli_here("explain", moved, images, "-o", tmp_path / "maps", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    r = run_cli("export", moved, "-o", tmp_path / "t.onnx", env=env)
+    r = run_cli_here("export", moved, "-o", tmp_path / "t.onnx")
     assert r.returncode == 0, r.stderr
-    r = run_cli("predict", tmp_path / "t.onnx", images, "--json")
+    r = run_cli_here("predict", tmp_path / "t.onnx", images, "--json")
     assert r.returncode == 0, r.stderr
-    # the class's module gone: one sentence naming the class, no traceback
+    assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["class"] in ("a", "b", "c")
+    # the class's module gone (a fresh process without its folder): one sentence naming the class, no traceback
     r = run_cli("explain", moved, images, "-o", tmp_path / "maps2", "--device", "cpu")
     assert r.returncode == EXIT_INPUT, r.stderr
     assert "my_nets" in r.stderr and "PYTHONPATH" in r.stderr and "Traceback" not in r.stderr

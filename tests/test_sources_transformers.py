@@ -9,9 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli_here
 
 transformers = pytest.importorskip("transformers")
+# tiny models, CLI calls in this process: one intra-op thread is as fast, and immune to a busy machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LABELS = {0: "benign", 1: "malignant", 2: "other"}
 
@@ -86,7 +88,7 @@ def test_save_pretrained_folder_converts_exactly_through_the_cli(tmp_path, name,
     model = _model(name)
     folder = _save(model, tmp_path / name)
     out = tmp_path / f"{name}.safetensors"
-    r = run_cli("convert", folder, "-o", out, "--input-size", "64", "--samples", "2", "--json")
+    r = run_cli_here("convert", folder, "-o", out, "--input-size", "64", "--samples", "2", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["exact"] and report["strategy"] == strategy
@@ -101,10 +103,10 @@ def test_save_pretrained_folder_converts_exactly_through_the_cli(tmp_path, name,
 
 def test_vit_is_approximate_and_refused_under_strict(tmp_path):
     folder = _save(_model("vit"), tmp_path / "vit")
-    r = run_cli("convert", folder, "-o", tmp_path / "v.safetensors", "--samples", "2", "--strict")
+    r = run_cli_here("convert", folder, "-o", tmp_path / "v.safetensors", "--samples", "2", "--strict")
     assert r.returncode == 4 and "Traceback" not in r.stderr
     assert "approximately" in r.stderr
-    r = run_cli("convert", folder, "-o", tmp_path / "v.safetensors", "--samples", "2", "--json")
+    r = run_cli_here("convert", folder, "-o", tmp_path / "v.safetensors", "--samples", "2", "--json")
     assert r.returncode == 0, r.stderr
     assert not json.loads(r.stdout)["exact"]
 
@@ -155,7 +157,7 @@ def test_preprocessor_config_becomes_the_data_config_and_problem_type_is_kept(tm
 
 def test_folder_without_preprocessor_says_preprocessing_was_guessed(tmp_path):
     folder = _save(_model("resnet"), tmp_path / "r")
-    r = run_cli("inspect", folder, "--input-size", "64")
+    r = run_cli_here("inspect", folder, "--input-size", "64")
     assert r.returncode == 0, r.stderr
     assert "guessed" in r.stdout + r.stderr
 
@@ -177,7 +179,9 @@ def test_pickled_transformers_module_converts_and_rebuilds_without_the_pickle(tm
     model = _model("resnet")
     torch.save(model, tmp_path / "whole.pt")
     out = tmp_path / "o.safetensors"
-    r = run_cli("convert", tmp_path / "whole.pt", "--trust-pickle", "-o", out, "--input-size", "64", "--samples", "1")
+    r = run_cli_here(
+        "convert", tmp_path / "whole.pt", "--trust-pickle", "-o", out, "--input-size", "64", "--samples", "1"
+    )
     assert r.returncode == 0, r.stderr
     (tmp_path / "whole.pt").unlink()  # the converted file rebuilds from the recorded transformers config
     x = torch.randn(1, 3, 64, 64)
@@ -186,21 +190,103 @@ def test_pickled_transformers_module_converts_and_rebuilds_without_the_pickle(tm
         torch.testing.assert_close(got, model(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_converted_folder_model_predicts_after_the_folder_is_gone(tmp_path):
+def test_converted_folder_model_travels_predicts_and_finetunes(tmp_path):
+    """A file converted from a save_pretrained folder, moved with the folder deleted: predict, explain and
+    evaluate with ``--class-names`` (a count that differs from the model's is refused in one sentence), and
+    finetune, whose model rebuilds from the recorded transformers config with the labels kept."""
     import shutil
 
     import numpy as np
     from PIL import Image
 
-    folder = _save(_model("resnet"), tmp_path / "r", {"size": {"height": 64, "width": 64}, "resample": 2})
+    folder = _save(_model("resnet"), tmp_path / "r", {"size": {"height": 48, "width": 48}, "resample": 2})
     out = tmp_path / "o.safetensors"
-    r = run_cli("convert", folder, "-o", out, "--samples", "1")
+    r = run_cli_here("convert", folder, "-o", out, "--samples", "1")
     assert r.returncode == 0, r.stderr
     shutil.rmtree(folder)
     moved = tmp_path / "elsewhere" / "model.safetensors"
     moved.parent.mkdir()
     out.rename(moved)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3)).astype(np.uint8)).save(tmp_path / "a.png")
-    r = run_cli("predict", moved, tmp_path / "a.png", "--json", "-k", "1")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for c, label in enumerate(LABELS.values()):
+        (data / label).mkdir(parents=True)
+        for i in range(4):
+            img = rng.integers(0, 60 + 60 * c, (48, 48, 3)).astype(np.uint8)
+            Image.fromarray(img).save(data / label / f"{i}.png")
+    image = data / "benign" / "0.png"
+    r = run_cli_here("predict", moved, image, "--json", "-k", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["class"] in LABELS.values()
+    r = run_cli_here("explain", moved, image, "-o", tmp_path / "maps", "--class-names", "a,b")
+    assert r.returncode == 2 and "2 class names were given but the model has 3 classes." in r.stderr
+    assert not (tmp_path / "maps").exists()
+    # evaluate with other names: the data's folders are matched against them, and the report uses them
+    (data / "benign").rename(data / "nevus")
+    r = run_cli_here("evaluate", moved, data, "--class-names", "nevus,malignant,other", "--json")
+    assert r.returncode == 0, r.stderr
+    per_class = json.loads(r.stdout)["classification"]["per_class"]
+    assert [p["name"] for p in per_class] == ["nevus", "malignant", "other"]
+    assert [p["support"] for p in per_class] == [4, 4, 4]
+    (data / "nevus").rename(data / "benign")
+    args = ("--epochs", "1", "-b", "4", "-j", "0", "--device", "cpu", "--val-split", "0.5", "--quiet", "--json")
+    r = run_cli_here("finetune", moved, data, "-o", tmp_path / "run", *args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs_completed"] == 1
+    from softcamify.checkpoints import load
+
+    tuned = load(tmp_path / "run" / "best.safetensors")
+    assert tuned.meta.source["kind"] == "transformers" and tuned.class_names == list(LABELS.values())
+    with torch.no_grad():
+        assert tuned(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
+
+
+def test_sharded_save_pretrained_folder_loads_and_pickled_shards_are_refused(tmp_path):
+    """``save_pretrained(max_shard_size=...)`` writes ``model.safetensors.index.json`` and shards: the folder
+    converts like a single-file one; a sharded ``.bin`` whose shard holds pickled code is refused."""
+    from softcamify.checkpoints import load_model
+    from softcamify.errors import InputError
+    from softcamify.tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
+
+    model = _model("resnet")
+    folder = tmp_path / "sharded"
+    model.save_pretrained(folder, max_shard_size=4000)
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (folder / "model.safetensors.index.json").exists()
+    assert not (folder / "model.safetensors").exists()
+    loaded = load_model(folder, input_size=(64, 64))
+    assert loaded.source["kind"] == "transformers" and loaded.class_names == list(LABELS.values())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert agreement(loaded.module(x), model(pixel_values=x).logits, DEFAULT_ATOL, DEFAULT_RTOL).passed
+
+    # the same tensors as pickled .bin shards: weights-only shards load, a shard with code is refused
+    binned = tmp_path / "binned"
+    binned.mkdir()
+    (binned / "config.json").write_text((folder / "config.json").read_text())
+    sd = model.state_dict()
+    keys = list(sd)
+    halves = {
+        "pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+        "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :],
+    }
+    for name, part in halves.items():
+        torch.save({k: sd[k] for k in part}, binned / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (binned / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with torch.no_grad():
+        assert agreement(load_model(binned, input_size=(64, 64)).module(x), model(pixel_values=x).logits).passed
+    torch.save(
+        {**{k: sd[k] for k in halves["pytorch_model-00002-of-00002.bin"]}, "hook": _Pickled()},
+        binned / "pytorch_model-00002-of-00002.bin",
+    )
+    with pytest.raises(InputError, match="pytorch_model-00002-of-00002.bin"):
+        load_model(binned)
+    index["weight_map"][keys[0]] = "../elsewhere.bin"
+    (binned / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="outside its folder"):
+        load_model(binned)
+
+
+class _Pickled:
+    """Any object that is not a tensor: unpickling it would run code from the file."""

@@ -186,6 +186,15 @@ def _load_model(
     model_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     spec_str = os.fspath(spec)
     path = Path(spec_str)
+    if module is not None and _is_softcamify(path):  # it records its own backbone: module is not needed
+        loaded = _load_model(
+            spec, weights=weights, num_classes=num_classes, ema=ema, trust_pickle=trust_pickle, input_size=input_size
+        )
+        loaded.notes.append(
+            f"The class {module} given is not used: {path.name} is a softcamify model, which records how to "
+            "rebuild its backbone."
+        )
+        return loaded
     if module is not None:
         return _load_with_module(module, path, weights, num_classes, ema, trust_pickle, input_size, model_args)
     if path.exists():
@@ -250,6 +259,19 @@ def _origin(source: dict[str, Any], weights: Path | None) -> str:
     if weights is None:
         return f"{built} built with random weights"
     return f"{built} rebuilt from the state dict {weights.name}"
+
+
+def _is_softcamify(path: Path) -> bool:
+    """Whether ``path`` is a softcamify ``.safetensors`` model or a fine-tuning run folder holding one."""
+    files = [path / "best.safetensors", path / "last.safetensors"] if path.is_dir() else [path]
+    for f in files:
+        if f.is_file() and (f.suffix == ".safetensors" or foreign._looks_like_safetensors(f)):
+            try:
+                if META_KEY in foreign.safetensors_metadata(f):
+                    return True
+            except InputError:  # a damaged file: the loader says so
+                return False
+    return False
 
 
 def _load_with_module(
@@ -510,7 +532,8 @@ def _load_folder(
 
     if hf.is_hf_config(config):  # a transformers save_pretrained folder
         weights_file = hf.weights_of(path, weights_file)
-        foreign.read_weights(weights_file)  # a damaged file or pickled code is refused in one sentence first
+        for f in hf.weight_files(weights_file):  # each shard of a sharded save
+            foreign.read_weights(f)  # a damaged file or pickled code is refused in one sentence first
         module, source, cfg, names, notes = hf.read_folder(path, config, weights_file, num_classes)
         if input_size is not None:
             cfg["input_size"] = [cfg["input_size"][0], *input_size]

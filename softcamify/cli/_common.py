@@ -58,7 +58,13 @@ MODULE_OPTION = typer.Option(
     None,
     "--module",
     help="A network class of your own, as package.module:Class (imported, never unpickled), built with "
-    "--model-args; MODEL is then its weights file (a state dict or checkpoint).",
+    "--model-args; the original classifier is then its weights file (a state dict or checkpoint).",
+)
+CLASS_NAMES_OPTION = typer.Option(
+    None,
+    "--class-names",
+    help="Class names in classifier order: comma-separated, or a text file with one name per line (override the "
+    "model's, and are recorded in a model written; as many as the model has classes).",
 )
 FEATURES_LAYER_OPTION = typer.Option(
     None, "--features-layer", help="Module whose output is the last feature map (when the head cannot be found)."
@@ -111,6 +117,8 @@ SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
     "json_": (bool, JSON_OPTION),
     "debug": (bool, DEBUG_OPTION),
     "model_args": (str, MODEL_ARGS_OPTION),
+    "module": (str, MODULE_OPTION),
+    "class_names": (str, CLASS_NAMES_OPTION),
     "mean": (str, MEAN_OPTION),
     "std": (str, STD_OPTION),
     "crop_pct": (float, CROP_PCT_OPTION),
@@ -122,8 +130,8 @@ SHARED_OPTIONS: dict[str, tuple[type, Any]] = {
 }
 MODEL = ("weights", "num_classes", "input_size", "ema", "trust_pickle")  # how a model file or name is loaded
 ENDING = ("force", "json_", "debug")  # the usual last options of a command that writes
-# what a user says of an original classifier: its constructor arguments and how its images were preprocessed
-ORIGINAL = ("model_args", "mean", "std", "crop_pct", "interpolation")
+# what a user says of an original classifier: its class and constructor arguments, how its images were preprocessed
+ORIGINAL = ("module", "model_args", "mean", "std", "crop_pct", "interpolation")
 # how volumes are preprocessed (cli/_volumes.volume_config turns them into a VolumeConfig)
 VOLUME = ("window", "zscore", "target_shape", "target_spacing")
 
@@ -171,9 +179,10 @@ def command(app: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[.
 
 
 def model_kwargs(o: SimpleNamespace, **extra: Any) -> dict[str, Any]:
-    """The model options of a :class:`Shared` bundle (``--device`` included) as the library's keyword
-    arguments, ``--input-size`` parsed; ``extra`` joins them."""
-    kw = {k: getattr(o, k) for k in ("device", *MODEL, *ORIGINAL) if hasattr(o, k)}
+    """The model options of a :class:`Shared` bundle (``--device`` and ``--class-names`` included) as the
+    library's keyword arguments, ``--input-size``, ``--model-args``, ``--mean``/``--std`` and ``--class-names``
+    parsed; ``extra`` joins them."""
+    kw = {k: getattr(o, k) for k in ("device", *MODEL, *ORIGINAL, "class_names") if hasattr(o, k)}
     if "input_size" in kw:
         kw["input_size"] = parse_input_size(kw["input_size"])
     if "model_args" in kw:
@@ -181,6 +190,8 @@ def model_kwargs(o: SimpleNamespace, **extra: Any) -> dict[str, Any]:
     for key in ("mean", "std"):
         if key in kw:
             kw[key] = parse_floats(kw[key], f"--{key}")
+    if "class_names" in kw:
+        kw["class_names"] = parse_class_names(kw["class_names"], distinct=True)
     for key in ("mean", "std", "crop_pct", "interpolation"):  # only what was given: a library default stays
         if key in kw and kw[key] is None:
             del kw[key]
@@ -261,9 +272,6 @@ def parse_input_size(value: str | None) -> tuple[int, int] | None:
             "allowed (Pillow's decompression-bomb limit); give a smaller size."
         )
     return size
-
-
-CLASS_NAMES_HELP = "Class names in classifier order: comma-separated, or a text file with one name per line"
 
 
 def parse_floats(value: str | None, option: str) -> list[float] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -10,12 +11,10 @@ from rich.table import Table
 
 from . import app
 from ._common import (
-    CLASS_NAMES_HELP,
     CLASSIFIER_OPTION,
     ENDING,
     FEATURES_LAYER_OPTION,
     MODEL,
-    MODULE_OPTION,
     ORIGINAL,
     Shared,
     check_logit_scale,
@@ -23,7 +22,6 @@ from ._common import (
     emit,
     handle_errors,
     model_kwargs,
-    parse_class_names,
 )
 
 MODEL_ARG = typer.Argument(
@@ -42,18 +40,25 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def load_for_cli(model: str, m, module: str | None = None):
-    """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle)."""
+def load_for_cli(model: str, m):
+    """The model of MODEL and the shared model options ``m`` (a :class:`Shared` bundle; ``--class-names`` are
+    not the loader's)."""
     from ..checkpoints import load_model
 
-    return load_model(model, **model_kwargs(m), module=module)
+    kw = model_kwargs(m)
+    kw.pop("class_names", None)
+    return load_model(model, **kw)
+
+
+def _class_names(m: Any) -> list[str] | None:
+    """The names of ``--class-names`` in the shared options ``m``, parsed (a list or a file)."""
+    return model_kwargs(m).get("class_names")
 
 
 @command(app)
 def inspect(
     model: str = MODEL_ARG,
     m: Shared = Shared(*MODEL, *ORIGINAL),
-    module: str = MODULE_OPTION,
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
     o: Shared = Shared("json_", "debug"),
@@ -62,7 +67,7 @@ def inspect(
     with handle_errors(o.debug):
         from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, m, module)
+        loaded = load_for_cli(model, m)
         report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
         data = report.to_dict()
         emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
@@ -111,11 +116,9 @@ def _inspect_table(report, data: dict) -> Table:
 def convert(
     model: str = MODEL_ARG,
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
-    m: Shared = Shared(*MODEL, *ORIGINAL),
-    module: str = MODULE_OPTION,
+    m: Shared = Shared(*MODEL, *ORIGINAL, "class_names"),
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
-    class_names: str = typer.Option(None, "--class-names", help=CLASS_NAMES_HELP + "."),
     samples: int = typer.Option(8, "--samples", min=1, help="Random inputs used to verify the conversion."),
     calibration: Path = typer.Option(None, "--calibration", help="Folder of real images to verify on as well."),
     atol: float = typer.Option(
@@ -148,11 +151,11 @@ def convert(
         if output.suffix != ".safetensors":
             raise UsageError(f"--output {output} must end in .safetensors (the softcamify format).")
         check_output_path(output, force=o.force)
-        names = parse_class_names(class_names, distinct=True)
+        names = _class_names(m)
         import torch
 
         torch.manual_seed(seed)  # an architecture without --weights gets the same random weights every run
-        loaded = load_for_cli(model, m, module)
+        loaded = load_for_cli(model, m)
         softcam = convert_model(
             loaded,
             class_names=names,

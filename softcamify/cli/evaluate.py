@@ -63,7 +63,8 @@ def evaluate(
     original: str = typer.Option(
         None,
         "--original",
-        help="The original black-box checkpoint (or timm name): classification and baselines for it too.",
+        help="The original black-box checkpoint (or timm name): classification and baselines for it too "
+        "(built with --module and --model-args when given).",
     ),
     original_weights: Path = typer.Option(
         None,
@@ -126,7 +127,7 @@ def evaluate(
     junit: Path = typer.Option(
         None, "--junit", help="Write the gates as a JUnit XML report (one testcase per gate) for CI systems."
     ),
-    o: Shared = Shared("device", *MODEL, *ORIGINAL, *ENDING),
+    o: Shared = Shared("device", *MODEL, *ORIGINAL, "class_names", *ENDING),
 ) -> None:
     """Classification metrics and, on images with masks, explanation metrics of the true class (vs baselines)."""
     with handle_errors(o.debug):

@@ -42,7 +42,7 @@ def explain(
     ),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Overlay opacity."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    o: Shared = Shared("device", *MODEL, *ORIGINAL, *ENDING),
+    o: Shared = Shared("device", *MODEL, *ORIGINAL, "class_names", *ENDING),
 ) -> None:
     """Evidence maps of every class from one forward pass: overlays, raw .npy maps, index.html, manifest.json."""
     with handle_errors(o.debug):

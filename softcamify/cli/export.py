@@ -48,7 +48,7 @@ def export(
     spatial: str = typer.Option(
         "auto", "--spatial", help="Height and width: auto (dynamic when the backbone allows), dynamic, static."
     ),
-    m: Shared = Shared(*MODEL, *ORIGINAL),
+    m: Shared = Shared(*MODEL, *ORIGINAL, "class_names"),
     strict: bool = typer.Option(False, "--strict", help="Refuse a model that converts only approximately."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random validation inputs."),
     o: Shared = Shared(*ENDING),

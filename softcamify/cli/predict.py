@@ -14,14 +14,12 @@ from rich.table import Table
 
 from . import app
 from ._common import (
-    CLASS_NAMES_HELP,
     ORIGINAL,
     Shared,
     command,
     emit,
     handle_errors,
     model_kwargs,
-    parse_class_names,
     parse_input_size,
 )
 
@@ -39,12 +37,9 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
-    class_names: str = typer.Option(
-        None,
-        "--class-names",
-        help=CLASS_NAMES_HELP + " (overrides the metadata).",
+    o: Shared = Shared(
+        "device", "weights", "num_classes", "ema", "trust_pickle", *ORIGINAL, "class_names", "json_", "debug"
     ),
-    o: Shared = Shared("device", "weights", "num_classes", "ema", "trust_pickle", *ORIGINAL, "json_", "debug"),
 ) -> None:
     """Top-k classes with probabilities for each image (preprocessing from the model's metadata)."""
     with handle_errors(o.debug):
@@ -57,7 +52,6 @@ def predict(
             top_k=top_k,
             batch_size=batch_size,
             input_size=size,
-            class_names=parse_class_names(class_names),
             **model_kwargs(o),
         )
         emit(o.json_, report.to_dict(), lambda: _table(report), report.notes)

@@ -184,6 +184,7 @@ def sweep(
     ema: bool = _FT["ema"],
     trust_pickle: bool = _FT["trust_pickle"],
     model_args: str = _FT["model_args"],
+    module: str = _FT["module"],
     mean: str = _FT["mean"],
     std: str = _FT["std"],
     crop_pct: float = _FT["crop_pct"],

@@ -77,20 +77,33 @@ class _Run:
     orig_predict: Predict | None = None
 
 
-def _load_original(original: Any, mm: Runtime, trust_pickle: bool, weights: Any = None) -> Any:
-    """``original`` as a torch module in eval mode on the model's device, checked to return its logits."""
+def _load_original(
+    original: Any,
+    mm: Runtime,
+    trust_pickle: bool,
+    weights: Any = None,
+    module: str | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> Any:
+    """``original`` as a torch module in eval mode on the model's device, checked to return its logits
+    (``module`` and ``model_args`` build it as :func:`softcamify.checkpoints.load_model` does)."""
     import torch
 
     from ..checkpoints import LoadedModel, load_model
 
     if isinstance(original, torch.nn.Module):
-        module = original
+        net = original
     elif isinstance(original, LoadedModel):
-        module = original.module
+        net = original.module
     else:
         try:
-            module = load_model(
-                original, weights=weights, trust_pickle=trust_pickle, input_size=tuple(mm.input_size[1:])
+            net = load_model(
+                original,
+                weights=weights,
+                trust_pickle=trust_pickle,
+                input_size=tuple(mm.input_size[1:]),
+                module=module,
+                model_args=model_args,
             ).module
         except InputError as e:
             if "holds weights only" not in str(e):
@@ -100,9 +113,9 @@ def _load_original(original: Any, mm: Runtime, trust_pickle: bool, weights: Any 
                 f"give this file as original_weights.",
                 param=("original", "original_weights"),
             ) from None
-    module = module.to(mm.device).eval()
+    net = net.to(mm.device).eval()
     with torch.no_grad():
-        out = module(torch.zeros(1, *mm.input_size, device=mm.device))
+        out = net(torch.zeros(1, *mm.input_size, device=mm.device))
     # a single-logit black box reads as its two classes wherever its logits are used (softmax, baselines)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != mm.num_logits:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -111,7 +124,7 @@ def _load_original(original: Any, mm: Runtime, trust_pickle: bool, weights: Any 
             "classes; original must be the classifier this model was converted from.",
             param="original",
         )
-    return module
+    return net
 
 
 def _torch_predict(module: Any, device: Any) -> Predict:
@@ -163,6 +176,8 @@ def evaluate(
     fail_over: str | Mapping[str, float] | None = None,
     junit: str | os.PathLike | None = None,
     model_args: dict[str, Any] | None = None,
+    module: str | None = None,
+    class_names: Sequence[str] | None = None,
     **preprocessing: Any,
 ) -> EvaluationResult:
     """Classification metrics on a dataset split and explanation metrics of the true class against masks.
@@ -196,6 +211,9 @@ def evaluate(
             ``interpolation``): as for :func:`softcamify.checkpoints.load_model` when ``model`` is converted on
             the fly (the preprocessing also overrides a converted model's).
         original_weights: weights for ``original`` given as an architecture name (a weights-only file).
+        module, model_args: the original classifier's class of your own (``"package.module:Class"``) and its
+            constructor arguments: they build ``model`` when it is converted on the fly, and ``original``.
+        class_names: the model's class names (its count must be the model's), for the labels and reports.
         progress: called as ``progress(stage, done, total)``.
         fail_under, fail_over: quality gates (:mod:`softcamify.evaluation.gates`), e.g.
             ``"accuracy=0.95,sensitivity[malignant]=0.8"``: a metric must be at least (``fail_under``) or at
@@ -229,6 +247,11 @@ def evaluate(
     methods = _baseline_methods(baselines)
     keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
     check_gate_targets(gates, methods=keys, ordinal=ordinal, original=original is not None)
+    if original_weights is not None and module is not None:
+        raise UsageError(
+            f"With module, original is the weights file of {module}; give it as original, not as original_weights.",
+            param=("original", "original_weights"),
+        )
     mm = load(
         model,
         device=device,
@@ -238,6 +261,8 @@ def evaluate(
         input_size=input_size,
         ema=ema,
         model_args=model_args,
+        module=module,
+        class_names=class_names,
         **preprocessing,
     )
     if (methods or original is not None) and mm.kind != "torch":
@@ -253,7 +278,7 @@ def evaluate(
             param=("original_weights", "original"),
         )
     if original is not None:
-        run.original = _load_original(original, mm, trust_pickle, original_weights)
+        run.original = _load_original(original, mm, trust_pickle, original_weights, module, model_args)
         run.orig_predict = _torch_predict(run.original, mm.device)
     result = _compute(run, model, methods, ordinal, examples, opts.max_images)
     result.settings["seconds"] = time.perf_counter() - t_start

@@ -23,17 +23,20 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from .._version import __version__
 from ..errors import UsageError, ValidationError
 from ..io import META_KEY, atomic_output, check_output_path
 from ..model import SoftCAM
 from ..onnx_runtime import EVIDENCE_NAME, INPUT_NAME, LOGITS_NAME
+from ..options import LoadOptions
 from ..runtime import load_softcam
 from ..sources import cpu_float32
 from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL
@@ -245,11 +248,11 @@ def export_onnx(
     rtol: float = DEFAULT_RTOL,
     exporter: str = "auto",
     spatial: str = "auto",
-    input_size: tuple[int, int] | None = None,
     force: bool = False,
     seed: int = 0,
-    trust_pickle: bool = False,
     strict: bool = False,
+    class_names: Sequence[str] | None = None,
+    **options: Unpack[LoadOptions],
 ) -> ExportReport:
     """Export ``model`` (a SoftCAM model or anything :func:`load_softcam` takes) to a validated ONNX file.
 
@@ -257,7 +260,9 @@ def export_onnx(
     ``auto`` (dynamic height/width when the export validates at a second size, else static),
     ``dynamic`` or ``static``. ``opset``: None for torch's default. Raises :class:`ValidationError`
     (nothing written) when no export matches PyTorch within ``atol`` and :class:`ExportError` when no
-    exporter produces a graph at all.
+    exporter produces a graph at all. ``class_names`` rename the classes in the file's metadata (their count
+    must be the model's); the ``options`` (:class:`softcamify.options.LoadOptions`: ``input_size``,
+    ``trust_pickle``, ``module``, ``model_args``, ...) load a model given as a path, as :func:`load_softcam`.
     """
     t0 = time.perf_counter()
     out = Path(output)
@@ -265,7 +270,7 @@ def export_onnx(
         raise UsageError(f"output {out} must end in .onnx for an ONNX export.", param="output")
     check_output_path(out, force=force)
     plan, notes = _plan(exporter, spatial, opset)
-    sc, load_notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
+    sc, load_notes = load_softcam(model, strict=strict, atol=atol, class_names=class_names, **options)
     notes = load_notes + notes
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     _check_weight_size(sc)

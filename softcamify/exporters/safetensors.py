@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from typing_extensions import Unpack
 
 from ..errors import UsageError, ValidationError
 from ..io import atomic_output, check_output_path
 from ..model import SoftCAM
+from ..options import LoadOptions
 from ..runtime import load_softcam
 from ..sources import cpu_float32
 from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL, agreement
@@ -24,17 +27,19 @@ def export_safetensors(
     model: Any,
     output: str | os.PathLike,
     *,
-    input_size: tuple[int, int] | None = None,
     force: bool = False,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     seed: int = 0,
-    trust_pickle: bool = False,
     strict: bool = False,
+    class_names: Sequence[str] | None = None,
+    **options: Unpack[LoadOptions],
 ) -> ExportReport:
     """Write the softcamify ``.safetensors`` format (as ``convert`` does), reloaded and checked before
     it is renamed into place: the reloaded model must reproduce logits and evidence within
-    ``atol + rtol × scale`` (:mod:`softcamify.tolerance`)."""
+    ``atol + rtol × scale`` (:mod:`softcamify.tolerance`). ``class_names`` rename the classes in the file's
+    metadata (their count must be the model's); the ``options`` (:class:`softcamify.options.LoadOptions`)
+    load a model given as a path, as :func:`load_softcam`."""
     from ..checkpoints import load, serialize
 
     t0 = time.perf_counter()
@@ -42,13 +47,13 @@ def export_safetensors(
     if out.suffix.lower() != ".safetensors":
         raise UsageError(f"output {out} must end in .safetensors for the softcamify format.", param="output")
     check_output_path(out, force=force)
-    sc, notes = load_softcam(model, input_size=input_size, trust_pickle=trust_pickle, strict=strict, atol=atol)
+    sc, notes = load_softcam(model, strict=strict, atol=atol, class_names=class_names, **options)
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
     with atomic_output(out, force=force) as tmp:
         tmp.write_bytes(serialize(sc))  # not save(): its own temporary file would be named in errors
-        reloaded = load(tmp, trust_pickle=trust_pickle)
+        reloaded = load(tmp, trust_pickle=bool(options.get("trust_pickle")))
         with torch.no_grad():
             ref_l, ref_m = sc.forward_maps(x)
             got_l, got_m = reloaded.forward_maps(x)

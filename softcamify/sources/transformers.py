@@ -9,7 +9,8 @@ LayerNorm → Linear: the pooled-norm strategy), EfficientNet (mean or max pool 
 → Linear) and ViT (class token → Linear: approximate only).
 
 Nothing is downloaded, and nothing is unpickled: a folder is rebuilt from its ``config.json`` and its
-weights read from ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only``). A converted
+weights read from ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only``; either may be sharded,
+with its ``.index.json``). A converted
 model records the config itself, so it rebuilds without the folder.
 """
 
@@ -230,13 +231,49 @@ def preprocessor_data_config(pre: dict[str, Any], channels: int) -> dict[str, An
     ).to_dict()
 
 
+#: the weights of a ``save_pretrained`` folder, in transformers' order: one file, or the index of its shards
+WEIGHTS_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+INDEX_SUFFIX = ".index.json"
+
+
 def weights_of(path: Path, weights_file: Path | None) -> Path:
-    """The weights file of a ``save_pretrained`` folder."""
+    """The weights file of a ``save_pretrained`` folder: one file, or the index of its shards (written by
+    ``save_pretrained(max_shard_size=...)``)."""
     if weights_file is None:
-        weights_file = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
+        weights_file = next((path / n for n in WEIGHTS_NAMES if (path / n).exists()), None)
     if weights_file is None:
-        raise InputError(f"Folder {path} has a transformers config.json but no model.safetensors or pytorch_model.bin.")
+        raise InputError(
+            f"Folder {path} has a transformers config.json but no model.safetensors or pytorch_model.bin "
+            "(nor a sharded model.safetensors.index.json)."
+        )
     return weights_file
+
+
+def weight_files(weights_file: Path) -> list[Path]:
+    """The files that hold the tensors of ``weights_file``: itself, or the shards its index names (each a
+    plain file name beside the index, as ``save_pretrained`` writes them)."""
+    if not weights_file.name.endswith(INDEX_SUFFIX):
+        return [weights_file]
+    try:
+        index = json.loads(weights_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{weights_file} is not a valid shard index (JSON with a weight_map).") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{weights_file} is not a valid shard index (JSON with a weight_map).")
+    names = sorted({str(v) for v in weight_map.values()})
+    outside = next((n for n in names if Path(n).name != n or n in (".", "..")), None)
+    if outside is not None:
+        raise InputError(f"{weights_file} names the shard {outside!r} outside its folder; shards lie beside the index.")
+    missing = next((n for n in names if not (weights_file.parent / n).is_file()), None)
+    if missing is not None:
+        raise InputError(f"{weights_file} names the shard {missing}, which is not in {weights_file.parent}.")
+    return [weights_file.parent / n for n in names]
 
 
 def read_folder(path: Path, config: dict[str, Any], weights_file: Path, num_classes: int | None):
@@ -285,7 +322,8 @@ def _from_pretrained(name: str, path: Path, weights_file: Path) -> HFClassifier:
     verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
     log.set_verbosity_error()  # its warnings and progress bars: missing keys are reported below, in one sentence
     log.disable_progress_bar()
-    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": weights_file.suffix == ".safetensors"}
+    safetensors = weights_file.name.startswith("model.safetensors") or weights_file.suffix == ".safetensors"
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": safetensors}
     if "weights_only" in inspect.signature(cls.from_pretrained).parameters:
         kwargs["weights_only"] = True  # older versions load .bin files weights-only anyway
     try:

@@ -79,6 +79,7 @@ class FinetuneConfig:
     ema: bool = False
     trust_pickle: bool = False
     model_args: dict[str, Any] | None = None  # the constructor arguments of an architecture given by name
+    module: str | None = None  # a class of the user's own, "package.module:Class"; the model is then its weights
     mean: list[float] | None = None  # preprocessing of the original classifier, when it records none
     std: list[float] | None = None
     crop_pct: float | None = None
@@ -116,8 +117,9 @@ class FinetuneConfig:
     force: bool = False
 
     def model_options(self) -> dict[str, Any]:
-        """``model_args`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam` takes them."""
-        given = {k: getattr(self, k) for k in ("mean", "std", "crop_pct", "interpolation")}
+        """``model_args``, ``module`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam`
+        takes them."""
+        given = {k: getattr(self, k) for k in ("module", "mean", "std", "crop_pct", "interpolation")}
         return {"model_args": self.model_args, **{k: v for k, v in given.items() if v is not None}}
 
     def to_dict(self) -> dict[str, Any]:
