@@ -93,6 +93,8 @@ def rewrite(model: Any, tail: OnnxTail, opset: int) -> Rewritten:
         t_out = _unique("softcam_features_channels_first", used)
         new_nodes.append(helper.make_node("Transpose", [x], [t_out], name=_unique("softcam_transpose", used), perm=perm))
         x = t_out
+    if tail.norm_eps is not None:  # normalize the features by the pooled features' norm statistics
+        x = _normalized(tail, x, used, new_nodes, new_inits, opset)
     w_name = _unique("softcam_evidence_weight", used)
     b_name = _unique("softcam_evidence_bias", used)
     k, c = tail.weight.shape
@@ -190,3 +192,37 @@ def _topological(nodes: list[Any]) -> list[Any]:
             return ordered + rest
         pending = rest
     return ordered
+
+
+def _normalized(tail: OnnxTail, x: str, used: set[str], nodes: list[Any], inits: list[Any], opset: int) -> str:
+    """Nodes computing (x − μ)/σ, with μ and σ² + eps the mean and variance of the pooled features over their
+    channels (one pair per sample, broadcast over the positions of ``x``)."""
+    from onnx import helper, numpy_helper
+
+    def name(base: str) -> str:
+        return _unique("softcam_norm_" + base, used)
+
+    def init(base: str, value: Any) -> str:
+        n = name(base)
+        inits.append(numpy_helper.from_array(value, n))
+        return n
+
+    def node(op: str, inputs: list[str], **attrs: Any) -> str:
+        out = name(op.lower())
+        nodes.append(helper.make_node(op, inputs, [out], name=name(op.lower() + "_node"), **attrs))
+        return out
+
+    def mean(t: str) -> str:  # over every non-batch axis of the pooled tensor (the channels; the rest are 1)
+        if opset >= 18:
+            return node("ReduceMean", [t, axes], keepdims=1)
+        return node("ReduceMean", [t], axes=list(range(1, 8))[: rank - 1], keepdims=1)
+
+    rank = len(tail.feature_shape) if tail.pooled_rank is None else tail.pooled_rank
+    axes = init("axes", np.arange(1, rank, dtype=np.int64)) if opset >= 18 else ""
+    mu = mean(tail.pooled)
+    d = node("Sub", [tail.pooled, mu])
+    var = mean(node("Mul", [d, d]))
+    sigma = node("Sqrt", [node("Add", [var, init("eps", np.asarray(tail.norm_eps, dtype=tail.dtype))])])
+    shape = init("shape", np.asarray([-1] + [1] * (tail.rank - 1), dtype=np.int64))
+    mu_b, sigma_b = node("Reshape", [mu, shape]), node("Reshape", [sigma, shape])
+    return node("Div", [node("Sub", [x, mu_b]), sigma_b])

@@ -70,6 +70,9 @@ class GraphIndex:
                 for a in n.attribute:
                     if a.name == "value":
                         self.constants[n.output[0]] = numpy_helper.to_array(a.t)
+        for n in self.nodes:  # shared weights behind Identity nodes (the TorchScript exporter writes them)
+            if n.op_type == "Identity" and n.input[0] in self.constants:
+                self.constants[n.output[0]] = self.constants[n.input[0]]
         self.shapes: dict[str, list[Dim]] = {}
         self.elem_types: dict[str, int] = {}
         try:
@@ -130,6 +133,11 @@ class OnnxTail:
     bias: np.ndarray  # K
     nodes: list[int]  # node indices of the tail: pooling, between, classifier
     dtype: Any  # numpy dtype of the classifier weights
+    pooled: str = ""  # the pooling's output
+    # a LayerNormalization of the pooled features (ConvNeXt): its epsilon. The evidence is then computed on
+    # (F − μ)/σ with μ, σ the norm's statistics of the pooled features (exact, as softcamify's `normed`)
+    norm_eps: float | None = None
+    pooled_rank: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -161,6 +169,7 @@ class OnnxTail:
             "output": self.output,
             "num_classes": self.num_classes,
             "channels": self.channels,
+            "norm": None if self.norm_eps is None else {"kind": "LayerNormalization", "epsilon": self.norm_eps},
         }
 
 
@@ -212,7 +221,11 @@ def _match(g: GraphIndex, output: str) -> OnnxTail:
                 f"node {describe(node)} pools by maximum, which is not the mean of evidence maps, so the "
                 f"classifier {classifier} does not decompose exactly."
             )
-        if node.op_type in RESHAPES or node.op_type in AFFINE or node.op_type == "BatchNormalization":
+        if node.op_type == "Transpose" and not _pooled_shape(g.shapes.get(node.input[0])):
+            raise NotATail(f"node {describe(node)} between the pooling and {classifier} moves more than the channels.")
+        if node.op_type == "LayerNormalization":
+            _check_layer_norm(g, node, m.shape[0], classifier)
+        if node.op_type in (*RESHAPES, *AFFINE, "BatchNormalization", "Transpose", "LayerNormalization"):
             if node.op_type in AFFINE and _const_operand(g, node) is None:
                 raise NotATail(f"node {describe(node)} between the pooling and {classifier} is not by a constant.")
             steps.append((node, x))
@@ -242,8 +255,19 @@ def _match(g: GraphIndex, output: str) -> OnnxTail:
     # fold the affine steps, applied in forward order (pool first): y = s·x + t per channel
     s = np.ones(c, dtype=np.float64)
     sh = np.zeros(c, dtype=np.float64)
+    norm_eps = None
     for node, tensor in reversed(steps):
-        if node.op_type in RESHAPES:
+        if node.op_type in RESHAPES or node.op_type == "Transpose":
+            continue
+        if node.op_type == "LayerNormalization":
+            if norm_eps is not None or np.any(s != 1) or np.any(sh != 0):
+                raise NotATail(f"node {describe(node)} normalizes features that were scaled or shifted before it.")
+            norm_eps = float(_attr(node, "epsilon", 1e-5))
+            gamma = g.const(node.input[1])
+            beta = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(c)
+            if gamma is None or beta is None:
+                raise NotATail(f"node {describe(node)} has a scale or shift that is not constant.")
+            s, sh = _vector(gamma, c, describe(node)), _vector(beta, c, describe(node))
             continue
         si, ti = _affine(g, node, tensor, c, channel_axis, rank)
         s, sh = si * s, si * sh + ti
@@ -266,6 +290,9 @@ def _match(g: GraphIndex, output: str) -> OnnxTail:
         bias=np.asarray(b, dtype=np.float64).reshape(k),
         nodes=sorted(set(nodes)),
         dtype=np.dtype(dtype),
+        pooled=pool_node.output[0],
+        pooled_rank=g.rank(pool_node.output[0]),
+        norm_eps=norm_eps,
     )
 
 
@@ -406,3 +433,18 @@ def _pool_axes(g: GraphIndex, node: Any, rank: int) -> tuple[int, list[int]]:
             "of a batch of feature maps."
         )
     return rest[0], norm
+
+
+def _pooled_shape(shape: list[Dim] | None) -> bool:
+    """True for the shape of pooled features: one non-batch axis (the channels) that is not 1."""
+    return shape is not None and sum(1 for d in shape[1:] if d != 1) <= 1
+
+
+def _check_layer_norm(g: GraphIndex, node: Any, c: int, classifier: str) -> None:
+    """A LayerNormalization after the pooling must normalize over the channels alone (ConvNeXt's head norm)."""
+    shape = g.shapes.get(node.input[0])
+    if shape is None or not _pooled_shape(shape):
+        raise NotATail(f"node {describe(node)} normalizes a tensor that is not the pooled features.")
+    axis = int(_attr(node, "axis", -1)) % len(shape)
+    if axis == 0 or c not in shape[axis:] or any(d != 1 for d in shape[1:axis]):
+        raise NotATail(f"node {describe(node)} does not normalize over the {c} channels of the pooled features.")
