@@ -23,8 +23,9 @@ from typing import Any
 from .._version import __version__
 from ..binary import classes_phrase, names_fit
 from ..config import DATA_KEYS, resolve_data_config
-from ..errors import InputError, UsageError, ValidationError
+from ..errors import ConversionError, InputError, UsageError, ValidationError
 from ..io import META_KEY, atomic_output, check_output_path
+from ..onnx_runtime import EVIDENCE_NAME
 from ..tolerance import DEFAULT_ATOL, DEFAULT_RTOL, allowed
 from . import verify
 from .rewrite import rewrite
@@ -32,7 +33,6 @@ from .tail import GraphIndex, OnnxTail, find_tail
 
 __all__ = ["OnnxConversionReport", "OnnxInspectReport", "convert_onnx", "inspect_onnx", "rewrite_onnx"]
 
-STRATEGY = "onnx_linear"
 FORMAT_VERSION = 1
 LOGITS_OUTPUT_KEY = "logits_output"
 EVIDENCE_OUTPUT_KEY = "evidence_output"
@@ -109,7 +109,7 @@ class OnnxInspectReport:
             "between": list(t.between) if t else [],
             "classifier": t.classifier if t else None,
             "activation": t.activation if t else None,
-            "strategy": STRATEGY if t else None,
+            "strategy": t.strategy if t else None,
             "exact": bool(t) or self.is_softcam,
             "convertible": bool(t),
             "reason": self.reason,
@@ -192,11 +192,9 @@ def _parameters(proto: Any) -> int:
 
 def inspect_onnx(model: str | os.PathLike | Any) -> OnnxInspectReport:
     """What tail ``model`` (an ``.onnx`` path or an ``onnx.ModelProto``) has and whether the rewrite is exact."""
-    from ..errors import ConversionError
-
     proto, name = _load(model)
     index = GraphIndex(proto)
-    is_softcam = any(o.name == "evidence" for o in proto.graph.output)
+    is_softcam = any(o.name == EVIDENCE_NAME for o in proto.graph.output)
     tail, reason = None, None
     if not is_softcam:
         try:
@@ -254,6 +252,10 @@ def rewrite_onnx(
     if samples < 1:
         raise UsageError("samples must be at least 1.", param="samples")
     proto, name = _load(model)
+    if any(o.name == EVIDENCE_NAME for o in proto.graph.output):
+        raise ConversionError(
+            f"{name} already has an '{EVIDENCE_NAME}' output: it is a SoftCAM model; there is nothing to convert."
+        )
     index = GraphIndex(proto)
     tail = find_tail(proto, index)
     new = rewrite(proto, tail, index.opset)
@@ -285,7 +287,7 @@ def rewrite_onnx(
     grid = stats["evidence_shape"][1:]
     report = OnnxConversionReport(
         exact=True,
-        strategy=STRATEGY,
+        strategy=tail.strategy,
         architecture=_props(proto).get("architecture") or name,
         num_classes=tail.num_classes,
         evidence_grid=grid,
@@ -333,7 +335,7 @@ def _stamp(proto: Any, report: OnnxConversionReport, names: list[str], cfg: dict
         "format": "softcamify",
         "format_version": FORMAT_VERSION,
         "source": {"kind": "onnx", "name": report.architecture, "file": name},
-        "strategy": STRATEGY,
+        "strategy": report.strategy,
         "exact": True,
         "num_classes": report.num_classes,
         "class_names": names,
@@ -352,7 +354,7 @@ def _stamp(proto: Any, report: OnnxConversionReport, names: list[str], cfg: dict
         "format_version": str(FORMAT_VERSION),
         "architecture": report.architecture,
         "source_kind": "onnx",
-        "strategy": STRATEGY,
+        "strategy": report.strategy,
         "exact": "true",
         "num_classes": str(report.num_classes),
         "class_names": json.dumps(names),

@@ -153,6 +153,11 @@ class OnnxTail:
         return "channels_last" if self.channel_axis != 1 else "channels_first"
 
     @property
+    def strategy(self) -> str:
+        """The name of the PyTorch path's strategy for the same head: ``linear``, or ``normed`` (a LayerNorm)."""
+        return "linear" if self.norm_eps is None else "normed"
+
+    @property
     def evidence_grid(self) -> list[Dim]:
         return [self.feature_shape[a] for a in self.spatial_axes] if self.feature_shape else []
 
