@@ -251,7 +251,10 @@ def _refuse_torch_options(m, **given) -> None:
     """Options that build or cut a PyTorch model have no meaning for an .onnx file: say so."""
     from ..errors import UsageError
 
-    values = {**{k: getattr(m, k, None) for k in ("weights", "num_classes", "ema", "trust_pickle", "model_args")}, **given}
+    values = {
+        **{k: getattr(m, k, None) for k in ("weights", "num_classes", "ema", "trust_pickle", "model_args")},
+        **given,
+    }
     used = [k for k, v in values.items() if v not in (None, False)]
     if used:
         flags = ", ".join("--" + k.replace("_", "-") for k in used)

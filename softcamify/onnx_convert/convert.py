@@ -132,7 +132,10 @@ def _load(model: Any) -> tuple[Any, str]:
         proto = onnx.load(str(path))
     except Exception as e:
         raise InputError(f"{path} is not an ONNX model onnx can read ({type(e).__name__}: {str(e)[:160]}).") from None
-    if len(proto.graph.input) - len({t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input}) != 1:
+    if (
+        len(proto.graph.input) - len({t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input})
+        != 1
+    ):
         raise InputError(f"{path} does not have exactly one input; softcamify converts image classifiers.")
     return proto, path.stem
 
@@ -175,8 +178,9 @@ def _class_names(proto: Any, given: Sequence[str] | None, k: int) -> list[str]:
     if given is not None:
         names = [str(c) for c in given]
         if not names_fit(k, len(names)):
-            raise UsageError(f"{len(names)} class names were given but the model has {classes_phrase(k)}.",
-                             param="class_names")
+            raise UsageError(
+                f"{len(names)} class names were given but the model has {classes_phrase(k)}.", param="class_names"
+            )
         return names
     parsed = _json(_props(proto).get("class_names"))
     if isinstance(parsed, list) and names_fit(k, len(parsed)):
@@ -259,8 +263,14 @@ def rewrite_onnx(
     index = GraphIndex(proto)
     tail = find_tail(proto, index)
     new = rewrite(proto, tail, index.opset)
-    overrides = {"mean": mean, "std": std, "input_size": input_size, "interpolation": interpolation,
-                 "crop_pct": crop_pct, "crop_mode": crop_mode}
+    overrides = {
+        "mean": mean,
+        "std": std,
+        "input_size": input_size,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
     cfg, complete = _data_config(proto, overrides)
     names = _class_names(proto, class_names, tail.num_classes)
     shape = verify.input_shape(proto, cfg.get("input_size"), samples)
@@ -269,19 +279,32 @@ def rewrite_onnx(
     n_cal = 0
     if calibration is not None:
         if not complete:
-            raise UsageError("calibration images need the preprocessing: give mean, std and input_size.",
-                             param=("mean", "std", "input_size"))
+            raise UsageError(
+                "calibration images need the preprocessing: give mean, std and input_size.",
+                param=("mean", "std", "input_size"),
+            )
         cal = verify.calibration_inputs(calibration, cfg)
         if list(cal.shape[1:]) != list(shape[1:]):
             raise UsageError(
                 f"calibration images preprocess to {list(cal.shape[1:])}, but the graph takes {shape[1:]} "
-                "(a channels-last input?); verify on random inputs only.", param="calibration")
+                "(a channels-last input?); verify on random inputs only.",
+                param="calibration",
+            )
         n_cal = len(cal)
         x = verify.np.concatenate([x, cal.astype(x.dtype)])
     original_outputs = [o.name for o in proto.graph.output]
     verify.check_graph(new.model)
-    stats = verify.compare(proto, new.model, logits=new.logits, original_logits=tail.logits, evidence=new.evidence,
-                           original_outputs=original_outputs, inputs=x, atol=atol, rtol=rtol)
+    stats = verify.compare(
+        proto,
+        new.model,
+        logits=new.logits,
+        original_logits=tail.logits,
+        evidence=new.evidence,
+        original_outputs=original_outputs,
+        inputs=x,
+        atol=atol,
+        rtol=rtol,
+    )
     others_ok = all(v["passed"] for v in stats["outputs"].values())
     passed = bool(stats["logits_passed"] and stats["maps_passed"] and others_ok)
     grid = stats["evidence_shape"][1:]
@@ -297,8 +320,19 @@ def rewrite_onnx(
         atol=atol,
         rtol=rtol,
         passed=passed,
-        **{k: stats[k] for k in ("max_abs_diff", "max_rel_diff", "mean_abs_diff", "top1_agreement", "kl_divergence",
-                                 "maps_mean_diff", "logit_scale", "logit_spread")},
+        **{
+            k: stats[k]
+            for k in (
+                "max_abs_diff",
+                "max_rel_diff",
+                "mean_abs_diff",
+                "top1_agreement",
+                "kl_divergence",
+                "maps_mean_diff",
+                "logit_scale",
+                "logit_spread",
+            )
+        },
         tail=tail.to_dict(),
         outputs={"logits": new.logits, "evidence": new.evidence, "original": ", ".join(original_outputs)},
         original_outputs=stats["outputs"],
@@ -317,7 +351,9 @@ def rewrite_onnx(
         what = [] if stats["logits_passed"] else [f"logits: max |Δ| {report.max_abs_diff:.3g}"]
         if not stats["maps_passed"]:
             what.append(f"mean of evidence vs logits: max |Δ| {report.maps_mean_diff:.3g}")
-        what += [f"output '{k}': max |Δ| {v['max_abs_diff']:.3g}" for k, v in stats["outputs"].items() if not v["passed"]]
+        what += [
+            f"output '{k}': max |Δ| {v['max_abs_diff']:.3g}" for k, v in stats["outputs"].items() if not v["passed"]
+        ]
         raise ValidationError(
             f"The rewritten {report.architecture} differs from the original beyond atol {atol:g} + rtol {rtol:g} × "
             f"scale (allowed {allowed(report.logit_scale, atol, rtol):.3g}; {'; '.join(what)}); nothing was written.",
@@ -327,8 +363,16 @@ def rewrite_onnx(
     return new.model, report
 
 
-def _stamp(proto: Any, report: OnnxConversionReport, names: list[str], cfg: dict[str, Any], complete: bool,
-           opset: int, name: str, outputs: list[str]) -> None:
+def _stamp(
+    proto: Any,
+    report: OnnxConversionReport,
+    names: list[str],
+    cfg: dict[str, Any],
+    complete: bool,
+    opset: int,
+    name: str,
+    outputs: list[str],
+) -> None:
     """softcamify's metadata in ``metadata_props`` (other keys are kept)."""
     logits, evidence = report.outputs["logits"], report.outputs["evidence"]
     meta = {
@@ -345,8 +389,16 @@ def _stamp(proto: Any, report: OnnxConversionReport, names: list[str], cfg: dict
         "conversion": report.to_dict(),
         "history": [],
         "versions": {"softcamify": __version__},
-        "export": {"format": "onnx", "format_version": FORMAT_VERSION, "exporter": "onnx_rewrite", "opset": opset,
-                   "outputs": outputs, "logits": logits, "evidence": evidence, "softcamify": __version__},
+        "export": {
+            "format": "onnx",
+            "format_version": FORMAT_VERSION,
+            "exporter": "onnx_rewrite",
+            "opset": opset,
+            "outputs": outputs,
+            "logits": logits,
+            "evidence": evidence,
+            "softcamify": __version__,
+        },
     }
     props: dict[str, str] = {
         META_KEY: json.dumps(meta, sort_keys=True, default=str),

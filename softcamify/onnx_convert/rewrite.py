@@ -85,13 +85,15 @@ def rewrite(model: Any, tail: OnnxTail, opset: int) -> Rewritten:
 
     # --- the new nodes ---------------------------------------------------------------------------
     n_spatial = len(tail.spatial_axes)
-    new_nodes = []
-    new_inits = []
+    new_nodes: list[Any] = []
+    new_inits: list[Any] = []
     x = tail.features
     perm = [0, tail.channel_axis, *tail.spatial_axes]
     if perm != list(range(tail.rank)):  # channels last (TF/Keras): the evidence is channels first
         t_out = _unique("softcam_features_channels_first", used)
-        new_nodes.append(helper.make_node("Transpose", [x], [t_out], name=_unique("softcam_transpose", used), perm=perm))
+        new_nodes.append(
+            helper.make_node("Transpose", [x], [t_out], name=_unique("softcam_transpose", used), perm=perm)
+        )
         x = t_out
     if tail.norm_eps is not None:  # normalize the features by the pooled features' norm statistics
         x = _normalized(tail, x, used, new_nodes, new_inits, opset)
@@ -104,7 +106,11 @@ def rewrite(model: Any, tail: OnnxTail, opset: int) -> Rewritten:
     used.add(evidence)
     new_nodes.append(
         helper.make_node(
-            "Conv", [x, w_name, b_name], [evidence], name=_unique("softcam_evidence", used), kernel_shape=[1] * n_spatial
+            "Conv",
+            [x, w_name, b_name],
+            [evidence],
+            name=_unique("softcam_evidence", used),
+            kernel_shape=[1] * n_spatial,
         )
     )
     axes = list(range(2, 2 + n_spatial))
@@ -114,14 +120,18 @@ def rewrite(model: Any, tail: OnnxTail, opset: int) -> Rewritten:
         new_inits.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), a_name))
         new_nodes.append(helper.make_node("ReduceMean", [evidence, a_name], [tail.logits], name=mean_name, keepdims=0))
     else:
-        new_nodes.append(helper.make_node("ReduceMean", [evidence], [tail.logits], name=mean_name, axes=axes, keepdims=0))
+        new_nodes.append(
+            helper.make_node("ReduceMean", [evidence], [tail.logits], name=mean_name, axes=axes, keepdims=0)
+        )
     logits = tail.logits
     extra_outputs = []
     if tail.logits not in outputs:  # an activation follows: expose the logits before it
         if LOGITS_NAME not in used:
             logits = LOGITS_NAME
             used.add(logits)
-            new_nodes.append(helper.make_node("Identity", [tail.logits], [logits], name=_unique("softcam_logits", used)))
+            new_nodes.append(
+                helper.make_node("Identity", [tail.logits], [logits], name=_unique("softcam_logits", used))
+            )
         extra_outputs.append(logits)
 
     # --- keep the tail's tensors that other nodes still read -------------------------------------

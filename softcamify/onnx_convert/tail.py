@@ -334,7 +334,8 @@ def _classifier(g: GraphIndex, node: Any, output: str, nodes: list[int]) -> tupl
         nodes.append(idx)
         return x, m, np.zeros(m.shape[1]), describe(node)
     raise NotATail(
-        f"the output '{output}' is computed by {describe(node)}, not by a linear classifier (Gemm, MatMul, MatMul + Add)."
+        f"the output '{output}' is computed by {describe(node)}, not by a linear classifier "
+        "(Gemm, MatMul, MatMul + Add)."
     )
 
 

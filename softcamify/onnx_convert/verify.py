@@ -32,7 +32,9 @@ def check_graph(model: Any) -> None:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ValidationError(f"The rewritten graph does not pass the ONNX checker ({first}); nothing was written.")
+        raise ValidationError(
+            f"The rewritten graph does not pass the ONNX checker ({first}); nothing was written."
+        ) from None
 
 
 def session(model: Any) -> Any:
@@ -139,7 +141,9 @@ def compare(
     """The conversion figures of ``rewritten`` against ``original`` (both ``onnx.ModelProto``) on ``inputs``."""
     first = original.graph.input[0].type.tensor_type.shape.dim
     fixed = first[0].dim_value if first and first[0].HasField("dim_value") and first[0].dim_value > 0 else None
-    ref_all = _run(session(with_outputs(original, [original_logits])), [original_logits, *original_outputs], inputs, fixed)
+    ref_all = _run(
+        session(with_outputs(original, [original_logits])), [original_logits, *original_outputs], inputs, fixed
+    )
     got_all = _run(session(rewritten), [logits, evidence, *original_outputs], inputs, fixed)
     ref, got, maps = (a.astype(np.float64) for a in (ref_all[0], got_all[0], got_all[1]))
     ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
