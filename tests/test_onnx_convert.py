@@ -359,8 +359,9 @@ def test_rewrite_predict_explain_evaluate_without_torch(tmp_path):
             assert r.exit_code == 0, r.output
             return r.output
         root = {str(tmp_path)!r}
-        run("convert", root + "/m.onnx", "-o", root + "/sc.onnx", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
-            "--class-names", "a,b,c", "--calibration", root + "/data", "--json")
+        conv = json.loads(run("convert", root + "/m.onnx", "-o", root + "/sc.onnx", "--mean", "0.5,0.5,0.5",
+            "--std", "0.5,0.5,0.5", "--class-names", "a,b,c", "--calibration", root + "/data", "--json"))
+        assert conv["calibration_images"] == 6 and conv["passed"], conv
         pred = json.loads(run("predict", root + "/sc.onnx", root + "/data/a", "--json", "--top-k", "3"))
         run("explain", root + "/sc.onnx", root + "/data/a", "-o", root + "/ex")
         run("evaluate", root + "/sc.onnx", root + "/data", "--json")
@@ -437,3 +438,58 @@ def test_mismatch_and_existing_output_write_nothing(tmp_path):
     assert report.passed and onnx.load(str(tmp_path / "old.onnx")).graph.output[-1].name == "evidence"
     with pytest.raises(ConversionError, match="already"):
         rewrite_onnx(tmp_path / "old.onnx")
+
+
+def test_tail_tensors_read_elsewhere_stay_and_a_taken_logits_name_is_not_reused(tmp_path):
+    """The pooled embedding is also an output (kept, with the nodes computing it); the Softmax output is
+    itself named 'logits', so the pre-activation logits keep their own name, which the metadata records and
+    OnnxModel reads."""
+    from softcamify.onnx_runtime import OnnxModel
+
+    rng = np.random.default_rng(6)
+    inits = {
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "fc": rng.standard_normal((4, 2)).astype(np.float32),
+        "b": rng.standard_normal(2).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["f"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["f"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["emb"]),
+        helper.make_node("MatMul", ["emb", "fc"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["logits"]),
+    ]
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])
+    outs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2]),
+        helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["n", 4]),
+    ]
+    model = _graph(nodes, inits, inp, outs, opset=17)
+    report = convert_onnx(model, tmp_path / "sc.onnx", mean=[0.5] * 3, std=[0.5] * 3)
+    assert report.outputs["logits"] == "z"
+    sc = onnx.load(str(tmp_path / "sc.onnx"))
+    assert [o.name for o in sc.graph.output] == ["logits", "emb", "z", "evidence"]
+    assert [n.op_type for n in sc.graph.node] == [
+        "Conv",
+        "GlobalAveragePool",
+        "Flatten",
+        "Conv",
+        "ReduceMean",
+        "Softmax",
+    ]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    _check_against_original(model, tmp_path / "sc.onnx", x)
+    om = OnnxModel(tmp_path / "sc.onnx")
+    logits, evidence = om.run(x)
+    z = _session(_with_output(model, "z")).run(["z"], {"input": x})[0]
+    assert om.logits_name == "z" and np.abs(logits - z).max() <= _allowed(z)
+    assert evidence is not None and evidence.shape == (2, 2, 8, 8)
+
+
+def test_inspect_table_names_the_tail(tmp_path):
+    onnx.save(_keras_nhwc(np.random.default_rng(7))[0], tmp_path / "keras.onnx")
+    r = run_cli("inspect", tmp_path / "keras.onnx")
+    assert r.returncode == 0, r.stderr
+    for text in ("'gap' (ReduceMean)", "'dense/MatMul' (MatMul) + 'dense/BiasAdd' (Add)", "channels_last", "Softmax"):
+        assert text in r.stdout
