@@ -61,20 +61,21 @@ def inspect(
 ) -> None:
     """Show a model's backbone, pooling and head, and whether an exact SoftCAM conversion exists."""
     with handle_errors(o.debug):
-        if _is_onnx(model):
+        if _is_onnx(model):  # read as a graph, without torch
             _refuse_torch_options(m, module=module, features_layer=features_layer, classifier=classifier)
             from ..onnx_convert import inspect_onnx
 
             onnx_report = inspect_onnx(model)
-            data = onnx_report.to_dict()
-            emit(o.json_, data, lambda: _inspect_onnx_table(data), onnx_report.notes)
-            return
-        from ..conversion import inspect as inspect_model
+            data, notes = onnx_report.to_dict(), onnx_report.notes
+            show = lambda: _inspect_onnx_table(data)  # noqa: E731
+        else:
+            from ..conversion import inspect as inspect_model
 
-        loaded = load_for_cli(model, m, module)
-        report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
-        data = report.to_dict()
-        emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
+            loaded = load_for_cli(model, m, module)
+            report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
+            data, notes = report.to_dict(), report.notes
+            show = lambda: _inspect_table(report, data)  # noqa: E731
+        emit(o.json_, data, show, notes)
 
 
 def _inspect_table(report, data: dict) -> Table:
