@@ -120,24 +120,29 @@ class OnnxInspectReport:
 
 
 def _load(model: Any) -> tuple[Any, str]:
-    """(onnx.ModelProto, a name for messages) of a path or a proto."""
+    """(onnx.ModelProto, a name for messages) of a path or a proto; one input (initializers aside)."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
-        return model, model.graph.name or "the ONNX model"
-    path = Path(model)
-    if not path.is_file():
-        raise InputError(f"Model file {path} does not exist." if not path.exists() else f"{path} is not a file.")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:
-        raise InputError(f"{path} is not an ONNX model onnx can read ({type(e).__name__}: {str(e)[:160]}).") from None
-    if (
-        len(proto.graph.input) - len({t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input})
-        != 1
-    ):
-        raise InputError(f"{path} does not have exactly one input; softcamify converts image classifiers.")
-    return proto, path.stem
+        proto, name = model, model.graph.name or "the ONNX model"
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"Model file {path} does not exist." if not path.exists() else f"{path} is not a file.")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as e:
+            raise InputError(
+                f"{path} is not an ONNX model onnx can read ({type(e).__name__}: {str(e)[:160]})."
+            ) from None
+        name = path.stem
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise InputError(
+            f"{name} has {len(inputs)} inputs ({', '.join(inputs)}); softcamify converts image classifiers with one."
+        )
+    return proto, name
 
 
 def _props(proto: Any) -> dict[str, str]:
@@ -160,7 +165,7 @@ def _data_config(proto: Any, overrides: dict[str, Any]) -> tuple[dict[str, Any],
     for key in DATA_KEYS:
         if cfg.get(key) is None and props.get(key) is not None:
             cfg[key] = _json(props[key])
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims = verify.data_input(proto).type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     size = overrides.get("input_size")
     if size is not None and len(size) == 2:
@@ -274,7 +279,7 @@ def rewrite_onnx(
     cfg, complete = _data_config(proto, overrides)
     names = _class_names(proto, class_names, tail.num_classes)
     shape = verify.input_shape(proto, cfg.get("input_size"), samples)
-    elem = proto.graph.input[0].type.tensor_type.elem_type
+    elem = verify.data_input(proto).type.tensor_type.elem_type
     x = verify.random_inputs(shape, samples, seed, {10: "float16", 11: "float64"}.get(elem, "float32"))
     n_cal = 0
     if calibration is not None:

@@ -60,10 +60,16 @@ def with_outputs(model: Any, names: Sequence[str]) -> Any:
     return m
 
 
+def data_input(model: Any) -> Any:
+    """The graph's image input (its first input that is not an initializer)."""
+    weights = {t.name for t in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in weights)
+
+
 def input_shape(model: Any, input_size: Sequence[int] | None, batch: int) -> list[int]:
     """The shape of a batch of ``batch`` inputs: the graph's static dims, ``input_size`` ([C,] H, W …) for the
     others (channels first)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims = data_input(model).type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if not static:
         raise InputError("The graph's input has no shape, so no verification input can be made.")
@@ -112,8 +118,7 @@ def calibration_inputs(folder: str | os.PathLike, data_config: dict[str, Any], l
     )
 
 
-def _run(sess: Any, names: list[str], x: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
-    name = sess.get_inputs()[0].name
+def _run(sess: Any, name: str, names: list[str], x: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
     step = fixed_batch or max(1, min(8, len(x)))
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(x), step):
@@ -139,12 +144,17 @@ def compare(
     rtol: float,
 ) -> dict[str, Any]:
     """The conversion figures of ``rewritten`` against ``original`` (both ``onnx.ModelProto``) on ``inputs``."""
-    first = original.graph.input[0].type.tensor_type.shape.dim
+    image = data_input(original)
+    first = image.type.tensor_type.shape.dim
     fixed = first[0].dim_value if first and first[0].HasField("dim_value") and first[0].dim_value > 0 else None
     ref_all = _run(
-        session(with_outputs(original, [original_logits])), [original_logits, *original_outputs], inputs, fixed
+        session(with_outputs(original, [original_logits])),
+        image.name,
+        [original_logits, *original_outputs],
+        inputs,
+        fixed,
     )
-    got_all = _run(session(rewritten), [logits, evidence, *original_outputs], inputs, fixed)
+    got_all = _run(session(rewritten), image.name, [logits, evidence, *original_outputs], inputs, fixed)
     ref, got, maps = (a.astype(np.float64) for a in (ref_all[0], got_all[0], got_all[1]))
     ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
     logit_check = agreement(got, ref, atol, rtol)
