@@ -9,6 +9,7 @@ import torch)::
     logits, maps = model.forward_maps(x)          # maps: B×K×h×w, maps.mean((2, 3)) == logits
     softcamify.save(model, "resnet50_softcam.safetensors")
     model = softcamify.load("resnet50_softcam.safetensors")
+    report = softcamify.convert_onnx("deployed.onnx", "deployed_softcam.onnx")  # a deployed ONNX file, no torch
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ _LAZY = {
     "SoftCAMMeta": "softcamify.model",
     "HeadPlan": "softcamify.heads",
     "as_softcam": "softcamify.conversion",
+    "convert_onnx": "softcamify.onnx_convert",
+    "inspect_onnx": "softcamify.onnx_convert",
+    "rewrite_onnx": "softcamify.onnx_convert",
+    "OnnxConversionReport": "softcamify.onnx_convert",
+    "OnnxInspectReport": "softcamify.onnx_convert",
     "make_lesions": "softcamify.data.synth",
     "discover": "softcamify.data",
     "DatasetSplits": "softcamify.data",

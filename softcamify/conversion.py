@@ -37,6 +37,11 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
             cfg["input_size"] = [cfg["input_size"][0], *input_size]
             return replace(model, data_config=cfg, notes=list(model.notes))
         return model
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx"):
+        raise UsageError(
+            f"{os.fspath(model)} is an ONNX file: use softcamify.convert_onnx(path, output) or "
+            "softcamify.inspect_onnx(path), which rewrite the graph itself, without PyTorch."
+        )
     if not isinstance(model, nn.Module):
         raise UsageError(f"convert() takes an nn.Module or a LoadedModel, not {type(model).__name__}.")
     if isinstance(model, SoftCAM):  # its own preprocessing, not a guess from the module

@@ -54,6 +54,8 @@ METADATA_KEYS = (
     "layout",
     "dynamic_spatial",  # "true" / "false"
     "outputs",
+    "logits_output",  # the output holding the logits, when not 'logits' (a graph rewritten by convert model.onnx)
+    "evidence_output",  # the output holding the evidence maps, when not 'evidence'
 )
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -157,8 +159,17 @@ class OnnxModel:
             raise InputError(f"{self.path} takes {self.input.type} input; softcamify feeds float images.")
         self._input_dtype = _ORT_DTYPES[self.input.type]
         outputs = {o.name: o for o in self.session.get_outputs()}
-        self.logits_name = LOGITS_NAME if LOGITS_NAME in outputs else next(iter(outputs))
-        self.evidence_name = EVIDENCE_NAME if EVIDENCE_NAME in outputs else None
+        # a graph rewritten by softcamify (convert model.onnx) names its logits and evidence outputs
+        named_logits = self.properties.get("logits_output")
+        named_evidence = self.properties.get("evidence_output")
+        if named_logits in outputs:
+            self.logits_name = str(named_logits)
+        else:
+            self.logits_name = LOGITS_NAME if LOGITS_NAME in outputs else next(iter(outputs))
+        if named_evidence in outputs:
+            self.evidence_name: str | None = str(named_evidence)
+        else:
+            self.evidence_name = EVIDENCE_NAME if EVIDENCE_NAME in outputs else None
         try:
             self.data_config = self._data_config(mean, std, input_size, interpolation, crop_pct, crop_mode)
             self.class_names = self._class_names(class_names, outputs[self.logits_name].shape)

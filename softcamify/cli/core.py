@@ -27,7 +27,8 @@ from ._common import (
 MODEL_ARG = typer.Argument(
     ...,
     help="A timm name (resnet50), torchvision:NAME, monai:NAME, a .safetensors/.pth checkpoint, a Hugging Face "
-    "style folder, a MONAI bundle folder, or a softcamify model (with --module: the weights of your own class).",
+    "style folder, a MONAI bundle folder, or a softcamify model (with --module: the weights of your own class); "
+    "or a deployed .onnx classifier (rewritten as a graph, without PyTorch).",
     show_default=False,
 )
 
@@ -65,12 +66,21 @@ def inspect(
 ) -> None:
     """Show a model's backbone, pooling and head, and whether an exact SoftCAM conversion exists."""
     with handle_errors(o.debug):
-        from ..conversion import inspect as inspect_model
+        if _is_onnx(model):  # read as a graph, without torch
+            _refuse_torch_options(m, features_layer=features_layer, classifier=classifier)
+            from ..onnx_convert import inspect_onnx
 
-        loaded = load_for_cli(model, m)
-        report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
-        data = report.to_dict()
-        emit(o.json_, data, lambda: _inspect_table(report, data), report.notes)
+            onnx_report = inspect_onnx(model)
+            data, notes = onnx_report.to_dict(), onnx_report.notes
+            show = lambda: _inspect_onnx_table(data)  # noqa: E731
+        else:
+            from ..conversion import inspect as inspect_model
+
+            loaded = load_for_cli(model, m)
+            report = inspect_model(loaded, features_layer=features_layer, classifier=classifier)
+            data, notes = report.to_dict(), report.notes
+            show = lambda: _inspect_table(report, data)  # noqa: E731
+        emit(o.json_, data, show, notes)
 
 
 def _inspect_table(report, data: dict) -> Table:
@@ -115,7 +125,9 @@ def _inspect_table(report, data: dict) -> Table:
 @command(app)
 def convert(
     model: str = MODEL_ARG,
-    output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file (softcamify format)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Output .safetensors file (softcamify format); .onnx for an .onnx MODEL."
+    ),
     m: Shared = Shared(*MODEL, *ORIGINAL, "class_names"),
     features_layer: str = FEATURES_LAYER_OPTION,
     classifier: str = CLASSIFIER_OPTION,
@@ -143,6 +155,10 @@ def convert(
 ) -> None:
     """Replace pooling + classifier by an evidence conv initialized from the classifier; verify; save."""
     with handle_errors(o.debug):
+        if _is_onnx(model):
+            _refuse_torch_options(m, features_layer=features_layer, classifier=classifier, output_stride=output_stride)
+            _convert_onnx(model, output, m, samples, calibration, atol, rtol, strict, seed, o)
+            return
         from ..checkpoints import save
         from ..conversion import convert as convert_model
         from ..errors import UsageError
@@ -227,3 +243,97 @@ def _classes_text(num_classes: int, class_names: list[str] | None = None) -> str
         shown = ", ".join(class_names[:8]) + (", …" if len(class_names) > 8 else "")
         text += f" ({escape(shown)})"
     return text
+
+
+def _is_onnx(model: str) -> bool:
+    return model.lower().endswith(".onnx")
+
+
+def _refuse_torch_options(m, **given) -> None:
+    """Options that build or cut a PyTorch model have no meaning for an .onnx file: say so."""
+    from ..errors import UsageError
+
+    values = {
+        **{k: getattr(m, k, None) for k in ("weights", "num_classes", "ema", "trust_pickle", "model_args", "module")},
+        **given,
+    }
+    used = [k for k, v in values.items() if v not in (None, False)]
+    if used:
+        flags = ", ".join("--" + k.replace("_", "-") for k in used)
+        raise UsageError(f"{flags}: only for a PyTorch model; an .onnx model is rewritten as a graph, not rebuilt.")
+
+
+def _convert_onnx(model, output: Path, m, samples, calibration, atol, rtol, strict, seed, o) -> None:
+    """``convert model.onnx -o out.onnx``: the graph rewrite (torch is never imported)."""
+    from ..onnx_convert import convert_onnx
+    from ._common import parse_floats, parse_input_size
+
+    report = convert_onnx(
+        model,
+        output,
+        force=o.force,
+        class_names=_class_names(m),
+        mean=parse_floats(m.mean, "--mean"),
+        std=parse_floats(m.std, "--std"),
+        input_size=parse_input_size(m.input_size),
+        interpolation=m.interpolation,
+        crop_pct=m.crop_pct,
+        samples=samples,
+        calibration=calibration,
+        atol=atol,
+        rtol=rtol,
+        seed=seed,
+        strict=strict,
+    )
+    data = report.to_dict()
+    check_logit_scale(data)
+    emit(o.json_, data, lambda: _convert_onnx_table(data), report.notes)
+
+
+def _convert_onnx_table(report: dict) -> Table:
+    t = Table(title=f"softcamify convert: {report['architecture']} (ONNX rewrite)", show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    tail = report["tail"]
+    t.add_row("tail", escape(" → ".join([tail["pooling"], *tail["between"], tail["classifier"]])))
+    if tail.get("activation"):
+        t.add_row("activation", f"{tail['activation']} (kept on '{escape(tail['output'])}')")
+    t.add_row("strategy", f"{report['strategy']} ([green]exact[/])")
+    t.add_row("classes", _classes_text(report["num_classes"]))
+    t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
+    t.add_row("outputs", escape(f"logits '{report['outputs']['logits']}', evidence '{report['outputs']['evidence']}'"))
+    t.add_row(
+        "max |Δlogit|",
+        f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
+        f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})",
+    )
+    t.add_row("max |mean(evidence) − logits|", f"{report['maps_mean_diff']:.3g}")
+    t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
+    n = report["samples"] + report["calibration_images"]
+    t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
+    t.add_row("output", escape(str(report["output"])))
+    return t
+
+
+def _inspect_onnx_table(data: dict) -> Table:
+    t = Table(title=f"softcamify inspect: {data['architecture']} (ONNX)", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("architecture", f"{escape(data['architecture'])} (onnx, opset {data['source']['opset']})")
+    t.add_row("parameters", f"{data['parameters']:,}")
+    t.add_row("input size", _fmt(data["input_size"]))
+    t.add_row("mean / std", f"{_fmt(data['mean'])} / {_fmt(data['std'])}")
+    if data["is_softcam"]:
+        t.add_row("softcamify model", "the graph has an evidence output already")
+        return t
+    t.add_row("classes", _classes_text(data["num_classes"], data["class_names"]) if data["num_classes"] else "—")
+    if data["convertible"]:
+        t.add_row("feature map", f"{_fmt(data['feature_shape'])} ({data['layout']})")
+        t.add_row("tail", escape(data["head"]))
+        if data["activation"]:
+            t.add_row("activation", data["activation"])
+        t.add_row("strategy", f"{data['strategy']} ([green]exact[/])")
+        t.add_row("evidence grid", _fmt(data["evidence_grid"]))
+    else:
+        t.add_row("strategy", f"[red]none[/]: {escape(str(data['reason']))}")
+    return t

@@ -329,6 +329,8 @@ def _junit_path(junit: str | os.PathLike | None, out: Path | None, force: bool) 
 
 def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
     """The post-hoc methods asked for; pytorch-grad-cam must be installed when there are any."""
+    if not baselines:  # none asked for: the baselines module (torch) is not imported, so the ONNX path stays torch-free
+        return []
     from .baselines import parse_methods
 
     methods = parse_methods(baselines)
