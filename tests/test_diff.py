@@ -183,11 +183,13 @@ def test_a_model_against_itself_agrees_exactly(torch_models, synth, tmp_path):
 
 
 def test_safetensors_against_its_onnx_export(torch_models, synth):
+    import softcamify
+
     st, onnx_path = torch_models
-    data = _json(_diff(st, onnx_path, synth, "--json"))
-    assert data["old"]["backend"] == "torch" and data["new"]["backend"] == "onnxruntime"
-    assert data["predictions"]["flips"] == 0 and data["predictions"]["max_prob_change"] < 1e-4
-    assert data["agreement"]["overall"]["rank_corr"] > 0.99
+    report = softcamify.diff(st, onnx_path, synth, device="cpu", examples=0)  # the library, as the CLI calls it
+    assert report.old["backend"] == "torch" and report.new["backend"] == "onnxruntime"
+    assert report.predictions["flips"] == 0 and report.predictions["max_prob_change"] < 1e-4
+    assert report.agreement["overall"]["rank_corr"] > 0.99 and report.examples == []
 
 
 # --------------------------------------------------------------------------------------------------------

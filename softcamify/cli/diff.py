@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -77,7 +78,7 @@ def diff(
         None, "--output", "-o", help="Report folder: index.html (self-contained), diff.json, per_image.json."
     ),
     junit: Path = typer.Option(None, "--junit", help="Write the gates as a JUnit XML report for CI systems."),
-    o: Shared = Shared("device", "trust_pickle", *ENDING),
+    o: Any = Shared("device", "trust_pickle", *ENDING),  # a namespace of their values once parsed
 ) -> None:
     """Compare two model versions on the same images: prediction flips, evidence agreement, shortcut flags."""
     with handle_errors(o.debug):

@@ -496,12 +496,12 @@ def _summarize(
     iou = M.topk_iou(maps_old, maps_new, k)
     shift_cells, shift = M.peak_shift(maps_old, maps_new)
     d_sparsity = M.positive_sparsity(maps_new, sparsity_threshold) - M.positive_sparsity(maps_old, sparsity_threshold)
-    per_metric = {
-        "rank_corr": rho,
-        "topk_iou": iou,
-        "peak_shift_cells": shift_cells,
-        "peak_shift": shift,
-        "sparsity_change": d_sparsity,
+    per_metric: dict[str, np.ndarray] = {
+        "rank_corr": np.asarray(rho),
+        "topk_iou": np.asarray(iou),
+        "peak_shift_cells": np.asarray(shift_cells),
+        "peak_shift": np.asarray(shift),
+        "sparsity_change": np.asarray(d_sparsity),
     }
     constant = int(np.isnan(np.asarray(rho)).sum())
     if constant:
@@ -557,7 +557,7 @@ def _predictions(
                 "new_probability": float(probs[1][i, top_new[i]]),
                 **({"label": names[int(labels[i])]} if labels is not None else {}),
             }
-            for i in flipped
+            for i in flipped.tolist()
         ],
         "max_prob_change": float(delta.max()),
         "mean_prob_change": float(delta.max(axis=1).mean()),
@@ -616,7 +616,7 @@ def _per_image(
     probs: np.ndarray,
     names: Sequence[str],
     labels: np.ndarray | None,
-    per_metric: dict[str, Any],
+    per_metric: dict[str, np.ndarray],
 ) -> list[dict[str, Any]]:
     rows = []
     keep_classes = len(names) <= PER_IMAGE_CLASSES
