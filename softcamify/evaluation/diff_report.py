@@ -197,7 +197,7 @@ def _png_uri(img: Image.Image, width: int) -> str:
     if im.width > width:
         im = im.resize((width, max(1, round(im.height * width / im.width))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
