@@ -9,8 +9,11 @@ Two timm ``resnet50`` with random weights (``pretrained=False``: nothing is down
 predictions and maps differ), converted to SoftCAM with softcamify and saved; 200 images of the synthetic
 lesion dataset (``datasets synth``, with masks, so localization is scored too). The timed part is the whole
 ``softcamify.diff`` call: loading both models, decoding and preprocessing every image, the batched passes,
-every metric and the HTML page (``-o``). Printed: seconds, images/s, and the load average before and after
-(the machine may be shared: a busy CPU makes the figure slower, never faster).
+every metric and the HTML page (``-o``). Then, as a floor under the same load, the two models' bare
+forward passes over the same preprocessed batches (``rt(x)``, nothing else) are timed: the difference is
+what diff adds (decoding, preprocessing, metrics, report). Printed: seconds, images/s, the forward-only
+seconds and the load average before and after (the machine may be shared: a busy CPU makes the figure
+slower, never faster).
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ def _models(folder: Path, name: str, size: int, fmt: str) -> list[Path]:
     return paths
 
 
+def _forward_seconds(old: Path, new: Path, data: Path, batch: int) -> float:
+    """Seconds of the two models' forward passes alone over the images (preprocessed beforehand, not timed)."""
+    import numpy as np
+
+    from softcamify.images import open_image
+    from softcamify.prediction import collect_images
+    from softcamify.runtime import load
+
+    rts = [load(old, device="cpu"), load(new, device="cpu")]
+    x = np.stack([rts[0].preprocess(open_image(p)) for p in collect_images(data)]).astype(np.float32)
+    t0 = time.perf_counter()
+    for start in range(0, len(x), batch):
+        for rt in rts:
+            rt(x[start : start + batch])
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
@@ -75,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             old, new, data, masks=masks, batch_size=args.batch, device="cpu", out_dir=folder / "report"
         )
         seconds = time.perf_counter() - t0
+        forward = _forward_seconds(old, new, data, args.batch)
         load_after = os.getloadavg()
     row = {
         "model": args.model,
@@ -82,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": report.data["images"],
         "size": args.size,
         "seconds": round(seconds, 2),
+        "forward_only_seconds": round(forward, 2),
         "images_per_s": round(report.data["images"] / seconds, 2),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -95,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"softcamify diff, 2 × {args.model} ({args.format}), {row['images']} images at {args.size} px: "
-            f"{seconds:.1f} s, {row['images_per_s']:.2f} images/s "
+            f"{seconds:.1f} s, {row['images_per_s']:.2f} images/s; the bare forward passes {forward:.1f} s "
             f"(torch threads {row['torch_threads']}, load average {row['load_before'][0]} → {row['load_after'][0]})"
         )
     return 0

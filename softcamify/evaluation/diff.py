@@ -191,8 +191,10 @@ def _samples(
             raise InputError(f"{root} is a file but not a labels CSV (.csv); DATA is a folder or a CSV.")
         found = discover(None, labels_csv=root, min_classes=1)
         pool = found.split(split) if split is not None else [*found.train, *found.val, *found.test]
-        if not pool:
+        if not pool and split is not None:
             raise InputError(f"{root} has no {split} rows; drop split or fill the split column.", param="split")
+        if not pool:
+            raise InputError(f"{root} lists no images.")
         items = [_Image(Path(s.path), int(s.label)) for s in sorted(pool, key=lambda s: str(s.path))]
         base = mask_root
         desc = f"{split + ' rows' if split else 'rows'} of {root}"
