@@ -300,6 +300,7 @@ def measured(onnx_models, synth):
         "topk_iou": data["agreement"]["overall"]["topk_iou"],
         "max_prob_change": data["predictions"]["max_prob_change"],
         "peak_shift": data["agreement"]["overall"]["peak_shift"],
+        "accuracy_drop": data["predictions"]["accuracy"]["old"] - data["predictions"]["accuracy"]["new"],
     }
 
 
@@ -317,6 +318,8 @@ def _gate_args(m, side):
         f"{m['max_prob_change'] + eps:.9f}",
         "--max-peak-shift",
         f"{m['peak_shift'] + eps:.9f}",
+        "--max-accuracy-drop",
+        f"{m['accuracy_drop'] + eps:.9f}",
     ]
 
 
@@ -326,9 +329,9 @@ def test_gates_pass_on_their_side_of_the_thresholds(onnx_models, synth, measured
     args = [onnx_models["clean"], onnx_models["retrained"], synth, "--split", "train", "--json", "--junit", junit]
     r = _diff(*args, *_gate_args(measured, "pass"))
     assert r.returncode == EXIT_OK, r.stderr
-    assert [g["passed"] for g in json.loads(r.stdout)["gates"]] == [True] * 5
+    assert [g["passed"] for g in json.loads(r.stdout)["gates"]] == [True] * 6
     cases, failures = _junit(junit)
-    assert len(cases) == 5 and not failures
+    assert len(cases) == 6 and not failures
 
 
 def test_gates_fail_on_the_other_side(onnx_models, synth, measured, tmp_path):
@@ -336,13 +339,15 @@ def test_gates_fail_on_the_other_side(onnx_models, synth, measured, tmp_path):
     args = [onnx_models["clean"], onnx_models["retrained"], synth, "--split", "train", "--json", "--junit", junit]
     r = _diff(*args, *_gate_args(measured, "fail"))
     assert r.returncode == EXIT_GATE, r.stderr
-    assert r.stderr.startswith("error: 5 of 5 quality gates failed")
+    assert r.stderr.startswith("error: 6 of 6 quality gates failed")
     gates = json.loads(r.stdout)["gates"]
-    assert [g["metric"] for g in gates] == ["flips", "rank_corr", "topk_iou", "max_prob_change", "peak_shift"]
+    names = ["flips", "rank_corr", "topk_iou", "max_prob_change", "peak_shift", "accuracy_drop"]
+    assert [g["metric"] for g in gates] == names
     assert not any(g["passed"] for g in gates)
     assert gates[1]["value"] == pytest.approx(measured["rank_corr"])
+    assert gates[5]["value"] == pytest.approx(measured["accuracy_drop"])
     cases, failures = _junit(junit)
-    assert len(cases) == 5 and len(failures) == 5
+    assert len(cases) == 6 and len(failures) == 6
 
 
 # --------------------------------------------------------------------------------------------------------

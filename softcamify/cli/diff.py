@@ -71,6 +71,9 @@ def diff(
     max_peak_shift: float = typer.Option(
         None, "--max-peak-shift", help="Gate: exit 8 when the mean peak shift (share of the grid) is larger."
     ),
+    max_accuracy_drop: float = typer.Option(
+        None, "--max-accuracy-drop", help="Gate: exit 8 when NEW's accuracy is lower than OLD's by more than this."
+    ),
     fail_on_new_shortcut: bool = typer.Option(
         False, "--fail-on-new-shortcut", help="Gate: exit 8 when NEW is flagged for a class OLD is not."
     ),
@@ -109,6 +112,7 @@ def diff(
                 max_prob_change=max_prob_change,
                 max_peak_shift=max_peak_shift,
                 fail_on_new_shortcut=fail_on_new_shortcut,
+                max_accuracy_drop=max_accuracy_drop,
                 out_dir=output,
                 junit=junit,
                 force=o.force,

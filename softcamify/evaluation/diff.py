@@ -15,7 +15,7 @@ ONNX path never imports torch) over the same images in batches, one pass, and re
   cells across the images (:func:`~softcamify.evaluation.metrics.fixed_region_share`), flagged at
   ``shortcut_threshold``;
 * **gates** (``max_flips``, ``min_rank_corr``, ``min_topk_iou``, ``max_prob_change``, ``max_peak_shift``,
-  ``fail_on_new_shortcut``), judged into :class:`~softcamify.evaluation.gates.GateOutcome` s.
+  ``max_accuracy_drop``, ``fail_on_new_shortcut``), judged into :class:`~softcamify.evaluation.gates.GateOutcome` s.
 
 Compute only; :mod:`.diff_report` writes the HTML page, ``diff.json`` and the JUnit file. Torch-free.
 """
@@ -50,6 +50,7 @@ DIFF_GATES: dict[str, tuple[str, str, tuple[float, float]]] = {
     "min_topk_iou": ("topk_iou", ">=", (0.0, 1.0)),
     "max_prob_change": ("max_prob_change", "<=", (0.0, 1.0)),
     "max_peak_shift": ("peak_shift", "<=", (0.0, 1.0)),
+    "max_accuracy_drop": ("accuracy_drop", "<=", (-1.0, 1.0)),
 }
 #: classes whose per-image values are kept in the per-image rows (more: only the means over classes)
 PER_IMAGE_CLASSES = 20
@@ -113,6 +114,7 @@ def diff_gates(
     max_prob_change: float | None = None,
     max_peak_shift: float | None = None,
     fail_on_new_shortcut: bool = False,
+    max_accuracy_drop: float | None = None,
 ) -> list[Gate]:
     """The gates asked for, checked (a threshold outside its range is a :class:`UsageError`)."""
     given = {
@@ -121,6 +123,7 @@ def diff_gates(
         "min_topk_iou": min_topk_iou,
         "max_prob_change": max_prob_change,
         "max_peak_shift": max_peak_shift,
+        "max_accuracy_drop": max_accuracy_drop,
     }
     gates = []
     for option, value in given.items():
@@ -147,6 +150,7 @@ def _judge(report: DiffReport, gates: Sequence[Gate]) -> list[GateOutcome]:
         "max_prob_change": report.predictions["max_prob_change"],
         "peak_shift": report.agreement["overall"]["peak_shift"],
         "new_shortcuts": float(len(report.new_shortcuts)),
+        "accuracy_drop": _accuracy_drop(report.predictions),
     }
     out = []
     for g in gates:
@@ -155,6 +159,12 @@ def _judge(report: DiffReport, gates: Sequence[Gate]) -> list[GateOutcome]:
         passed = value is not None and (value >= g.threshold if g.op == ">=" else value <= g.threshold)
         out.append(GateOutcome(g, value, passed))
     return out
+
+
+def _accuracy_drop(predictions: dict[str, Any]) -> float | None:
+    """OLD's accuracy minus NEW's (None without labels: its gate then fails, as an unmeasured value)."""
+    acc = predictions.get("accuracy")
+    return None if acc is None else float(acc["old"]) - float(acc["new"])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,6 +294,7 @@ def diff(
     max_prob_change: float | None = None,
     max_peak_shift: float | None = None,
     fail_on_new_shortcut: bool = False,
+    max_accuracy_drop: float | None = None,
     out_dir: str | os.PathLike | None = None,
     junit: str | os.PathLike | None = None,
     force: bool = False,
@@ -310,7 +321,8 @@ def diff(
         max_flips, min_rank_corr, min_topk_iou, max_prob_change, max_peak_shift, fail_on_new_shortcut: gates
             on the number of flips, the mean rank correlation and top-k IoU over images and classes, the
             largest |Δ probability|, the mean peak shift (fraction of the grid), and a class flagged for
-            ``new`` but not for ``old``. Judged in ``report.gates``; nothing is raised here
+            ``new`` but not for ``old``; ``max_accuracy_drop``: OLD's accuracy minus NEW's (needs labels; without
+            them the gate fails). Judged in ``report.gates``; nothing is raised here
             (:func:`~softcamify.evaluation.gates.require_gates` does).
         out_dir: write ``index.html``, ``diff.json`` and ``per_image.json`` there; ``junit``: the gates as
             JUnit XML (atomically; ``force`` to overwrite).
@@ -329,7 +341,15 @@ def diff(
     if shortcut_min_images < 1:
         raise UsageError("shortcut_min_images must be at least 1.", param="shortcut_min_images")
     region_size((1, 1), shortcut_region)  # checks its range
-    gates = diff_gates(max_flips, min_rank_corr, min_topk_iou, max_prob_change, max_peak_shift, fail_on_new_shortcut)
+    gates = diff_gates(
+        max_flips,
+        min_rank_corr,
+        min_topk_iou,
+        max_prob_change,
+        max_peak_shift,
+        fail_on_new_shortcut,
+        max_accuracy_drop,
+    )
     from .diff_report import check_outputs, write_diff
 
     out, junit_path = check_outputs(out_dir, junit, force)
