@@ -58,6 +58,8 @@ _LAZY = {
     "Explanation": "softcamify.explanations",
     "evaluate": "softcamify.evaluation",
     "EvaluationResult": "softcamify.evaluation",
+    "diff": "softcamify.evaluation",
+    "DiffReport": "softcamify.evaluation",
     "export": "softcamify.exporters",
     "export_onnx": "softcamify.exporters",
     "export_safetensors": "softcamify.exporters",

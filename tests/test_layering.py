@@ -111,6 +111,8 @@ TORCH_FREE = (
     "softcamify.evaluation.scoring",
     "softcamify.evaluation.settings",
     "softcamify.evaluation.report",
+    "softcamify.evaluation.diff",
+    "softcamify.evaluation.diff_report",
     "softcamify.cli",
 )
 TORCH_NAMES = ("torch", "timm", "torchvision")

@@ -8,7 +8,9 @@ The modules, in the order of one run:
 * :mod:`.baselines` — post-hoc CAM methods through pytorch-grad-cam (imports torch);
 * :mod:`.scoring` — the metrics of one chunk of maps; :mod:`.run` — :func:`evaluate`, its steps;
 * :mod:`.results` — what ``evaluate`` returns; :mod:`.report` — table rows and :func:`write_report`;
-* :mod:`.gates` — quality gates on a result (``fail_under``/``fail_over``) and their JUnit XML report.
+* :mod:`.gates` — quality gates on a result (``fail_under``/``fail_over``) and their JUnit XML report;
+* :mod:`.diff` — :func:`diff`: two model versions on the same images (flips, evidence agreement, shortcut
+  flags, gates); :mod:`.diff_report` writes its page, JSON and JUnit files.
 
 ``evaluate`` computes and returns an :class:`EvaluationResult`; ``write_report`` writes it (``evaluate``
 calls it when given ``out_dir``).
@@ -20,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .diff import DiffReport, diff
     from .gates import Gate, GateOutcome, check_gates, parse_gates, require_gates, write_junit
     from .report import classification_rows, metric_rows, write_report
     from .results import METRICS, REFERENCES, EvaluationResult, MethodResult
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from .settings import ExplanationOptions
 
 __all__ = [
+    "DiffReport",
     "METRICS",
     "REFERENCES",
     "EvaluationResult",
@@ -37,6 +41,7 @@ __all__ = [
     "MethodResult",
     "check_gates",
     "classification_rows",
+    "diff",
     "evaluate",
     "evaluation_samples",
     "metric_rows",
@@ -60,6 +65,8 @@ _HOME = {
     "classification_rows": "report",
     "metric_rows": "report",
     "write_report": "report",
+    "DiffReport": "diff",
+    "diff": "diff",
     "Gate": "gates",
     "GateOutcome": "gates",
     "check_gates": "gates",

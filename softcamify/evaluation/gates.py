@@ -336,6 +336,8 @@ def write_junit(
     *,
     properties: Mapping[str, Any] | None = None,
     seconds: float = 0.0,
+    suite: str = "softcamify evaluate",
 ) -> Path:
     """Write :func:`junit_xml` atomically (never over an existing file without ``force``)."""
-    return write_bytes_atomic(path, junit_xml(outcomes, properties=properties, seconds=seconds), force=force)
+    xml = junit_xml(outcomes, suite=suite, properties=properties, seconds=seconds)
+    return write_bytes_atomic(path, xml, force=force)

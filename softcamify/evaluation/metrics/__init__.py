@@ -2,7 +2,8 @@
 
 One import for every metric: :mod:`.classification` (labels and probabilities), :mod:`.saliency` (one map
 against a mask, and its complexity), :mod:`.faithfulness` (deletion/insertion through the model),
-:mod:`.mapops` (resizing, normalization, blur) and :mod:`.summary` (:func:`json_safe`, :func:`aggregate`).
+:mod:`.mapops` (resizing, normalization, blur), :mod:`.agreement` (two models' maps compared, the
+fixed-region share) and :mod:`.summary` (:func:`json_safe`, :func:`aggregate`).
 
 Classification metrics take integer labels ``y_true`` (shape N) and class probabilities ``probs``
 (shape N×K, e.g. a softmax). Explanation metrics take one saliency map ``s`` (h×w, any scale and sign,
@@ -25,6 +26,16 @@ pointing game's tie rule, and the Score-CAM reference code for the energy-based 
 
 from __future__ import annotations
 
+from .agreement import (
+    RegionShare,
+    area_pool,
+    common_grid,
+    fixed_region_share,
+    peak_shift,
+    positive_sparsity,
+    rank_correlation,
+    topk_iou,
+)
 from .classification import (
     accuracy,
     balanced_accuracy,
@@ -54,6 +65,14 @@ from .saliency import (
 from .summary import aggregate, json_safe
 
 __all__ = [
+    "RegionShare",
+    "area_pool",
+    "common_grid",
+    "fixed_region_share",
+    "peak_shift",
+    "positive_sparsity",
+    "rank_correlation",
+    "topk_iou",
     "ResizeMode",
     "TopKResult",
     "accuracy",
