@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["DATA_KEYS", "MAX_PIXELS", "DataConfig", "resolve_data_config"]
+__all__ = ["DATA_KEYS", "MAX_PIXELS", "DataConfig", "resolve_data_config", "with_spatial_size"]
 
 DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: a larger input only exhausts memory
@@ -204,3 +204,18 @@ def resolve_data_config(
         crop_pct=crop_pct,
         crop_mode=_name("crop_mode", cfg.get("crop_mode") or _DEFAULTS["crop_mode"], CROP_MODES),
     )
+
+
+def with_spatial_size(config: Mapping[str, Any], size: Sequence[int]) -> dict[str, Any]:
+    """``config`` (a data config dict) with its spatial size replaced by ``size``: (H, W) for an image model,
+    (D, H, W) for a volume model (one whose ``input_size`` is [C, D, H, W]). Raises :class:`UsageError` when
+    ``size`` has another number of axes than the model reads."""
+    spatial = len(config["input_size"]) - 1
+    if len(size) != spatial:
+        want = "D,H,W (3 numbers)" if spatial == 3 else "H,W (or one number)"
+        raise UsageError(
+            f"input_size {'×'.join(map(str, size))} has {len(size)} axes but the model reads {spatial}-D "
+            f"inputs; give {want}.",
+            param="input_size",
+        )
+    return {**config, "input_size": [config["input_size"][0], *(int(v) for v in size)]}

@@ -19,6 +19,7 @@ from typing_extensions import Unpack
 from . import sources
 from .binary import classes_phrase, names_fit, two_class
 from .checkpoints import LoadedModel
+from .config import with_spatial_size
 from .conversion_reports import ConversionReport, InspectReport
 from .dilation import dilate, output_grids
 from .errors import ConversionError, UsageError, ValidationError
@@ -30,23 +31,10 @@ from .tolerance import DEFAULT_ATOL, DEFAULT_RTOL, allowed
 DEFAULT_SAMPLES = 8
 
 
-def _sized(cfg: dict[str, Any], input_size: tuple[int, ...]) -> dict[str, Any]:
-    """``cfg`` with its spatial size replaced by ``input_size`` ((H, W), or (D, H, W) for a volume model)."""
-    spatial = len(cfg["input_size"]) - 1
-    if len(input_size) != spatial:
-        want = "D,H,W (3 numbers)" if spatial == 3 else "H,W (or one number)"
-        raise UsageError(
-            f"input_size {'×'.join(map(str, input_size))} has {len(input_size)} axes but the model reads "
-            f"{spatial}-D inputs; give {want}.",
-            param="input_size",
-        )
-    return {**cfg, "input_size": [cfg["input_size"][0], *input_size]}
-
-
 def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, ...] | None) -> LoadedModel:
     if isinstance(model, LoadedModel):
         if input_size is not None:
-            cfg = _sized(dict(model.data_config), input_size)
+            cfg = with_spatial_size(dict(model.data_config), input_size)
             return replace(model, data_config=cfg, notes=list(model.notes))
         return model
     if not isinstance(model, nn.Module):
@@ -54,7 +42,7 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, ...] | Non
     if isinstance(model, SoftCAM):  # its own preprocessing, not a guess from the module
         cfg = dict(model.meta.data_config)
         if input_size is not None:
-            cfg = _sized(cfg, input_size)
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
     if type(model).__name__ == "ViT" and type(model).__module__.startswith("monai."):
         raise ConversionError(
@@ -66,7 +54,7 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, ...] | Non
     if isinstance(model, hf.HFClassifier) or hf.is_hf_model(model):  # a ModelOutput: unwrapped to its logits
         module, source, cfg, names, notes = hf.from_module(model)
         if input_size is not None:
-            cfg = _sized(cfg, input_size)
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(module, source, cfg, names, None, notes)
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
