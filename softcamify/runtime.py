@@ -90,6 +90,12 @@ class Runtime:
         """(C, H, W), or (C, D, H, W) for a volume model."""
         return self.config.input_size
 
+    @property
+    def spatial_dims(self) -> int:
+        """2 for an image model (``rt(x)`` takes N×C×H×W, maps N×K×h×w), 3 for a volume model (N×C×D×H×W,
+        evidence volumes N×K×d×h×w)."""
+        return len(self.config.input_size) - 1
+
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The model's raw outputs for a preprocessed batch: logits N×``num_logits``, maps or ``None``."""
         raise NotImplementedError
