@@ -29,7 +29,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from .binary import classes_phrase, decision_names, names_fit, probabilities, two_class
-from .config import DataConfig, resolve_data_config
+from .config import DataConfig, resolve_data_config, with_spatial_size
 from .errors import InputError, UsageError
 from .options import LoadOptions
 
@@ -86,8 +86,15 @@ class Runtime:
         return len(self.class_names)
 
     @property
-    def input_size(self) -> tuple[int, int, int]:
+    def input_size(self) -> tuple[int, ...]:
+        """(C, H, W), or (C, D, H, W) for a volume model."""
         return self.config.input_size
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for an image model (``rt(x)`` takes N×C×H×W, maps N×K×h×w), 3 for a volume model (N×C×D×H×W,
+        evidence volumes N×K×d×h×w)."""
+        return len(self.config.input_size) - 1
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The model's raw outputs for a preprocessed batch: logits N×``num_logits``, maps or ``None``."""
@@ -242,9 +249,7 @@ def load(
                 param=tuple(builds),
             )
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
-    if input_size is not None:
-        given["input_size"] = (int(input_size[-2]), int(input_size[-1]))
-    sc, notes = load_softcam(model, **given)
+    sc, notes = _load_sized(model, given, input_size)
     mean, std, interpolation, crop_pct = (given.get(k) for k in ("mean", "std", "interpolation", "crop_pct"))
     config = resolve_data_config(
         sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
@@ -256,6 +261,22 @@ def load(
         )
     desc = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
     return TorchRuntime(sc, device, config=config, class_names=class_names, description=desc, notes=notes)
+
+
+def _load_sized(model: Any, given: dict[str, Any], input_size: Any) -> tuple[Any, list[str]]:
+    """:func:`load_softcam` at ``input_size``: (H, W) or (C, H, W) for an image model, (D, H, W) or (C, D, H, W)
+    for a volume model (a three-number size is an image's (C, H, W) unless the model reads volumes)."""
+    if input_size is None:
+        return load_softcam(model, **given)
+    size = tuple(int(v) for v in input_size)
+    if len(size) == 4:  # (C, D, H, W): a volume
+        return load_softcam(model, **{**given, "input_size": size[1:]})
+    try:
+        return load_softcam(model, **{**given, "input_size": size[-2:]})
+    except UsageError as e:  # a volume model given (D, H, W)
+        if len(size) != 3 or "input_size" not in e.params or "-D inputs" not in str(e):
+            raise
+    return load_softcam(model, **{**given, "input_size": size})
 
 
 def load_softcam(
@@ -289,10 +310,7 @@ def load_softcam(
         if input_size is not None:
             sc = copy.copy(sc)
             sc.meta = copy.deepcopy(sc.meta)
-            sc.meta.data_config = {
-                **sc.meta.data_config,
-                "input_size": [sc.meta.data_config["input_size"][0], *input_size],
-            }
+            sc.meta.data_config = with_spatial_size(sc.meta.data_config, input_size)
         return sc.eval(), []
     sc, loaded = as_softcam(
         model, strict=strict, atol=DEFAULT_ATOL if atol is None else atol, output_stride=output_stride, **options
