@@ -69,6 +69,7 @@ class Runtime:
         description: str = "",
         num_logits: int | None = None,
         notes: Sequence[str] = (),
+        volume: Any = None,
     ):
         self.num_logits = len(class_names) if num_logits is None else int(num_logits)
         self.class_names = decision_names(class_names, self.num_logits)
@@ -76,6 +77,8 @@ class Runtime:
         self.architecture = architecture
         self.description = description or architecture
         self.notes = list(notes)
+        # a volume model's preprocessing (softcamify.volumes.VolumeConfig), None for an image model
+        self.volume = volume if volume is not None or len(config.input_size) != 4 else _volume_config({}, config)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -112,7 +115,12 @@ class Runtime:
 
     def preprocess(self, img: Any) -> np.ndarray:
         """The model's eval transform (timm-compatible) of one image: a path, a Pillow image (converted
-        to the model's channels first) or a uint8 array."""
+        to the model's channels first) or a uint8 array. A volume model takes a volume file (or a
+        :class:`softcamify.volumes.Volume`) and returns it ``C×D×H×W`` as its :attr:`volume` config says."""
+        if self.volume is not None:
+            from .volumes import Volume, preprocess_volume, read_volume
+
+            return preprocess_volume(img if isinstance(img, Volume) else read_volume(img), self.volume)
         return self.config.preprocess(img)
 
 
@@ -145,6 +153,7 @@ class TorchRuntime(Runtime):
             description=description,
             num_logits=meta.num_classes,
             notes=notes,
+            volume=_volume_config(meta.data_config, config) if int(getattr(meta, "spatial_dims", 2)) == 3 else None,
         )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,10 +181,35 @@ class OnnxRuntime(Runtime):
             description=str(s.path),
             num_logits=s.num_logits,
             notes=notes,
+            volume=_onnx_volume_config(s),
         )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.session.run(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _volume_config(data_config: Any, config: DataConfig | None) -> Any:
+    """The VolumeConfig a volume model records (else: its input size, as it is; see
+    :func:`softcamify.volumes.model_volume_config`)."""
+    from .volumes import VOLUME_KEY, model_volume_config
+
+    cfg = dict(data_config or {})
+    if config is not None and not cfg.get(VOLUME_KEY):
+        cfg["input_size"] = list(config.input_size)
+    return model_volume_config(cfg)
+
+
+def _onnx_volume_config(session: Any) -> Any:
+    """The VolumeConfig of a volume model's ONNX export (its softcamify metadata, else its ``volume``
+    property), None for an image model."""
+    from .volumes import VOLUME_KEY
+
+    if len(session.data_config["input_size"]) != 4:
+        return None
+    stored = ((session.metadata or {}).get("data_config") or {}).get(VOLUME_KEY)
+    if stored is None:
+        stored = session.properties.get(VOLUME_KEY)
+    return _volume_config({VOLUME_KEY: stored} if stored else {}, resolve_data_config(session.data_config))
 
 
 def _onnx_runtime(

@@ -103,6 +103,8 @@ def onnx_metadata(model: SoftCAM, *, exporter: str, opset: int, dynamic_spatial:
     }
     if volume:  # image exports keep exactly the properties they always had (absent: 2)
         props["spatial_dims"] = "3"
+        if cfg.get("volume"):  # the volume preprocessing (softcamify.volumes.VolumeConfig), for predict
+            props["volume"] = json.dumps(cfg["volume"], sort_keys=True)
     return props
 
 

@@ -47,6 +47,8 @@ RESUME_OVERRIDABLE = ("epochs", "patience", "device", "workers", "resume", "forc
 # of those, kept from the stored run unless given again (None): the run's plan
 RESUME_KEEP_UNLESS_GIVEN = ("epochs", "patience")
 DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 16
+VOLUME_BATCH_SIZE = 2  # a 3D model's activations are large: a few volumes per step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class FinetuneConfig:
     class_weights: str = "none"
     # optimization
     epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the stored plan when resuming
-    batch_size: int = 16
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE for images, VOLUME_BATCH_SIZE for volumes
     optimizer: str = "adamw"
     lr: float | None = None
     min_lr: float | None = None
@@ -114,6 +116,8 @@ class FinetuneConfig:
     sparsity_threshold: float = DEFAULT_SPARSITY_THRESHOLD
     resume: bool = False
     force: bool = False
+    # a volume model's preprocessing (softcamify.volumes.VolumeConfig.to_dict()); None: what the model records
+    volume: dict[str, Any] | None = None
 
     def model_options(self) -> dict[str, Any]:
         """``model_args`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam` takes them."""
@@ -258,7 +262,7 @@ def check_config(c: FinetuneConfig) -> None:
     one_of("augment", c.augment, AUGMENTATIONS)
     if c.epochs is not None and int(c.epochs) < 1:
         raise UsageError(f"epochs {c.epochs} must be at least 1.", param="epochs")
-    if int(c.batch_size) < 1:
+    if c.batch_size is not None and int(c.batch_size) < 1:
         raise UsageError(f"batch_size {c.batch_size} must be at least 1.", param="batch_size")
     positive("lr", c.lr)
     positive("min_lr", c.min_lr, allow_zero=True)
