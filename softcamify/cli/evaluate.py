@@ -111,7 +111,9 @@ def evaluate(
     examples: int = typer.Option(
         6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass (default 16; 2 for volumes)."
+    ),
     fail_under: str = typer.Option(
         None,
         "--fail-under",

@@ -150,7 +150,30 @@ def _classification_section(result: EvaluationResult) -> str:
     )
 
 
+def _volume_explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any]) -> str:
+    """The explanation table of a volume model (no top-k or deletion/insertion: 2-D metrics)."""
+    grid = "×".join(str(v) for v in s.get("oracle_grid") or [])
+    return R.section(
+        "Explanations of the true class (volumes)",
+        R.table(
+            ["metric", *[m["label"] for m in summaries]],
+            metric_rows(summaries),
+            caption="Mean ± std over annotated volumes",
+        ),
+        R.paragraph(
+            f"Evidence volumes compared on the model's {'×'.join(str(v) for v in s['input_size'][1:])} voxels "
+            "(each scan preprocessed as the model records; its mask resampled to them); pointing game: a hit "
+            f"within {s.get('pointing_tolerance', 0)} voxels of the mask; sparsity and Gini on ReLU + min–max "
+            "scaled volumes; share of oracle = (activation precision − chance) / (oracle precision − chance), "
+            f"oracle = the mask average-pooled to the common {grid} grid.",
+            note=True,
+        ),
+    )
+
+
 def _explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any]) -> str:
+    if s.get("spatial_dims") == 3:
+        return _volume_explanation_section(summaries, s)
     return R.section(
         "Explanations of the true class",
         R.table(
