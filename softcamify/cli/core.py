@@ -17,6 +17,7 @@ from ._common import (
     MODEL,
     MODULE_OPTION,
     ORIGINAL,
+    VOLUME,
     Shared,
     check_logit_scale,
     command,
@@ -25,6 +26,7 @@ from ._common import (
     model_kwargs,
     parse_class_names,
 )
+from ._volumes import record_volume_config
 
 MODEL_ARG = typer.Argument(
     ...,
@@ -136,6 +138,7 @@ def convert(
         "weights in a dilated backbone: approximate, fine-tune before use; `inspect` lists the grids a "
         "model offers).",
     ),
+    v: Shared = Shared(*VOLUME),
     o: Shared = Shared(*ENDING),
 ) -> None:
     """Replace pooling + classifier by an evidence conv initialized from the classifier; verify; save."""
@@ -167,6 +170,7 @@ def convert(
             output_stride=output_stride,
         )
         check_logit_scale(softcam.meta.conversion)
+        record_volume_config(softcam, v)
         save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)

@@ -23,7 +23,8 @@ def explain(
     ),
     images: list[Path] = typer.Argument(
         ...,
-        help="Image files and/or folders (searched recursively); volumes (.nii, .nii.gz, .npy, .npz) for a volume model.",
+        help="Image files and/or folders (searched recursively); volumes (.nii, .nii.gz, .npy, .npz) for a "
+        "volume model.",
         show_default=False,
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (new or empty, unless --force)."),
@@ -91,7 +92,12 @@ def _explain_volumes(mm, images: list[Path], output: Path, classes: str, batch_s
     # a bad volume, a full disk or Ctrl-C midway leaves nothing behind
     with cleanup_on_failure(output), progress_bar(f"explaining {len(paths)} volume(s)") as update:
         results = explain_volumes(
-            mm, paths, output, classes=classes, batch_size=batch_size or DEFAULT_VOLUME_BATCH, force=o.force,
+            mm,
+            paths,
+            output,
+            classes=classes,
+            batch_size=batch_size or DEFAULT_VOLUME_BATCH,
+            force=o.force,
             progress=update,
         )
     manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))

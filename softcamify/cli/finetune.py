@@ -22,7 +22,6 @@ from rich.table import Table
 from ..errors import SoftcamifyError
 from ..report import format_fixed as _fmt
 from . import app
-from ._volumes import volume_config, volume_options_given
 from ._common import (
     CROP_PCT_OPTION,
     DEBUG_OPTION,
@@ -49,6 +48,7 @@ from ._common import (
     parse_model_args,
     print_json,
 )
+from ._volumes import volume_config, volume_options_given
 
 EXIT_FILE_ENV = "SOFTCAMIFY_EXIT_FILE"  # where rank 0 leaves its exit code for the --nproc launcher
 ARGV_ENV = "SOFTCAMIFY_LAUNCH_ARGV"  # the --nproc command line, for the resume hint printed by rank 0

@@ -301,7 +301,9 @@ def _evaluate_volumes(
     from .volume import evaluate_volumes
 
     if original is not None:
-        raise UsageError("original is not supported for a volume model yet; evaluate the original apart.", param="original")
+        raise UsageError(
+            "original is not supported for a volume model yet; evaluate the original apart.", param="original"
+        )
     return evaluate_volumes(
         mm,
         root,

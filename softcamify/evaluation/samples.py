@@ -42,7 +42,9 @@ def evaluation_samples(
     if split not in SPLIT_NAMES:
         raise UsageError(f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}.", param="split")
     root = Path(data_dir)
-    splits = discover(root, min_classes=1, volumes=volumes)  # one class: its images still score (accuracy, explanations)
+    splits = discover(
+        root, min_classes=1, volumes=volumes
+    )  # one class: its images still score (accuracy, explanations)
     if splits.layout == "splits":
         samples = splits.split(split)
         if not samples:

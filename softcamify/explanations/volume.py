@@ -31,7 +31,13 @@ from ..evaluation.metrics import json_safe
 from ..runtime import Runtime, softmax
 from .inputs import parse_classes, safe_name
 
-__all__ = ["DEFAULT_VOLUME_BATCH", "VolumeExplanation", "collect_volumes", "explain_volumes", "iter_volume_explanations"]
+__all__ = [
+    "DEFAULT_VOLUME_BATCH",
+    "VolumeExplanation",
+    "collect_volumes",
+    "explain_volumes",
+    "iter_volume_explanations",
+]
 
 DEFAULT_VOLUME_BATCH = 2
 MAPS_FORMAT = "npy float32 K×d×h×w, signed, bias included; mean over d, h, w = logits"
@@ -152,8 +158,10 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 def _check_outputs(logits: np.ndarray, maps: np.ndarray) -> None:
     if maps.ndim != 5 or maps.shape[:2] != logits.shape:
-        raise InputError(f"The model returned evidence of shape {maps.shape} for logits {logits.shape}; a volume "
-                         "model returns N×K×d×h×w.")
+        raise InputError(
+            f"The model returned evidence of shape {maps.shape} for logits {logits.shape}; a volume "
+            "model returns N×K×d×h×w."
+        )
 
 
 def iter_volume_explanations(
@@ -295,6 +303,7 @@ def explain_volumes(
 
         from ..io import write_text_atomic
 
-        write_text_atomic(out / "manifest.json", json.dumps(_manifest(results, rt, selection), indent=2) + "\n",
-                          force=force)
+        write_text_atomic(
+            out / "manifest.json", json.dumps(_manifest(results, rt, selection), indent=2) + "\n", force=force
+        )
     return results

@@ -20,9 +20,7 @@ ResizeMode = Literal["bilinear", "bicubic", "nearest"]
 def _as_map(s: Any, name: str = "saliency map") -> np.ndarray:
     a = np.asarray(s, dtype=np.float64)
     if a.ndim not in (2, 3) or a.size == 0:
-        raise InputError(
-            f"The {name} must be a non-empty 2-D (h×w) or 3-D (d×h×w) array, got shape {np.shape(s)}."
-        )
+        raise InputError(f"The {name} must be a non-empty 2-D (h×w) or 3-D (d×h×w) array, got shape {np.shape(s)}.")
     if not np.all(np.isfinite(a)):
         raise InputError(f"The {name} contains NaN or infinite values.")
     return a

@@ -120,7 +120,9 @@ def as_grid(grid: Any, name: str = "grid", dims: int = 2) -> tuple[int, ...]:
     except (TypeError, ValueError):
         ok, values = False, ()
     if not ok or any(v < 1 for v in values):
-        what = "two positive integers (rows, columns)" if dims == 2 else "three positive integers (depth, rows, columns)"
+        what = (
+            "two positive integers (rows, columns)" if dims == 2 else "three positive integers (depth, rows, columns)"
+        )
         raise UsageError(f"{name} must be {what}, got {grid!r}.", param=name)
     return values
 
