@@ -85,6 +85,7 @@ TORCH_FREE = (
     "softcamify.explanations.view",
     "softcamify.explanations.write",
     "softcamify.explanations.run",
+    "softcamify.explanations.volume",
     "softcamify.images",
     "softcamify.render",
     "softcamify.report",
@@ -105,6 +106,7 @@ TORCH_FREE = (
     "softcamify.evaluation.scoring",
     "softcamify.evaluation.settings",
     "softcamify.evaluation.report",
+    "softcamify.evaluation.volume",
     "softcamify.cli",
 )
 TORCH_NAMES = ("torch", "timm", "torchvision")
