@@ -107,6 +107,7 @@ class _MonaiMethod:
         from monai.visualize import CAM, GradCAM
 
         self.key, self.module = key, module
+        self.cam: Any
         if key == "gradcam":
             self.cam = GradCAM(nn_module=module, target_layers="features")
         else:  # the evidence conv at one position (a 1×1×1 conv is the classifier's linear layer)

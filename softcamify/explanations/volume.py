@@ -179,7 +179,8 @@ def iter_volume_explanations(
     names = _names(paths)
     total, start = len(paths), 0
     while start < total:
-        vols, arrays = [], []
+        vols: list[Any] = []
+        arrays: list[np.ndarray] = []
         while start + len(vols) < total and len(vols) < batch_size:
             v = read_volume(paths[start + len(vols)])
             a = rt.preprocess(v)
@@ -193,7 +194,10 @@ def iter_volume_explanations(
         for j, v in enumerate(vols):
             i = start + j
             pred = int(np.argmax(probs[j]))
-            sel = [pred] if selection == "pred" else list(range(rt.num_classes)) if selection == "all" else selection
+            if isinstance(selection, str):  # "pred" or "all"
+                sel = [pred] if selection == "pred" else list(range(rt.num_classes))
+            else:
+                sel = list(selection)
             ex = VolumeExplanation(
                 source=os.fspath(paths[i]),
                 name=names[i],
