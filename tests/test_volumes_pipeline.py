@@ -249,3 +249,20 @@ def test_bad_volumes_one_sentence_nothing_left(work, onnx_model, tmp_path):
     r = run_cli("evaluate", onnx_model, data_dir, "-o", report)
     _one_line_error(r, ".npy")
     assert not report.exists()
+
+
+def test_resume_continues_a_volume_run(work, tmp_path):
+    """--resume of a volume run takes its stored preprocessing and batch size and trains on."""
+    from softcamify.checkpoints import load_model
+    from softcamify.training import FinetuneConfig, finetune
+
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    res = finetune(
+        "monai:DenseNet121", work / "data", run, FinetuneConfig(resume=True, epochs=3, device="cpu", workers=0)
+    )
+    assert res.resumed_from == 2 and res.epochs_completed == 3
+    assert res.config["batch_size"] == 2 and res.config["volume"]["window"] == [-200.0, 300.0]
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in last] == [1, 2, 3]
+    assert load_model(run / "best.safetensors").module.meta.data_config["volume"]["target_shape"] == [32, 32, 32]
