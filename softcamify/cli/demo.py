@@ -231,22 +231,19 @@ def demo(
         rep = ConsoleDemoReporter(out, bars=True, verbose=not o.json_ or out.is_terminal)
         if not o.json_:
             console.print(
-                f"[bold]softcamify demo[/]: an ordinary black-box classifier becomes self-explainable "
-                f"→ {output}/{'  (fast settings)' if fast else ''}"
+                f"[bold]softcamify demo{' --3d' if three_d else ''}[/]: "
+                + ("a 3D model explains CT volumes in their own geometry " if three_d else "")
+                + ("an ordinary black-box classifier becomes self-explainable " if not three_d else "")
+                + f"→ {output}/{'  (fast settings)' if fast else ''}"
             )
+        run: Any = run_demo
+        if three_d:
+            from ..demo.volume import run_volume_demo as run
         try:
-            if three_d:
-                from ..demo.volume import run_volume_demo
-
-                result = run_volume_demo(output, fast=fast, device=o.device, force=o.force, reporter=_adapter(rep))
-            else:
-                result = run_demo(output, fast=fast, device=o.device, force=o.force, reporter=_adapter(rep))
+            result = run(output, fast=fast, device=o.device, force=o.force, reporter=_adapter(rep))
         finally:
             rep.close()
-        if three_d:
-            emit(o.json_, result.to_dict(), lambda: _summary_3d(result))
-            return
-        if update_docs:
+        if update_docs and not three_d:  # the 3D figure: python scripts/volume_figure.py --demo
             path = update_docs_figure(result)
             out.print(f"[dim]docs figure updated: {path}[/]")
-        emit(o.json_, result.to_dict(), lambda: _summary(result))
+        emit(o.json_, result.to_dict(), lambda: (_summary_3d if three_d else _summary)(result))

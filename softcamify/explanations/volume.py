@@ -265,7 +265,7 @@ def _manifest(results: Sequence[VolumeExplanation], rt: Runtime, selection: Any)
 
 def explain_volumes(
     model: Any,
-    volumes: str | os.PathLike | Iterable[str | os.PathLike],
+    volumes: Any,
     out_dir: str | os.PathLike | None = None,
     classes: str | int | Sequence[str | int] | None = "pred",
     batch_size: int = DEFAULT_VOLUME_BATCH,

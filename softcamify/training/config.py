@@ -119,6 +119,11 @@ class FinetuneConfig:
     # a volume model's preprocessing (softcamify.volumes.VolumeConfig.to_dict()); None: what the model records
     volume: dict[str, Any] | None = None
 
+    def batch(self) -> int:
+        """The batch size per process (``batch_size``; unset: :data:`DEFAULT_BATCH_SIZE`; a run sets it from
+        its model before training: :data:`VOLUME_BATCH_SIZE` for a volume model)."""
+        return int(self.batch_size) if self.batch_size is not None else DEFAULT_BATCH_SIZE
+
     def model_options(self) -> dict[str, Any]:
         """``model_args`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam` takes them."""
         given = {k: getattr(self, k) for k in ("mean", "std", "crop_pct", "interpolation")}

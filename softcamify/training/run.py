@@ -190,7 +190,7 @@ class _Run:
         datasets = DatasetMaker(sc.meta.data_config, channels, c.augment, self.volume)
         # λ is relative to the starting model's logit scale (also when resuming: sc is still the start here)
         scale_ds = datasets(splits.val or splits.train, train=False)
-        self.scale = penalty_scale(sc, scale_ds, device, c.batch_size, hw.channels_last)
+        self.scale = penalty_scale(sc, scale_ds, device, c.batch(), hw.channels_last)
         if c.freeze_backbone:
             sc.features.requires_grad_(False)
         trainable, groups = param_groups(sc, c.weight_decay)
@@ -205,7 +205,7 @@ class _Run:
             class_weight = torch.tensor(weights_list, dtype=torch.float32, device=device)
         train_ds = SeededDataset(datasets(splits.train, train=True), c.seed)
         val_ds = datasets(splits.val, train=False)
-        loaders = build_loaders(train_ds, val_ds, ctx, c.batch_size, c.seed, hw.workers, hw.cuda)
+        loaders = build_loaders(train_ds, val_ds, ctx, c.batch(), c.seed, hw.workers, hw.cuda)
         total_steps = loaders.steps * int(c.epochs)
         warmup = int(round(float(c.warmup_epochs) * loaders.steps))
         factor = cosine_with_warmup(total_steps, warmup, c.min_lr / c.lr)

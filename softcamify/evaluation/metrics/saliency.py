@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -111,6 +111,10 @@ def energy_pointing_game(s: Any, m: Any, mode: ResizeMode = "bilinear") -> float
     return float(r[mask].sum() / total) if total > 0 else 0.0
 
 
+@overload
+def as_grid(grid: Any, name: str = ..., dims: Literal[2] = ...) -> tuple[int, int]: ...
+@overload
+def as_grid(grid: Any, name: str = ..., dims: int = ...) -> tuple[int, ...]: ...
 def as_grid(grid: Any, name: str = "grid", dims: int = 2) -> tuple[int, ...]:
     """``grid`` as ``(rows, columns)``, two positive integers (``dims=3``: ``(depth, rows, columns)``); a
     :class:`UsageError` naming ``name`` else."""
