@@ -202,7 +202,7 @@ def _show(result) -> None:
         e.add_column("metric")
         for s in summaries:
             e.add_column(s["label"], justify="right")
-        for r in metric_rows(summaries):
+        for r in metric_rows(summaries, skip_empty=result.settings.get("spatial_dims") == 3):
             e.add_row(*r)
         console.print(e)
         grid = result.settings.get("oracle_grid") or []

@@ -50,10 +50,13 @@ def _fmt_metric(m: dict[str, Any] | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
-def metric_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Rows ``[metric (↑/↓), value per method…]`` for the tables (rich and HTML)."""
+def metric_rows(summaries: Sequence[dict[str, Any]], skip_empty: bool = False) -> list[list[str]]:
+    """Rows ``[metric (↑/↓), value per method…]`` for the tables (rich and HTML); ``skip_empty`` leaves out
+    metrics no method has (a volume model's 2-D-only metrics)."""
     rows = []
     for key, (label, up) in METRICS.items():
+        if skip_empty and not any((s["metrics"].get(key) or {}).get("mean") is not None for s in summaries):
+            continue
         values = [_fmt_metric(s["metrics"].get(key)) for s in summaries]
         rows.append([f"{label} {'↑' if up else '↓'}", *values])
     for key, label in REFERENCES.items():  # reference values (per image, the same for every method)
@@ -157,7 +160,7 @@ def _volume_explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str
         "Explanations of the true class (volumes)",
         R.table(
             ["metric", *[m["label"] for m in summaries]],
-            metric_rows(summaries),
+            metric_rows(summaries, skip_empty=True),
             caption="Mean ± std over annotated volumes",
         ),
         R.paragraph(
