@@ -6,7 +6,8 @@ differs (timm's ``pretrained_cfg``, a training run's ``args.yaml``, softcamify m
 ``.safetensors`` or ``.onnx`` file, options given by the user), but they are merged, completed and
 checked here only, with one set of rules:
 
-- ``input_size`` is ``[C, H, W]``; ``H`` or ``[H, W]`` take ``channels`` (default 3);
+- ``input_size`` is ``[C, H, W]`` (``[C, D, H, W]`` for a volume model); ``H`` or ``[H, W]`` take
+  ``channels`` (default 3);
 - ``mean``/``std`` have one value per channel; a single value is broadcast, the three values of an RGB
   config on a one-channel model are averaged; ``std`` is positive; all are finite;
 - ``interpolation`` and ``crop_mode`` are names (``bicubic`` and ``center`` when absent; timm's
@@ -29,7 +30,7 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["DATA_KEYS", "MAX_PIXELS", "DataConfig", "resolve_data_config"]
+__all__ = ["DATA_KEYS", "MAX_PIXELS", "DataConfig", "resolve_data_config", "with_spatial_size"]
 
 DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: a larger input only exhausts memory
@@ -41,7 +42,7 @@ _DEFAULTS: dict[str, Any] = {"interpolation": "bicubic", "crop_pct": None, "crop
 class DataConfig:
     """A complete, checked eval preprocessing. Build it with :func:`resolve_data_config`."""
 
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]  # (C, H, W), or (C, D, H, W) for a volume model
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
@@ -53,8 +54,14 @@ class DataConfig:
         return self.input_size[0]
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.input_size[1], self.input_size[2]
+    def size(self) -> tuple[int, ...]:
+        """The spatial size: (H, W), or (D, H, W) for a volume model."""
+        return tuple(self.input_size[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return len(self.input_size) - 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly, the keys of :data:`DATA_KEYS` (what metadata files and reports hold)."""
@@ -100,7 +107,7 @@ class DataConfig:
         return replace(self, input_size=(self.channels, int(size[0]), int(size[1])))
 
 
-def _input_size(value: Any, channels: int | None) -> tuple[int, int, int]:
+def _input_size(value: Any, channels: int | None) -> tuple[int, ...]:
     raw = value
     if isinstance(value, (int, np.integer)):
         value = [int(value), int(value)]
@@ -114,14 +121,17 @@ def _input_size(value: Any, channels: int | None) -> tuple[int, int, int]:
         ) from None
     if len(dims) == 2:
         dims = [channels or 3, *dims]
-    if len(dims) != 3:
-        raise UsageError(f"input_size {list(dims)} is not (H, W) or (C, H, W).", param="input_size")
-    c, h, w = dims
+    if len(dims) not in (3, 4):
+        raise UsageError(
+            f"input_size {list(dims)} is not (H, W), (C, H, W) or (C, D, H, W) for a volume.", param="input_size"
+        )
+    c, spatial = dims[0], dims[1:]
     if channels is not None and c != channels:
         raise UsageError(f"input_size has {c} channels but the model takes {channels}.", param="input_size")
-    if min(c, h, w) < 1 or h * w > MAX_PIXELS:
-        raise UsageError(f"input_size {c}×{h}×{w} is not a usable image size.", param="input_size")
-    return c, h, w
+    if min(dims) < 1 or math.prod(spatial) > MAX_PIXELS:
+        what = "image" if len(spatial) == 2 else "volume"
+        raise UsageError(f"input_size {'×'.join(map(str, dims))} is not a usable {what} size.", param="input_size")
+    return tuple(dims)
 
 
 def _stats(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -171,7 +181,8 @@ def resolve_data_config(
     missing = [k for k in ("input_size", "mean", "std") if cfg.get(k) is None]
     if missing:
         raise UsageError(f"The preprocessing is unknown: give {', '.join(missing)}.", param=tuple(missing))
-    c, h, w = _input_size(cfg["input_size"], channels)
+    size = _input_size(cfg["input_size"], channels)
+    c, h, w = size[0], size[-2], size[-1]
     interpolation = cfg.get("interpolation") or _DEFAULTS["interpolation"]
     if interpolation == "random":
         interpolation = "bilinear"  # timm's training-time choice; eval uses bilinear
@@ -186,10 +197,25 @@ def resolve_data_config(
         if h * w / crop_pct**2 > MAX_PIXELS:  # the resize before the crop
             raise UsageError(f"input_size {h}×{w} with crop_pct {crop_pct} is too large.", param="crop_pct")
     return DataConfig(
-        input_size=(c, h, w),
+        input_size=size,
         mean=_stats("mean", cfg["mean"], c),
         std=_stats("std", cfg["std"], c),
         interpolation=_name("interpolation", interpolation),
         crop_pct=crop_pct,
         crop_mode=_name("crop_mode", cfg.get("crop_mode") or _DEFAULTS["crop_mode"], CROP_MODES),
     )
+
+
+def with_spatial_size(config: Mapping[str, Any], size: Sequence[int]) -> dict[str, Any]:
+    """``config`` (a data config dict) with its spatial size replaced by ``size``: (H, W) for an image model,
+    (D, H, W) for a volume model (one whose ``input_size`` is [C, D, H, W]). Raises :class:`UsageError` when
+    ``size`` has another number of axes than the model reads."""
+    spatial = len(config["input_size"]) - 1
+    if len(size) != spatial:
+        want = "D,H,W (3 numbers)" if spatial == 3 else "H,W (or one number)"
+        raise UsageError(
+            f"input_size {'×'.join(map(str, size))} has {len(size)} axes but the model reads {spatial}-D "
+            f"inputs; give {want}.",
+            param="input_size",
+        )
+    return {**config, "input_size": [config["input_size"][0], *(int(v) for v in size)]}

@@ -19,6 +19,7 @@ from typing_extensions import Unpack
 from . import sources
 from .binary import classes_phrase, names_fit, two_class
 from .checkpoints import LoadedModel
+from .config import with_spatial_size
 from .conversion_reports import ConversionReport, InspectReport
 from .dilation import dilate, output_grids
 from .errors import ConversionError, UsageError, ValidationError
@@ -30,11 +31,10 @@ from .tolerance import DEFAULT_ATOL, DEFAULT_RTOL, allowed
 DEFAULT_SAMPLES = 8
 
 
-def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | None) -> LoadedModel:
+def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, ...] | None) -> LoadedModel:
     if isinstance(model, LoadedModel):
         if input_size is not None:
-            cfg = dict(model.data_config)
-            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            cfg = with_spatial_size(dict(model.data_config), input_size)
             return replace(model, data_config=cfg, notes=list(model.notes))
         return model
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx"):
@@ -47,7 +47,7 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
     if isinstance(model, SoftCAM):  # its own preprocessing, not a guess from the module
         cfg = dict(model.meta.data_config)
         if input_size is not None:
-            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(model, dict(model.meta.source), cfg, model.class_names, None, [])
     if type(model).__name__ == "ViT" and type(model).__module__.startswith("monai."):
         raise ConversionError(
@@ -59,7 +59,7 @@ def _as_loaded(model: nn.Module | LoadedModel, input_size: tuple[int, int] | Non
     if isinstance(model, hf.HFClassifier) or hf.is_hf_model(model):  # a ModelOutput: unwrapped to its logits
         module, source, cfg, names, notes = hf.from_module(model)
         if input_size is not None:
-            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(module, source, cfg, names, None, notes)
     source = sources.module_source(model)
     kind = "timm" if source["kind"] == "timm" or hasattr(model, "pretrained_cfg") else source["kind"]
@@ -77,11 +77,14 @@ def dilated(loaded: LoadedModel | nn.Module, output_stride: int | None) -> Loade
 
 def inspect(
     model: nn.Module | LoadedModel,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     features_layer: str | None = None,
     classifier: str | None = None,
 ) -> InspectReport:
-    """Describe a model's head and whether (and how) it converts; nothing is modified."""
+    """Describe a model's head and whether (and how) it converts; nothing is modified.
+
+    ``input_size`` is spatial: (H, W), or (D, H, W) for a volume model (one whose first convolution is a
+    ``Conv3d``); the report's ``spatial_dims`` says which."""
     loaded = _as_loaded(model, input_size)
     module = loaded.module
     if isinstance(module, SoftCAM):
@@ -92,11 +95,13 @@ def inspect(
             f = module.forward_features(
                 torch.zeros(1, *loaded.data_config["input_size"], device=p.device, dtype=p.dtype)
             )
-        info["evidence_grid"] = [int(f.shape[2]), int(f.shape[3])]
-        info["feature_shape"] = [int(f.shape[1]), int(f.shape[2]), int(f.shape[3])]
+        info["evidence_grid"] = [int(v) for v in f.shape[2:]]
+        info["feature_shape"] = [int(v) for v in f.shape[1:]]
+        info["spatial_dims"] = module.spatial_dims
+        axes = "h×w" if module.spatial_dims == 2 else "d×h×w"
         info["head_text"] = (
             f"evidence head ({meta.strategy}, {int(f.shape[1])}→{meta.num_classes} per position) → "
-            "maps → mean over h×w = logits"
+            f"maps → mean over {axes} = logits"
         )
         stride = (meta.conversion or {}).get("output_stride") or 32
         return InspectReport(
@@ -120,7 +125,7 @@ def inspect(
         _verify_named_cut(loaded, plan, features_layer, classifier)
     names = loaded.class_names
     grids = {32: plan.evidence_grid}
-    if plan.convertible:
+    if plan.convertible and plan.spatial_dims == 2:  # dilated backbones are offered for image models
         try:
             grids = output_grids(loaded, plan.evidence_grid, features_layer, classifier)[0]
         except Exception:  # noqa: BLE001 - the finer grids are extra information: never fail inspect for them
@@ -148,6 +153,11 @@ def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, A
     root = Path(calibration)
     if not root.is_dir():
         raise InputError(f"calibration {root} is not a folder of images.", param="calibration")
+    if len(data_config["input_size"]) != 3:
+        raise UsageError(
+            "calibration takes images; a volume model is verified on random volumes: drop calibration.",
+            param="calibration",
+        )
     # sorted by path (not walk order) so the same `limit` images are used as before; broken links left out
     paths = sorted(p for p in collect_image_files(root) if p.is_file())
     if not paths:
@@ -174,7 +184,7 @@ def compare(original: nn.Module, converted: SoftCAM, inputs: torch.Tensor, batch
         x = inputs[start : start + batch_size]
         ref = original(x)
         logits, maps = converted.forward_maps(x)
-        map_diffs.append((maps.mean(dim=(2, 3)) - logits).abs().max())
+        map_diffs.append((maps.mean(dim=tuple(range(2, maps.ndim))) - logits).abs().max())
         d = (logits - ref).abs()
         diffs.append(d)
         scales.append(ref.abs().max())
@@ -228,7 +238,7 @@ def _verify_named_cut(loaded: LoadedModel, plan: HeadPlan, features_layer: str |
 def convert(
     model: nn.Module | LoadedModel,
     *,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     class_names: list[str] | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
@@ -241,6 +251,9 @@ def convert(
     output_stride: int | None = None,
 ) -> SoftCAM:
     """Replace pooling + classifier by an evidence conv initialized from the classifier, and verify it.
+
+    A volume model (first convolution a ``Conv3d``; ``input_size`` then (D, H, W)) gets a 1×1×1 evidence
+    conv: its maps are B×K×d×h×w and ``meta.spatial_dims`` is 3.
 
     ``output_stride`` 16 or 8 converts the same weights in a dilated backbone (:func:`dilated`), for a 2×
     or 4× finer evidence grid; verified against the original, undilated model, so it is approximate.
@@ -367,6 +380,7 @@ def _build_softcam(
         head=head.spec(),
         layout=plan.layout,
         versions=current_versions(),
+        spatial_dims=plan.spatial_dims,
     )
     return SoftCAM(features, head, meta).eval(), meta
 
@@ -439,8 +453,7 @@ def _verify(
     report.notes.append(f"verified against {compared_with}.")
     # a guessed preprocessing (MONAI records none) stays visible in the file's metadata
     kind = str(target.source.get("kind"))
-    _, h, w = data_config["input_size"]
-    report.notes += sources.data_notes(target.module, kind, (int(h), int(w)))
+    report.notes += sources.data_notes(target.module, kind, tuple(int(v) for v in data_config["input_size"][1:]))
     _add_notes(report, inputs.shape[0], stats, exact, strategy, reason)
     meta.conversion = report.to_dict()
     if not report.passed:

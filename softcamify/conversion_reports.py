@@ -73,6 +73,7 @@ class InspectReport:
             "source": self.source,
             "parameters": self.parameters,
             "input_size": self.data_config.get("input_size"),
+            "spatial_dims": len(self.data_config.get("input_size") or (0, 0, 0)) - 1,  # 2: images, 3: volumes
             "mean": self.data_config.get("mean"),
             "std": self.data_config.get("std"),
             "interpolation": self.data_config.get("interpolation"),

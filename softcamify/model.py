@@ -2,6 +2,8 @@
 
 ``model(x)`` returns logits, so a converted model is a drop-in replacement; ``forward_maps(x)``
 returns ``(logits, maps)`` with maps B×K×h×w, signed, bias included, ``maps.mean((2, 3)) == logits``.
+A volume model (``spatial_dims == 3``: Conv3d backbones, inputs B×C×D×H×W) returns evidence volumes
+B×K×d×h×w with ``maps.mean((2, 3, 4)) == logits``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ class SoftCAMMeta:
     exact: bool
     num_classes: int
     class_names: list[str]
-    data_config: dict[str, Any]  # input_size [C,H,W], mean, std, interpolation, crop_pct, crop_mode
+    data_config: dict[str, Any]  # input_size [C,H,W] ([C,D,H,W] for volumes), mean, std, interpolation, crop_pct…
     head: dict[str, Any]  # evidence head spec (heads.evidence.build_head)
     layout: str = "NCHW"
     conversion: dict[str, Any] = field(default_factory=dict)  # the conversion report
     history: list[dict[str, Any]] = field(default_factory=list)  # e.g. fine-tuning runs
     versions: dict[str, str] = field(default_factory=dict)
+    spatial_dims: int = 2  # 2: images (N×C×H×W), 3: volumes (N×C×D×H×W); files without the key are images
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.spatial_dims == 2:  # image files keep exactly the metadata they always had
+            del d["spatial_dims"]
         d["format"] = FORMAT_NAME
         d["format_version"] = FORMAT_VERSION
         return d
@@ -78,6 +83,11 @@ class SoftCAM(nn.Module):
     def data_config(self) -> dict[str, Any]:
         return dict(self.meta.data_config)
 
+    @property
+    def spatial_dims(self) -> int:
+        """2 for an image model (inputs B×C×H×W), 3 for a volume model (inputs B×C×D×H×W)."""
+        return int(self.meta.spatial_dims)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
         if self.meta.layout == "NHWC":
@@ -85,9 +95,9 @@ class SoftCAM(nn.Module):
         return f
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits B×K, evidence maps B×K×h×w) from one forward pass."""
+        """(logits B×K, evidence maps B×K×h×w — B×K×d×h×w for a volume model) from one forward pass."""
         maps = self.head(self.forward_features(x))
-        return maps.mean(dim=(2, 3)), maps
+        return maps.mean(dim=(2, 3) if self.meta.spatial_dims == 2 else (2, 3, 4)), maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[0]

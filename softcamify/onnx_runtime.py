@@ -153,8 +153,11 @@ class OnnxModel:
                 f"{self.path} has {len(inputs)} inputs ({names}); softcamify runs image classifiers with one input."
             )
         self.input = inputs[0]
-        if len(self.input.shape) != 4:
-            raise InputError(f"{self.path} takes a {len(self.input.shape)}-d input; an image classifier takes N×C×H×W.")
+        if len(self.input.shape) not in (4, 5):
+            raise InputError(
+                f"{self.path} takes a {len(self.input.shape)}-d input; an image classifier takes N×C×H×W "
+                "(a volume classifier N×C×D×H×W)."
+            )
         if self.input.type not in _ORT_DTYPES:
             raise InputError(f"{self.path} takes {self.input.type} input; softcamify feeds float images.")
         self._input_dtype = _ORT_DTYPES[self.input.type]
@@ -225,13 +228,18 @@ class OnnxModel:
         return len(self.class_names)
 
     @property
-    def input_size(self) -> tuple[int, int, int]:
-        c, h, w = (int(v) for v in self.data_config["input_size"])
-        return c, h, w
+    def input_size(self) -> tuple[int, ...]:
+        """(C, H, W), or (C, D, H, W) for a volume model."""
+        return tuple(int(v) for v in self.data_config["input_size"])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for an image model (N×C×H×W input), 3 for a volume model (N×C×D×H×W)."""
+        return len(self.input.shape) - 2
 
     @property
     def dynamic_spatial(self) -> bool:
-        """True when the graph accepts other heights and widths than ``input_size``."""
+        """True when the graph accepts other spatial sizes (heights and widths, depths) than ``input_size``."""
         return not all(isinstance(d, int) for d in self.input.shape[2:])
 
     def require_evidence(self) -> None:
@@ -272,7 +280,8 @@ class OnnxModel:
                 f"with softcamify export, which records it, or give {', '.join(missing)}.",
                 param=tuple(missing),
             )
-        if input_size is not None and len(list(input_size)) == 2:
+        spatial = len(shape) - 2  # 2 for images, 3 for volumes
+        if input_size is not None and len(list(input_size)) == spatial:
             overrides["input_size"] = [graph_c or int((cfg.get("input_size") or [3])[0]), *input_size]
         try:
             config = resolve_data_config(cfg, **overrides)
@@ -280,12 +289,18 @@ class OnnxModel:
             if e.param in given:  # the user's own value
                 raise
             raise InputError(f"{self.path}: its preprocessing metadata is wrong ({e}).") from None
-        c, h, w = config.input_size
+        c, size = config.input_size[0], list(config.input_size[1:])
+        if len(size) != spatial:
+            raise UsageError(
+                f"{self.path} takes {spatial}-D inputs; input_size {'×'.join(map(str, size))} has {len(size)} axes.",
+                param="input_size",
+            )
         if graph_c is not None and c != graph_c:
             raise UsageError(f"{self.path} takes {graph_c}-channel input, not {c} channels.", param="input_size")
-        if graph_hw is not None and [h, w] != list(graph_hw):
+        if graph_hw is not None and size != list(graph_hw):
+            fixed, asked = "×".join(map(str, graph_hw)), "×".join(map(str, size))
             raise UsageError(
-                f"{self.path} has a fixed input size {graph_hw[0]}×{graph_hw[1]}; input_size {h}×{w} does not fit it.",
+                f"{self.path} has a fixed input size {fixed}; input_size {asked} does not fit it.",
                 param="input_size",
             )
         return config.to_dict()
@@ -337,16 +352,19 @@ class OnnxModel:
         return int(n) if isinstance(n, int) and n > 0 else None
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits N×K, evidence N×K×h×w or None) as float32 for preprocessed float32 N×C×H×W input.
+        """(logits N×K, evidence N×K×h×w or None) as float32 for preprocessed float32 N×C×H×W input
+        (a volume model: N×C×D×H×W input, evidence N×K×d×h×w).
 
         Any N works: a graph with a fixed batch size B is run on chunks of B images (the last one padded
         by repeating its last image), and the outputs of the padding are dropped.
         """
         x = np.asarray(x)
-        if x.ndim == 3:
+        rank = len(self.input.shape)
+        if x.ndim == rank - 1:
             x = x[None]
-        if x.ndim != 4:
-            raise InputError(f"{self.path} takes N×C×H×W input, not an array of shape {list(x.shape)}.")
+        if x.ndim != rank:
+            layout = "N×C×H×W" if rank == 4 else "N×C×D×H×W"
+            raise InputError(f"{self.path} takes {layout} input, not an array of shape {list(x.shape)}.")
         for axis, (want, got) in enumerate(zip(self.input.shape, x.shape, strict=True)):
             if axis > 0 and isinstance(want, int) and want != got:
                 raise InputError(

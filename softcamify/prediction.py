@@ -22,6 +22,7 @@ from .errors import UsageError
 
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 16
+VOLUME_BATCH_SIZE = 2
 
 
 @dataclass
@@ -51,7 +52,7 @@ class PredictionReport:
     backend: str  # "onnxruntime" or "torch"
     architecture: str
     num_classes: int
-    preprocessing: dict[str, Any]  # input_size [C, H, W], mean, std, interpolation, crop_pct, crop_mode
+    preprocessing: dict[str, Any]  # input_size [C, H, W], mean, std, interpolation, crop_pct, crop_mode; volume
     predictions: list[Prediction]
     notes: list[str] = field(default_factory=list)
 
@@ -100,16 +101,25 @@ def collect_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     return [Path(p) for p in _collect([Path(p) for p in inputs])]
 
 
+def _preprocessing(rt: Any) -> dict[str, Any]:
+    """What was applied, defaults filled in; a volume model's is its volume config (with its input size)."""
+    if rt.volume is not None:
+        return {"input_size": list(rt.input_size), "volume": rt.volume.to_dict()}
+    return rt.config.applied()
+
+
 def predict(
     model: Any,
     images: str | os.PathLike | Iterable[str | os.PathLike],
     *,
     top_k: int = DEFAULT_TOP_K,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: str | None = "cpu",
     **options: Any,
 ) -> PredictionReport:
-    """Top-k classes with probabilities for every image (folders are walked recursively, sorted).
+    """Top-k classes with probabilities for every image (folders are walked recursively, sorted); for a
+    volume model, every volume (``.nii``, ``.nii.gz``, ``.npy``, ``.npz``, preprocessed as the model's metadata
+    records: :class:`softcamify.volumes.VolumeConfig`). ``batch_size`` None: 16 images or 2 volumes.
 
     ``model``: an ``.onnx`` export (onnxruntime; torch is never imported), a softcamify
     ``.safetensors``, a fine-tuning checkpoint or anything else softcamify converts (PyTorch).
@@ -124,14 +134,25 @@ def predict(
 
     if top_k < 1:
         raise UsageError(f"top_k must be at least 1, not {top_k}.", param="top_k")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}.", param="batch_size")
-    paths = collect_images(images)
     rt = load(model, device=device, require_evidence=False, **options)
+    if rt.volume is not None:  # a volume model: volume files, preprocessed as its metadata records
+        from .explanations.volume import collect_volumes
+
+        paths = collect_volumes(images)
+    else:
+        paths = collect_images(images)
+    if batch_size is None:  # a few volumes at a time (3D activations are large)
+        batch_size = DEFAULT_BATCH_SIZE if rt.volume is None else VOLUME_BATCH_SIZE
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        logits = rt.run(np.stack([rt.preprocess(p) for p in chunk]))[0]
+        arrays = [rt.preprocess(p) for p in chunk]
+        if any(a.shape != arrays[0].shape for a in arrays):  # volumes resampled to a spacing: one by one
+            logits = np.concatenate([rt.run(a[None])[0] for a in arrays])
+        else:
+            logits = rt.run(np.stack(arrays))[0]
         for p, ranked in zip(chunk, rank_classes(logits, rt.class_names, top_k), strict=True):
             predictions.append(Prediction(image=str(p), top_k=ranked))
     return PredictionReport(
@@ -141,7 +162,7 @@ def predict(
         backend=rt.backend,
         architecture=rt.architecture,
         num_classes=rt.num_classes,
-        preprocessing=rt.config.applied(),  # what was applied, defaults filled in
+        preprocessing=_preprocessing(rt),
         predictions=predictions,
         notes=rt.notes,
     )

@@ -29,7 +29,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from .binary import classes_phrase, decision_names, names_fit, probabilities, two_class
-from .config import DataConfig, resolve_data_config
+from .config import DataConfig, resolve_data_config, with_spatial_size
 from .errors import InputError, UsageError
 from .options import LoadOptions
 
@@ -69,6 +69,7 @@ class Runtime:
         description: str = "",
         num_logits: int | None = None,
         notes: Sequence[str] = (),
+        volume: Any = None,
     ):
         self.num_logits = len(class_names) if num_logits is None else int(num_logits)
         self.class_names = decision_names(class_names, self.num_logits)
@@ -76,6 +77,8 @@ class Runtime:
         self.architecture = architecture
         self.description = description or architecture
         self.notes = list(notes)
+        # a volume model's preprocessing (softcamify.volumes.VolumeConfig), None for an image model
+        self.volume = volume if volume is not None or len(config.input_size) != 4 else _volume_config({}, config)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -86,8 +89,15 @@ class Runtime:
         return len(self.class_names)
 
     @property
-    def input_size(self) -> tuple[int, int, int]:
+    def input_size(self) -> tuple[int, ...]:
+        """(C, H, W), or (C, D, H, W) for a volume model."""
         return self.config.input_size
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for an image model (``rt(x)`` takes N×C×H×W, maps N×K×h×w), 3 for a volume model (N×C×D×H×W,
+        evidence volumes N×K×d×h×w)."""
+        return len(self.config.input_size) - 1
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The model's raw outputs for a preprocessed batch: logits N×``num_logits``, maps or ``None``."""
@@ -105,7 +115,12 @@ class Runtime:
 
     def preprocess(self, img: Any) -> np.ndarray:
         """The model's eval transform (timm-compatible) of one image: a path, a Pillow image (converted
-        to the model's channels first) or a uint8 array."""
+        to the model's channels first) or a uint8 array. A volume model takes a volume file (or a
+        :class:`softcamify.volumes.Volume`) and returns it ``C×D×H×W`` as its :attr:`volume` config says."""
+        if self.volume is not None:
+            from .volumes import Volume, preprocess_volume, read_volume
+
+            return preprocess_volume(img if isinstance(img, Volume) else read_volume(img), self.volume)
         return self.config.preprocess(img)
 
 
@@ -138,6 +153,7 @@ class TorchRuntime(Runtime):
             description=description,
             num_logits=meta.num_classes,
             notes=notes,
+            volume=_volume_config(meta.data_config, config) if int(getattr(meta, "spatial_dims", 2)) == 3 else None,
         )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -165,10 +181,35 @@ class OnnxRuntime(Runtime):
             description=str(s.path),
             num_logits=s.num_logits,
             notes=notes,
+            volume=_onnx_volume_config(s),
         )
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.session.run(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _volume_config(data_config: Any, config: DataConfig | None) -> Any:
+    """The VolumeConfig a volume model records (else: its input size, as it is; see
+    :func:`softcamify.volumes.model_volume_config`)."""
+    from .volumes import VOLUME_KEY, model_volume_config
+
+    cfg = dict(data_config or {})
+    if config is not None and not cfg.get(VOLUME_KEY):
+        cfg["input_size"] = list(config.input_size)
+    return model_volume_config(cfg)
+
+
+def _onnx_volume_config(session: Any) -> Any:
+    """The VolumeConfig of a volume model's ONNX export (its softcamify metadata, else its ``volume``
+    property), None for an image model."""
+    from .volumes import VOLUME_KEY
+
+    if len(session.data_config["input_size"]) != 4:
+        return None
+    stored = ((session.metadata or {}).get("data_config") or {}).get(VOLUME_KEY)
+    if stored is None:
+        stored = session.properties.get(VOLUME_KEY)
+    return _volume_config({VOLUME_KEY: stored} if stored else {}, resolve_data_config(session.data_config))
 
 
 def _onnx_runtime(
@@ -242,15 +283,29 @@ def load(
                 param=tuple(builds),
             )
         return _onnx_runtime(model, device, preprocessing, class_names, require_evidence)
-    if input_size is not None:
-        given["input_size"] = (int(input_size[-2]), int(input_size[-1]))
-    sc, notes = load_softcam(model, class_names=class_names, **given)
+    sc, notes = _load_sized(model, {**given, "class_names": class_names}, input_size)
     mean, std, interpolation, crop_pct = (given.get(k) for k in ("mean", "std", "interpolation", "crop_pct"))
     config = resolve_data_config(
         sc.meta.data_config, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode
     )
     desc = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
     return TorchRuntime(sc, device, config=config, description=desc, notes=notes)
+
+
+def _load_sized(model: Any, given: dict[str, Any], input_size: Any) -> tuple[Any, list[str]]:
+    """:func:`load_softcam` at ``input_size``: (H, W) or (C, H, W) for an image model, (D, H, W) or (C, D, H, W)
+    for a volume model (a three-number size is an image's (C, H, W) unless the model reads volumes)."""
+    if input_size is None:
+        return load_softcam(model, **given)
+    size = tuple(int(v) for v in input_size)
+    if len(size) == 4:  # (C, D, H, W): a volume
+        return load_softcam(model, **{**given, "input_size": size[1:]})
+    try:
+        return load_softcam(model, **{**given, "input_size": size[-2:]})
+    except UsageError as e:  # a volume model given (D, H, W)
+        if len(size) != 3 or "input_size" not in e.params or "-D inputs" not in str(e):
+            raise
+    return load_softcam(model, **{**given, "input_size": size})
 
 
 def load_softcam(
@@ -286,10 +341,7 @@ def load_softcam(
         if input_size is not None:
             sc = copy.copy(sc)
             sc.meta = copy.deepcopy(sc.meta)
-            sc.meta.data_config = {
-                **sc.meta.data_config,
-                "input_size": [sc.meta.data_config["input_size"][0], *input_size],
-            }
+            sc.meta.data_config = with_spatial_size(sc.meta.data_config, input_size)
         return _renamed(sc, class_names).eval(), []
     sc, loaded = as_softcam(
         model, strict=strict, atol=DEFAULT_ATOL if atol is None else atol, output_stride=output_stride, **options

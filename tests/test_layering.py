@@ -86,6 +86,7 @@ TORCH_FREE = (
     "softcamify.explanations.view",
     "softcamify.explanations.write",
     "softcamify.explanations.run",
+    "softcamify.explanations.volume",
     "softcamify.images",
     "softcamify.render",
     "softcamify.report",
@@ -113,6 +114,7 @@ TORCH_FREE = (
     "softcamify.evaluation.report",
     "softcamify.evaluation.diff",
     "softcamify.evaluation.diff_report",
+    "softcamify.evaluation.volume",
     "softcamify.cli",
 )
 TORCH_NAMES = ("torch", "timm", "torchvision")

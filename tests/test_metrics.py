@@ -676,3 +676,30 @@ def test_auc_invariant_to_monotone_transforms(labels, data):
     assert M.roc_auc_ovr(y, np.exp(scores / 3.0)) == pytest.approx(auc)
     assert M.roc_auc_ovr(y, 7.0 * scores**3 + 2.0) == pytest.approx(auc)
     assert M.roc_auc_ovr(y, -scores) == pytest.approx(1.0 - auc)
+
+
+def test_volume_maps_and_masks_score_as_images_do():
+    """The localisation metrics take 3-D maps and masks: trilinear upsampling as torch's, the grid oracle
+    pooled exactly over a 3-D grid, the pointing game's tolerance as a ball."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    grid = rng.random((2, 3, 4, 5))
+    ref = torch.nn.functional.interpolate(torch.tensor(grid)[None], size=(6, 8, 10), mode="trilinear")[0]
+    np.testing.assert_allclose(M.upsample(grid, (6, 8, 10)), ref.numpy(), atol=1e-12)
+    mask = np.zeros((12, 12, 12), dtype=bool)
+    mask[2:5, 3:6, 4:8] = True
+    oracle = M.grid_oracle(mask, (3, 3, 3))
+    assert oracle.shape == (3, 3, 3) and oracle.mean() == pytest.approx(mask.mean())
+    assert oracle[0, 0, 1] == pytest.approx(2 * 1 * 4 / 64) and oracle[2, 2, 2] == 0.0
+    # a map on the mask's own voxels: all of its mass inside -> precision 1, a hit
+    assert M.activation_precision(mask.astype(float), mask) == pytest.approx(1.0)
+    assert M.pointing_game(mask.astype(float), mask) == 1.0
+    # a peak two voxels off the lesion misses, and hits within a 2-voxel ball
+    peak = np.zeros((12, 12, 12))
+    peak[2, 3, 2] = 1.0  # (2, 3, 4) is the nearest lesion voxel, two voxels away along the last axis
+    assert M.pointing_game(peak, mask) == 0.0
+    assert M.pointing_game(peak, mask, tolerance_px=1) == 0.0 and M.pointing_game(peak, mask, tolerance_px=2) == 1.0
+    assert M.oracle_precision(mask, (12, 12, 12)) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="3-D map cannot be compared with a 2-D mask"):
+        M.activation_precision(np.ones((2, 2, 2)), np.ones((4, 4), dtype=bool))

@@ -111,7 +111,7 @@ def verify_checksum(path: Path, meta: dict[str, Any]) -> None:
 def features_from_source(
     source: dict[str, Any],
     trust_pickle: bool = False,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     module: nn.Module | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
     """Rebuild the architecture named in a checkpoint's metadata (random weights) and cut it as convert did.
@@ -167,9 +167,13 @@ def _check_meta(meta: Any) -> None:
     if not isinstance(cfg, dict):
         raise ValueError("data_config is not an object")
     size = cfg.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v >= 1 for v in size)):
-        raise ValueError(f"input_size {size!r} is not [C, H, W]")
-    if size[1] * size[2] > 89_478_485:  # Pillow's decompression-bomb limit: only exhausts memory
+    dims = meta.spatial_dims
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise ValueError(f"spatial_dims {dims!r} is not 2 (images) or 3 (volumes)")
+    shape = "[C, H, W]" if dims == 2 else "[C, D, H, W]"
+    if not (isinstance(size, list) and len(size) == dims + 1 and all(isinstance(v, int) and v >= 1 for v in size)):
+        raise ValueError(f"input_size {size!r} is not {shape}")
+    if math.prod(size[1:]) > 89_478_485:  # Pillow's decompression-bomb limit: only exhausts memory
         raise ValueError(f"input_size {size!r} is too large")
     for key in ("mean", "std"):
         v = cfg.get(key)
@@ -180,7 +184,7 @@ def _check_meta(meta: Any) -> None:
     crop = cfg.get("crop_pct")
     if crop is not None and not (number(crop) and 0 < crop <= 1):
         raise ValueError(f"crop_pct {crop!r} is not in (0, 1]")
-    if size[1] * size[2] / (crop or 1) ** 2 > 89_478_485:  # the resize before the crop
+    if size[-2] * size[-1] / (crop or 1) ** 2 > 89_478_485:  # the resize before the crop
         raise ValueError(f"input_size {size!r} with crop_pct {crop!r} is too large")
     for key in ("interpolation", "crop_mode"):
         if not isinstance(cfg.get(key), (str, type(None))):

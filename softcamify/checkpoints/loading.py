@@ -19,7 +19,7 @@ from torch import nn
 from typing_extensions import Unpack
 
 from .. import sources
-from ..config import resolve_data_config
+from ..config import resolve_data_config, with_spatial_size
 from ..errors import InputError, UsageError
 from ..io import META_KEY
 from ..options import PREPROCESSING, LoadOptions
@@ -366,7 +366,7 @@ def _softcam_loaded(model, path: Path, input_size, notes: list[str] | None = Non
     """A SoftCAM model read from ``path`` (its own metadata), with an ``input_size`` given now applied."""
     if input_size is not None:
         cfg = model.meta.data_config
-        model.meta.data_config = {**cfg, "input_size": [cfg["input_size"][0], *input_size]}
+        model.meta.data_config = with_spatial_size(cfg, input_size)
     return LoadedModel(
         model, dict(model.meta.source), dict(model.meta.data_config), model.class_names, str(path), list(notes or [])
     )
@@ -431,7 +431,7 @@ def _from_module(module: nn.Module, path: Path, input_size) -> LoadedModel:
     if hf.is_hf_model(module):  # rebuilt from its config later, without the pickle
         wrapped, source, cfg, names, more = hf.from_module(module)
         if input_size is not None:
-            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(wrapped, source, cfg, names, str(path), notes + more)
     # a timm / torchvision / MONAI network or an importable class: rebuilt by name, never from the pickle
     source = sources.module_source(module)
@@ -536,7 +536,7 @@ def _load_folder(
             foreign.read_weights(f)  # a damaged file or pickled code is refused in one sentence first
         module, source, cfg, names, notes = hf.read_folder(path, config, weights_file, num_classes)
         if input_size is not None:
-            cfg["input_size"] = [cfg["input_size"][0], *input_size]
+            cfg = with_spatial_size(cfg, input_size)
         return LoadedModel(module, source, cfg, names, str(path), notes)
     arch = config.get("architecture") if isinstance(config, dict) else None
     if not isinstance(arch, str):

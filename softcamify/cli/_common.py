@@ -39,7 +39,7 @@ INPUT_SIZE_OPTION = typer.Option(
     None,
     "--input-size",
     help="Input size 'H' or 'H W' (or HxW), overriding the model's data config, e.g. 128 for a model trained "
-    "at 128 px.",
+    "at 128 px; 'D H W' (or D,H,W) for a volume model, e.g. 16,112,112.",
 )
 WEIGHTS_OPTION = typer.Option(None, "--weights", "-w", help="Weights file for an architecture given by name.")
 EMA_OPTION = typer.Option(False, "--ema", help="Use the EMA weights (state_dict_ema) of a timm training checkpoint.")
@@ -261,10 +261,23 @@ def parse_pair(value: str | None, flag: str, unit: str) -> tuple[int, int] | Non
     return nums[0], nums[1]
 
 
-def parse_input_size(value: str | None) -> tuple[int, int] | None:
-    """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192)."""
+def parse_input_size(value: str | None) -> tuple[int, ...] | None:
+    """'224' -> (224, 224); '224 192', '224x192', '224,192' -> (224, 192); three numbers are a volume model's
+    depth, height and width: '16,112,112' -> (16, 112, 112)."""
     from ..errors import UsageError
 
+    text = "" if value is None else str(value).lower().replace("x", " ").replace("×", " ").replace(",", " ")
+    parts = text.split()
+    if len(parts) == 3:
+        try:
+            volume = tuple(int(p) for p in parts)
+        except ValueError:
+            raise UsageError(f"--input-size {value!r} is not 'D H W' in voxels.") from None
+        if min(volume) < 1:
+            raise UsageError(f"--input-size {value!r} is not 'D H W' with positive integers.")
+        if volume[0] * volume[1] * volume[2] > MAX_INPUT_PIXELS:
+            raise UsageError(f"--input-size {value!r} has more than {MAX_INPUT_PIXELS:,} voxels; give a smaller size.")
+        return volume
     size = parse_pair(value, "--input-size", "pixels")
     if size is not None and size[0] * size[1] > MAX_INPUT_PIXELS:  # larger inputs only exhaust memory (OOM)
         raise UsageError(

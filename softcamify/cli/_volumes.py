@@ -12,7 +12,7 @@ from typing import Any
 
 from ..volumes.preprocess import VolumeConfig
 
-__all__ = ["volume_config", "volume_options_given"]
+__all__ = ["record_volume_config", "volume_config", "volume_options_given"]
 
 
 def volume_options_given(o: SimpleNamespace | Any) -> bool:
@@ -35,3 +35,21 @@ def volume_config(o: SimpleNamespace | Any, channels: int = 1) -> VolumeConfig:
         target_spacing=getattr(o, "target_spacing", None),
         channels=channels,
     )
+
+
+def record_volume_config(softcam: Any, o: SimpleNamespace | Any) -> None:
+    """Record the volume options in ``o`` (when any is given) in a volume model's ``data_config``, so later
+    commands need no flags; for an image model they are a :class:`~softcamify.errors.UsageError`."""
+    from ..errors import UsageError
+    from ..volumes.preprocess import with_volume_config
+
+    if not volume_options_given(o):
+        return
+    if int(getattr(softcam.meta, "spatial_dims", 2)) != 3:
+        raise UsageError(
+            f"--window, --zscore, --target-shape and --target-spacing apply to volume models; "
+            f"{softcam.meta.architecture} reads 2-D images.",
+            param=("window", "zscore", "target_shape", "target_spacing"),
+        )
+    channels = int(softcam.meta.data_config["input_size"][0])
+    softcam.meta.data_config = with_volume_config(softcam.meta.data_config, volume_config(o, channels=channels))

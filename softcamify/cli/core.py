@@ -16,6 +16,7 @@ from ._common import (
     FEATURES_LAYER_OPTION,
     MODEL,
     ORIGINAL,
+    VOLUME,
     Shared,
     check_logit_scale,
     command,
@@ -23,6 +24,7 @@ from ._common import (
     handle_errors,
     model_kwargs,
 )
+from ._volumes import record_volume_config
 
 MODEL_ARG = typer.Argument(
     ...,
@@ -151,6 +153,7 @@ def convert(
         "weights in a dilated backbone: approximate, fine-tune before use; `inspect` lists the grids a "
         "model offers).",
     ),
+    v: Shared = Shared(*VOLUME),
     o: Shared = Shared(*ENDING),
 ) -> None:
     """Replace pooling + classifier by an evidence conv initialized from the classifier; verify; save."""
@@ -186,6 +189,7 @@ def convert(
             output_stride=output_stride,
         )
         check_logit_scale(softcam.meta.conversion)
+        record_volume_config(softcam, v)
         save(softcam, output, force=o.force)
         report = dict(softcam.meta.conversion)
         report["output"] = str(output)

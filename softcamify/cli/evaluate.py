@@ -112,7 +112,9 @@ def evaluate(
     examples: int = typer.Option(
         6, "--examples", min=0, help="Annotated images shown with overlays in the HTML report."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass (default 16; 2 for volumes)."
+    ),
     fail_under: str = typer.Option(
         None,
         "--fail-under",
@@ -201,7 +203,7 @@ def _show(result) -> None:
         e.add_column("metric")
         for s in summaries:
             e.add_column(s["label"], justify="right")
-        for r in metric_rows(summaries):
+        for r in metric_rows(summaries, skip_empty=result.settings.get("spatial_dims") == 3):
             e.add_row(*r)
         console.print(e)
         grid = result.settings.get("oracle_grid") or []

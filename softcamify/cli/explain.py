@@ -22,7 +22,10 @@ def explain(
         show_default=False,
     ),
     images: list[Path] = typer.Argument(
-        ..., help="Image files and/or folders (searched recursively).", show_default=False
+        ...,
+        help="Image files and/or folders (searched recursively); volumes (.nii, .nii.gz, .npy, .npz) for a "
+        "volume model.",
+        show_default=False,
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (new or empty, unless --force)."),
     classes: str = typer.Option(
@@ -41,7 +44,9 @@ def explain(
         help="Colour map: RdBu_r (default), coolwarm, bwr; with --positive: inferno (default), jet, gray.",
     ),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Overlay opacity."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass (default 16; 2 for volumes)."
+    ),
     o: Shared = Shared("device", *MODEL, *ORIGINAL, "class_names", *ENDING),
 ) -> None:
     """Evidence maps of every class from one forward pass: overlays, raw .npy maps, index.html, manifest.json."""
@@ -52,8 +57,11 @@ def explain(
         from ..runtime import load
 
         check_output_dir(output, force=o.force)
-        sources = collect_images(images)
         mm = load(model, **model_kwargs(o))
+        if mm.volume is not None:  # a volume model: NIfTI, tri-planar PNG and slice viewer per volume and class
+            _explain_volumes(mm, images, output, classes, batch_size, o)
+            return
+        sources = collect_images(images)
         parse_classes(classes, mm.class_names)  # fail on unknown names before any work
         # an image that fails to decode, a full disk or Ctrl-C midway leaves no partial gallery
         with cleanup_on_failure(output), progress_bar(f"explaining {len(sources)} image(s)") as update:
@@ -63,7 +71,7 @@ def explain(
                 output,
                 classes=classes,
                 positive=positive,
-                batch_size=batch_size,
+                batch_size=batch_size or 16,
                 cmap=cmap,
                 alpha=alpha,
                 force=o.force,
@@ -72,6 +80,46 @@ def explain(
         manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
         manifest["output"] = str(output)
         emit(o.json_, manifest, lambda: _show(results, mm, output))
+
+
+def _explain_volumes(mm, images: list[Path], output: Path, classes: str, batch_size: int | None, o) -> None:
+    from ..explanations import collect_volumes, explain_volumes, parse_classes
+    from ..explanations.volume import DEFAULT_VOLUME_BATCH
+    from ..io import cleanup_on_failure
+
+    paths = collect_volumes(images)
+    parse_classes(classes, mm.class_names)
+    # a bad volume, a full disk or Ctrl-C midway leaves nothing behind
+    with cleanup_on_failure(output), progress_bar(f"explaining {len(paths)} volume(s)") as update:
+        results = explain_volumes(
+            mm,
+            paths,
+            output,
+            classes=classes,
+            batch_size=batch_size or DEFAULT_VOLUME_BATCH,
+            force=o.force,
+            progress=update,
+        )
+    manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    manifest["output"] = str(output)
+
+    def show() -> None:
+        t = Table(title=f"softcamify explain: {len(results)} volume(s) ({mm.kind})", title_justify="left")
+        t.add_column("volume", overflow="fold")
+        t.add_column("prediction")
+        t.add_column("p", justify="right")
+        t.add_column("evidence (scan geometry)", overflow="fold")
+        for r in results[:50]:
+            files = ", ".join(f["evidence"] for f in r.files["classes"].values())
+            t.add_row(escape(r.source), escape(r.predicted_class), f"{r.probability:.3f}", escape(files))
+        console.print(t)
+        grid = "×".join(str(v) for v in results[0].evidence_grid)
+        console.print(
+            f"wrote evidence volumes ({mm.num_classes} classes, {grid} grid, each in its scan's geometry) with "
+            f"tri-planar PNGs and slice viewers to {escape(str(output))}"
+        )
+
+    emit(o.json_, manifest, show)
 
 
 def _show(results, mm, output: Path) -> None:

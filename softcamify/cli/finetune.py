@@ -34,8 +34,12 @@ from ._common import (
     MODEL_ARGS_OPTION,
     MODULE_OPTION,
     STD_OPTION,
+    TARGET_SHAPE_OPTION,
+    TARGET_SPACING_OPTION,
     TRUST_PICKLE_OPTION,
     WEIGHTS_OPTION,
+    WINDOW_OPTION,
+    ZSCORE_OPTION,
     console,
     err_console,
     handle_errors,
@@ -45,6 +49,7 @@ from ._common import (
     parse_model_args,
     print_json,
 )
+from ._volumes import volume_config, volume_options_given
 
 EXIT_FILE_ENV = "SOFTCAMIFY_EXIT_FILE"  # where rank 0 leaves its exit code for the --nproc launcher
 ARGV_ENV = "SOFTCAMIFY_LAUNCH_ARGV"  # the --nproc command line, for the resume hint printed by rank 0
@@ -283,6 +288,10 @@ def finetune(
         "--reset-head",
         help="Re-initialize the evidence conv for the data's classes (needed when they differ from the model's).",
     ),
+    window: str = WINDOW_OPTION,
+    zscore: bool = ZSCORE_OPTION,
+    target_shape: str = TARGET_SHAPE_OPTION,
+    target_spacing: str = TARGET_SPACING_OPTION,
     # the default is softcamify.training.DEFAULT_L1 (written out: this module does not import torch)
     l1: float = typer.Option(
         0.05,
@@ -300,7 +309,9 @@ def finetune(
         min=1,
         help="Epochs (default 10; the paper: 70). With --resume: the run's own plan unless given.",
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per step and process."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per step and process (default 16; 2 for volumes)."
+    ),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (Nesterov, as the paper)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 1e-4 adamw, 1e-3 sgd)."),
     min_lr: float = typer.Option(None, "--min-lr", help="Learning rate at the end of the cosine (default lr/10)."),
@@ -421,6 +432,8 @@ def _run(options: dict[str, Any], reporter_on: bool) -> None:
         from ..training import finetune as run_finetune
 
         config = finetune_config(options)
+        if volume_options_given(o):  # recorded in the model; a run without them takes the model's
+            config.volume = volume_config(o).to_dict()
         reporter: Any = Reporter()
         if reporter_on:
             show = not o.quiet and not o.json_

@@ -32,10 +32,15 @@ def predict(
         show_default=False,
     ),
     images: list[Path] = typer.Argument(
-        ..., help="Image files or folders (searched recursively; hidden files skipped).", show_default=False
+        ...,
+        help="Image files or folders (searched recursively; hidden files skipped); volumes (.nii, .nii.gz, .npy, "
+        ".npz) for a volume model.",
+        show_default=False,
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes listed per image."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass (default 16; 2 for volumes)."
+    ),
     input_size: str = typer.Option(None, "--input-size", help="Input size 'H' or 'H W' (overrides the metadata)."),
     o: Shared = Shared(
         "device", "weights", "num_classes", "ema", "trust_pickle", *ORIGINAL, "class_names", "json_", "debug"

@@ -50,10 +50,13 @@ def _fmt_metric(m: dict[str, Any] | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
-def metric_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Rows ``[metric (↑/↓), value per method…]`` for the tables (rich and HTML)."""
+def metric_rows(summaries: Sequence[dict[str, Any]], skip_empty: bool = False) -> list[list[str]]:
+    """Rows ``[metric (↑/↓), value per method…]`` for the tables (rich and HTML); ``skip_empty`` leaves out
+    metrics no method has (a volume model's 2-D-only metrics)."""
     rows = []
     for key, (label, up) in METRICS.items():
+        if skip_empty and not any((s["metrics"].get(key) or {}).get("mean") is not None for s in summaries):
+            continue
         values = [_fmt_metric(s["metrics"].get(key)) for s in summaries]
         rows.append([f"{label} {'↑' if up else '↓'}", *values])
     for key, label in REFERENCES.items():  # reference values (per image, the same for every method)
@@ -150,7 +153,30 @@ def _classification_section(result: EvaluationResult) -> str:
     )
 
 
+def _volume_explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any]) -> str:
+    """The explanation table of a volume model (no top-k or deletion/insertion: 2-D metrics)."""
+    grid = "×".join(str(v) for v in s.get("oracle_grid") or [])
+    return R.section(
+        "Explanations of the true class (volumes)",
+        R.table(
+            ["metric", *[m["label"] for m in summaries]],
+            metric_rows(summaries, skip_empty=True),
+            caption="Mean ± std over annotated volumes",
+        ),
+        R.paragraph(
+            f"Evidence volumes compared on the model's {'×'.join(str(v) for v in s['input_size'][1:])} voxels "
+            "(each scan preprocessed as the model records; its mask resampled to them); pointing game: a hit "
+            f"within {s.get('pointing_tolerance', 0)} voxels of the mask; sparsity and Gini on ReLU + min–max "
+            "scaled volumes; share of oracle = (activation precision − chance) / (oracle precision − chance), "
+            f"oracle = the mask average-pooled to the common {grid} grid.",
+            note=True,
+        ),
+    )
+
+
 def _explanation_section(summaries: Sequence[dict[str, Any]], s: dict[str, Any]) -> str:
+    if s.get("spatial_dims") == 3:
+        return _volume_explanation_section(summaries, s)
     return R.section(
         "Explanations of the true class",
         R.table(

@@ -160,7 +160,7 @@ def evaluate(
     pointing_tolerance: int = 0,
     oracle_grid: tuple[int, int] | None = None,
     max_images: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: Any = "auto",
     examples: int = 6,
     out_dir: str | os.PathLike | None = None,
@@ -238,20 +238,22 @@ def evaluate(
             oracle_grid=oracle_grid,
             max_images=max_images,
         ),
-        batch_size,
+        batch_size or 16,
     )
     gates = parse_gates(fail_under, fail_over)
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
     junit_path = _junit_path(junit, out, force)
     root, mask_root = _data_roots(data_dir, masks)
-    methods = _baseline_methods(baselines)
-    keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
-    check_gate_targets(gates, methods=keys, ordinal=ordinal, original=original is not None)
     if original_weights is not None and module is not None:
         raise UsageError(
             f"With module, original is the weights file of {module}; give it as original, not as original_weights.",
             param=("original", "original_weights"),
         )
+    deferred: UsageError | None = None
+    try:
+        methods = _baseline_methods(baselines)
+    except UsageError as e:  # a volume model has its own baselines (MONAI): judged once the model is known
+        methods, deferred = [], e
     mm = load(
         model,
         device=device,
@@ -265,12 +267,21 @@ def evaluate(
         class_names=class_names,
         **preprocessing,
     )
+    if mm.volume is not None:  # a volume model: 3-D masks, MONAI baselines (evaluation/volume.py)
+        result = _evaluate_volumes(mm, root, mask_root, split, baselines, original, ordinal, opts, batch_size, progress)
+        check_gate_targets(gates, methods=[m.key for m in result.methods], ordinal=ordinal, original=False)
+        check_gate_targets(gates, class_names=result.data["class_names"])
+        return _finish(result, gates, junit_path, out, mm, force, result.data["source"])
+    if deferred is not None:
+        raise deferred
+    keys = ["softcam", *methods, *([f"original:{m}" for m in methods] if original is not None else [])]
+    check_gate_targets(gates, methods=keys, ordinal=ordinal, original=original is not None)
     if (methods or original is not None) and mm.kind != "torch":
         raise UsageError(
             "baselines and original need a PyTorch model (.safetensors), not an .onnx file.",
             param=("baselines", "original"),
         )
-    run = _setup(mm, root, mask_root, split, opts, methods, batch_size, progress)
+    run = _setup(mm, root, mask_root, split, opts, methods, batch_size or 16, progress)
     check_gate_targets(gates, class_names=run.report_names)
     if original_weights is not None and not isinstance(original, str | os.PathLike):
         raise UsageError(
@@ -282,15 +293,56 @@ def evaluate(
         run.orig_predict = _torch_predict(run.original, mm.device)
     result = _compute(run, model, methods, ordinal, examples, opts.max_images)
     result.settings["seconds"] = time.perf_counter() - t_start
+    return _finish(result, gates, junit_path, out, mm, force, run.desc)
+
+
+def _finish(
+    result: EvaluationResult, gates: Any, junit_path: Path | None, out: Path | None, mm: Runtime, force: bool, desc: str
+) -> EvaluationResult:
+    """Judge the gates; write the report and the JUnit file."""
     result.gates = check_gates(result, gates)
     if junit_path is not None:
         result.junit = str(junit_path)
     if out is not None:
         write_report(result, out, result.examples, mm, force=force)
     if junit_path is not None:
-        props = {"model": result.model, "data": run.desc}
+        props = {"model": result.model, "data": desc}
         write_junit(result.gates, junit_path, force=force, properties=props, seconds=result.settings["seconds"])
     return result
+
+
+def _evaluate_volumes(
+    mm: Runtime,
+    root: Path,
+    mask_root: Path | None,
+    split: str,
+    baselines: Any,
+    original: Any,
+    ordinal: bool,
+    opts: ExplanationOptions,
+    batch_size: int | None,
+    progress: Progress | None,
+) -> EvaluationResult:
+    from .volume import evaluate_volumes
+
+    if original is not None:
+        raise UsageError(
+            "original is not supported for a volume model yet; evaluate the original apart.", param="original"
+        )
+    return evaluate_volumes(
+        mm,
+        root,
+        mask_root,
+        split,
+        baselines=baselines,
+        ordinal=ordinal,
+        max_images=opts.max_images,
+        batch_size=batch_size,
+        sparsity_threshold=opts.sparsity_threshold,
+        pointing_tolerance=opts.pointing_tolerance,
+        oracle_grid=opts.oracle_grid,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

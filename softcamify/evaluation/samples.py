@@ -29,19 +29,22 @@ class Item:
 
 
 def evaluation_samples(
-    data_dir: str | os.PathLike, split: str = "test", mask_root: Path | None = None
+    data_dir: str | os.PathLike, split: str = "test", mask_root: Path | None = None, volumes: bool = False
 ) -> tuple[list[tuple[Path, int]], list[str], str]:
     """``([(path, dataset label)], dataset class names, description)`` of the images to evaluate.
 
     A dataset root with ``train/``/``val/``/``test/`` gives the requested split; a folder of class
     folders is used whole (``split`` ignored). A ``masks`` folder inside a flat layout is not a class.
+    ``volumes``: the class folders hold volumes (a volume model's data).
     """
     from ..data import SPLIT_NAMES, discover
 
     if split not in SPLIT_NAMES:
         raise UsageError(f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}.", param="split")
     root = Path(data_dir)
-    splits = discover(root, min_classes=1)  # one class: its images still score (accuracy, explanations)
+    splits = discover(
+        root, min_classes=1, volumes=volumes
+    )  # one class: its images still score (accuracy, explanations)
     if splits.layout == "splits":
         samples = splits.split(split)
         if not samples:

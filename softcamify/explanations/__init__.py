@@ -1,6 +1,7 @@
 """Explanations: evidence maps computed (:mod:`.compute`), shown on the region the model sees
 (:mod:`.view`), written as files (:mod:`.write`); ``explain`` (:mod:`.run`) joins them and :mod:`.inputs`
-reads what it is given. No torch import."""
+reads what it is given; :mod:`.volume` does it all for a volume model (evidence volumes in the scan's
+geometry). No torch import."""
 
 from .compute import (
     DEFAULT_BATCH_SIZE,
@@ -12,6 +13,7 @@ from .compute import (
 from .inputs import ImageSource, collect_images, parse_classes
 from .run import explain
 from .view import input_view
+from .volume import VolumeExplanation, collect_volumes, explain_volumes
 from .write import ExplanationWriter
 
 __all__ = [
@@ -21,6 +23,9 @@ __all__ = [
     "Explanation",
     "ExplanationWriter",
     "ImageSource",
+    "VolumeExplanation",
+    "collect_volumes",
+    "explain_volumes",
     "collect_images",
     "explain",
     "input_view",

@@ -51,7 +51,9 @@ def explain(
         device: torch device (``auto``, ``cpu``, ``cuda``…); ignored for ONNX.
         progress: called as ``progress(done, total)`` after each batch.
 
-    Returns one :class:`Explanation` per image, in input order.
+    Returns one :class:`Explanation` per image, in input order. A volume model explains volume files
+    instead (:func:`softcamify.explanations.volume.explain_volumes`: one
+    :class:`~softcamify.explanations.volume.VolumeExplanation` per scan).
     """
     from ..render import is_diverging
 
@@ -70,11 +72,15 @@ def explain(
             f"Signed maps need a diverging colour map, not {cmap!r}; set positive or use RdBu_r.",
             param=("cmap", "positive"),
         )
+    rt = load(model, device=device)
+    if rt.volume is not None:  # a volume model: evidence volumes in each scan's geometry
+        from .volume import explain_volumes
+
+        return explain_volumes(rt, images, out_dir, classes, batch_size, force=force, progress=progress)  # type: ignore[return-value]
     sources = collect_images(images)
     writer = None
     if out_dir is not None:
         writer = ExplanationWriter(out_dir, force=force, alpha=alpha, cmap=cmap, html=html, title=title)
-    rt = load(model, device=device)
     selection = parse_classes(classes, rt.class_names)
     check_headers(sources)
     results: list[Explanation] = []

@@ -1,8 +1,9 @@
 """Export a SoftCAM model to ONNX, validated in onnxruntime against PyTorch before it is written.
 
 The ONNX graph has one input ``input`` (float32 N×C×H×W, normalized pixels) and two outputs,
-``logits`` (N×K) and ``evidence`` (N×K×h×w, whose spatial mean is the logits). The batch axis is
-dynamic; height and width are dynamic when the backbone allows it, which is detected: the dynamic
+``logits`` (N×K) and ``evidence`` (N×K×h×w, whose spatial mean is the logits); a volume model takes
+N×C×D×H×W and returns evidence N×K×d×h×w (dims ``depth``/``evidence_depth`` besides height and width).
+The batch axis is dynamic; the spatial axes are dynamic when the backbone allows it, which is detected: the dynamic
 export is validated at a second input size and, when that fails, the model is exported with a static
 size instead (the report says which and why).
 
@@ -80,7 +81,8 @@ def onnx_metadata(model: SoftCAM, *, exporter: str, opset: int, dynamic_spatial:
     }
     cfg = dict(model.meta.data_config)
     crop_pct = cfg.get("crop_pct")
-    return {
+    volume = model.meta.spatial_dims == 3
+    props = {
         META_KEY: json.dumps(meta, sort_keys=True),
         "softcamify_version": __version__,
         "format_version": str(ONNX_FORMAT_VERSION),
@@ -96,10 +98,17 @@ def onnx_metadata(model: SoftCAM, *, exporter: str, opset: int, dynamic_spatial:
         "interpolation": str(cfg.get("interpolation") or "bicubic"),
         "crop_pct": "null" if crop_pct is None else repr(float(crop_pct)),
         "crop_mode": str(cfg.get("crop_mode") or "center"),
-        "layout": "NCHW",
+        "layout": "NCDHW" if volume else "NCHW",
         "dynamic_spatial": "true" if dynamic_spatial else "false",
-        "outputs": "logits: N×K; evidence: N×K×h×w signed class-evidence maps whose mean over h, w is logits",
+        "outputs": "logits: N×K; evidence: N×K×d×h×w signed class-evidence volumes whose mean over d, h, w is logits"
+        if volume
+        else "logits: N×K; evidence: N×K×h×w signed class-evidence maps whose mean over h, w is logits",
     }
+    if volume:  # image exports keep exactly the properties they always had (absent: 2)
+        props["spatial_dims"] = "3"
+        if cfg.get("volume"):  # the volume preprocessing (softcamify.volumes.VolumeConfig), for predict
+            props["volume"] = json.dumps(cfg["volume"], sort_keys=True)
+    return props
 
 
 @contextlib.contextmanager
@@ -138,7 +147,7 @@ def _export_dynamo(module: nn.Module, x: torch.Tensor, opset: int | None, dynami
     dim = torch.export.Dim
     axes: dict[int, Any] = {0: dim("batch", min=1)}
     if dynamic_spatial:
-        axes.update({2: dim.DYNAMIC, 3: dim.DYNAMIC})
+        axes.update({a: dim.DYNAMIC for a in range(2, x.ndim)})
     program = _torch_export(
         module, x, None, opset, dynamo=True, dynamic_shapes={"input": axes}, optimize=True, verbose=False
     )
@@ -154,19 +163,23 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, opset: int | None, d
 
     axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, EVIDENCE_NAME: {0: "batch"}}
     if dynamic_spatial:
-        axes[INPUT_NAME].update({2: "height", 3: "width"})
-        axes[EVIDENCE_NAME].update({2: "evidence_height", 3: "evidence_width"})
+        labels = _SPATIAL_LABELS[x.ndim]
+        axes[INPUT_NAME].update({2 + i: label for i, label in enumerate(labels)})
+        axes[EVIDENCE_NAME].update({2 + i: f"evidence_{label}" for i, label in enumerate(labels)})
     buf = io.BytesIO()
     _torch_export(module, x, buf, opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
 
+_SPATIAL_LABELS = {4: ("height", "width"), 5: ("depth", "height", "width")}  # by input rank
+
+
 def _rename_dynamic_dims(proto) -> None:
     """Readable input dimension names in the dynamo exporter's graph: its symbols (``s16``, ``s82``) become
-    ``height``/``width`` everywhere they appear (outputs: :func:`_name_output_dims`)."""
+    ``height``/``width`` (and ``depth``) everywhere they appear (outputs: :func:`_name_output_dims`)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {}
-    for axis, label in ((2, "height"), (3, "width")):
+    for axis, label in enumerate(_SPATIAL_LABELS.get(len(dims), ()), start=2):
         if len(dims) > axis and dims[axis].dim_param and re.fullmatch(r"s\d+", dims[axis].dim_param):
             names[dims[axis].dim_param] = label
     if names and len(set(names)) == len(names):
@@ -182,10 +195,13 @@ def _name_output_dims(proto, num_classes: int) -> None:
     ``evidence`` [batch, K, evidence_height, evidence_width]. The class axis is the model's K (the
     TorchScript exporter may leave it symbolic, ``ReduceMeanlogits_dim_1``); a symbolic spatial axis of
     the evidence (the dynamo exporter writes ``((height - 1)//32) + 1``, thousands of characters for
-    TF-"same" padding) is named ``evidence_height`` / ``evidence_width``."""
+    TF-"same" padding) is named ``evidence_height`` / ``evidence_width`` (``evidence_depth`` first for volumes)."""
     for out in proto.graph.output:
         dims = out.type.tensor_type.shape.dim
-        labels = {0: "batch", 2: "evidence_height", 3: "evidence_width"} if out.name == EVIDENCE_NAME else {0: "batch"}
+        labels = {0: "batch"}
+        if out.name == EVIDENCE_NAME:
+            spatial = _SPATIAL_LABELS.get(len(dims), ("height", "width"))
+            labels.update({2 + i: f"evidence_{label}" for i, label in enumerate(spatial)})
         if out.name not in (LOGITS_NAME, EVIDENCE_NAME):
             continue
         if len(dims) > 1 and dims[1].dim_param:
@@ -274,9 +290,9 @@ def export_onnx(
     notes = load_notes + notes
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
     _check_weight_size(sc)
-    c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
+    size = [int(v) for v in sc.meta.data_config["input_size"]]  # C, H, W (C, D, H, W for a volume model)
     module = _MapsModule(sc).eval()
-    example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))  # batch 2: never specialized
+    example = torch.randn(2, *size, generator=torch.Generator().manual_seed(seed))  # batch 2: never specialized
     attempts: list[dict[str, Any]] = []
 
     with atomic_output(out, force=force) as tmp:
@@ -383,9 +399,10 @@ def _export_attempt(
     for key, value in onnx_metadata(sc, exporter=name, opset=got, dynamic_spatial=dynamic_spatial).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    axes = "d, h, w" if sc.meta.spatial_dims == 3 else "h, w"
     proto.doc_string = (
         f"SoftCAM {sc.meta.architecture} exported by softcamify {__version__}: "
-        "input -> logits, evidence (mean over h, w of evidence = logits)."
+        f"input -> logits, evidence (mean over {axes} of evidence = logits)."
     )
     data = proto.SerializeToString()
     if len(data) > _MAX_PROTO_BYTES:

@@ -49,8 +49,8 @@ def export_safetensors(
     check_output_path(out, force=force)
     sc, notes = load_softcam(model, strict=strict, atol=atol, class_names=class_names, **options)
     sc = cast(SoftCAM, cpu_float32(sc)[0]).eval()
-    c, h, w = (int(v) for v in sc.meta.data_config["input_size"])
-    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
+    c, *size = (int(v) for v in sc.meta.data_config["input_size"])  # C, H, W (C, D, H, W for volumes)
+    x = torch.randn(2, c, *size, generator=torch.Generator().manual_seed(seed))
     with atomic_output(out, force=force) as tmp:
         tmp.write_bytes(serialize(sc))  # not save(): its own temporary file would be named in errors
         reloaded = load(tmp, trust_pickle=bool(options.get("trust_pickle")))
@@ -74,7 +74,7 @@ def export_safetensors(
         checks=[
             {
                 "batch": 2,
-                "size": [h, w],
+                "size": list(size),
                 "max_abs_diff_logits": dl,
                 "max_abs_diff_evidence": dm,
                 "scale_logits": on_logits.scale,

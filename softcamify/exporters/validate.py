@@ -30,8 +30,13 @@ class AttemptFailed(Exception):
         self.figures = figures or {}
 
 
-def second_spatial_size(h: int, w: int) -> tuple[int, int]:
-    """The other input size a spatially dynamic export is validated at (larger, non-square)."""
+def second_spatial_size(*size: int) -> tuple[int, ...]:
+    """The other input size a spatially dynamic export is validated at (larger, non-square): (H, W) → (H + 32,
+    W + 64); a volume's (D, H, W) → (D + 16, H + 32, W + 64)."""
+    if len(size) == 3:
+        d, h, w = size
+        return d + 16, h + 32, w + 64
+    h, w = size
     return h + 32, w + 64
 
 
@@ -90,51 +95,53 @@ def check_onnx(
         )
     if dynamic_spatial is None:
         dynamic_spatial = not all(isinstance(d, int) for d in session.get_inputs()[0].shape[2:])
-    c, h, w = (int(v) for v in model.meta.data_config["input_size"])
-    cases = [(1, (h, w)), (3, (h, w))]
+    c, *own = (int(v) for v in model.meta.data_config["input_size"])  # C, H, W (C, D, H, W for volumes)
+    size = tuple(own)
+    cases = [(1, size), (3, size)]
     if dynamic_spatial:
-        cases.append((2, second_spatial_size(h, w)))
+        cases.append((2, second_spatial_size(*size)))
     gen = torch.Generator().manual_seed(seed)
     checks: list[dict[str, Any]] = []
     model = model.eval()
-    for batch, (hh, ww) in cases:
-        x = torch.randn(batch, c, hh, ww, generator=gen)
-        stage = "size" if (hh, ww) != (h, w) else "runtime"
+    for batch, at in cases:
+        x = torch.randn(batch, c, *at, generator=gen)
+        shown = "×".join(map(str, at))
+        stage = "size" if at != size else "runtime"
         try:
             with torch.no_grad():
                 ref_logits, ref_maps = model.forward_maps(x)
         except Exception as e:
-            raise AttemptFailed(stage, f"PyTorch itself fails at {hh}×{ww}: {clean_error_text(e)}") from None
+            raise AttemptFailed(stage, f"PyTorch itself fails at {shown}: {clean_error_text(e)}") from None
         try:
             logits, maps = session.run([LOGITS_NAME, EVIDENCE_NAME], {INPUT_NAME: x.numpy()})
         except Exception as e:
-            raise AttemptFailed(
-                stage, f"onnxruntime fails at batch {batch}, {hh}×{ww}: {clean_error_text(e)}"
-            ) from None
+            raise AttemptFailed(stage, f"onnxruntime fails at batch {batch}, {shown}: {clean_error_text(e)}") from None
         if logits.shape != tuple(ref_logits.shape) or maps.shape != tuple(ref_maps.shape):
             raise AttemptFailed(
                 stage,
-                f"output shapes {list(logits.shape)}, {list(maps.shape)} at batch {batch}, {hh}×{ww} differ "
+                f"output shapes {list(logits.shape)}, {list(maps.shape)} at batch {batch}, {shown} differ "
                 f"from PyTorch's {list(ref_logits.shape)}, {list(ref_maps.shape)}",
             )
         on_logits = agreement(logits, ref_logits, atol, rtol)
         on_evidence = agreement(maps, ref_maps, atol, rtol)
         check = {
             "batch": batch,
-            "size": [hh, ww],
+            "size": list(at),
             "max_abs_diff_logits": on_logits.max_abs_diff,
             "max_abs_diff_evidence": on_evidence.max_abs_diff,
             "scale_logits": on_logits.scale,
             "scale_evidence": on_evidence.scale,
             "allowed_logits": on_logits.allowed,
             "allowed_evidence": on_evidence.allowed,
-            "evidence_mean_vs_logits": float(np.abs(np.asarray(maps, np.float64).mean(axis=(2, 3)) - logits).max()),
+            "evidence_mean_vs_logits": float(
+                np.abs(np.asarray(maps, np.float64).mean(axis=tuple(range(2, maps.ndim))) - logits).max()
+            ),
         }
         checks.append(check)
         if not (on_logits.passed and on_evidence.passed):
             raise AttemptFailed(
                 "size" if stage == "size" else "mismatch",
-                f"{on_logits.phrase('logits')}, {on_evidence.phrase('evidence')} at batch {batch}, {hh}×{ww} "
+                f"{on_logits.phrase('logits')}, {on_evidence.phrase('evidence')} at batch {batch}, {shown} "
                 f"(atol {atol:g}, rtol {rtol:g})",
                 {"checks": checks},
             )

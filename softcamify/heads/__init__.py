@@ -60,7 +60,7 @@ __all__ = [
 class HeadPlan:
     """What ``inspect`` shows: the head as found, and how (whether) it converts."""
 
-    feature_shape: list[int]  # [C, H, W] of the last feature map at the input size
+    feature_shape: list[int]  # [C, H, W] of the last feature map at the input size ([C, D, H, W] for volumes)
     layout: str  # "NCHW" or "NHWC" (the backbone's own layout; SoftCAM maps are always NCHW)
     num_classes: int
     head: str  # human-readable chain, e.g. "global avg pool → Linear(512→10)"
@@ -76,7 +76,13 @@ class HeadPlan:
 
     @property
     def evidence_grid(self) -> list[int]:
-        return [self.feature_shape[1], self.feature_shape[2]]
+        """[h, w] of the evidence maps ([d, h, w] for volumes)."""
+        return list(self.feature_shape[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return len(self.feature_shape) - 1
 
     @property
     def convertible(self) -> bool:
@@ -86,6 +92,7 @@ class HeadPlan:
         d = asdict(self)
         d["steps"] = [s.to_dict() for s in self.steps]
         d["evidence_grid"] = self.evidence_grid
+        d["spatial_dims"] = self.spatial_dims
         return d
 
 
@@ -97,12 +104,20 @@ def _is_timm_model(model: nn.Module) -> bool:
     return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
 
-def _default_input(model: nn.Module) -> tuple[int, int, int]:
+def _default_input(model: nn.Module) -> tuple[int, ...]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size") or (3, 224, 224)
-    from ..sources import first_conv_channels
+    from ..sources import VOLUME_SIZE, first_conv_channels, spatial_dims
 
-    return (first_conv_channels(model) or int(size[0]), int(size[1]), int(size[2]))
+    channels = first_conv_channels(model) or int(size[0])
+    if spatial_dims(model) == 3:
+        return (channels, *VOLUME_SIZE)
+    return (channels, int(size[1]), int(size[2]))
+
+
+def _size_text(size: tuple[int, ...]) -> str:
+    """'224×224' for an image input (C, H, W), '16×112×112' for a volume (C, D, H, W)."""
+    return "×".join(str(int(v)) for v in size[1:])
 
 
 def _try_trace(module: nn.Module):
@@ -114,7 +129,7 @@ def _try_trace(module: nn.Module):
 
 def split_model(
     model: nn.Module,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     features_layer: str | None = None,
     classifier: str | None = None,
 ) -> ModelParts:
@@ -137,7 +152,7 @@ def split_model(
                 f = features(x)
             except Exception as e:
                 raise ConversionError(
-                    f"The backbone fails on a {size[1]}×{size[2]} input ({type(e).__name__}: "
+                    f"The backbone fails on a {_size_text(size)} input ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); pass input_size with a size the model accepts.",
                     param="input_size",
                 ) from e
@@ -172,7 +187,7 @@ def _naming_hint(model: nn.Module) -> str:
     """``features_layer='X' and classifier='Y'`` with the likeliest module names of this model (quoted, so a
     module called ``classifier`` is never taken for the parameter)."""
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear,)) and n]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n]
+    convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and n]
     top = [n for n, _ in model.named_children()]
     clf = linear[-1] if linear else "CLASSIFIER"
     feat = next((t for t in reversed(top) if not clf.startswith(t) and any(c.startswith(t) for c in convs)), None)
@@ -213,7 +228,10 @@ def _split_named(model: nn.Module, features_layer: str | None, classifier: str |
         raise UsageError(
             "This model cannot be cut automatically: pass both features_layer and classifier.", param=CUT_PARAMS
         )
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), modules[classifier])
+    from ..sources import spatial_dims
+
+    pool = nn.AdaptiveAvgPool3d(1) if spatial_dims(model) == 3 else nn.AdaptiveAvgPool2d(1)
+    head = nn.Sequential(pool, nn.Flatten(1), modules[classifier])
     return ModelParts(
         HookedFeatures(model, features_layer),
         head,
@@ -277,13 +295,17 @@ def _reason(steps: list[Step], tried: dict[str, str], tokens: dict | None = None
 
 def analyze(
     model: nn.Module,
-    input_size: tuple[int, int, int],
+    input_size: tuple[int, ...],
     *,
     strategies: list[str] | None = None,
     features_layer: str | None = None,
     classifier: str | None = None,
 ) -> tuple[HeadPlan, ModelParts, nn.Module | None]:
-    """Find the head, try the strategies; return the plan, the parts and the float64 evidence head."""
+    """Find the head, try the strategies; return the plan, the parts and the float64 evidence head.
+
+    ``input_size`` is (C, H, W) for an image model and (C, D, H, W) for a volume model: the features
+    are then N×C×D×H×W and the evidence head a 1×1×1 convolution.
+    """
     model.eval()
     parts = split_model(model, input_size, features_layer, classifier)
     with torch.no_grad():
@@ -291,11 +313,11 @@ def analyze(
             f = parts.features(torch.zeros(1, *input_size))
         except Exception as e:
             raise ConversionError(
-                f"The backbone fails on a {input_size[1]}×{input_size[2]} input ({type(e).__name__}: "
+                f"The backbone fails on a {_size_text(input_size)} input ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}); pass input_size with a size the model accepts.",
                 param="input_size",
             ) from e
-        if f.ndim != 4:
+        if f.ndim != len(input_size) + 1 or (f.ndim == 5 and parts.layout != "NCHW"):
             raise ConversionError(
                 f"The backbone returns a {f.ndim}-D tensor of shape {list(f.shape)}, not a feature map."
             )
@@ -304,7 +326,8 @@ def analyze(
         raise ConversionError("The head does not return a B×K tensor of logits.")
     num_classes = logits.shape[1]
     layout = parts.layout
-    c, h, w = (f.shape[3], f.shape[1], f.shape[2]) if layout == "NHWC" else tuple(f.shape[1:])
+    depth = int(f.shape[2]) if f.ndim == 5 else None
+    c, h, w = (f.shape[3], f.shape[1], f.shape[2]) if layout == "NHWC" else (f.shape[1], f.shape[-2], f.shape[-1])
     steps = parts.described or (steps_of(parts.graph) if parts.graph is not None else [])
     pooling, between, classifier = _summarize(steps)
     if parts.tokens is not None:
@@ -312,7 +335,7 @@ def analyze(
 
     head64 = copy.deepcopy(parts.graph if parts.graph is not None else parts.head).double().eval()
     graph64 = head64 if parts.graph is not None else None
-    ctx = Context(head64, graph64, steps, int(c), int(h), int(w), int(num_classes), layout, parts.tokens)
+    ctx = Context(head64, graph64, steps, int(c), int(h), int(w), int(num_classes), layout, parts.tokens, depth=depth)
     tried: dict[str, str] = {}
     chosen: Strategy | None = None
     evidence = None
@@ -329,7 +352,7 @@ def analyze(
         except NotApplicable as e:
             tried[strategy.name] = str(e)
     plan = HeadPlan(
-        feature_shape=[int(c), int(h), int(w)],
+        feature_shape=[int(c), *ctx.spatial],
         layout=layout,
         num_classes=int(num_classes),
         head=describe(steps) if steps else "(not traceable)",
@@ -349,7 +372,7 @@ def analyze(
 def backbone_of(
     model: nn.Module,
     split: str,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     features_layer: str | None = None,
     classifier: str | None = None,
 ):

@@ -31,13 +31,13 @@ def build_per_position(ctx: Context) -> PerPositionHead:
     if ctx.graph is None:
         raise NotApplicable("the head could not be traced, so it cannot be applied per position")
     head = PerPositionHead(ctx.graph, ctx.channels, ctx.num_classes, ctx.layout)
-    f = probe_features(ctx.channels, ctx.height, ctx.width)[:2]
+    f = probe_features(ctx.channels, *ctx.spatial)[:2]
     try:
         with torch.no_grad():
             out = head(f)
     except Exception as e:
         raise NotApplicable(f"the head does not accept a single position ({type(e).__name__}: {e})") from e
-    if tuple(out.shape) != (2, ctx.num_classes, ctx.height, ctx.width) or not torch.isfinite(out).all():
+    if tuple(out.shape) != (2, ctx.num_classes, *ctx.spatial) or not torch.isfinite(out).all():
         raise NotApplicable(f"the head gives {tuple(out.shape)} per position, not {ctx.num_classes} finite logits")
     return head
 

@@ -38,6 +38,16 @@ class Context:
     layout: str = "NCHW"
     tokens: dict | None = None
     notes: list[str] = field(default_factory=list)
+    depth: int | None = None  # volumes: the features are N×C×D×H×W
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """(H, W), or (D, H, W) for a volume model."""
+        return (self.height, self.width) if self.depth is None else (self.depth, self.height, self.width)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.spatial)
 
 
 class NotApplicable(Exception):
@@ -70,11 +80,11 @@ def get_strategy(name: str) -> Strategy:
 
 
 def check_exact(ctx: Context, evidence: nn.Module) -> float:
-    """Float64 relative error of mean_hw(evidence(F)) against head(F) on varied feature maps."""
-    from .probe import probe_features, relative_error, to_layout
+    """Float64 relative error of the spatial mean of evidence(F) against head(F) on varied feature maps."""
+    from .probe import probe_features, relative_error, spatial_mean, to_layout
 
-    f = probe_features(ctx.channels, ctx.height, ctx.width)
+    f = probe_features(ctx.channels, *ctx.spatial)
     with torch.no_grad():
         ref = ctx.head(to_layout(f, ctx.layout)).reshape(f.shape[0], -1)
-        got = evidence(f).mean(dim=(2, 3))
+        got = spatial_mean(evidence(f))
     return relative_error(got, ref)

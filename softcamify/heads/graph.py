@@ -126,7 +126,7 @@ class HeadTracer(fx.Tracer):
         name = type(m).__name__
         if norm_kind(m) is not None or isinstance(m, nn.modules.batchnorm._BatchNorm):
             return True
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Dropout, nn.Identity, nn.Flatten, *_ACT_MODULES)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d, nn.Dropout, nn.Identity, nn.Flatten, *_ACT_MODULES)):
             return True  # also subclasses from other libraries (e.g. timm's Linear)
         if name in ("SelectAdaptivePool2d", "AdaptiveAvgMaxPool2d", "AdaptiveCatAvgMaxPool2d") or name.startswith(
             "FastAdaptive"
@@ -201,7 +201,7 @@ def _spatial_dims(dims: Any) -> bool:
         dims = (dims,)
     if not isinstance(dims, (tuple, list)):
         return False
-    return set(dims) in ({2, 3}, {-1, -2}, {1, 2}, {-2, -3})
+    return set(dims) in ({2, 3}, {-1, -2}, {1, 2}, {-2, -3}, {2, 3, 4}, {-1, -2, -3})
 
 
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
@@ -237,18 +237,18 @@ def _classify_module(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
         if kind == "none":
             return Step(PASS, "no pooling", target)
         return Step(POOL, f"global {kind} pool", target, {"kind": kind})
-    if isinstance(m, nn.AdaptiveAvgPool2d):
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
         if _is_global(m.output_size):
             return Step(POOL, "global avg pool", target, {"kind": "avg"})
         return Step(POOL, f"adaptive avg pool to {m.output_size}", target, {"kind": "grid", "size": m.output_size})
-    if isinstance(m, nn.AdaptiveMaxPool2d):
+    if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
         return Step(
             POOL,
             "global max pool" if _is_global(m.output_size) else "adaptive max pool",
             target,
             {"kind": "max" if _is_global(m.output_size) else "grid"},
         )
-    if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+    if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d, nn.AvgPool3d, nn.MaxPool3d)):
         return Step(POOL, f"{name}(kernel={m.kernel_size})", target, {"kind": "fixed", "kernel": m.kernel_size})
     kind = norm_kind(m)
     if kind is not None:
@@ -259,31 +259,34 @@ def _classify_module(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
         return Step(
             LINEAR, f"Linear({m.in_features}→{m.out_features})", target, {"in": m.in_features, "out": m.out_features}
         )
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
         k = tuple(m.kernel_size)
-        if k == (1, 1) and m.groups == 1:
+        size = "×".join(map(str, k))
+        name = "Conv3d" if isinstance(m, nn.Conv3d) else "Conv2d"
+        if set(k) == {1} and m.groups == 1:
             return Step(
                 LINEAR,
-                f"Conv2d 1×1({m.in_channels}→{m.out_channels})",
+                f"{name} {size}({m.in_channels}→{m.out_channels})",
                 target,
                 {"in": m.in_channels, "out": m.out_channels},
             )
         return Step(
             CONV,
-            f"Conv2d {k[0]}×{k[1]}({m.in_channels}→{m.out_channels})",
+            f"{name} {size}({m.in_channels}→{m.out_channels})",
             target,
             {"in": m.in_channels, "out": m.out_channels, "kernel": list(k)},
         )
-    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten)):
+    dropouts = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    if isinstance(m, (*dropouts, nn.Identity, nn.Flatten, nn.Unflatten)):
         return Step(PASS, name, target)
     if isinstance(m, _ACT_MODULES) or name in ("GELUTanh", "QuickGELU", "HardSwish", "HardSigmoid", "Swish"):
         return Step(ACT, name, target)
     if name.lower().startswith("dropout") or name in ("DropPath",):
         return Step(PASS, name, target)
-    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and tuple(c.kernel_size) != (1, 1)]
+    convs = [c for c in m.modules() if isinstance(c, (nn.Conv2d, nn.Conv3d)) and set(c.kernel_size) != {1}]
     if convs:  # an untraceable block with a spatial conv, e.g. timm's ConvMlp (VGG fc6 as 7×7 conv)
         k = tuple(convs[0].kernel_size)
-        return Step(CONV, f"{name}(Conv2d {k[0]}×{k[1]})", target, {"kernel": list(k)})
+        return Step(CONV, f"{name}({type(convs[0]).__name__} {'×'.join(map(str, k))})", target, {"kernel": list(k)})
     return Step(OTHER, name, target)
 
 
@@ -291,12 +294,12 @@ def _classify_function(node: fx.Node) -> Step:
     """:func:`classify` for a ``call_function`` node."""
     fn = node.target
     fname = getattr(fn, "__name__", str(fn))
-    if fn in (F.adaptive_avg_pool2d,):
+    if fn in (F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         if _is_global(size):
             return Step(POOL, "global avg pool", fname, {"kind": "avg"})
         return Step(POOL, f"adaptive avg pool to {size}", fname, {"kind": "grid"})
-    if fn in (F.adaptive_max_pool2d,):
+    if fn in (F.adaptive_max_pool2d, F.adaptive_max_pool3d):
         return Step(POOL, "global max pool", fname, {"kind": "max"})
     if fn in (torch.mean, torch.amax, torch.max, torch.sum, torch.logsumexp):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")

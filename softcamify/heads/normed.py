@@ -13,7 +13,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .base import Context, NotApplicable, Strategy, check_exact, register
 from .evidence import EvidenceHead
 from .graph import COMBINE, NORM, OTHER, PASS, POOL, classify, compute_nodes, extract
-from .probe import EXACT_RTOL, affine_of_vector, probe_features, relative_error, to_layout
+from .probe import EXACT_RTOL, affine_of_vector, probe_features, relative_error, spatial_mean, to_layout
 
 
 def build(ctx: Context) -> EvidenceHead:
@@ -47,7 +47,7 @@ def build(ctx: Context) -> EvidenceHead:
         raise NotApplicable(f"the norm covers {gamma.numel()} values, not the {channels} channels")
     eps = float(getattr(norm, "eps", 1e-6))
 
-    f = probe_features(channels, ctx.height, ctx.width)
+    f = probe_features(channels, *ctx.spatial)
     sample = to_layout(f[:1], ctx.layout)
     ShapeProp(gm).propagate(sample)
     tail = tuple(norm_node.meta["tensor_meta"].shape[1:])
@@ -55,7 +55,7 @@ def build(ctx: Context) -> EvidenceHead:
     pre = extract(gm, None, norm_node.all_input_nodes[0])
     with torch.no_grad():
         pooled = pre(to_layout(f, ctx.layout)).reshape(f.shape[0], -1)
-    if pooled.shape[1] != channels or relative_error(pooled, f.mean(dim=(2, 3))) > EXACT_RTOL:
+    if pooled.shape[1] != channels or relative_error(pooled, spatial_mean(f)) > EXACT_RTOL:
         raise NotApplicable("the part before the norm is not a plain spatial average")
 
     post = extract(gm, norm_node, next(n for n in gm.graph.nodes if n.op == "output").args[0])
@@ -63,7 +63,7 @@ def build(ctx: Context) -> EvidenceHead:
     if w_post.shape[0] != ctx.num_classes:
         raise NotApplicable(f"the part after the norm gives {w_post.shape[0]} outputs, not {ctx.num_classes}")
 
-    head = EvidenceHead(channels, ctx.num_classes, norm=kind, eps=eps).double()
+    head = EvidenceHead(channels, ctx.num_classes, norm=kind, eps=eps, spatial_dims=ctx.spatial_dims).double()
     head.set_affine(w_post * gamma.to(w_post)[None, :], w_post @ beta.to(w_post) + b_post)
     err = check_exact(ctx, head)
     if err > EXACT_RTOL:

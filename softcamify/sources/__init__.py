@@ -19,10 +19,11 @@ from torch import nn
 
 from ..config import resolve_data_config
 from ..errors import InputError
-from ._util import first_conv_channels, suggest
+from ._util import first_conv_channels, spatial_dims, suggest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+VOLUME_SIZE = (96, 96, 96)  # D, H, W of a volume model that records no size (MONAI's common patch size)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "hf:", "http://", "https://")
 KINDS = ("timm", "torchvision", "monai", "transformers", "import")  # the registry: kind -> sources.<module>
 _MODULES = {
@@ -123,20 +124,43 @@ def classifier_keys(model: nn.Module) -> list[str]:
             return keys
     last = None
     for qualname, m in model.named_modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)):
+        if isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv2d, nn.Conv3d)) and set(m.kernel_size) == {1}):
             last = f"{qualname}.weight"
     return [last] if last else []
+
+
+def check_input_size(model: nn.Module, input_size: tuple[int, ...] | None) -> None:
+    """Raise :class:`UsageError` when ``input_size`` (spatial: H, W or D, H, W) has another number of axes than
+    the model reads (:func:`spatial_dims`)."""
+    if input_size is None:
+        return
+    dims = spatial_dims(model)
+    if len(input_size) != dims:
+        from ..errors import UsageError
+
+        want = "D,H,W (3 numbers)" if dims == 3 else "H,W (or one number)"
+        raise UsageError(
+            f"input_size {'×'.join(map(str, input_size))} has {len(input_size)} axes but {type(model).__name__} "
+            f"reads {dims}-D inputs; give {want}.",
+            param="input_size",
+        )
 
 
 def data_config(
     model: nn.Module,
     kind: str,
     pretrained_cfg: dict[str, Any] | None = None,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Preprocessing the model expects (timm's data config; the source's defaults, ImageNet's elsewhere),
-    JSON-friendly. :func:`data_notes` says when it is a guess."""
+    JSON-friendly. :func:`data_notes` says when it is a guess. ``input_size`` is spatial: (H, W), or
+    (D, H, W) for a volume model (one whose first convolution is a ``Conv3d``)."""
+    check_input_size(model, input_size)
     cfg, _ = _defaults(model, kind, pretrained_cfg)
+    if spatial_dims(model) == 3:  # a volume model: D, H, W (defaults written for images do not apply)
+        if len(cfg.get("input_size") or ()) != 4:
+            cfg["input_size"] = (3, *VOLUME_SIZE)
+        cfg["crop_pct"] = 1.0
     cfg.setdefault("input_size", (3, 224, 224))
     cfg.setdefault("interpolation", "bilinear")
     cfg.setdefault("mean", IMAGENET_MEAN)
@@ -148,12 +172,12 @@ def data_config(
     if len(mean) != channels:
         mean = [sum(mean) / len(mean)] * channels
         std = [sum(std) / len(std)] * channels
-    h, w = (int(cfg["input_size"][1]), int(cfg["input_size"][2])) if input_size is None else input_size
+    spatial = [int(v) for v in cfg["input_size"][1:]] if input_size is None else [int(v) for v in input_size]
     if input_size is not None:
         cfg["crop_pct"] = float(cfg.get("crop_pct") or 1.0)
     return resolve_data_config(
         {
-            "input_size": [channels, h, w],
+            "input_size": [channels, *spatial],
             "mean": mean,
             "std": std,
             "interpolation": str(cfg.get("interpolation") or "bilinear"),
@@ -172,10 +196,11 @@ def _defaults(model: nn.Module, kind: str, pretrained_cfg: dict[str, Any] | None
     return dict(cfg), list(notes)
 
 
-def data_notes(model: nn.Module, kind: str, input_size: tuple[int, int] | None = None) -> list[str]:
+def data_notes(model: nn.Module, kind: str, input_size: tuple[int, ...] | None = None) -> list[str]:
     """What a reader of the data config should know: the preprocessing of a MONAI model is a guess."""
     cfg, notes = _defaults(model, kind, None)
-    size = input_size[0] if input_size else (cfg.get("input_size") or (0, 224))[1]
+    spatial = list(input_size) if input_size else list((cfg.get("input_size") or (0, 224))[1:])
+    size = spatial[0] if len(spatial) <= 2 else "×".join(map(str, spatial))
     return [n.format(size=size) for n in notes]
 
 
@@ -249,7 +274,7 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
     rebuilt.eval()
     size = tuple(data_config(original, source["kind"])["input_size"])
     if source["kind"] == "monai":  # fully convolutional and slow on the CPU at 224 px: 64 px tells them apart
-        size = (size[0], 64, 64)
+        size = (size[0], 32, 32, 32) if len(size) == 4 else (size[0], 64, 64)
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     training = original.training
     original.eval()  # compared in eval mode; the caller's model keeps its mode

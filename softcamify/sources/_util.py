@@ -19,7 +19,7 @@ def first_conv_channels(model: nn.Module) -> int | None:
     image channels: only 1–4 channels count, anything else returns None.
     """
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
             return int(m.in_channels) if 1 <= m.in_channels <= 4 else None
         if isinstance(m, nn.Linear):  # e.g. patch embedding as Linear: no conv seen first
             return None
@@ -32,6 +32,17 @@ def last_linear_outputs(model: nn.Module) -> int | None:
     for m in model.modules():
         if isinstance(m, nn.Linear):
             out = int(m.out_features)
-        elif isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1):
+        elif isinstance(m, (nn.Conv2d, nn.Conv3d)) and set(m.kernel_size) == {1}:
             out = int(m.out_channels)
     return out
+
+
+def spatial_dims(model: nn.Module) -> int:
+    """The number of spatial axes the model reads (2 for images, 3 for volumes and video clips), from the
+    type of its first convolution or pooling layer (``Conv3d`` takes N×C×D×H×W); 2 when it has none."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.BatchNorm3d)):
+            return 3
+        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d, nn.Linear)):
+            return 2
+    return 2

@@ -3,7 +3,8 @@
 Only the classes and builder functions of ``monai.networks.nets`` are ever built, with
 ``pretrained=False``; softcamify's ``num_classes`` goes to the argument the network has for it
 (``out_channels`` for DenseNet, ``num_classes`` for ResNet, EfficientNetBN, SENet and ViT), and
-``spatial_dims`` defaults to 2 (softcamify explains 2-D images).
+``spatial_dims`` defaults to 2 (images); ``spatial_dims=3`` in the model args builds the volume network
+(inputs N×C×D×H×W, evidence volumes B×K×d×h×w).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, UsageError
-from ._util import first_conv_channels, last_linear_outputs, suggest
+from ._util import first_conv_channels, last_linear_outputs, spatial_dims, suggest
 
 KIND = "monai"
 EXTRA = "monai"
@@ -24,6 +25,7 @@ NETS_MODULE = "monai.networks.nets"
 # MONAI records no preprocessing: the guess softcamify makes, said in a note wherever it is used
 MEAN, STD = 0.5, 0.5
 DEFAULT_SIZE = 224
+VOLUME_SIZE = (96, 96, 96)  # spatial_dims=3: D, H, W (MONAI's common 96³ patch)
 GUESS_NOTE = (
     "MONAI models record no preprocessing: softcamify guessed intensities scaled to [0, 1], then "
     "mean 0.5 / std 0.5 (values in [-1, 1]), no crop, {size} px; if the model was trained with other transforms "
@@ -132,8 +134,9 @@ def stride_args(model_args: dict[str, Any], output_stride: int) -> dict[str, Any
 
 def data_defaults(model: nn.Module, pretrained_cfg: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     channels = first_conv_channels(model) or 1
+    spatial = VOLUME_SIZE if spatial_dims(model) == 3 else (DEFAULT_SIZE, DEFAULT_SIZE)
     cfg = {
-        "input_size": (channels, DEFAULT_SIZE, DEFAULT_SIZE),
+        "input_size": (channels, *spatial),
         "mean": (MEAN,) * channels,
         "std": (STD,) * channels,
         "crop_pct": 1.0,
@@ -154,15 +157,17 @@ def candidates(model: nn.Module, first_channels: int | None):
     cls = type(model).__name__
     c = first_conv_channels(model) or 1
     k = last_linear_outputs(model)
+    dims = {"spatial_dims": 3} if spatial_dims(model) == 3 else {}
     if cls == "ResNet":
         for name in _RESNETS:
-            yield {"kind": KIND, "name": name, "num_classes": k, "model_args": {"n_input_channels": c}}
+            yield {"kind": KIND, "name": name, "num_classes": k, "model_args": {"n_input_channels": c, **dims}}
         return
     if not is_known(cls):
         return
     params, _ = _params(target(cls))
     args: dict[str, Any] = {"in_channels": c} if "in_channels" in params or "SE" in cls else {}
     args.update(_layer_args(model))
+    args.update(dims)
     if cls == "EfficientNetBN":
         for model_name in _EFFICIENTNETS:
             yield {"kind": KIND, "name": cls, "num_classes": k, "model_args": {"model_name": model_name, **args}}
@@ -176,7 +181,7 @@ def _layer_args(model: nn.Module) -> dict[str, Any]:
     if type(model).__name__.startswith("DenseNet") and isinstance(features, nn.Module):
         blocks: list[Any] = [m for n, m in features.named_children() if n.startswith("denseblock")]
         conv0 = getattr(features, "conv0", None)
-        if not blocks or not isinstance(conv0, nn.Conv2d):
+        if not blocks or not isinstance(conv0, (nn.Conv2d, nn.Conv3d)):
             return {}
         layers = blocks[0][0].layers  # the first dense layer: norm1, relu1, conv1 (bottleneck), …, conv2
         growth = int(layers.conv2.out_channels)

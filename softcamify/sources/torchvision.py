@@ -43,7 +43,16 @@ def stride_args(model_args: dict[str, Any], output_stride: int) -> dict[str, Any
     return {**model_args, "replace_stride_with_dilation": [False, output_stride <= 8, output_stride <= 16]}
 
 
+# torchvision's video classifiers (r3d_18, mc3_18, r2plus1d_18, …; N×3×T×H×W clips): the Kinetics-400
+# preprocessing of their weights (16 frames of 112×112 crops)
+VIDEO_SIZE = (3, 16, 112, 112)
+VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
+VIDEO_STD = (0.22803, 0.22145, 0.216989)
+
+
 def data_defaults(model: nn.Module, pretrained_cfg: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    if type(model).__module__.startswith("torchvision.models.video"):
+        return {"input_size": VIDEO_SIZE, "mean": VIDEO_MEAN, "std": VIDEO_STD, "crop_pct": 1.0}, []
     return {}, []  # torchvision's classifiers are trained with the ImageNet defaults
 
 
@@ -53,6 +62,7 @@ def candidates(model: nn.Module, first_channels: int | None):
         import torchvision
 
         k = last_linear_outputs(model)
-        for name in torchvision.models.list_models(module=torchvision.models):
+        family = torchvision.models.video if module.startswith("torchvision.models.video") else torchvision.models
+        for name in torchvision.models.list_models(module=family):
             if torchvision.models.get_model_builder(name).__module__ == module:
                 yield {"kind": KIND, "name": name, "num_classes": k, "model_args": {}}

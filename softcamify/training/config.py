@@ -47,6 +47,8 @@ RESUME_OVERRIDABLE = ("epochs", "patience", "device", "workers", "resume", "forc
 # of those, kept from the stored run unless given again (None): the run's plan
 RESUME_KEEP_UNLESS_GIVEN = ("epochs", "patience")
 DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 16
+VOLUME_BATCH_SIZE = 2  # a 3D model's activations are large: a few volumes per step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class FinetuneConfig:
     class_weights: str = "none"
     # optimization
     epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the stored plan when resuming
-    batch_size: int = 16
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE for images, VOLUME_BATCH_SIZE for volumes
     optimizer: str = "adamw"
     lr: float | None = None
     min_lr: float | None = None
@@ -115,6 +117,13 @@ class FinetuneConfig:
     sparsity_threshold: float = DEFAULT_SPARSITY_THRESHOLD
     resume: bool = False
     force: bool = False
+    # a volume model's preprocessing (softcamify.volumes.VolumeConfig.to_dict()); None: what the model records
+    volume: dict[str, Any] | None = None
+
+    def batch(self) -> int:
+        """The batch size per process (``batch_size``; unset: :data:`DEFAULT_BATCH_SIZE`; a run sets it from
+        its model before training: :data:`VOLUME_BATCH_SIZE` for a volume model)."""
+        return int(self.batch_size) if self.batch_size is not None else DEFAULT_BATCH_SIZE
 
     def model_options(self) -> dict[str, Any]:
         """``model_args``, ``module`` and the preprocessing given, as :func:`softcamify.conversion.as_softcam`
@@ -260,7 +269,7 @@ def check_config(c: FinetuneConfig) -> None:
     one_of("augment", c.augment, AUGMENTATIONS)
     if c.epochs is not None and int(c.epochs) < 1:
         raise UsageError(f"epochs {c.epochs} must be at least 1.", param="epochs")
-    if int(c.batch_size) < 1:
+    if c.batch_size is not None and int(c.batch_size) < 1:
         raise UsageError(f"batch_size {c.batch_size} must be at least 1.", param="batch_size")
     positive("lr", c.lr)
     positive("min_lr", c.min_lr, allow_zero=True)

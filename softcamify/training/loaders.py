@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import distributed, errors
-from ..errors import InputError, SoftcamifyError
+from ..errors import InputError, SoftcamifyError, UsageError
 
 _MASK64 = (1 << 64) - 1
 
@@ -176,6 +176,48 @@ def seed_epoch(seed: int, epoch: int) -> None:
     random.seed(s)
     np.random.seed(s & 0xFFFFFFFF)
     torch.manual_seed(s)
+
+
+def plan_volumes(sc: Any, cfg: Any) -> Any:
+    """The :class:`~softcamify.volumes.VolumeConfig` a volume model trains with (None for an image model),
+    recorded in the model's ``data_config`` and in ``cfg.volume`` (so ``last.pt``, ``best.safetensors`` and a
+    resumed run carry it): ``cfg.volume`` when given (its ``channels`` set to the model's), else what the model
+    records, else its input size as it is. Volume options for an image model are a :class:`UsageError`."""
+    from ..volumes import VolumeConfig, model_volume_config, with_volume_config
+
+    if int(getattr(sc.meta, "spatial_dims", 2)) != 3:
+        if cfg.volume is not None:
+            raise UsageError(
+                f"The volume options (window, zscore, target_shape, target_spacing) apply to volume models; "
+                f"{sc.meta.architecture} reads 2-D images.",
+                param=("window", "zscore", "target_shape", "target_spacing"),
+            )
+        return None
+    channels = int(sc.meta.data_config["input_size"][0])
+    if cfg.volume is not None:
+        vc = VolumeConfig.from_dict({**cfg.volume, "channels": channels})
+    else:
+        vc = model_volume_config(sc.meta.data_config)
+    sc.meta.data_config = with_volume_config(sc.meta.data_config, vc)
+    cfg.volume = vc.to_dict()
+    return vc
+
+
+class DatasetMaker:
+    """The datasets of a run's samples: images through the model's transforms (``augment`` when training),
+    or, for a volume model, volumes through its :class:`~softcamify.volumes.VolumeConfig` (random flips when
+    training, unless ``augment`` is ``none``)."""
+
+    def __init__(self, data_config: dict[str, Any], channels: int, augment: str, volume: Any = None):
+        self.data_config, self.channels, self.augment, self.volume = data_config, channels, augment, volume
+
+    def __call__(self, samples: Any, train: bool) -> torch.utils.data.Dataset:
+        from ..data import ImageDataset, VolumeDataset, build_transform
+
+        if self.volume is not None:
+            return VolumeDataset(samples, self.volume, train=train and self.augment != "none")
+        tf = build_transform(self.data_config, train=True, augment=self.augment) if train else None
+        return ImageDataset(samples, tf or build_transform(self.data_config, train=False), self.channels)
 
 
 @dataclass

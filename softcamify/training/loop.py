@@ -69,7 +69,7 @@ class Forward(nn.Module):
         with torch.no_grad():
             f = self.model.forward_features(x)
         maps = self.model.head(f)
-        return maps.mean(dim=(2, 3)), maps
+        return maps.mean(dim=tuple(range(2, maps.ndim))), maps
 
 
 @dataclass

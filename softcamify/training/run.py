@@ -24,10 +24,12 @@ from .. import distributed
 from ..errors import InputError, SoftcamifyError
 from .config import (
     BEST_NAME,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     LAST_NAME,
     METRICS_NAME,
     MONITORS,
+    VOLUME_BATCH_SIZE,
     FinetuneConfig,
     FinetuneInterrupted,
     FinetuneResult,
@@ -36,7 +38,7 @@ from .config import (
     finite,
 )
 from .hardware import Hardware, amp_plan, make_optimizer, param_groups
-from .loaders import SeededDataset, WorkerError, build_loaders, default_workers, seed_all
+from .loaders import DatasetMaker, SeededDataset, WorkerError, build_loaders, default_workers, plan_volumes, seed_all
 from .loop import (
     EpochOutcome,
     Forward,
@@ -88,6 +90,7 @@ class _Run:
         self.state: dict[str, Any] | None = None
         self.scale = 1.0  # the penalty's logit scale (penalty_scale), measured before the first step
         self.stop = StopFlag()
+        self.volume: Any = None  # a volume model's VolumeConfig (plan_volumes)
 
     # -- helpers --------------------------------------------------------------------------------------
     def note(self, message: str) -> None:
@@ -154,10 +157,13 @@ class _Run:
 
     def load_data_and_model(self):
         """The splits and the model, their classes lined up, every image decoded once."""
+        sc = self.load_model()
+        self.volume = plan_volumes(sc, self.cfg)  # a volume model: its preprocessing, recorded in it
+        if self.cfg.batch_size is None:
+            self.cfg.batch_size = VOLUME_BATCH_SIZE if self.volume is not None else DEFAULT_BATCH_SIZE
         splits = discover_splits(self.data_dir, self.cfg)
         for n in splits.notes:  # a labels CSV that lists images twice or in two splits
             self.note(n)
-        sc = self.load_model()
         sc, splits = match_classes(sc, splits, self.data_dir, self.cfg, self.note)
         channels = int(sc.meta.data_config["input_size"][0])
         splits, n_skipped = verify_splits(splits, channels, self.cfg, self.ctx, self.note)
@@ -170,22 +176,21 @@ class _Run:
         if amp_note:
             self.note(amp_note)
         channels_last = self.device.type == "cuda" if c.channels_last is None else bool(c.channels_last)
+        channels_last = channels_last and self.volume is None  # 5-D inputs have no channels-last layout
         workers = default_workers() if c.workers is None else int(c.workers)
         return Hardware(self.device, amp_dtype, channels_last, workers)
 
     def build_trainer(self, sc, splits, channels: int, hw: Hardware) -> tuple[Trainer, list[float] | None]:
         """The model on its device, the penalty scale, optimizer, loaders and schedule; and the class
         weights (``--class-weights balanced``) as a list."""
-        from ..data import ImageDataset, build_transform
-
         c, ctx, device = self.cfg, self.ctx, self.device
         sc = sc.to(device)
         if hw.channels_last:
             sc = sc.to(memory_format=torch.channels_last)
-        dc = sc.meta.data_config
+        datasets = DatasetMaker(sc.meta.data_config, channels, c.augment, self.volume)
         # λ is relative to the starting model's logit scale (also when resuming: sc is still the start here)
-        scale_ds = ImageDataset(splits.val or splits.train, build_transform(dc, train=False), channels)
-        self.scale = penalty_scale(sc, scale_ds, device, c.batch_size, hw.channels_last)
+        scale_ds = datasets(splits.val or splits.train, train=False)
+        self.scale = penalty_scale(sc, scale_ds, device, c.batch(), hw.channels_last)
         if c.freeze_backbone:
             sc.features.requires_grad_(False)
         trainable, groups = param_groups(sc, c.weight_decay)
@@ -198,10 +203,9 @@ class _Run:
         if c.class_weights == "balanced":
             weights_list = balanced_class_weights([s.label for s in splits.train], len(sc.meta.class_names))
             class_weight = torch.tensor(weights_list, dtype=torch.float32, device=device)
-        train_tf = build_transform(dc, train=True, augment=c.augment)
-        train_ds = SeededDataset(ImageDataset(splits.train, train_tf, channels), c.seed)
-        val_ds = ImageDataset(splits.val, build_transform(dc, train=False), channels)
-        loaders = build_loaders(train_ds, val_ds, ctx, c.batch_size, c.seed, hw.workers, hw.cuda)
+        train_ds = SeededDataset(datasets(splits.train, train=True), c.seed)
+        val_ds = datasets(splits.val, train=False)
+        loaders = build_loaders(train_ds, val_ds, ctx, c.batch(), c.seed, hw.workers, hw.cuda)
         total_steps = loaders.steps * int(c.epochs)
         warmup = int(round(float(c.warmup_epochs) * loaders.steps))
         factor = cosine_with_warmup(total_steps, warmup, c.min_lr / c.lr)

@@ -274,7 +274,7 @@ def save_best(
         "optimizer": c.optimizer,
         "lr": c.lr,
         "weight_decay": c.weight_decay,
-        "batch_size": int(c.batch_size) * world,
+        "batch_size": c.batch() * world,
         "augment": c.augment,
         "class_weights": c.class_weights,
         "freeze_backbone": c.freeze_backbone,

@@ -28,7 +28,8 @@ def discover_splits(
     from ..data import discover
 
     # Empty files and broken links come back in ``skipped``; verify_splits() skips or refuses them.
-    return discover(data_dir, cfg.labels, cfg.val_split, cfg.seed, False, class_names=class_names)
+    volumes = cfg.volume is not None  # a volume model's run: the class folders hold volumes
+    return discover(data_dir, cfg.labels, cfg.val_split, cfg.seed, False, class_names=class_names, volumes=volumes)
 
 
 def generic_names(names: Sequence[str]) -> bool:

@@ -293,6 +293,10 @@ def _sweep_config(config: Any, l1s: list[float], l2s: list[float], max_images: i
         raise UsageError(f"config must be a FinetuneConfig, not {type(cfg).__name__}.")
     if cfg.epochs is None:
         cfg.epochs = SWEEP_EPOCHS
+    if cfg.batch_size is None:  # a sweep fine-tunes image models
+        from .config import DEFAULT_BATCH_SIZE
+
+        cfg.batch_size = DEFAULT_BATCH_SIZE
     if cfg.resume:
         raise UsageError(
             "A sweep starts new runs; resume is not supported (run finetune --resume on one run folder).",

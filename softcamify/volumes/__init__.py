@@ -26,11 +26,14 @@ from .io import (
     volume_stem,
 )
 from .preprocess import (
+    VOLUME_KEY,
     VolumeConfig,
     evidence_to_scan,
+    model_volume_config,
     preprocess_volume,
     preprocessed_shape,
     resample,
+    with_volume_config,
 )
 
 __all__ = [
@@ -47,4 +50,7 @@ __all__ = [
     "preprocess_volume",
     "preprocessed_shape",
     "resample",
+    "VOLUME_KEY",
+    "model_volume_config",
+    "with_volume_config",
 ]

@@ -36,7 +36,14 @@ __all__ = [
     "apply_intensity",
     "preprocess_volume",
     "evidence_to_scan",
+    "model_volume_config",
+    "with_volume_config",
+    "VOLUME_KEY",
 ]
+
+#: The key of a model's ``data_config`` (and of an ONNX export's ``metadata_props``) that records its
+#: :class:`VolumeConfig`.
+VOLUME_KEY = "volume"
 
 #: The usual CT window (lung to soft tissue), in Hounsfield units.
 CT_WINDOW = (-1000.0, 400.0)
@@ -311,3 +318,34 @@ def evidence_to_scan(
     if config is not None:
         preprocessed_shape(geometry, config)
     return resample(a, geometry.shape)
+
+
+def model_volume_config(data_config: Any) -> VolumeConfig:
+    """The :class:`VolumeConfig` a volume model records in its ``data_config`` (under :data:`VOLUME_KEY`);
+    a model without one (converted without volume options) takes its volumes as they are, resampled to its
+    ``input_size`` (``[C, D, H, W]``), with ``C`` channels."""
+    cfg = dict(data_config or {})
+    stored = cfg.get(VOLUME_KEY)
+    if isinstance(stored, str):  # an ONNX metadata_props value
+        import json
+
+        stored = json.loads(stored)
+    if stored:
+        return VolumeConfig.from_dict(dict(stored))
+    size = [int(v) for v in cfg.get("input_size") or []]
+    if len(size) != 4:
+        raise InputError(f"A volume model needs an input_size [C, D, H, W], not {size}.")
+    return VolumeConfig(target_shape=tuple(size[1:]), channels=size[0])  # type: ignore[arg-type]
+
+
+def with_volume_config(data_config: Any, config: VolumeConfig) -> dict[str, Any]:
+    """``data_config`` recording ``config`` (under :data:`VOLUME_KEY`); with a ``target_shape`` the model's
+    ``input_size`` becomes ``[C, *target_shape]`` (what export and the probes build their example from)."""
+    cfg = dict(data_config or {})
+    cfg[VOLUME_KEY] = config.to_dict()
+    size = [int(v) for v in cfg.get("input_size") or []]
+    if config.target_shape is not None:
+        cfg["input_size"] = [int(config.channels), *config.target_shape]
+    elif len(size) == 4:
+        cfg["input_size"] = [int(config.channels), *size[1:]]
+    return cfg

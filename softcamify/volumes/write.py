@@ -292,7 +292,7 @@ _VIEWER_JS = """
 
 def _data_uri(picture: Image.Image) -> str:
     buf = io.BytesIO()
-    picture.save(buf, format="PNG")
+    picture.save(buf, format="PNG", compress_level=1)  # a page of ~400 slices: fast, a little larger
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -335,11 +335,14 @@ def slice_viewer_html(
         n = ras_s.shape[axis]
         indices = _slice_indices(n, ras_idx[axis], max_slices)
         pix = _pixel_size(geometry, view)
+        # slices are stored at about twice their rows (the page shows them ``height`` px high, the browser
+        # scales): a small scan's page stays small and quick to write
+        stored = min(height, max(64, 2 * _slice(ras_s, view, indices[0]).shape[0]))
         plain, over = [], []
         for i in indices:
             s2, e2 = _slice(ras_s, view, i), _slice(ras_e, view, i)
-            plain.append(_data_uri(_panel(s2, None, grey, vmax, pix, height, cmap, 0.0)))
-            over.append(_data_uri(_panel(s2, e2, grey, vmax, pix, height, cmap, alpha)))
+            plain.append(_data_uri(_panel(s2, None, grey, vmax, pix, stored, cmap, 0.0)))
+            over.append(_data_uri(_panel(s2, e2, grey, vmax, pix, stored, cmap, alpha)))
         data[view] = {"index": indices, "count": n, "plain": plain, "overlay": over}
         start = indices.index(ras_idx[axis])
         blocks.append(

@@ -19,8 +19,8 @@ ResizeMode = Literal["bilinear", "bicubic", "nearest"]
 
 def _as_map(s: Any, name: str = "saliency map") -> np.ndarray:
     a = np.asarray(s, dtype=np.float64)
-    if a.ndim != 2 or a.size == 0:
-        raise InputError(f"The {name} must be a non-empty 2-D array (h×w), got shape {np.shape(s)}.")
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise InputError(f"The {name} must be a non-empty 2-D (h×w) or 3-D (d×h×w) array, got shape {np.shape(s)}.")
     if not np.all(np.isfinite(a)):
         raise InputError(f"The {name} contains NaN or infinite values.")
     return a
@@ -28,14 +28,16 @@ def _as_map(s: Any, name: str = "saliency map") -> np.ndarray:
 
 def _as_mask(m: Any) -> np.ndarray:
     a = np.asarray(m)
-    if a.ndim != 2 or a.size == 0:
-        raise InputError(f"The mask must be a non-empty 2-D array (H×W), got shape {np.shape(m)}.")
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise InputError(f"The mask must be a non-empty 2-D (H×W) or 3-D (D×H×W) array, got shape {np.shape(m)}.")
     return a.astype(bool) if a.dtype == bool else a > 0
 
 
 def _map_and_mask(s: Any, m: Any, mode: ResizeMode = "bilinear") -> tuple[np.ndarray, np.ndarray]:
     mask = _as_mask(m)
     sal = _as_map(s)
+    if sal.ndim != mask.ndim:
+        raise InputError(f"A {sal.ndim}-D map cannot be compared with a {mask.ndim}-D mask.")
     if sal.shape != mask.shape:
         sal = upsample(sal, mask.shape, mode=mode)
     return sal, mask
@@ -81,7 +83,8 @@ def _interp_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
 
 
 def upsample(map: Any, size: Sequence[int], mode: ResizeMode = "bilinear") -> np.ndarray:
-    """Resize the last two axes of ``map`` to ``size = (H, W)``; returns float64.
+    """Resize the last two axes of ``map`` to ``size = (H, W)`` (the last three to ``size = (D, H, W)``: a
+    volume, separably by the same rule along each axis); returns float64.
 
     Matches ``torch.nn.functional.interpolate(x, size, mode=mode, align_corners=False)`` (no
     antialiasing): for output pixel ``i`` the source coordinate is ``(i + 0.5)·h/H − 0.5``; bilinear
@@ -92,6 +95,8 @@ def upsample(map: Any, size: Sequence[int], mode: ResizeMode = "bilinear") -> np
     so a constant map stays exactly constant).
     """
     a = np.asarray(map, dtype=np.float64)
+    if len(size) == 3:
+        return _upsample_3d(a, size, mode)
     if a.ndim < 2 or a.shape[-1] == 0 or a.shape[-2] == 0:
         raise InputError(f"Cannot resize an array of shape {a.shape}; expected (..., h, w).")
     if len(size) != 2 or any(int(v) < 1 for v in size):
@@ -107,6 +112,22 @@ def upsample(map: Any, size: Sequence[int], mode: ResizeMode = "bilinear") -> np
         # Bilinear and nearest outputs are convex combinations of the inputs: clip away the rounding of the
         # weights (a constant map stays exactly constant, so its min–max normalization is all ones).
         np.clip(out, a.min(axis=(-2, -1), keepdims=True), a.max(axis=(-2, -1), keepdims=True), out=out)
+    return out
+
+
+def _upsample_3d(a: np.ndarray, size: Sequence[int], mode: ResizeMode) -> np.ndarray:
+    """:func:`upsample` of the last three axes (a volume: ``(..., d, h, w)`` to ``(..., D, H, W)``)."""
+    if a.ndim < 3 or 0 in a.shape[-3:]:
+        raise InputError(f"Cannot resize an array of shape {a.shape} to a volume; expected (..., d, h, w).")
+    if any(int(v) < 1 for v in size):
+        raise UsageError(f"Resize size must be three positive integers (D, H, W), got {tuple(size)}.")
+    out_shape = tuple(int(v) for v in size)
+    if tuple(a.shape[-3:]) == out_shape:
+        return a.copy()
+    rd, rh, rw = (_interp_matrix(n, m, mode) for n, m in zip(a.shape[-3:], out_shape, strict=True))
+    out = np.einsum("ai,bj,ck,...ijk->...abc", rd, rh, rw, a, optimize=True)
+    if mode != "bicubic":
+        np.clip(out, a.min(axis=(-3, -2, -1), keepdims=True), a.max(axis=(-3, -2, -1), keepdims=True), out=out)
     return out
 
 
@@ -148,6 +169,23 @@ def _dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
             out[: h - dy] |= run[dy:]
         else:
             out[-dy:] |= run[: h + dy]
+    return out
+
+
+def _dilate_ball(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of a 3-D ``mask`` by a Euclidean ball of ``radius`` voxels."""
+    if radius <= 0:
+        return mask.copy()
+    out = np.zeros_like(mask, dtype=bool)
+    d, h, w = mask.shape
+    r = int(radius)
+    for dz in range(-r, r + 1):
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if dz * dz + dy * dy + dx * dx > r * r:
+                    continue
+                src = mask[max(0, -dz) : d - max(0, dz), max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+                out[max(0, dz) : d - max(0, -dz), max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from .mapops import (
     _area_overlaps,
     _as_map,
     _as_mask,
+    _dilate_ball,
     _dilate_disk,
     _map_and_mask,
     normalize_saliency,
@@ -89,7 +90,8 @@ def pointing_game(s: Any, m: Any, tolerance_px: int = 0, mode: ResizeMode = "bil
     top = float(sal.max())
     # Tied maxima up to floating-point noise of the resizing (1e-9 of the map's range).
     peak = sal >= top - 1e-9 * (top - float(sal.min()))
-    target = _dilate_disk(mask, int(tolerance_px)) if tolerance_px else mask
+    dilate = _dilate_disk if mask.ndim == 2 else _dilate_ball
+    target = dilate(mask, int(tolerance_px)) if tolerance_px else mask
     return float(bool(np.any(target & peak)))
 
 
@@ -109,16 +111,24 @@ def energy_pointing_game(s: Any, m: Any, mode: ResizeMode = "bilinear") -> float
     return float(r[mask].sum() / total) if total > 0 else 0.0
 
 
-def as_grid(grid: Any, name: str = "grid") -> tuple[int, int]:
-    """``grid`` as ``(rows, columns)``, two positive integers; a :class:`UsageError` naming ``name`` else."""
+@overload
+def as_grid(grid: Any, name: str = ..., dims: Literal[2] = ...) -> tuple[int, int]: ...
+@overload
+def as_grid(grid: Any, name: str = ..., dims: int = ...) -> tuple[int, ...]: ...
+def as_grid(grid: Any, name: str = "grid", dims: int = 2) -> tuple[int, ...]:
+    """``grid`` as ``(rows, columns)``, two positive integers (``dims=3``: ``(depth, rows, columns)``); a
+    :class:`UsageError` naming ``name`` else."""
     try:
-        gh, gw = (int(v) for v in grid)
-        ok = not isinstance(grid, str) and all(float(v) == int(v) for v in grid)
+        values = tuple(int(v) for v in grid)
+        ok = not isinstance(grid, str) and len(values) == dims and all(float(v) == int(v) for v in grid)
     except (TypeError, ValueError):
-        ok = False
-    if not ok or gh < 1 or gw < 1:
-        raise UsageError(f"{name} must be two positive integers (rows, columns), got {grid!r}.", param=name)
-    return gh, gw
+        ok, values = False, ()
+    if not ok or any(v < 1 for v in values):
+        what = (
+            "two positive integers (rows, columns)" if dims == 2 else "three positive integers (depth, rows, columns)"
+        )
+        raise UsageError(f"{name} must be {what}, got {grid!r}.", param=name)
+    return values
 
 
 def grid_oracle(mask: Any, grid: Sequence[int]) -> np.ndarray:
@@ -131,7 +141,12 @@ def grid_oracle(mask: Any, grid: Sequence[int]) -> np.ndarray:
     lies within one or two pixels).
     """
     m = _as_mask(mask).astype(np.int64)
-    gh, gw = as_grid(grid)
+    cells = as_grid(grid, dims=m.ndim)
+    if m.ndim == 3:  # a volume: the same exact pooling along its three axes
+        od, oh, ow = (_area_overlaps(n, g) for n, g in zip(m.shape, cells, strict=True))
+        covered3 = np.einsum("ai,bj,ck,ijk->abc", od, oh, ow, m, optimize=True)
+        return covered3 / float(m.size)
+    gh, gw = cells
     height, width = m.shape
     covered = _area_overlaps(height, gh) @ m @ _area_overlaps(width, gw).T  # exact integer areas
     return covered / float(height * width)
