@@ -68,8 +68,9 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _build(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], None]]:
-    """The network, its SoftCAM conversion and one callable per method (each explains the whole batch)."""
+def _build(args: argparse.Namespace, device: torch.device, convert: bool = True) -> dict[str, Callable[[], None]]:
+    """The network, its SoftCAM conversion (unless ``convert`` is False) and one callable per method (each
+    explains the whole batch)."""
     import torch.nn.functional as F
     from monai.visualize import CAM, GradCAM
 
@@ -80,13 +81,14 @@ def _build(args: argparse.Namespace, device: torch.device) -> dict[str, Callable
     torch.manual_seed(0)
     k, n, s = args.classes, args.batch, args.size
     net = build("monai", name, k, {"spatial_dims": 3, **extra}).eval()
-    softcam = softcamify.convert(net, input_size=(s, s, s), samples=2).to(device).eval()
+    softcam = softcamify.convert(net, input_size=(s, s, s), samples=2).to(device).eval() if convert else None
     net = net.to(device)
     x = torch.randn(n, 1, s, s, s, device=device)
     gradcam = GradCAM(nn_module=net, target_layers=target_layer)
     cam = CAM(nn_module=net, target_layers=target_layer, fc_layers=fc_layer)
 
     def softcam_all() -> None:
+        assert softcam is not None
         with torch.inference_mode():
             _, maps = softcam.forward_maps(x)
             volumes = F.interpolate(maps, size=(s, s, s), mode="trilinear", align_corners=False)
@@ -123,7 +125,7 @@ def _status_kb(key: str) -> int | None:
 def _measure_memory(args: argparse.Namespace) -> dict[str, Any]:
     """Child mode: build everything, run ``args.measure`` once, return its peak memory growth in MiB."""
     device = torch.device(args.device)
-    fns = _build(args, device)
+    fns = _build(args, device, convert=args.measure == "softcam_all")
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
