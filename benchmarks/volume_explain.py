@@ -1,8 +1,8 @@
 """Volume explanations: SoftCAM's all-class evidence volumes vs MONAI's GradCAM and CAM, measured in one run.
 
 The same 3D network (MONAI ``DenseNet121(spatial_dims=3)`` by default, random weights: speed does not
-depend on them), the same batch of volumes, the same device and process, rounds interleaved so that load
-changes on a shared machine hit every method alike:
+depend on them), the same batch of volumes, the same device and process, rounds interleaved (each starting
+with another method) so that load changes on a shared machine hit every method alike:
 
 * **SoftCAM, all K classes**: the converted model's one forward pass (``forward_maps`` in inference mode)
   returns the logits and the K evidence volumes, here also upsampled (trilinear) to the input's D×H×W, as
@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         if fn is not fns["gradcam_all"] and fn is not fns["cam_all"]:
             fn()
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for _ in range(args.rounds):
-        for m in METHODS:
+    for r in range(args.rounds):
+        for i in range(len(METHODS)):  # each round starts with another method: no method always runs first
+            m = METHODS[(r + i) % len(METHODS)]
             times[m].append(_timed(fns[m], device))
     pick = min if args.stat == "min" else statistics.median
     n, k = args.batch, args.classes
