@@ -30,7 +30,7 @@ class LoadOptions(TypedDict, total=False):
     num_classes: int | None
     ema: bool
     trust_pickle: bool
-    input_size: tuple[int, ...] | None  # (H, W); (D, H, W) for a volume model
+    input_size: tuple[int, ...] | None  # (H, W), or (D, H, W) for a volume model
     model_args: dict[str, Any] | None
     module: str | None
     mean: Any

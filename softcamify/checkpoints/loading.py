@@ -179,7 +179,7 @@ def _load_model(
     num_classes: int | None = None,
     ema: bool = False,
     trust_pickle: bool = False,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     model_args: dict[str, Any] | None = None,
     module: str | None = None,
 ) -> LoadedModel:

@@ -91,16 +91,16 @@ def _table(report) -> Table:
         t.add_row("exporter", f"{report.exporter}, opset {report.opset}")
         for name, dims in report.shapes.items():
             t.add_row(name, _dims(dims))
+        axes = "depth/height/width" if len(report.input_size) == 4 else "height/width"
         t.add_row(
             "dynamic",
-            f"batch {'yes' if report.dynamic_batch else 'no'}, "
-            f"height/width {'yes' if report.dynamic_spatial else 'no'}",
+            f"batch {'yes' if report.dynamic_batch else 'no'}, {axes} {'yes' if report.dynamic_spatial else 'no'}",
         )
         if report.spatial_note and not report.dynamic_spatial:
             t.add_row("static size", escape(report.spatial_note))
         for ck in report.checks:
             t.add_row(
-                f"check batch {ck['batch']}, {ck['size'][0]}×{ck['size'][1]}",
+                f"check batch {ck['batch']}, {'×'.join(str(v) for v in ck['size'])}",
                 f"max |Δlogits| {ck['max_abs_diff_logits']:.2g}, max |Δevidence| {ck['max_abs_diff_evidence']:.2g}",
             )
     else:

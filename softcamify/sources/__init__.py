@@ -273,8 +273,10 @@ def _rebuilds(model: nn.Module, source: dict[str, Any]) -> bool:
     rebuilt.load_state_dict(original.state_dict())
     rebuilt.eval()
     size = tuple(data_config(original, source["kind"])["input_size"])
-    if source["kind"] == "monai":  # fully convolutional and slow on the CPU at 224 px: 64 px tells them apart
-        size = (size[0], 32, 32, 32) if len(size) == 4 else (size[0], 64, 64)
+    if len(size) == 4:  # a volume model (3D convolutions are slow on the CPU): 32³ tells them apart
+        size = (size[0], 32, 32, 32)
+    elif source["kind"] == "monai":  # fully convolutional and slow on the CPU at 224 px: 64 px tells them apart
+        size = (size[0], 64, 64)
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     training = original.training
     original.eval()  # compared in eval mode; the caller's model keeps its mode

@@ -48,11 +48,16 @@ def stride_args(model_args: dict[str, Any], output_stride: int) -> dict[str, Any
 VIDEO_SIZE = (3, 16, 112, 112)
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
+VIDEO_NOTE = (
+    "a torchvision video model: the preprocessing is guessed from its Kinetics-400 weights (mean "
+    "0.432, 0.395, 0.376 / std 0.228, 0.221, 0.217, 3×T×H×W clips, {size}); if the model was trained otherwise, "
+    "give mean, std and input_size."
+)
 
 
 def data_defaults(model: nn.Module, pretrained_cfg: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     if type(model).__module__.startswith("torchvision.models.video"):
-        return {"input_size": VIDEO_SIZE, "mean": VIDEO_MEAN, "std": VIDEO_STD, "crop_pct": 1.0}, []
+        return {"input_size": VIDEO_SIZE, "mean": VIDEO_MEAN, "std": VIDEO_STD, "crop_pct": 1.0}, [VIDEO_NOTE]
     return {}, []  # torchvision's classifiers are trained with the ImageNet defaults
 
 
