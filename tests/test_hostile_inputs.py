@@ -395,9 +395,10 @@ COMMANDS = ("inspect", "convert", "export", "predict", "explain", "evaluate", "f
 def model_argv(command: str, model: str, out: str, p: Paths) -> tuple[list[str], tuple[str, ...]]:
     """argv running ``command`` on ``model`` with valid other inputs; and its outputs."""
     ok, ds = str(p.img / "ok.png"), str(p.data / "ds")
+    converted = out + (".onnx" if model.endswith(".onnx") else ".safetensors")  # an .onnx is rewritten as one
     return {
         "inspect": (["inspect", model], ()),
-        "convert": (["convert", model, "-o", out + ".safetensors"], (out + ".safetensors",)),
+        "convert": (["convert", model, "-o", converted], (converted,)),
         "export": (["export", model, "-o", out + ".onnx"], (out + ".onnx",)),
         "predict": (["predict", model, ok], ()),
         "explain": (["explain", model, ok, "-o", out], (out,)),
