@@ -299,12 +299,31 @@ def _map_chunks(
                     break  # no process support here (sandbox, missing /dev/shm): the rest in this process
                 pending.popleft()
                 yield from done
+        except BaseException:  # Ctrl-C, SIGTERM or an error: the workers are stopped, never waited for
+            _stop_workers(pool)
+            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # an error or Ctrl-C: the running chunks end first
+            pool.shutdown(wait=True, cancel_futures=True)
     for chunk, _ in pending:
         yield from task(chunk)
     for chunk in chunks:
         yield from task(chunk)
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Terminate ``pool``'s worker processes and reap them (a second or so at most): a stopped run must not wait
+    for chunks whose images are about to be deleted, nor hang on a worker that never started."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=1.0)
 
 
 def _plan_jobs(
