@@ -11,6 +11,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core: one intra-op thread each (and in the commands they start),
+    # else two workers' thread pools fight over two cores. A user's SOFTCAMIFY_THREADS still wins.
+    os.environ.setdefault("SOFTCAMIFY_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
