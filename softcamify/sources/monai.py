@@ -31,6 +31,12 @@ GUESS_NOTE = (
     "mean 0.5 / std 0.5 (values in [-1, 1]), no crop, {size} px; if the model was trained with other transforms "
     "(e.g. NormalizeIntensity), pass the matching mean/std and input size."
 )
+VOLUME_GUESS_NOTE = (
+    "MONAI models record no preprocessing: a volume's intensities are changed only by the window or zscore "
+    "given (none given: as stored) and it is resampled to {size} voxels unless a target shape or spacing is "
+    "given; pass the transforms the model was trained with (ScaleIntensityRange: window, NormalizeIntensity: "
+    "zscore, Spacing: target spacing)."
+)
 
 
 def _nets():
@@ -142,7 +148,7 @@ def data_defaults(model: nn.Module, pretrained_cfg: dict[str, Any] | None = None
         "crop_pct": 1.0,
         "interpolation": "bilinear",
     }
-    return cfg, [GUESS_NOTE]
+    return cfg, [VOLUME_GUESS_NOTE if len(spatial) == 3 else GUESS_NOTE]
 
 
 _RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
