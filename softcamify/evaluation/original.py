@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..runtime import Runtime, softmax
+from ..runtime import Runtime, TorchRuntime, softmax
 
 __all__ = ["Predict", "load_original", "torch_predict"]
 
@@ -31,6 +31,7 @@ def load_original(
 
     from ..checkpoints import LoadedModel, load_model
 
+    assert isinstance(mm, TorchRuntime)  # evaluate refuses original= beside an .onnx model before loading it
     if isinstance(original, torch.nn.Module):
         net = original
     elif isinstance(original, LoadedModel):
