@@ -106,6 +106,8 @@ TORCH_FREE = (
     "softcamify.onnx_convert.convert",
     "softcamify.prediction",
     "softcamify.evaluation.run",
+    "softcamify.evaluation.arguments",
+    "softcamify.evaluation.original",
     "softcamify.evaluation.results",
     "softcamify.evaluation.gates",
     "softcamify.evaluation.samples",

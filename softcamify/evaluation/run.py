@@ -22,7 +22,8 @@ exactly that), so the numbers are comparable across methods. Deletion replaces t
 blurred image and restores the top tiles; the curve reads the softmax probability of the true class.
 
 Why this module is long: evaluate's steps (setup, classification, maps per method, scoring) in the order they
-run; metrics, samples, scoring, results and the report are their own modules.
+run; arguments, the original classifier, metrics, samples, scoring, results and the report are their own
+modules.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from typing import Any
 import numpy as np
 
 from .. import images as _images
-from ..errors import InputError, UsageError
-from ..io import check_output_dir, check_output_path
+from ..errors import UsageError
+from ..io import check_output_dir
 from ..runtime import Runtime, load, softmax
+from . import arguments as _args
 from . import metrics as M
 from .gates import check_gate_targets, check_gates, parse_gates, write_junit
+from .original import Predict, load_original, torch_predict
 from .report import write_report
 from .results import EvaluationResult, MethodResult
 from .samples import Item, align_mask, evaluation_samples, match_labels
@@ -55,7 +58,6 @@ __all__ = ["evaluate"]
 _faithfulness_metrics = faithfulness_metrics
 
 Progress = Callable[[str, int, int], None]
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -75,68 +77,6 @@ class _Run:
     progress: Progress | None
     original: Any = None  # the original classifier (a torch module) with ``original=``
     orig_predict: Predict | None = None
-
-
-def _load_original(
-    original: Any,
-    mm: Runtime,
-    trust_pickle: bool,
-    weights: Any = None,
-    module: str | None = None,
-    model_args: dict[str, Any] | None = None,
-) -> Any:
-    """``original`` as a torch module in eval mode on the model's device, checked to return its logits
-    (``module`` and ``model_args`` build it as :func:`softcamify.checkpoints.load_model` does)."""
-    import torch
-
-    from ..checkpoints import LoadedModel, load_model
-
-    if isinstance(original, torch.nn.Module):
-        net = original
-    elif isinstance(original, LoadedModel):
-        net = original.module
-    else:
-        try:
-            net = load_model(
-                original,
-                weights=weights,
-                trust_pickle=trust_pickle,
-                input_size=tuple(mm.input_size[1:]),
-                module=module,
-                model_args=model_args,
-            ).module
-        except InputError as e:
-            if "holds weights only" not in str(e):
-                raise
-            raise InputError(
-                f"original {original} holds weights only; name its architecture as original and "
-                f"give this file as original_weights.",
-                param=("original", "original_weights"),
-            ) from None
-    net = net.to(mm.device).eval()
-    with torch.no_grad():
-        out = net(torch.zeros(1, *mm.input_size, device=mm.device))
-    # a single-logit black box reads as its two classes wherever its logits are used (softmax, baselines)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != mm.num_logits:
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(
-            f"The original model returns {shape}, not logits for the SoftCAM model's {mm.num_classes} "
-            "classes; original must be the classifier this model was converted from.",
-            param="original",
-        )
-    return net
-
-
-def _torch_predict(module: Any, device: Any) -> Predict:
-    """Class probabilities (softmax) of a torch classifier for a numpy batch."""
-    import torch
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
-        return softmax(out.float().cpu().numpy())
-
-    return predict
 
 
 # Long by its signature (every option of softcamify evaluate, keyword-only) and its docstring; the body is
@@ -242,8 +182,8 @@ def evaluate(
     )
     gates = parse_gates(fail_under, fail_over)
     out = check_output_dir(out_dir, force=force) if out_dir is not None else None
-    junit_path = _junit_path(junit, out, force)
-    root, mask_root = _data_roots(data_dir, masks)
+    junit_path = _args.junit_path(junit, out, force)
+    root, mask_root = _args.data_roots(data_dir, masks)
     if original_weights is not None and module is not None:
         raise UsageError(
             f"With module, original is the weights file of {module}; give it as original, not as original_weights.",
@@ -251,7 +191,7 @@ def evaluate(
         )
     deferred: UsageError | None = None
     try:
-        methods = _baseline_methods(baselines)
+        methods = _args.baseline_methods(baselines)
     except UsageError as e:  # a volume model has its own baselines (MONAI): judged once the model is known
         methods, deferred = [], e
     mm = load(
@@ -289,8 +229,8 @@ def evaluate(
             param=("original_weights", "original"),
         )
     if original is not None:
-        run.original = _load_original(original, mm, trust_pickle, original_weights, module, model_args)
-        run.orig_predict = _torch_predict(run.original, mm.device)
+        run.original = load_original(original, mm, trust_pickle, original_weights, module, model_args)
+        run.orig_predict = torch_predict(run.original, mm.device)
     result = _compute(run, model, methods, ordinal, examples, opts.max_images)
     result.settings["seconds"] = time.perf_counter() - t_start
     return _finish(result, gates, junit_path, out, mm, force, run.desc)
@@ -348,49 +288,6 @@ def _evaluate_volumes(
 # --------------------------------------------------------------------------------------------------------
 # Arguments and setup
 # --------------------------------------------------------------------------------------------------------
-
-
-def _data_roots(data_dir: str | os.PathLike, masks: str | os.PathLike | None) -> tuple[Path, Path | None]:
-    """The dataset folder and the mask folder (``masks``, else ``data_dir/masks`` when it mirrors it, else
-    none)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise InputError(f"Dataset folder {root} does not exist or is not a folder; check DATA_DIR.")
-    from ..data import default_mask_root
-
-    mask_root: Path | None
-    if masks is not None:
-        mask_root = Path(masks)
-        if not mask_root.is_dir():
-            raise InputError(f"Mask folder {mask_root} does not exist or is not a folder; check masks.", param="masks")
-    else:
-        mask_root = default_mask_root(root)  # DATA_DIR/masks when it mirrors DATA_DIR (not a "masks" class)
-    return root, mask_root
-
-
-def _junit_path(junit: str | os.PathLike | None, out: Path | None, force: bool) -> Path | None:
-    """The JUnit file, checked; a file directly in the report folder (checked with it, perhaps not created
-    yet) is fine."""
-    if junit is None:
-        return None
-    path = Path(junit)
-    if out is not None and path.parent.resolve() == out.resolve():
-        return path
-    return check_output_path(path, force=force)
-
-
-def _baseline_methods(baselines: str | Sequence[str] | None) -> list[str]:
-    """The post-hoc methods asked for; pytorch-grad-cam must be installed when there are any."""
-    if not baselines:  # none asked for: the baselines module (torch) is not imported, so the ONNX path stays torch-free
-        return []
-    from .baselines import parse_methods
-
-    methods = parse_methods(baselines)
-    if methods:
-        from .baselines import require_gradcam
-
-        require_gradcam()
-    return methods
 
 
 def _setup(
