@@ -216,6 +216,19 @@ def emit(as_json: bool, data: Any, show: Callable[[], Any], notes: Iterable[str]
 
 
 @contextlib.contextmanager
+def report_progress(output: Path | None, description: str) -> Iterator[Callable[[int, int], None]]:
+    """:func:`progress_bar` for a command that writes a report folder ``output``: a full disk, an error or Ctrl-C
+    while it runs leaves no partial folder (:func:`softcamify.io.cleanup_on_failure`)."""
+    from ..io import cleanup_on_failure
+
+    with (
+        cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
+        progress_bar(description) as update,
+    ):
+        yield update
+
+
+@contextlib.contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr (stdout stays clean for --json); yields ``update(done, total)``."""
     if not enabled or not err_console.is_terminal:

@@ -5,7 +5,6 @@ Nothing here imports torch: two ``.onnx`` files are compared with onnxruntime al
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import ENDING, Shared, command, console, emit, handle_errors, print_notes, progress_bar
+from ._common import ENDING, Shared, command, console, emit, handle_errors, print_notes, report_progress
 
 
 def _cell(v) -> str:
@@ -87,12 +86,8 @@ def diff(
     with handle_errors(o.debug):
         from ..evaluation.diff import diff as run_diff
         from ..evaluation.gates import require_gates
-        from ..io import cleanup_on_failure
 
-        with (
-            cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
-            progress_bar("comparing") as update,
-        ):
+        with report_progress(output, "comparing") as update:
             report = run_diff(
                 old,
                 new,

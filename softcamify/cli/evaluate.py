@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
@@ -23,7 +22,7 @@ from ._common import (
     model_kwargs,
     parse_pair,
     print_notes,
-    progress_bar,
+    report_progress,
 )
 
 
@@ -135,13 +134,8 @@ def evaluate(
     with handle_errors(o.debug):
         from ..evaluation import evaluate as run_evaluate
         from ..evaluation.gates import require_gates
-        from ..io import cleanup_on_failure
 
-        # a full disk or Ctrl-C while the report is written leaves no partial report folder
-        with (
-            cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
-            progress_bar("evaluating") as update,
-        ):
+        with report_progress(output, "evaluating") as update:
             result = run_evaluate(
                 model,
                 data_dir,
