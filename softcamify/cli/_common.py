@@ -215,6 +215,48 @@ def emit(as_json: bool, data: Any, show: Callable[[], Any], notes: Iterable[str]
     print_notes(notes)
 
 
+def cell(v: Any) -> str:
+    """A table cell: a float with 4 decimals, ``—`` for a missing value."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def print_gates(gates: Iterable[Any], title: str, report: Any = None, junit: Any = None) -> None:
+    """The judged gates (:class:`~softcamify.evaluation.gates.GateOutcome` s) as a table, when there are any,
+    then the report folder and JUnit file written (when given)."""
+    from rich.table import Table
+
+    gates = list(gates)
+    if gates:
+        g = Table(title=title, title_justify="left")
+        for h in ("gate", "value", "required", "result"):
+            g.add_column(h, justify="left" if h in ("gate", "result") else "right")
+        for out in gates:
+            verdict = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
+            g.add_row(escape(out.gate.name), cell(out.value), f"{out.gate.op} {out.gate.threshold:g}", verdict)
+        console.print(g)
+    if report:
+        console.print(f"report: {escape(str(report))}")
+    if junit:
+        console.print(f"JUnit report: {escape(str(junit))}")
+
+
+@contextlib.contextmanager
+def report_progress(output: Path | None, description: str) -> Iterator[Callable[[int, int], None]]:
+    """:func:`progress_bar` for a command that writes a report folder ``output``: a full disk, an error or Ctrl-C
+    while it runs leaves no partial folder (:func:`softcamify.io.cleanup_on_failure`)."""
+    from ..io import cleanup_on_failure
+
+    with (
+        cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
+        progress_bar(description) as update,
+    ):
+        yield update
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr (stdout stays clean for --json); yields ``update(done, total)``."""

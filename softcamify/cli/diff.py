@@ -5,7 +5,6 @@ Nothing here imports torch: two ``.onnx`` files are compared with onnxruntime al
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from ._common import ENDING, Shared, command, console, emit, handle_errors, print_notes, progress_bar
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+from ._common import (
+    ENDING,
+    Shared,
+    cell,
+    command,
+    console,
+    emit,
+    handle_errors,
+    print_gates,
+    print_notes,
+    report_progress,
+)
 
 
 # Long only by its typer option declarations (each option written once, here); the body is ~30 lines.
@@ -87,12 +89,8 @@ def diff(
     with handle_errors(o.debug):
         from ..evaluation.diff import diff as run_diff
         from ..evaluation.gates import require_gates
-        from ..io import cleanup_on_failure
 
-        with (
-            cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
-            progress_bar("comparing") as update,
-        ):
+        with report_progress(output, "comparing") as update:
             report = run_diff(
                 old,
                 new,
@@ -137,10 +135,10 @@ def _show(report) -> None:
     t.add_column("OLD", justify="right")
     t.add_column("NEW", justify="right")
     t.add_row("top-1 flips", "", str(p["flips"]))
-    t.add_row("max |Δ probability|", "", _cell(p["max_prob_change"]))
+    t.add_row("max |Δ probability|", "", cell(p["max_prob_change"]))
     for key in ("accuracy", "balanced_accuracy"):
         if key in p:
-            t.add_row(key.replace("_", " "), _cell(p[key]["old"]), _cell(p[key]["new"]))
+            t.add_row(key.replace("_", " "), cell(p[key]["old"]), cell(p[key]["new"]))
     console.print(t)
     if p["flipped"]:
         shown = ", ".join(f"{Path(f['path']).name} ({f['old']}→{f['new']})" for f in p["flipped"][:10])
@@ -150,16 +148,16 @@ def _show(report) -> None:
     keys = ("rank_corr", "topk_iou", "peak_shift_cells", "peak_shift", "sparsity_change")
     for h in ("class", "rank corr", "top-k IoU", "peak shift (cells)", "peak shift (grid)", "Δ sparsity"):
         e.add_column(h, justify="left" if h == "class" else "right")
-    e.add_row("all", *[_cell(a["overall"][k]) for k in keys], end_section=True)
+    e.add_row("all", *[cell(a["overall"][k]) for k in keys], end_section=True)
     for c in a["per_class"]:
-        e.add_row(escape(c["class"]), *[_cell(c[k]) for k in keys])
+        e.add_row(escape(c["class"]), *[cell(c[k]) for k in keys])
     console.print(e)
     if report.localization:
         loc = Table(title=f"localization ({report.localization['images']} annotated images)", title_justify="left")
         for h in ("metric", "OLD", "NEW"):
             loc.add_column(h, justify="left" if h == "metric" else "right")
         for k, v in report.localization["metrics"].items():
-            loc.add_row(k.replace("_", " "), _cell(v["old"]), _cell(v["new"]))
+            loc.add_row(k.replace("_", " "), cell(v["old"]), cell(v["new"]))
         console.print(loc)
     s = Table(
         title=f"shortcut flags (share of evidence in {report.settings['shortcut_region_cells']} fixed cells; "
@@ -170,18 +168,7 @@ def _show(report) -> None:
         s.add_column(h, justify="left" if h == "class" else "right")
     for row in report.shortcuts:
         flags = ["[bold red]FLAG[/]" if row[side]["flagged"] else "" for side in ("old", "new")]
-        s.add_row(escape(row["class"]), _cell(row["old"]["share"]), flags[0], _cell(row["new"]["share"]), flags[1])
+        s.add_row(escape(row["class"]), cell(row["old"]["share"]), flags[0], cell(row["new"]["share"]), flags[1])
     console.print(s)
     print_notes(report.notes)
-    if report.gates:
-        g = Table(title="gates", title_justify="left")
-        for h in ("gate", "value", "required", "result"):
-            g.add_column(h, justify="left" if h in ("gate", "result") else "right")
-        for out in report.gates:
-            verdict = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
-            g.add_row(escape(out.gate.name), _cell(out.value), f"{out.gate.op} {out.gate.threshold:g}", verdict)
-        console.print(g)
-    if report.report:
-        console.print(f"report: {escape(str(report.report))}")
-    if report.junit:
-        console.print(f"JUnit report: {escape(str(report.junit))}")
+    print_gates(report.gates, "gates", report.report, report.junit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
@@ -16,23 +15,17 @@ from ._common import (
     MODEL,
     ORIGINAL,
     Shared,
+    cell,
     command,
     console,
     emit,
     handle_errors,
     model_kwargs,
     parse_pair,
+    print_gates,
     print_notes,
-    progress_bar,
+    report_progress,
 )
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
 
 
 # Long only by its typer option declarations (each option written once, here); the body is ~25 lines.
@@ -135,13 +128,8 @@ def evaluate(
     with handle_errors(o.debug):
         from ..evaluation import evaluate as run_evaluate
         from ..evaluation.gates import require_gates
-        from ..io import cleanup_on_failure
 
-        # a full disk or Ctrl-C while the report is written leaves no partial report folder
-        with (
-            cleanup_on_failure(output) if output is not None else contextlib.nullcontext(),
-            progress_bar("evaluating") as update,
-        ):
+        with report_progress(output, "evaluating") as update:
             result = run_evaluate(
                 model,
                 data_dir,
@@ -187,14 +175,14 @@ def _show(result) -> None:
     for h in headers:
         t.add_column(h, justify="left" if h == "metric" else "right")
     for r in rows:
-        t.add_row(*[_cell(v) for v in r])
+        t.add_row(*[cell(v) for v in r])
     console.print(t)
     pc = Table(title="per class", title_justify="left")
     for h in ("class", "support", "sensitivity", "specificity", "ROC-AUC"):
         pc.add_column(h, justify="left" if h == "class" else "right")
     for p in c["per_class"]:
         pc.add_row(
-            escape(p["name"]), str(p["support"]), _cell(p["sensitivity"]), _cell(p["specificity"]), _cell(p["roc_auc"])
+            escape(p["name"]), str(p["support"]), cell(p["sensitivity"]), cell(p["specificity"]), cell(p["roc_auc"])
         )
     console.print(pc)
     summaries = result.method_summaries()
@@ -213,15 +201,4 @@ def _show(result) -> None:
             "chance = mask share[/]"
         )
     print_notes(result.notes)
-    if result.gates:
-        g = Table(title="quality gates", title_justify="left")
-        for h in ("gate", "value", "required", "result"):
-            g.add_column(h, justify="left" if h in ("gate", "result") else "right")
-        for out in result.gates:
-            verdict = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
-            g.add_row(escape(out.gate.name), _cell(out.value), f"{out.gate.op} {out.gate.threshold:g}", verdict)
-        console.print(g)
-    if result.report:
-        console.print(f"report: {escape(str(result.report))}")
-    if result.junit:
-        console.print(f"JUnit report: {escape(str(result.junit))}")
+    print_gates(result.gates, "quality gates", result.report, result.junit)

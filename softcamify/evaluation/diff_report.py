@@ -23,6 +23,7 @@ from ..render import overlay, scale_maps
 from ..runtime import Runtime
 from . import metrics as M
 from .gates import write_junit
+from .report import gates_section
 
 __all__ = ["check_outputs", "write_diff"]
 
@@ -71,7 +72,7 @@ def page(report: Any, old: Runtime, new: Runtime) -> str:
     """The HTML page of a diff."""
     parts = [_models_section(report)]
     if report.gates:
-        parts.append(_gates_section(report))
+        parts.append(gates_section(report.gates, "Gates"))
     parts += [_predictions_section(report), _agreement_section(report), _shortcut_section(report)]
     if report.localization:
         parts.append(_localization_section(report))
@@ -106,16 +107,6 @@ def _show(v: Any) -> str:
     if isinstance(v, list):
         return "×".join(str(x) for x in v)
     return str(v)
-
-
-def _gates_section(report: Any) -> str:
-    rows = [
-        [o.gate.name, o.value, f"{o.gate.op} {o.gate.threshold:g}", "pass" if o.passed else "FAIL"]
-        for o in report.gates
-    ]
-    failed = sum(not o.passed for o in report.gates)
-    verdict = f"{failed} of {len(rows)} failed" if failed else f"all {len(rows)} passed"
-    return R.section("Gates", R.table(["gate", "value", "required", "result"], rows, caption=verdict))
 
 
 def _predictions_section(report: Any) -> str:

@@ -17,9 +17,10 @@ from ..explanations.view import input_view
 from ..io import make_output_dir, write_text_atomic
 from ..render import overlay, save_png, scale_maps
 from ..runtime import Runtime
+from .gates import GateOutcome
 from .results import METRICS, REFERENCES, EvaluationResult
 
-__all__ = ["classification_rows", "metric_rows", "with_outline", "write_report"]
+__all__ = ["classification_rows", "gates_section", "metric_rows", "with_outline", "write_report"]
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ def write_report(
     summaries = result.method_summaries()
     parts = [_data_section(result)]
     if result.gates:
-        parts.append(_gates_section(result))
+        parts.append(gates_section(result.gates))
     parts.append(_classification_section(result))
     if summaries and summaries[0]["images"]:
         parts.append(_explanation_section(summaries, result.settings))
@@ -122,14 +123,14 @@ def _data_section(result: EvaluationResult) -> str:
     )
 
 
-def _gates_section(result: EvaluationResult) -> str:
+def gates_section(outcomes: Sequence[GateOutcome], title: str = "Quality gates") -> str:
+    """The judged gates as a table section (``evaluate``'s report and ``diff``'s page)."""
     rows = [
-        [o.gate.name, o.value, f"{o.gate.op} {o.gate.threshold:g}", "pass" if o.passed else "FAIL"]
-        for o in result.gates
+        [o.gate.name, o.value, f"{o.gate.op} {o.gate.threshold:g}", "pass" if o.passed else "FAIL"] for o in outcomes
     ]
-    failed = sum(not o.passed for o in result.gates)
+    failed = sum(not o.passed for o in outcomes)
     verdict = f"{failed} of {len(rows)} failed" if failed else f"all {len(rows)} passed"
-    return R.section("Quality gates", R.table(["gate", "value", "required", "result"], rows, caption=verdict))
+    return R.section(title, R.table(["gate", "value", "required", "result"], rows, caption=verdict))
 
 
 def _classification_section(result: EvaluationResult) -> str:

@@ -26,16 +26,8 @@ pointing game's tie rule, and the Score-CAM reference code for the energy-based 
 
 from __future__ import annotations
 
-from .agreement import (
-    RegionShare,
-    area_pool,
-    common_grid,
-    fixed_region_share,
-    peak_shift,
-    positive_sparsity,
-    rank_correlation,
-    topk_iou,
-)
+from . import agreement
+from .agreement import *  # noqa: F403 - its __all__, listed once there
 from .classification import (
     accuracy,
     balanced_accuracy,
@@ -65,14 +57,6 @@ from .saliency import (
 from .summary import aggregate, json_safe
 
 __all__ = [
-    "RegionShare",
-    "area_pool",
-    "common_grid",
-    "fixed_region_share",
-    "peak_shift",
-    "positive_sparsity",
-    "rank_correlation",
-    "topk_iou",
     "ResizeMode",
     "TopKResult",
     "accuracy",
@@ -102,3 +86,4 @@ __all__ = [
     "topk_patch_precision",
     "upsample",
 ]
+__all__ += agreement.__all__  # the agreement metrics, listed once (in .agreement)
