@@ -393,3 +393,20 @@ def test_unlabelled_folder_and_csv(onnx_models, synth, tmp_path):
     data = _json(_diff(onnx_models["clean"], onnx_models["shortcut"], csv, "--json"))
     assert data["data"]["images"] == 18 and data["data"]["labelled"]
     assert data["new_shortcuts"] == list(NAMES)
+
+
+def test_volume_models_are_refused_before_any_image_is_read(tmp_path):
+    """diff compares image models: a volume model is named (the folder is not even read)."""
+    import torch
+    from torch import nn
+
+    import softcamify
+    from softcamify.errors import UsageError
+
+    torch.manual_seed(0)
+    pool = nn.AdaptiveAvgPool3d(1)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), pool, nn.Flatten(), nn.Linear(4, 2))
+    volume_model = softcamify.convert(net, input_size=(8, 8, 8))
+    with pytest.raises(UsageError, match="is a volume model: diff compares image models") as err:
+        softcamify.diff(volume_model, volume_model, tmp_path / "no such folder")
+    assert err.value.params == ("old",)

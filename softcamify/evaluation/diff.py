@@ -123,13 +123,20 @@ def diff(
     from .diff_report import check_outputs, write_diff
 
     out, junit_path = check_outputs(out_dir, junit, force)
+    rt_old = load(old, device=device, trust_pickle=trust_pickle)
+    rt_new = load(new, device=device, trust_pickle=trust_pickle)
+    for rt, param in ((rt_old, "old"), (rt_new, "new")):
+        if rt.spatial_dims != 2:
+            raise UsageError(
+                f"{rt.description or param} is a volume model: diff compares image models "
+                "(compare volume models with evaluate, one at a time).",
+                param=param,
+            )
     items, ds_names, desc, mask_root = diff_samples(data, split, masks)
     notes: list[str] = []
     if max_images is not None and len(items) > max_images:
         notes.append(f"{len(items)} images found; the first {max_images} compared (max_images).")
         items = items[:max_images]
-    rt_old = load(old, device=device, trust_pickle=trust_pickle)
-    rt_new = load(new, device=device, trust_pickle=trust_pickle)
     mapping, names = match_classes(ds_names, rt_old, rt_new, notes)
     labels = None if mapping is None else np.array([mapping[it.label] for it in items if it.label is not None])
     acc = run_pass(rt_old, rt_new, items, labels, batch_size, mask_root, progress)
