@@ -36,6 +36,7 @@ from ..evaluation.metrics import json_safe, upsample
 from ..runtime import Runtime, softmax
 from .inputs import (
     ImageSource,
+    PredictionFields,
     describe,
     open_source,
     parse_classes,
@@ -51,7 +52,7 @@ POSITIVE_CMAP = "inferno"
 
 
 @dataclass
-class Explanation:
+class Explanation(PredictionFields):
     """One image's prediction and evidence maps (and the files written for it, if any).
 
     ``maps`` is K×h×w float32, signed, bias included (``maps.mean((1, 2))`` equals ``logits``);
@@ -73,18 +74,6 @@ class Explanation:
     files: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict, repr=False)
     _image: Any = field(default=None, repr=False)
-
-    @property
-    def prediction(self) -> int:
-        return int(np.argmax(self.probs))
-
-    @property
-    def predicted_class(self) -> str:
-        return self.class_names[self.prediction]
-
-    @property
-    def probability(self) -> float:
-        return float(self.probs[self.prediction])
 
     @property
     def evidence_grid(self) -> tuple[int, int]:

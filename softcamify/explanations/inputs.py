@@ -17,6 +17,25 @@ from ..errors import InputError, UsageError
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
+class PredictionFields:
+    """The prediction an explanation's ``probs`` make (shared by image and volume explanations)."""
+
+    class_names: list[str]
+    probs: np.ndarray
+
+    @property
+    def prediction(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def predicted_class(self) -> str:
+        return self.class_names[self.prediction]
+
+    @property
+    def probability(self) -> float:
+        return float(self.probs[self.prediction])
+
+
 def collect_images(inputs: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
     """Expand files and folders into a list: a folder's images as
     :func:`softcamify.data.collect.collect_image_files` finds them (recursive, sorted, hidden entries and
