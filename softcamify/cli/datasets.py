@@ -113,16 +113,9 @@ def synth3d(
 
 def _print_summary3d(summary: dict) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     shape = "×".join(str(v) for v in summary["shape"])
-    table = Table(title=f"{summary['n']} volumes, {shape} voxels, seed {summary['seed']}", title_justify="left")
-    table.add_column("class")
-    splits = list(summary["counts"])
-    for s in splits:
-        table.add_column(s, justify="right")
-    for name in summary["classes"]:
-        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    table = _counts_table(f"{summary['n']} volumes, {shape} voxels, seed {summary['seed']}", summary)
     console.print(table)
     console.print(
         f"Wrote {escape(summary['out_dir'])} ({summary['format']}) in {summary['seconds']:.1f} s; masks in "
@@ -132,15 +125,9 @@ def _print_summary3d(summary: dict) -> None:
 
 def _print_summary(summary: dict) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title=f"{summary['n']} images, {summary['size']} px, seed {summary['seed']}", title_justify="left")
-    table.add_column("class")
+    table = _counts_table(f"{summary['n']} images, {summary['size']} px, seed {summary['seed']}", summary)
     splits = list(summary["counts"])
-    for s in splits:
-        table.add_column(s, justify="right")
-    for name in summary["classes"]:
-        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
     table.add_row("[bold]total[/]", *(f"[bold]{sum(summary['counts'][s].values())}[/]" for s in splits))
     console.print(table)
     opts = summary["options"]
@@ -166,3 +153,17 @@ def _summary(out_dir: Path, manifest: dict, keys: tuple[str, ...], seconds: floa
         **{k: manifest[k] for k in keys},
         "seconds": round(seconds, 3),
     }
+
+
+def _counts_table(title: str, summary: dict) -> Any:
+    """Images (or volumes) per class (rows) and split (columns) of a synth summary."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    splits = list(summary["counts"])
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name in summary["classes"]:
+        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    return table

@@ -111,13 +111,7 @@ class Explanation(PredictionFields):
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
             {
-                "source": self.source,
-                "name": self.name,
-                "prediction": self.prediction,
-                "predicted_class": self.predicted_class,
-                "probability": self.probability,
-                "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
-                "logits": [float(v) for v in self.logits],
+                **self._prediction_dict(),
                 "evidence_grid": list(self.evidence_grid),
                 "classes": [self.class_names[i] for i in self.classes],
                 "scale": {"vmin": self.vmin, "vmax": self.vmax, "positive": self.positive},

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,10 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray
 class PredictionFields:
     """The prediction an explanation's ``probs`` make (shared by image and volume explanations)."""
 
+    source: str
+    name: str
     class_names: list[str]
+    logits: np.ndarray
     probs: np.ndarray
 
     @property
@@ -34,6 +38,18 @@ class PredictionFields:
     @property
     def probability(self) -> float:
         return float(self.probs[self.prediction])
+
+    def _prediction_dict(self) -> dict[str, Any]:
+        """The head of ``to_dict``: source, name, prediction, its probability, all probabilities and logits."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "prediction": self.prediction,
+            "predicted_class": self.predicted_class,
+            "probability": self.probability,
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
+            "logits": [float(v) for v in self.logits],
+        }
 
 
 def collect_images(inputs: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:

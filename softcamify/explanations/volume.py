@@ -76,13 +76,7 @@ class VolumeExplanation(PredictionFields):
         g = self.geometry
         return json_safe(
             {
-                "source": self.source,
-                "name": self.name,
-                "prediction": self.prediction,
-                "predicted_class": self.predicted_class,
-                "probability": self.probability,
-                "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
-                "logits": [float(v) for v in self.logits],
+                **self._prediction_dict(),
                 "evidence_grid": list(self.evidence_grid),
                 "scan": {
                     "shape": list(g.shape),
