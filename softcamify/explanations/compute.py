@@ -61,13 +61,6 @@ class Explanation(PredictionFields):
     ``overlays``: class name -> path).
     """
 
-    source: str
-    name: str
-    class_names: list[str]
-    logits: np.ndarray
-    probs: np.ndarray
-    maps: np.ndarray
-    classes: list[int]
     positive: bool = False
     vmin: float = 0.0
     vmax: float = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,18 @@ from ..errors import InputError, UsageError
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
+@dataclass
 class PredictionFields:
-    """The prediction an explanation's ``probs`` make (shared by image and volume explanations)."""
+    """What image and volume explanations share: the source, its prediction (``logits``, ``probs``), the
+    evidence ``maps`` (K×spatial) and the class indices ``classes`` shown."""
 
     source: str
     name: str
     class_names: list[str]
     logits: np.ndarray
     probs: np.ndarray
+    maps: np.ndarray
+    classes: list[int]
 
     @property
     def prediction(self) -> int:

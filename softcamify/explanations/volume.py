@@ -52,13 +52,6 @@ class VolumeExplanation(PredictionFields):
     (:class:`softcamify.volumes.VolumeGeometry`); ``files`` holds paths relative to the output folder.
     """
 
-    source: str
-    name: str
-    class_names: list[str]
-    logits: np.ndarray
-    probs: np.ndarray
-    maps: np.ndarray
-    classes: list[int]
     geometry: Any
     files: dict[str, Any] = field(default_factory=dict)
 
