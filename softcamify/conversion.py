@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -143,37 +141,6 @@ def inspect(
         list(loaded.notes),
         grids,
     )
-
-
-def _calibration_inputs(calibration: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> torch.Tensor:
-    from .data.collect import collect_image_files
-    from .errors import InputError
-    from .images import preprocess_batch
-
-    root = Path(calibration)
-    if not root.is_dir():
-        raise InputError(f"calibration {root} is not a folder of images.", param="calibration")
-    if len(data_config["input_size"]) != 3:
-        raise UsageError(
-            "calibration takes images; a volume model is verified on random volumes: drop calibration.",
-            param="calibration",
-        )
-    # sorted by path (not walk order) so the same `limit` images are used as before; broken links left out
-    paths = sorted(p for p in collect_image_files(root) if p.is_file())
-    if not paths:
-        raise InputError(f"calibration {root} contains no images.", param="calibration")
-    c, h, w = data_config["input_size"]
-    arr = preprocess_batch(
-        paths[:limit],
-        input_size=(h, w),
-        mean=data_config["mean"],
-        std=data_config["std"],
-        interpolation=data_config["interpolation"],
-        crop_pct=data_config["crop_pct"],
-        crop_mode=data_config.get("crop_mode", "center"),
-        channels=c,
-    )
-    return torch.from_numpy(arr)
 
 
 @torch.no_grad()
@@ -416,7 +383,9 @@ def _verify(
     inputs = torch.randn(samples, *data_config["input_size"], generator=g)
     n_cal = 0
     if calibration is not None:
-        cal = _calibration_inputs(calibration, data_config)
+        from .data.collect import calibration_images
+
+        cal = torch.from_numpy(calibration_images(calibration, data_config))
         n_cal = cal.shape[0]
         inputs = torch.cat([inputs, cal], 0)
     stats = compare(original, softcam, inputs)

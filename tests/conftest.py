@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,52 @@ def run_cli_here(*args: str) -> subprocess.CompletedProcess:
     if r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception  # a bug in the test's own process: show its traceback
     return subprocess.CompletedProcess(["softcamify", *map(str, args)], r.exit_code, r.stdout, r.stderr)
+
+
+_TORCH_FREE = textwrap.dedent("""
+    import sys
+    for name in sys.argv[1].split(","):
+        sys.modules[name] = None  # any import of them now raises ImportError, as where they are not installed
+    from softcamify.cli import app
+    try:
+        app(sys.argv[2:], standalone_mode=False)
+    finally:
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision")
+                        and sys.modules[m] is not None)
+        print("TORCH-MODULES", loaded, file=sys.stderr)
+""")
+
+
+def run_cli_torch_free(
+    *args: object, block: tuple[str, ...] = ("torch", "timm", "torchvision")
+) -> subprocess.CompletedProcess:
+    """The command line in a new Python where the ``block`` packages cannot be imported (as where they are not
+    installed); its stderr ends with ``TORCH-MODULES [...]``, the torch modules loaded anyway (none expected)."""
+    return subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE, ",".join(block), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def make_lesion_model(root: Path) -> dict:
+    """A tiny synthetic lesion dataset (15 images, 64 px) under ``root/ds`` and a converted ``test_resnet``
+    (random weights, seed 0) saved as ``root/m.safetensors``: ``{"data", "model", "original"}``."""
+    import timm
+    import torch
+
+    import softcamify
+    from softcamify.data.synth import make_lesions
+
+    make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
+    torch.manual_seed(0)
+    original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    sc = softcamify.convert(
+        original, input_size=(64, 64), samples=2, class_names=["bright_lesion", "healthy", "red_lesion"]
+    )
+    path = softcamify.save(sc, root / "m.safetensors")
+    return {"data": root / "ds", "model": path, "original": original}
 
 
 @pytest.fixture

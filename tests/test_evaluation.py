@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import make_lesion_model, run_cli
 from PIL import Image
 from torch import nn
 
@@ -178,20 +178,7 @@ def test_errors_are_one_sentence(red_data, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def lesions(tmp_path_factory):
-    import timm
-
-    import softcamify
-    from softcamify.data.synth import make_lesions
-
-    root = tmp_path_factory.mktemp("lesions")
-    make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
-    torch.manual_seed(0)
-    original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
-    sc = softcamify.convert(
-        original, input_size=(64, 64), samples=2, class_names=["bright_lesion", "healthy", "red_lesion"]
-    )
-    path = softcamify.save(sc, root / "m.safetensors")
-    return {"data": root / "ds", "model": path, "original": original}
+    return make_lesion_model(tmp_path_factory.mktemp("lesions"))
 
 
 def test_original_black_box_beside_softcam(lesions):

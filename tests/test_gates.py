@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import run_cli
+from conftest import make_lesion_model, run_cli
 
 from softcamify.errors import EXIT_GATE, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, GateFailed, UsageError
 from softcamify.evaluation.gates import (
@@ -110,21 +110,7 @@ def test_outcomes_messages_and_junit_of_values():
 
 @pytest.fixture(scope="module")
 def lesions(tmp_path_factory):
-    import timm
-    import torch
-
-    import softcamify
-    from softcamify.data.synth import make_lesions
-
-    root = tmp_path_factory.mktemp("gates")
-    make_lesions(root / "ds", n=15, size=64, seed=3, workers=1)
-    torch.manual_seed(0)
-    original = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
-    sc = softcamify.convert(
-        original, input_size=(64, 64), samples=2, class_names=["bright_lesion", "healthy", "red_lesion"]
-    )
-    path = softcamify.save(sc, root / "m.safetensors")
-    return {"data": root / "ds", "model": path}
+    return make_lesion_model(tmp_path_factory.mktemp("gates"))
 
 
 def _evaluate(lesions, *args):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 import warnings
 
 import numpy as np
 import pytest
+from conftest import run_cli_torch_free
 from PIL import Image
 
 from softcamify.prediction import collect_images, predict
@@ -77,28 +76,9 @@ def test_onnx_and_safetensors_predictions_agree(models, images):
     assert [p.top_k for p in c.predictions] == [p.top_k[:2] for p in a.predictions]
 
 
-_TORCH_FREE = textwrap.dedent("""
-    import sys
-    for name in ("torch", "timm", "torchvision"):
-        sys.modules[name] = None  # any import of them now raises ImportError, as where they are not installed
-    from softcamify.cli import app
-    try:
-        app(sys.argv[1:], standalone_mode=False)
-    finally:
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision")
-                        and sys.modules[m] is not None)
-        print("TORCH-MODULES", loaded, file=sys.stderr)
-""")
-
-
 def test_predict_onnx_never_imports_torch(models, images):
     st, onnx_path = models
-    r = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE, "predict", str(onnx_path), str(images), "--json", "-k", "3"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli_torch_free("predict", onnx_path, images, "--json", "-k", "3")
     assert r.returncode == 0, r.stderr
     assert "TORCH-MODULES []" in r.stderr
     data = json.loads(r.stdout)

@@ -9,13 +9,11 @@ import gzip
 import json
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_torch_free
 
 pytest.importorskip("monai")
 nib = pytest.importorskip("nibabel")
@@ -136,20 +134,6 @@ def test_evaluate_metrics_match_the_library(work):
     assert row["mask_share"] == pytest.approx(mask.mean())
 
 
-_TORCH_FREE = textwrap.dedent("""
-    import sys
-    for name in ("torch", "timm", "torchvision", "monai"):
-        sys.modules[name] = None  # any import of them now raises ImportError, as where they are not installed
-    from softcamify.cli import app
-    try:
-        app(sys.argv[1:], standalone_mode=False)
-    finally:
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision")
-                        and sys.modules[m] is not None)
-        print("TORCH-MODULES", loaded, file=sys.stderr)
-""")
-
-
 @pytest.fixture(scope="module")
 def onnx_model(work) -> Path:
     """best.safetensors exported to ONNX (the library's export: the command line's is covered elsewhere)."""
@@ -189,11 +173,8 @@ def test_predict_on_onnx_without_torch(work, onnx_model):
     props = read_onnx_metadata(onnx_model)
     assert props["spatial_dims"] == "3" and json.loads(props["volume"])["window"] == [-200.0, 300.0]
     scans = work / "data" / "test"
-    r = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE, "predict", str(onnx_model), str(scans), "--json", "-k", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = run_cli_torch_free(
+        "predict", onnx_model, scans, "--json", "-k", "2", block=("torch", "timm", "torchvision", "monai")
     )
     assert r.returncode == 0, r.stderr
     assert "TORCH-MODULES []" in r.stderr

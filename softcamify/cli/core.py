@@ -214,17 +214,23 @@ def _convert_table(report: dict, softcam, output: Path) -> Table:
     if report.get("original_grid"):
         grid += f" (--output-stride {report['output_stride']}; the original's: {_fmt(report['original_grid'])})"
     t.add_row("evidence grid", grid)
+    _agreement_rows(t, report, "max relative error", f"{report['max_rel_diff']:.3g}")
+    t.add_row("output", escape(str(output)))
+    return t
+
+
+def _agreement_rows(t: Table, report: dict, label: str, value: str) -> None:
+    """The verification rows both convert tables show: max |Δlogit| against its tolerance, (label, value),
+    top-1 agreement and what it was verified on."""
     t.add_row(
         "max |Δlogit|",
         f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
         f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})",
     )
-    t.add_row("max relative error", f"{report['max_rel_diff']:.3g}")
+    t.add_row(label, value)
     t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
     n = report["samples"] + report["calibration_images"]
     t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
-    t.add_row("output", escape(str(output)))
-    return t
 
 
 def _grids_text(grids: dict[str, list[int]]) -> str:
@@ -306,15 +312,7 @@ def _convert_onnx_table(report: dict) -> Table:
     t.add_row("classes", _classes_text(report["num_classes"]))
     t.add_row("evidence grid", f"{_fmt(report['evidence_grid'])} at {_fmt(report['input_size'][1:])} input")
     t.add_row("outputs", escape(f"logits '{report['outputs']['logits']}', evidence '{report['outputs']['evidence']}'"))
-    t.add_row(
-        "max |Δlogit|",
-        f"{report['max_abs_diff']:.3g} (tolerance {report['atol']:g} + "
-        f"{report['rtol']:g} × logit scale {report['logit_scale']:.3g})",
-    )
-    t.add_row("max |mean(evidence) − logits|", f"{report['maps_mean_diff']:.3g}")
-    t.add_row("top-1 agreement", f"{report['top1_agreement']:.1%}")
-    n = report["samples"] + report["calibration_images"]
-    t.add_row("verified on", f"{report['samples']} random + {report['calibration_images']} real images ({n})")
+    _agreement_rows(t, report, "max |mean(evidence) − logits|", f"{report['maps_mean_diff']:.3g}")
     t.add_row("output", escape(str(report["output"])))
     return t
 

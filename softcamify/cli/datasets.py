@@ -69,20 +69,8 @@ def synth(
                 force=o.force,
                 keep_images=False,  # in manifest.json; memory does not grow with --n
             )
-        seconds = time.perf_counter() - t0
-        summary = {
-            "out_dir": str(out_dir),
-            "manifest": str(Path(out_dir) / "manifest.json"),
-            "masks": str(Path(out_dir) / "masks"),
-            "n": manifest["n"],
-            "size": manifest["size"],
-            "seed": manifest["seed"],
-            "classes": manifest["classes"],
-            "options": manifest["options"],
-            "shortcut": manifest["shortcut"],
-            "counts": manifest["counts"],
-            "seconds": round(seconds, 3),
-        }
+        keys = ("n", "size", "seed", "classes", "options", "shortcut", "counts")
+        summary = _summary(out_dir, manifest, keys, time.perf_counter() - t0)
         emit(o.json_, summary, lambda: _print_summary(summary))
 
 
@@ -118,35 +106,16 @@ def synth3d(
         t0 = time.perf_counter()
         with cleanup_on_failure(out_dir):  # a full disk or Ctrl-C leaves no partial dataset
             manifest = make_volumes(out_dir, n=n, shape=sides, seed=seed, fmt=fmt, contrast=contrast, force=o.force)
-        seconds = time.perf_counter() - t0
-        summary = {
-            "out_dir": str(out_dir),
-            "manifest": str(Path(out_dir) / "manifest.json"),
-            "masks": str(Path(out_dir) / "masks"),
-            "n": manifest["n"],
-            "shape": manifest["shape"],
-            "spacing": manifest["spacing"],
-            "format": manifest["format"],
-            "seed": manifest["seed"],
-            "classes": manifest["classes"],
-            "counts": manifest["counts"],
-            "seconds": round(seconds, 3),
-        }
+        keys = ("n", "shape", "spacing", "format", "seed", "classes", "counts")
+        summary = _summary(out_dir, manifest, keys, time.perf_counter() - t0)
         emit(o.json_, summary, lambda: _print_summary3d(summary))
 
 
 def _print_summary3d(summary: dict) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     shape = "×".join(str(v) for v in summary["shape"])
-    table = Table(title=f"{summary['n']} volumes, {shape} voxels, seed {summary['seed']}", title_justify="left")
-    table.add_column("class")
-    splits = list(summary["counts"])
-    for s in splits:
-        table.add_column(s, justify="right")
-    for name in summary["classes"]:
-        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    table = _counts_table(f"{summary['n']} volumes, {shape} voxels, seed {summary['seed']}", summary)
     console.print(table)
     console.print(
         f"Wrote {escape(summary['out_dir'])} ({summary['format']}) in {summary['seconds']:.1f} s; masks in "
@@ -156,15 +125,9 @@ def _print_summary3d(summary: dict) -> None:
 
 def _print_summary(summary: dict) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title=f"{summary['n']} images, {summary['size']} px, seed {summary['seed']}", title_justify="left")
-    table.add_column("class")
+    table = _counts_table(f"{summary['n']} images, {summary['size']} px, seed {summary['seed']}", summary)
     splits = list(summary["counts"])
-    for s in splits:
-        table.add_column(s, justify="right")
-    for name in summary["classes"]:
-        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
     table.add_row("[bold]total[/]", *(f"[bold]{sum(summary['counts'][s].values())}[/]" for s in splits))
     console.print(table)
     opts = summary["options"]
@@ -178,3 +141,29 @@ def _print_summary(summary: dict) -> None:
 
 
 app.add_typer(datasets_app, name="datasets")
+
+
+def _summary(out_dir: Path, manifest: dict, keys: tuple[str, ...], seconds: float) -> dict:
+    """What a synth command reports: where the dataset, its manifest and masks are, the manifest's ``keys``
+    and the seconds it took."""
+    return {
+        "out_dir": str(out_dir),
+        "manifest": str(Path(out_dir) / "manifest.json"),
+        "masks": str(Path(out_dir) / "masks"),
+        **{k: manifest[k] for k in keys},
+        "seconds": round(seconds, 3),
+    }
+
+
+def _counts_table(title: str, summary: dict) -> Any:
+    """Images (or volumes) per class (rows) and split (columns) of a synth summary."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    splits = list(summary["counts"])
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name in summary["classes"]:
+        table.add_row(name, *(str(summary["counts"][s][name]) for s in splits))
+    return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,40 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+_LOC_3D = (
+    ("share of oracle ↑", "share_of_oracle"),
+    ("activation precision ↑", "activation_precision"),
+    ("pointing game ↑", "pointing_game"),
+)
+
+
+def _localization_table(title: str, loc: dict, metrics: Sequence[tuple[str, str]], count: str) -> Table:
+    """One row per method: its localization ``metrics`` (column, key) and how many images or volumes."""
+    e = Table(title=title, title_justify="left")
+    e.add_column("method", style="bold")
+    for col in (*(c for c, _ in metrics), count):
+        e.add_column(col, justify="right")
+    for label, m in loc.items():
+        e.add_row(label, *(_cell(m.get(k)) for _, k in metrics), str(m.get("images")))
+    return e
+
+
+def _print_steps(result, notes: Sequence[str]) -> None:
+    """The steps table, the notes and where the report is."""
+    s = Table(title="steps", title_justify="left")
+    s.add_column("step", style="bold")
+    s.add_column("result", overflow="fold")
+    s.add_column("time", justify="right")
+    for st in result.steps:
+        s.add_row(st.title, st.summary, f"{st.seconds:.1f} s")
+    s.add_row("total", "", f"{result.seconds:.1f} s", style="bold")
+    console.print(s)
+    for n in notes:
+        console.print(f"[dim]note:[/] {n}")
+    report = Path(result.report).resolve()
+    console.print(f"\n[bold green]Report:[/] {report}\n[dim]open it in a browser: {report.as_uri()}[/]")
+
+
 def _summary(result) -> None:
     f = result.figures
     cls = f["classification"]
@@ -132,69 +167,19 @@ def _summary(result) -> None:
     console.print(t)
     loc = f.get("localization") or {}
     if loc:
-        e = Table(title="localization of the true class vs lesion masks (mean over test images)", title_justify="left")
-        e.add_column("method", style="bold")
-        for col in (
-            "share of oracle ↑",
-            "activation precision ↑",
-            "pointing game ↑",
-            "top-k precision ↑",
-            "deletion AUC ↓",
-            "images",
-        ):
-            e.add_column(col, justify="right")
-        for label, m in loc.items():
-            e.add_row(
-                label,
-                _cell(m.get("share_of_oracle")),
-                _cell(m.get("activation_precision")),
-                _cell(m.get("pointing_game")),
-                _cell(m.get("topk_precision")),
-                _cell(m.get("deletion_auc")),
-                str(m.get("images")),
-            )
-        console.print(e)
+        metrics = (*_LOC_3D, ("top-k precision ↑", "topk_precision"), ("deletion AUC ↓", "deletion_auc"))
+        title = "localization of the true class vs lesion masks (mean over test images)"
+        console.print(_localization_table(title, loc, metrics, "images"))
         if f.get("comparison"):
             console.print(f["comparison"]["text"])
-    s = Table(title="steps", title_justify="left")
-    s.add_column("step", style="bold")
-    s.add_column("result", overflow="fold")
-    s.add_column("time", justify="right")
-    for st in result.steps:
-        s.add_row(st.title, st.summary, f"{st.seconds:.1f} s")
-    s.add_row("total", "", f"{result.seconds:.1f} s", style="bold")
-    console.print(s)
-    for n in result.notes:
-        console.print(f"[dim]note:[/] {n}")
-    report = Path(result.report).resolve()
-    console.print(f"\n[bold green]Report:[/] {report}\n[dim]open it in a browser: {report.as_uri()}[/]")
+    _print_steps(result, result.notes)
 
 
 def _summary_3d(result) -> None:
     loc = result.figures.get("localization") or {}
-    e = Table(title="localization of the true class vs 3-D lesion masks (test volumes)", title_justify="left")
-    e.add_column("method", style="bold")
-    for col in ("share of oracle ↑", "activation precision ↑", "pointing game ↑", "volumes"):
-        e.add_column(col, justify="right")
-    for label, m in loc.items():
-        e.add_row(
-            label,
-            _cell(m.get("share_of_oracle")),
-            _cell(m.get("activation_precision")),
-            _cell(m.get("pointing_game")),
-            str(m.get("images")),
-        )
-    console.print(e)
-    s = Table(title="steps", title_justify="left")
-    s.add_column("step", style="bold")
-    s.add_column("result", overflow="fold")
-    s.add_column("time", justify="right")
-    for st in result.steps:
-        s.add_row(st.title, st.summary, f"{st.seconds:.1f} s")
-    s.add_row("total", "", f"{result.seconds:.1f} s", style="bold")
-    console.print(s)
-    report = Path(result.report).resolve()
-    console.print(f"\n[bold green]Report:[/] {report}\n[dim]open it in a browser: {report.as_uri()}[/]")
+    title = "localization of the true class vs 3-D lesion masks (test volumes)"
+    console.print(_localization_table(title, loc, _LOC_3D, "volumes"))
+    _print_steps(result, [])
 
 
 @command(app)

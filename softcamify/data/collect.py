@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..images import is_image_file
 from ..volumes.io import is_volume_file
@@ -81,3 +84,35 @@ def _unusable(path: Path) -> str:
     except OSError:
         return "broken link or unreadable"
     return "empty file" if st.st_size == 0 else ""
+
+
+def calibration_images(folder: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> np.ndarray:
+    """The first ``limit`` images of a calibration folder (by path), preprocessed as ``data_config`` says:
+    N×C×H×W float32. Not a folder, no images, or a volume model's ``data_config`` is an error naming
+    ``calibration``."""
+    from ..errors import InputError, UsageError
+    from ..images import preprocess_batch
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"calibration {root} is not a folder of images.", param="calibration")
+    if len(data_config["input_size"]) != 3:
+        raise UsageError(
+            "calibration takes images; a volume model is verified on random volumes: drop calibration.",
+            param="calibration",
+        )
+    # sorted by path (not walk order) so the same `limit` images are used as before; broken links left out
+    paths = sorted(p for p in collect_image_files(root) if p.is_file())
+    if not paths:
+        raise InputError(f"calibration {root} contains no images.", param="calibration")
+    c, h, w = data_config["input_size"]
+    return preprocess_batch(
+        paths[:limit],
+        input_size=(h, w),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        interpolation=data_config["interpolation"],
+        crop_pct=data_config["crop_pct"],
+        crop_mode=data_config.get("crop_mode", "center"),
+        channels=c,
+    )

@@ -36,6 +36,7 @@ from ..evaluation.metrics import json_safe, upsample
 from ..runtime import Runtime, softmax
 from .inputs import (
     ImageSource,
+    PredictionFields,
     describe,
     open_source,
     parse_classes,
@@ -51,7 +52,7 @@ POSITIVE_CMAP = "inferno"
 
 
 @dataclass
-class Explanation:
+class Explanation(PredictionFields):
     """One image's prediction and evidence maps (and the files written for it, if any).
 
     ``maps`` is K×h×w float32, signed, bias included (``maps.mean((1, 2))`` equals ``logits``);
@@ -60,31 +61,12 @@ class Explanation:
     ``overlays``: class name -> path).
     """
 
-    source: str
-    name: str
-    class_names: list[str]
-    logits: np.ndarray
-    probs: np.ndarray
-    maps: np.ndarray
-    classes: list[int]
     positive: bool = False
     vmin: float = 0.0
     vmax: float = 0.0
     files: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict, repr=False)
     _image: Any = field(default=None, repr=False)
-
-    @property
-    def prediction(self) -> int:
-        return int(np.argmax(self.probs))
-
-    @property
-    def predicted_class(self) -> str:
-        return self.class_names[self.prediction]
-
-    @property
-    def probability(self) -> float:
-        return float(self.probs[self.prediction])
 
     @property
     def evidence_grid(self) -> tuple[int, int]:
@@ -122,13 +104,7 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
             {
-                "source": self.source,
-                "name": self.name,
-                "prediction": self.prediction,
-                "predicted_class": self.predicted_class,
-                "probability": self.probability,
-                "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
-                "logits": [float(v) for v in self.logits],
+                **self._prediction_dict(),
                 "evidence_grid": list(self.evidence_grid),
                 "classes": [self.class_names[i] for i in self.classes],
                 "scale": {"vmin": self.vmin, "vmax": self.vmax, "positive": self.positive},

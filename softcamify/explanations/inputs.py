@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -15,6 +17,44 @@ from ..data.collect import collect_image_files
 from ..errors import InputError, UsageError
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
+
+
+@dataclass
+class PredictionFields:
+    """What image and volume explanations share: the source, its prediction (``logits``, ``probs``), the
+    evidence ``maps`` (K×spatial) and the class indices ``classes`` shown."""
+
+    source: str
+    name: str
+    class_names: list[str]
+    logits: np.ndarray
+    probs: np.ndarray
+    maps: np.ndarray
+    classes: list[int]
+
+    @property
+    def prediction(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def predicted_class(self) -> str:
+        return self.class_names[self.prediction]
+
+    @property
+    def probability(self) -> float:
+        return float(self.probs[self.prediction])
+
+    def _prediction_dict(self) -> dict[str, Any]:
+        """The head of ``to_dict``: source, name, prediction, its probability, all probabilities and logits."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "prediction": self.prediction,
+            "predicted_class": self.predicted_class,
+            "probability": self.probability,
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
+            "logits": [float(v) for v in self.logits],
+        }
 
 
 def collect_images(inputs: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import InputError
 from ..evaluation.metrics import json_safe
 from ..runtime import Runtime, softmax
-from .inputs import parse_classes, safe_name
+from .inputs import PredictionFields, parse_classes, safe_name
 
 __all__ = [
     "DEFAULT_VOLUME_BATCH",
@@ -44,7 +44,7 @@ MAPS_FORMAT = "npy float32 K×d×h×w, signed, bias included; mean over d, h, w 
 
 
 @dataclass
-class VolumeExplanation:
+class VolumeExplanation(PredictionFields):
     """One volume's prediction and evidence volumes (and the files written for it, if any).
 
     ``maps`` is the evidence grid ``K×d×h×w`` (float32, signed, bias included: its mean over d, h, w is
@@ -52,27 +52,8 @@ class VolumeExplanation:
     (:class:`softcamify.volumes.VolumeGeometry`); ``files`` holds paths relative to the output folder.
     """
 
-    source: str
-    name: str
-    class_names: list[str]
-    logits: np.ndarray
-    probs: np.ndarray
-    maps: np.ndarray
-    classes: list[int]
     geometry: Any
     files: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def prediction(self) -> int:
-        return int(np.argmax(self.probs))
-
-    @property
-    def predicted_class(self) -> str:
-        return self.class_names[self.prediction]
-
-    @property
-    def probability(self) -> float:
-        return float(self.probs[self.prediction])
 
     @property
     def evidence_grid(self) -> tuple[int, ...]:
@@ -88,13 +69,7 @@ class VolumeExplanation:
         g = self.geometry
         return json_safe(
             {
-                "source": self.source,
-                "name": self.name,
-                "prediction": self.prediction,
-                "predicted_class": self.predicted_class,
-                "probability": self.probability,
-                "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probs, strict=True)},
-                "logits": [float(v) for v in self.logits],
+                **self._prediction_dict(),
                 "evidence_grid": list(self.evidence_grid),
                 "scan": {
                     "shape": list(g.shape),

@@ -288,7 +288,9 @@ def rewrite_onnx(
                 "calibration images need the preprocessing: give mean, std and input_size.",
                 param=("mean", "std", "input_size"),
             )
-        cal = verify.calibration_inputs(calibration, cfg)
+        from ..data.collect import calibration_images
+
+        cal = calibration_images(calibration, cfg)
         if list(cal.shape[1:]) != list(shape[1:]):
             raise UsageError(
                 f"calibration images preprocess to {list(cal.shape[1:])}, but the graph takes {shape[1:]} "

@@ -8,9 +8,7 @@ mean of the evidence maps against the logits, by the one tolerance rule (:mod:`s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,7 @@ from ..errors import InputError, UsageError, ValidationError
 from ..threads import tune_onnxruntime
 from ..tolerance import agreement
 
-__all__ = ["calibration_inputs", "check_graph", "compare", "random_inputs", "session"]
+__all__ = ["check_graph", "compare", "random_inputs", "session"]
 
 
 def check_graph(model: Any) -> None:
@@ -92,30 +90,6 @@ def input_shape(model: Any, input_size: Sequence[int] | None, batch: int) -> lis
 
 def random_inputs(shape: Sequence[int], samples: int, seed: int, dtype: Any) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((samples, *shape[1:])).astype(dtype)
-
-
-def calibration_inputs(folder: str | os.PathLike, data_config: dict[str, Any], limit: int = 64) -> np.ndarray:
-    """Preprocessed images of a folder (the first ``limit`` by path), N×C×H×W float32."""
-    from ..data.collect import collect_image_files
-    from ..images import preprocess_batch
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"calibration {root} is not a folder of images.", param="calibration")
-    paths = sorted(p for p in collect_image_files(root) if p.is_file())
-    if not paths:
-        raise InputError(f"calibration {root} contains no images.", param="calibration")
-    c, h, w = data_config["input_size"]
-    return preprocess_batch(
-        paths[:limit],
-        input_size=(h, w),
-        mean=data_config["mean"],
-        std=data_config["std"],
-        interpolation=data_config["interpolation"],
-        crop_pct=data_config["crop_pct"],
-        crop_mode=data_config.get("crop_mode", "center"),
-        channels=c,
-    )
 
 
 def _run(sess: Any, name: str, names: list[str], x: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
