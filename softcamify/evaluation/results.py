@@ -131,3 +131,24 @@ class EvaluationResult:
                 "junit": self.junit,
             }
         )
+
+
+def image_counts(
+    n: int, with_mask: int, annotated: int, explained: int, mask_root: Any, notes: list[str], unit: str = "image"
+) -> dict[str, int]:
+    """The image (or volume: ``unit``) counts of a result; what had no mask is said in ``notes``."""
+    counts = {
+        "images": n,
+        "with_mask": with_mask,
+        "annotated": annotated,
+        "empty_mask": with_mask - annotated,
+        "without_mask": n - with_mask,
+        "explained": explained,
+    }
+    if mask_root is None:
+        notes.append("No masks (none given and no masks/ folder in DATA_DIR): classification metrics only.")
+    elif not annotated:
+        notes.append(f"No {unit} of this split has a mask with foreground under {mask_root}: classification only.")
+    if counts["without_mask"] and mask_root is not None:
+        notes.append(f"{counts['without_mask']} {unit}(s) have no mask and were evaluated for classification only.")
+    return counts

@@ -46,7 +46,7 @@ from . import metrics as M
 from .gates import check_gate_targets, check_gates, parse_gates, write_junit
 from .original import Predict, load_original, torch_predict
 from .report import write_report
-from .results import EvaluationResult, MethodResult
+from .results import EvaluationResult, MethodResult, image_counts
 from .samples import Item, align_mask, evaluation_samples, match_labels
 from .scoring import faithfulness_metrics, localisation_metrics, reference_values
 from .settings import ExplanationOptions, check_options, resolve_settings
@@ -402,24 +402,7 @@ def _attach_masks(run: _Run, chunk: Sequence[Item], opened: Sequence[Any]) -> in
 
 def _counts(run: _Run, with_mask: int, annotated: int, explained: int) -> dict[str, int]:
     """The image counts of the result, with a note for what could not be explained."""
-    n = len(run.items)
-    counts = {
-        "images": n,
-        "with_mask": with_mask,
-        "annotated": annotated,
-        "empty_mask": with_mask - annotated,
-        "without_mask": n - with_mask,
-        "explained": explained,
-    }
-    if run.mask_root is None:
-        run.notes.append("No masks (none given and no masks/ folder in DATA_DIR): classification metrics only.")
-    elif not annotated:
-        run.notes.append(
-            f"No image of this split has a mask with foreground under {run.mask_root}: classification only."
-        )
-    if counts["without_mask"] and run.mask_root is not None:
-        run.notes.append(f"{counts['without_mask']} image(s) have no mask and were evaluated for classification only.")
-    return counts
+    return image_counts(len(run.items), with_mask, annotated, explained, run.mask_root, run.notes)
 
 
 def _methods(run: _Run, methods: list[str]) -> tuple[list[MethodResult], list[tuple[MethodResult, Any, Predict]]]:

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError, UsageError
 from ..runtime import Runtime, softmax
 from . import metrics as M
-from .results import EvaluationResult, MethodResult
+from .results import EvaluationResult, MethodResult, image_counts
 from .samples import Item, evaluation_samples, match_labels
 
 __all__ = ["VOLUME_BASELINES", "evaluate_volumes", "parse_volume_baselines", "volume_localisation"]
@@ -243,18 +243,7 @@ def evaluate_volumes(
         if progress is not None:
             progress("evaluating", min(start + bs, n), n)
     y_true = np.array([it.label for it in items], dtype=np.int64)
-    counts = {
-        "images": n,
-        "with_mask": with_mask,
-        "annotated": annotated,
-        "empty_mask": with_mask - annotated,
-        "without_mask": n - with_mask,
-        "explained": explained,
-    }
-    if mask_root is None:
-        notes.append("No masks (none given and no masks/ folder in DATA_DIR): classification metrics only.")
-    elif not annotated:
-        notes.append(f"No volume of this split has a mask with foreground under {mask_root}: classification only.")
+    counts = image_counts(n, with_mask, annotated, explained, mask_root, notes, unit="volume")
     notes.append("Volumes: top-k patch precision and deletion/insertion are 2-D metrics and are not computed.")
     settings["seconds"] = time.perf_counter() - t_start
     return EvaluationResult(
